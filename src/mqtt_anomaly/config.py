@@ -1,0 +1,352 @@
+"""Configuration: one frozen settings object.
+
+Precedence, lowest first: built-in defaults < TOML file (``--config``) < environment variables
+(``MQTT_ANOMALY_<SECTION>__<KEY>``, e.g. ``MQTT_ANOMALY_BROKER__URL``) < command-line flags.
+A bad value raises :class:`~mqtt_anomaly.errors.ConfigError` whose message names the key.
+
+>>> s = load_settings(overrides={"broker": {"url": "mqtt://example.org:1884"}})
+>>> (s.broker.host, s.broker.port, s.broker.tls)
+('example.org', 1884, False)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+from .topics import validate_filter, validate_template
+
+ENV_PREFIX = "MQTT_ANOMALY_"
+_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Section):
+    """Where the MQTT broker is and how to talk to it."""
+
+    url: str = "mqtt://localhost:1883"
+    client_id: str | None = None
+    keepalive: int = Field(10, ge=1, le=65535)
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    reconnect_delay: float = Field(0.5, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if "://" not in v:
+            v = f"mqtt://{v}"
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {parts.scheme}://")
+        if not parts.hostname:
+            raise ValueError("no host in broker URL")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in broker URL: {exc}") from None
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("port out of range")
+        return v
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def secret_password(self) -> str | None:
+        """The password from ``password`` or the first line of ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"broker.password_file: cannot read: {exc}") from exc
+        return None
+
+
+class TopicSettings(_Section):
+    """The topic scheme; every template holds one ``{sensor_id}`` level."""
+
+    readings: str = "factory/{sensor_id}/temperature"
+    status: str = "factory/{sensor_id}/status"
+    alerts: str = "factory/{sensor_id}/alerts"
+    health: str = "factory/{sensor_id}/health"
+    deadletter: str = "mqtt-anomaly/deadletter"
+    subscribe: tuple[str, ...] = ()
+
+    @field_validator("readings", "status", "alerts", "health")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        try:
+            return validate_template(v, key="template")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("template: ")) from None
+
+    @field_validator("subscribe")
+    @classmethod
+    def _check_filters(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for f in v:
+            try:
+                validate_filter(f, key="filter")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("filter: ")) from None
+        return v
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        """Topic filters to subscribe: ``subscribe`` or readings + status wildcards."""
+        if self.subscribe:
+            return self.subscribe
+        return (
+            self.readings.replace("{sensor_id}", "+"),
+            self.status.replace("{sensor_id}", "+"),
+        )
+
+
+class FaultRates(_Section):
+    """Injected faults per sensor per hour, by kind."""
+
+    spike: float = Field(2.0, ge=0)
+    level_shift: float = Field(0.5, ge=0)
+    drift: float = Field(0.5, ge=0)
+    stuck: float = Field(0.5, ge=0)
+    noise_burst: float = Field(0.5, ge=0)
+    dropout: float = Field(0.25, ge=0)
+    crash: float = Field(0.0, ge=0)
+
+
+class SimulatorSettings(_Section):
+    """The virtual sensor fleet."""
+
+    sensors: int = Field(5, ge=1, le=1_000_000)
+    id_format: str = "SENSOR-{n:02d}"
+    interval: float = Field(1.0, gt=0, le=3600)
+    unit: str = "C"
+    seed: int | None = None
+    faults: FaultRates = FaultRates()
+    buffer_size: int = Field(100_000, ge=0)
+    labels_file: Path | None = None
+    client_id_prefix: str = "sim-"
+
+    @field_validator("id_format")
+    @classmethod
+    def _check_id_format(cls, v: str) -> str:
+        try:
+            v.format(n=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"must format with {{n}}: {exc}") from None
+        return v
+
+
+class DetectorSettings(_Section):
+    """Which detectors run, and their parameters.
+
+    ``params`` holds per-detector keyword arguments, e.g. ``[detector.params.zscore]``
+    ``alpha = 0.02``; each detector documents its own.
+    """
+
+    detectors: tuple[str, ...] = ("threshold", "zscore", "stuck")
+    threshold: float = 90.0
+    threshold_clear: float | None = None
+    interval: float = Field(1.0, gt=0)
+    silence_factor: float = Field(5.0, gt=1)
+    debounce: int = Field(1, ge=1)
+    clear_after: int = Field(3, ge=1)
+    params: dict[str, dict[str, float | int | bool | str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_clear(self) -> DetectorSettings:
+        if self.threshold_clear is not None and self.threshold_clear >= self.threshold:
+            raise ValueError("threshold_clear must be below threshold")
+        return self
+
+    @property
+    def clear_threshold(self) -> float:
+        """The value below which a threshold alert clears (2 units under the threshold)."""
+        return self.threshold - 2.0 if self.threshold_clear is None else self.threshold_clear
+
+
+class StoreSettings(_Section):
+    """Where history is kept."""
+
+    url: str = "sqlite:///mqtt-anomaly.db"
+    readings: bool = True
+    retention_days: float = Field(7.0, gt=0)
+    batch_size: int = Field(2000, ge=1)
+    flush_interval: float = Field(0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("sqlite", "none"):
+            raise ValueError("must be sqlite:///PATH or none://")
+        return v
+
+
+class ServiceSettings(_Section):
+    """The detector service itself."""
+
+    state_dir: Path = Path("state")
+    max_payload: int = Field(4096, ge=16)
+    max_sensors: int = Field(200_000, ge=1)
+    verbose: bool = False
+
+
+class Settings(BaseSettings):
+    """The whole configuration, frozen."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    detector: DetectorSettings = DetectorSettings()
+    store: StoreSettings = StoreSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(InitSettingsSource(settings_cls, _read_toml(path)))
+        return tuple(sources)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{key}: {msg}{extra}"
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the effective settings; ``overrides`` (CLI flags) win over everything."""
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**_drop_none(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _drop_none(v)
+            if sub:
+                out[k] = sub
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def settings_as_toml(settings: Settings) -> str:
+    """The effective settings as TOML text, secrets masked."""
+    lines: list[str] = []
+
+    def emit(prefix: str, model: BaseModel) -> None:
+        nested: list[tuple[str, BaseModel]] = []
+        lines.append(f"[{prefix}]")
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                nested.append((f"{prefix}.{name}", value))
+            elif value is None:
+                lines.append(f"# {name} = (unset)")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+        for p, m in nested:
+            emit(p, m)
+
+    for section in type(settings).model_fields:
+        emit(section, getattr(settings, section))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return '"**********"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

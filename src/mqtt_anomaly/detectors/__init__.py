@@ -1,0 +1,41 @@
+"""Streaming detectors, one per module, all behind :class:`~.base.Detector`.
+
+``create(name, settings)`` builds one by name; ``available()`` lists the names.
+"""
+
+from __future__ import annotations
+
+from ..config import DetectorSettings
+from ..errors import ConfigError
+from .base import Detector, Field, Scores
+from .stuck import StuckDetector
+from .threshold import ThresholdDetector
+from .zscore import ZScoreDetector
+
+_REGISTRY: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (
+        ThresholdDetector,
+        ZScoreDetector,
+        StuckDetector,
+    )
+}
+
+
+def available() -> list[str]:
+    """Names of every registered detector."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, settings: DetectorSettings | None = None) -> Detector:
+    """Build the detector called ``name`` from ``settings`` (defaults when None)."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"detector.detectors: unknown detector {name!r} (available: {', '.join(available())})"
+        ) from None
+    return cls.from_settings(settings or DetectorSettings())
+
+
+__all__ = ["Detector", "Field", "Scores", "available", "create"]

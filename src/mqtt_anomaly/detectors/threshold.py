@@ -1,0 +1,56 @@
+"""Static threshold: the value itself crossing a fixed limit.
+
+The score is 0.5 at ``threshold`` and 0.3 at ``clear`` (linear in between and beyond, clipped
+to [0, 1]), so with the standard alert levels an alert is raised when the value reaches the
+threshold and cleared once it falls below the clear level: hysteresis in value terms.
+
+>>> import numpy as np
+>>> d = ThresholdDetector(threshold=90.0, clear=88.0)
+>>> d.score_series(np.array([24.5, 89.0, 90.0, 98.2])).round(2).tolist()
+[0.0, 0.4, 0.5, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import DetectorSettings
+from .base import Detector, Field, FloatArray, IntArray, Scores, check_params
+
+
+class ThresholdDetector(Detector):
+    """Alert when the value reaches ``threshold``; clear below ``clear``."""
+
+    name: ClassVar[str] = "threshold"
+    critical_level: ClassVar[float] = 0.5
+
+    def __init__(self, *, threshold: float = 90.0, clear: float | None = None) -> None:
+        self.threshold = float(threshold)
+        self.clear = float(threshold - 2.0 if clear is None else clear)
+        if not self.clear < self.threshold:
+            raise ValueError("clear must be below threshold")
+        super().__init__()
+
+    @classmethod
+    def from_settings(cls, settings: DetectorSettings) -> Detector:
+        params: dict[str, Any] = {
+            "threshold": settings.threshold,
+            "clear": settings.clear_threshold,
+            **settings.params.get(cls.name, {}),
+        }
+        return check_params(cls.name, cls, params)
+
+    def fields(self) -> Mapping[str, Field]:
+        return {}
+
+    def params(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "clear": self.clear}
+
+    def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
+        span = self.threshold - self.clear
+        score = np.clip(0.5 + 0.2 * (values - self.threshold) / span, 0.0, 1.0)
+        n = len(values)
+        return Scores(score, np.full(n, -np.inf), np.full(n, self.threshold))

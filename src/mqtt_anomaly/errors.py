@@ -1,0 +1,38 @@
+"""The package's exceptions.
+
+Every error raised on purpose derives from :class:`MqttAnomalyError`, so a caller can catch
+one type. Third-party errors are translated at the boundary with ``raise ... from exc``::
+
+    MqttAnomalyError
+    ├── ConfigError        a bad setting: the message names the key and the problem
+    ├── PayloadError       an MQTT payload that cannot become a reading (carries ``reason``)
+    ├── BrokerError        the broker cannot be reached or refused us
+    └── StoreError         the history store failed
+"""
+
+from __future__ import annotations
+
+
+class MqttAnomalyError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(MqttAnomalyError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+class PayloadError(MqttAnomalyError):
+    """An incoming payload was rejected; ``reason`` is a short machine-friendly code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(MqttAnomalyError):
+    """The MQTT broker could not be reached, or refused the connection."""
+
+
+class StoreError(MqttAnomalyError):
+    """The history store could not be opened or written."""

@@ -1,0 +1,140 @@
+"""Wire types and their codec: ``Reading``, ``Alert``, ``DeadLetter``.
+
+Untrusted bytes become a :class:`Reading` through :func:`decode_reading`, which either returns a
+valid reading or raises :class:`~mqtt_anomaly.errors.PayloadError` with a short reason code.
+Nothing else escapes from it, whatever the input.
+
+>>> r = decode_reading(b'{"sensor_id": "S1", "ts": 1.5, "value": 24.5, "seq": 7}', "S1", 2.0)
+>>> (r.sensor_id, r.ts, r.value, r.seq)
+('S1', 1.5, 24.5, 7)
+>>> decode_reading(b"24.5", "S1", 2.0).ts
+2.0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, Literal
+
+import msgspec
+
+from .errors import PayloadError
+
+NO_SEQ: Final = -1
+
+Severity = Literal["warning", "critical"]
+AlertState = Literal["raised", "cleared"]
+HealthState = Literal["ok", "anomalous", "offline", "silent"]
+
+
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """One sensor reading, as published by a sensor and as processed by the service."""
+
+    sensor_id: str
+    ts: float
+    value: float
+    unit: str = "C"
+    seq: int = NO_SEQ
+
+
+class _WireReading(msgspec.Struct, gc=False):
+    value: float
+    sensor_id: str | None = None
+    ts: float | None = None
+    unit: str | None = None
+    seq: int | None = None
+
+
+class Alert(msgspec.Struct, frozen=True, gc=False):
+    """An alert event: a detector raised or cleared an alert for a sensor."""
+
+    sensor_id: str
+    detector: str
+    severity: Severity
+    state: AlertState
+    value: float | None
+    score: float
+    threshold: float | None
+    expected_low: float | None
+    expected_high: float | None
+    reading_ts: float | None
+    alert_ts: float
+    message: str = ""
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A rejected message, as published on the dead-letter topic."""
+
+    topic: str
+    reason: str
+    detail: str
+    received_at: float
+    payload: str
+    payload_size: int
+
+
+_decoder: Final = msgspec.json.Decoder(_WireReading)
+_encoder: Final = msgspec.json.Encoder()
+_NUMERIC_START: Final = frozenset(b"-+.0123456789")
+MAX_TS_SKEW_S: Final = 10 * 365 * 86400.0
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    """JSON bytes for any wire type."""
+    return _encoder.encode(obj)
+
+
+def decode_reading(
+    payload: bytes, topic_sensor_id: str, received_at: float, max_size: int = 4096
+) -> Reading:
+    """Decode and validate one reading payload.
+
+    Accepts the JSON object form or a bare number (``24.5``). The sensor id comes from the
+    topic; a payload naming another sensor is rejected. A missing ``ts`` is the receive time.
+    """
+    if len(payload) > max_size:
+        raise PayloadError("oversized", f"{len(payload)} bytes > {max_size}")
+    if not payload:
+        raise PayloadError("empty")
+    if payload[0] in _NUMERIC_START:
+        return _bare_number(payload, topic_sensor_id, received_at)
+    try:
+        wire = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise PayloadError("invalid_field", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError("not_json", str(exc)) from None
+    value = wire.value
+    if not math.isfinite(value):
+        raise PayloadError("non_finite", repr(value))
+    sid = wire.sensor_id
+    if sid is not None and sid != topic_sensor_id:
+        detail = f"payload says {sid!r}, topic says {topic_sensor_id!r}"
+        raise PayloadError("sensor_mismatch", detail)
+    ts = wire.ts
+    if ts is None:
+        ts = received_at
+    elif not (math.isfinite(ts) and abs(ts - received_at) < MAX_TS_SKEW_S):
+        raise PayloadError("bad_timestamp", repr(ts))
+    seq = wire.seq
+    if seq is None:
+        seq = NO_SEQ
+    elif not 0 <= seq < 2**62:
+        raise PayloadError("invalid_field", f"seq out of range: {seq}")
+    return Reading(topic_sensor_id, ts, value, wire.unit or "C", seq)
+
+
+def _bare_number(payload: bytes, sensor_id: str, received_at: float) -> Reading:
+    try:
+        value = float(payload)
+    except ValueError:
+        raise PayloadError("not_json", "not a number or a JSON object") from None
+    if not math.isfinite(value):
+        raise PayloadError("non_finite", payload[:32].decode("ascii", "replace"))
+    return Reading(sensor_id, received_at, value)
+
+
+def dead_letter(topic: str, payload: bytes, exc: PayloadError, received_at: float) -> DeadLetter:
+    """A dead-letter record for a rejected payload (the payload shown truncated and escaped)."""
+    shown = payload[:256].decode("utf-8", "backslashreplace")
+    return DeadLetter(topic, exc.reason, exc.detail[:200], received_at, shown, len(payload))

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .mosquitto import Mosquitto
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh, private Mosquitto for one test (persistence on, restartable)."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One private Mosquitto for tests that neither restart it nor depend on its state."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto-shared")).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
