@@ -103,6 +103,11 @@ def decode_reading(
     except msgspec.ValidationError as exc:
         raise PayloadError("invalid_field", str(exc)) from None
     except msgspec.DecodeError as exc:
+        try:  # a bare number with surrounding blanks, or inf/nan spelled out
+            return _bare_number(payload, topic_sensor_id, received_at)
+        except PayloadError as bare:
+            if bare.reason == "non_finite":
+                raise
         raise PayloadError("not_json", str(exc)) from None
     value = wire.value
     if not math.isfinite(value):

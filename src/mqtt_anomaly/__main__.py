@@ -1,0 +1,3 @@
+from mqtt_anomaly.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""Console output: the operator-facing lines, logging set-up, and one-line user errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+from rich.console import Console
+
+from .errors import MqttAnomalyError
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain log lines on stderr; third-party MQTT libraries only from WARNING (ERROR for gmqtt)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for name in ("gmqtt", "mqtt_anomaly.transport.gmqtt", "amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one line on stderr and exit: for user mistakes, never a traceback."""
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+    raise SystemExit(code)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an async entry point; package errors become one line and exit code 2."""
+    try:
+        return asyncio.run(main())
+    except MqttAnomalyError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+class RateLimitedLog:
+    """At most one log record per ``period`` seconds per key; counts what it suppressed."""
+
+    def __init__(self, logger: logging.Logger, period: float = 5.0) -> None:
+        self.logger = logger
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.period:
+            n = self._suppressed.pop(key, 0)
+            suffix = f" ({n} similar suppressed)" if n else ""
+            self.logger.warning(msg + suffix, *args)
+            self._last[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+def emit(line: str) -> None:
+    """One operator line on stdout, flushed (these are what the README shows)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,419 @@
+"""The processing core: bytes from the broker in, alert events out. No I/O here.
+
+One batch of raw messages takes one straight path:
+
+1. **decode** every payload once (``messages.decode_reading``) or turn it into a dead letter;
+2. **dedup / order** by ``(sensor, seq)`` — see :class:`SeqWindow`;
+3. **score** with every detector, one vectorised call per detector per *round* (a round holds
+   at most one reading per sensor, so a batch with several readings of one sensor keeps their
+   order);
+4. **alert**: each detector's :class:`~mqtt_anomaly.alerting.AlertBook` turns scores into
+   raised/cleared events, and the sensor's health is derived from its active alerts.
+
+The service (``service.py``) feeds batches in and hands :class:`Output` to the sinks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .alerting import AlertBook
+from .config import Settings
+from .detectors import Detector, create
+from .errors import PayloadError
+from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
+from .topics import TopicTemplate
+
+SEQ_WINDOW = 64
+SEQ_RESTART_GAP = 1024
+_MASK = (1 << SEQ_WINDOW) - 1
+
+OFFLINE = "offline"
+SILENCE = "silence"
+
+
+class SeqWindow:
+    """Duplicate and order check per sensor: the highest ``seq`` seen and a 64-bit window.
+
+    - ``seq`` above the highest: **new** (in order, or after a gap: the gap is not waited for);
+    - ``seq`` within 64 below the highest and not seen: **late** (out of order): kept in the
+      history but not scored, since detectors learn in time order;
+    - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped;
+    - ``seq`` more than 1024 below the highest: the sensor restarted its counter: **new**, and
+      the window starts again; between 64 and 1024 below: **stale**, dropped.
+
+    >>> w = SeqWindow()
+    >>> [w.check(0, s) for s in (1, 2, 2, 5, 3, 3, 9000, 1)]
+    ['new', 'new', 'duplicate', 'new', 'late', 'duplicate', 'new', 'new']
+    """
+
+    def __init__(self) -> None:
+        self.top: list[int] = []
+        self.mask: list[int] = []
+
+    def grow(self, n: int) -> None:
+        while len(self.top) < n:
+            self.top.append(-1)
+            self.mask.append(0)
+
+    def check(self, slot: int, seq: int) -> str:
+        if slot >= len(self.top):
+            self.grow(slot + 1)
+        top = self.top[slot]
+        if seq > top:
+            shift = seq - top
+            self.mask[slot] = ((self.mask[slot] << shift) | 1) & _MASK if shift < SEQ_WINDOW else 1
+            self.top[slot] = seq
+            return "new"
+        back = top - seq
+        if back < SEQ_WINDOW:
+            bit = 1 << back
+            if self.mask[slot] & bit:
+                return "duplicate"
+            self.mask[slot] |= bit
+            return "late"
+        if back > SEQ_RESTART_GAP:
+            self.top[slot] = seq
+            self.mask[slot] = 1
+            return "new"
+        return "stale"
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the pipeline has seen, by outcome."""
+
+    received: int = 0
+    processed: int = 0
+    duplicates: int = 0
+    late: int = 0
+    stale: int = 0
+    dead_letters: int = 0
+    status: int = 0
+    alerts_raised: int = 0
+    alerts_cleared: int = 0
+    dead_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Output:
+    """What one batch produced, for the sinks."""
+
+    readings: list[Reading] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    health: list[tuple[str, HealthState]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    new_sensors: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.readings or self.alerts or self.health or self.dead)
+
+
+class Pipeline:
+    """Decode → dedup → detect → alert for many sensors; state is per sensor slot."""
+
+    def __init__(self, settings: Settings, detectors: Sequence[Detector] | None = None) -> None:
+        self.settings = settings
+        ds = settings.detector
+        self.readings_topic = TopicTemplate(settings.topics.readings)
+        self.status_topic = TopicTemplate(settings.topics.status)
+        self.detectors: list[Detector] = (
+            list(detectors) if detectors is not None else [create(n, ds) for n in ds.detectors]
+        )
+        self.books: dict[str, AlertBook] = {
+            d.name: AlertBook(
+                d.name,
+                raise_level=d.raise_level,
+                clear_level=d.clear_level,
+                critical_level=d.critical_level,
+                debounce=ds.debounce,
+                clear_after=ds.clear_after,
+            )
+            for d in self.detectors
+        }
+        self.books[SILENCE] = AlertBook(SILENCE, debounce=1, clear_after=1)
+        self.books[OFFLINE] = AlertBook(OFFLINE, critical_level=0.5, debounce=1, clear_after=1)
+        self.sensors: dict[str, int] = {}
+        self.sensor_ids: list[str] = []
+        self.seq = SeqWindow()
+        self.health: list[HealthState] = []
+        self.last_value: list[float] = []
+        self.last_ts: list[float] = []
+        self.last_seen: list[float] = []
+        self.interval: list[float] = []
+        self.counters = Counters()
+
+    # ---- sensors -------------------------------------------------------------------
+    def slot_of(self, sensor_id: str, out: Output) -> int | None:
+        slot = self.sensors.get(sensor_id)
+        if slot is not None:
+            return slot
+        if len(self.sensor_ids) >= self.settings.service.max_sensors:
+            return None
+        slot = len(self.sensor_ids)
+        self.sensors[sensor_id] = slot
+        self.sensor_ids.append(sensor_id)
+        self.health.append("ok")
+        self.last_value.append(math.nan)
+        self.last_ts.append(math.nan)
+        self.last_seen.append(math.nan)
+        self.interval.append(self.settings.detector.interval)
+        self.seq.grow(slot + 1)
+        out.new_sensors.append(sensor_id)
+        return slot
+
+    # ---- one batch -----------------------------------------------------------------
+    def process(self, batch: Iterable[tuple[str, bytes, float]]) -> Output:
+        """Process raw ``(topic, payload, received_at)`` messages in arrival order."""
+        out = Output()
+        rounds: list[list[tuple[int, Reading]]] = []
+        depth: dict[int, int] = {}
+        max_size = self.settings.service.max_payload
+        c = self.counters
+        for topic, payload, received_at in batch:
+            c.received += 1
+            sid = self.readings_topic.sensor_id(topic)
+            if sid is None:
+                sid = self.status_topic.sensor_id(topic)
+                if sid is not None:
+                    self._status(sid, payload, received_at, out)
+                else:
+                    self._reject(topic, payload, PayloadError("unexpected_topic"), received_at, out)
+                continue
+            try:
+                reading = decode_reading(payload, sid, received_at, max_size)
+            except PayloadError as exc:
+                self._reject(topic, payload, exc, received_at, out)
+                continue
+            slot = self.slot_of(sid, out)
+            if slot is None:
+                self._reject(topic, payload, PayloadError("sensor_limit"), received_at, out)
+                continue
+            if reading.seq != NO_SEQ:
+                verdict = self.seq.check(slot, reading.seq)
+                if verdict == "duplicate":
+                    c.duplicates += 1
+                    continue
+                if verdict == "stale":
+                    c.stale += 1
+                    continue
+                if verdict == "late":
+                    c.late += 1
+                    out.readings.append(reading)
+                    continue
+            self._seen(slot, received_at)
+            r = depth.get(slot, 0)
+            depth[slot] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append((slot, reading))
+            out.readings.append(reading)
+        for rnd in rounds:
+            self._score(rnd, out)
+        c.processed += sum(len(r) for r in rounds)
+        return out
+
+    def _seen(self, slot: int, now: float) -> None:
+        prev = self.last_seen[slot]
+        if not math.isnan(prev):
+            gap = now - prev
+            if 0 < gap < 60 * self.interval[slot]:
+                self.interval[slot] += 0.05 * (gap - self.interval[slot])
+        self.last_seen[slot] = now
+
+    def _score(self, rnd: list[tuple[int, Reading]], out: Output) -> None:
+        slots = np.fromiter((s for s, _ in rnd), dtype=np.intp, count=len(rnd))
+        values = np.fromiter((r.value for _, r in rnd), dtype=np.float64, count=len(rnd))
+        ts = np.fromiter((r.ts for _, r in rnd), dtype=np.float64, count=len(rnd))
+        touched: set[int] = set()
+        for det in self.detectors:
+            scores = det.update(slots, values, ts)
+            book = self.books[det.name]
+            tr = book.step(slots, scores.score)
+            for k, i in enumerate(tr.raised.tolist()):
+                slot, reading = rnd[i]
+                sev = "critical" if tr.critical[k] else "warning"
+                out.alerts.append(self._alert(reading, det, "raised", sev, scores, i, slot))
+                touched.add(slot)
+            for i in tr.cleared.tolist():
+                slot, reading = rnd[i]
+                sev = "critical" if book.critical[slot] else "warning"
+                out.alerts.append(self._alert(reading, det, "cleared", sev, scores, i, slot))
+                touched.add(slot)
+        for slot, reading in rnd:
+            self.last_value[slot] = reading.value
+            self.last_ts[slot] = reading.ts
+        self._update_health(touched, out)
+
+    def _alert(
+        self, r: Reading, det: Detector, state: str, sev: str, scores: Any, i: int, slot: int
+    ) -> Alert:
+        lo = float(scores.low[i])
+        hi = float(scores.high[i])
+        threshold = getattr(det, "threshold", None)
+        if state == "raised":
+            self.counters.alerts_raised += 1
+        else:
+            self.counters.alerts_cleared += 1
+        return Alert(
+            sensor_id=r.sensor_id,
+            detector=det.name,
+            severity=sev,  # type: ignore[arg-type]
+            state=state,  # type: ignore[arg-type]
+            value=r.value,
+            score=round(float(scores.score[i]), 6),
+            threshold=float(threshold) if isinstance(threshold, int | float) else None,
+            expected_low=lo if math.isfinite(lo) else None,
+            expected_high=hi if math.isfinite(hi) else None,
+            reading_ts=r.ts,
+            alert_ts=r.ts,
+        )
+
+    # ---- status, silence, health ----------------------------------------------------
+    def _status(self, sid: str, payload: bytes, received_at: float, out: Output) -> None:
+        self.counters.status += 1
+        text = payload.strip().lower()
+        if text not in (b"online", b"offline"):
+            self._reject(
+                self.status_topic.format(sid), payload, PayloadError("bad_status"), received_at, out
+            )
+            return
+        slot = self.slot_of(sid, out)
+        if slot is None:
+            return
+        offline = text == b"offline"
+        book = self.books[OFFLINE]
+        if book.set_state(slot, offline, critical=offline):
+            state = "raised" if offline else "cleared"
+            if offline:
+                self.counters.alerts_raised += 1
+            else:
+                self.counters.alerts_cleared += 1
+            out.alerts.append(
+                Alert(
+                    sensor_id=sid,
+                    detector=OFFLINE,
+                    severity="critical",
+                    state=state,  # type: ignore[arg-type]
+                    value=None,
+                    score=1.0 if offline else 0.0,
+                    threshold=None,
+                    expected_low=None,
+                    expected_high=None,
+                    reading_ts=None,
+                    alert_ts=received_at,
+                    message="sensor offline (Last Will)" if offline else "sensor back online",
+                )
+            )
+        self._update_health({slot}, out)
+
+    def check_silence(self, now: float) -> Output:
+        """Raise/clear silence alerts: no reading for ``silence_factor`` × the usual interval."""
+        out = Output()
+        n = len(self.sensor_ids)
+        if not n:
+            return out
+        seen = np.asarray(self.last_seen, dtype=np.float64)
+        limit = self.settings.detector.silence_factor * np.asarray(self.interval)
+        offline = self.books[OFFLINE].active
+        off = np.zeros(n, dtype=bool)
+        off[: min(n, len(offline))] = offline[:n]
+        silent = (now - seen > limit) & ~off  # NaN (never seen) is not silent
+        slots = np.arange(n, dtype=np.intp)
+        book = self.books[SILENCE]
+        tr = book.step(slots, silent.astype(np.float64))
+        for i in tr.raised.tolist():
+            self.counters.alerts_raised += 1
+            out.alerts.append(self._silence_alert(i, "raised", now, limit[i]))
+        for i in tr.cleared.tolist():
+            self.counters.alerts_cleared += 1
+            out.alerts.append(self._silence_alert(i, "cleared", now, limit[i]))
+        self._update_health(set(tr.raised.tolist()) | set(tr.cleared.tolist()), out)
+        return out
+
+    def _silence_alert(self, slot: int, state: str, now: float, limit: float) -> Alert:
+        last = self.last_seen[slot]
+        return Alert(
+            sensor_id=self.sensor_ids[slot],
+            detector=SILENCE,
+            severity="warning",
+            state=state,  # type: ignore[arg-type]
+            value=None,
+            score=1.0 if state == "raised" else 0.0,
+            threshold=round(float(limit), 3),
+            expected_low=None,
+            expected_high=None,
+            reading_ts=self.last_ts[slot] if self.last_ts[slot] == self.last_ts[slot] else None,
+            alert_ts=now,
+            message=f"no reading for {now - last:.1f}s",
+        )
+
+    def _update_health(self, slots: set[int], out: Output) -> None:
+        for slot in slots:
+            new = self.health_of(slot)
+            if new != self.health[slot]:
+                self.health[slot] = new
+                out.health.append((self.sensor_ids[slot], new))
+
+    def health_of(self, slot: int) -> HealthState:
+        def on(book: str) -> bool:
+            b = self.books[book]
+            return slot < len(b.active) and bool(b.active[slot])
+
+        if on(OFFLINE):
+            return "offline"
+        if any(on(name) for name in self.books):
+            return "anomalous"
+        return "ok"
+
+    def _reject(
+        self, topic: str, payload: bytes, exc: PayloadError, received_at: float, out: Output
+    ) -> None:
+        c = self.counters
+        c.dead_letters += 1
+        c.dead_by_reason[exc.reason] = c.dead_by_reason.get(exc.reason, 0) + 1
+        out.dead.append(dead_letter(topic, payload, exc, received_at))
+
+    # ---- saved state ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "sensor_ids": list(self.sensor_ids),
+            "seq_top": list(self.seq.top),
+            "seq_mask": [str(m) for m in self.seq.mask],
+            "interval": list(self.interval),
+            "health": list(self.health),
+            "detectors": {d.name: d.state_dict() for d in self.detectors},
+            "books": {name: b.state_dict() for name, b in self.books.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
+        """Restore saved state; returns the names of detectors whose state did not fit."""
+        if state.get("version") != 1:
+            raise ValueError("unknown state version")
+        ids: list[str] = state["sensor_ids"]
+        out = Output()
+        for sid in ids:
+            self.slot_of(sid, out)
+        self.seq.top = [int(x) for x in state["seq_top"]]
+        self.seq.mask = [int(x) for x in state["seq_mask"]]
+        self.interval = [float(x) for x in state["interval"]]
+        self.health = list(state["health"])
+        skipped = []
+        for det in self.detectors:
+            saved = state["detectors"].get(det.name)
+            try:
+                if saved is None:
+                    raise ValueError("no saved state")
+                det.load_state_dict(saved)
+            except (ValueError, KeyError):
+                skipped.append(det.name)
+        for name, book in self.books.items():
+            if name in state["books"] and name not in skipped:
+                book.load_state_dict(state["books"][name])
+        return skipped
