@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from mqtt_anomaly.console import quiet_libraries
+
 from .mosquitto import Mosquitto
 
 
@@ -26,3 +28,7 @@ def shared_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosqu
         yield broker
     finally:
         broker.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    quiet_libraries()

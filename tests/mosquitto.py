@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import shutil
 import signal
 import socket
@@ -59,8 +61,10 @@ class Mosquitto:
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # as root, Mosquitto would drop to user "mosquitto", which cannot write our tmp dir
+        run_as = f"user {getpass.getuser()}\n" if os.geteuid() == 0 else ""
         self.config_file.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            run_as + f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"

@@ -91,10 +91,12 @@ def test_out_of_order_reading_stored_not_scored(pipe: Pipeline) -> None:
     assert out.alerts == []
 
 
-def test_sequence_restart_accepted(pipe: Pipeline) -> None:
-    pipe.process(normal("S1", 10, start=5000))
-    pipe.process([reading("S1", 25.0, 0)])
-    assert pipe.counters.processed == 11
+def test_sequence_restart_accepted_stale_dropped(pipe: Pipeline) -> None:
+    pipe.process(normal("S1", 10, start=50_000))
+    pipe.process([reading("S1", 25.0, 30_000)])  # far behind, not a restart: stale
+    assert pipe.counters.stale == 1
+    pipe.process([reading("S1", 25.0, 0), reading("S1", 25.0, 1)])  # counter restarted
+    assert pipe.counters.processed == 12
 
 
 def test_readings_of_one_sensor_in_one_batch_keep_their_order(pipe: Pipeline) -> None:

@@ -27,6 +27,11 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """MQTT libraries log every lost socket write; keep only their errors."""
     for name in ("gmqtt", "mqtt_anomaly.transport.gmqtt", "amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -29,8 +29,7 @@ from .errors import PayloadError
 from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
 from .topics import TopicTemplate
 
-SEQ_WINDOW = 64
-SEQ_RESTART_GAP = 1024
+SEQ_WINDOW = 4096
 _MASK = (1 << SEQ_WINDOW) - 1
 
 OFFLINE = "offline"
@@ -38,18 +37,19 @@ SILENCE = "silence"
 
 
 class SeqWindow:
-    """Duplicate and order check per sensor: the highest ``seq`` seen and a 64-bit window.
+    """Duplicate and order check per sensor: the highest ``seq`` seen and a 4096-bit window.
 
     - ``seq`` above the highest: **new** (in order, or after a gap: the gap is not waited for);
-    - ``seq`` within 64 below the highest and not seen: **late** (out of order): kept in the
-      history but not scored, since detectors learn in time order;
+    - ``seq`` within the window below the highest and not seen: **late** (out of order, e.g. a
+      sensor's retransmission after a broker restart): kept in the history but not scored,
+      since detectors learn in time order;
     - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped;
-    - ``seq`` more than 1024 below the highest: the sensor restarted its counter: **new**, and
-      the window starts again; between 64 and 1024 below: **stale**, dropped.
+    - ``seq`` further back than the window: if it is small (< window) the sensor restarted
+      its counter: **new**, and the window starts again; otherwise **stale**, dropped.
 
     >>> w = SeqWindow()
-    >>> [w.check(0, s) for s in (1, 2, 2, 5, 3, 3, 9000, 1)]
-    ['new', 'new', 'duplicate', 'new', 'late', 'duplicate', 'new', 'new']
+    >>> [w.check(0, s) for s in (1, 2, 2, 5, 3, 3, 9000, 4000, 1, 2)]
+    ['new', 'new', 'duplicate', 'new', 'late', 'duplicate', 'new', 'stale', 'new', 'new']
     """
 
     def __init__(self) -> None:
@@ -77,7 +77,7 @@ class SeqWindow:
                 return "duplicate"
             self.mask[slot] |= bit
             return "late"
-        if back > SEQ_RESTART_GAP:
+        if seq < SEQ_WINDOW:
             self.top[slot] = seq
             self.mask[slot] = 1
             return "new"

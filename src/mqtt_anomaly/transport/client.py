@@ -132,6 +132,8 @@ class MqttClient:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._suback: dict[int, asyncio.Future[tuple[int, ...]]] = {}
 
     # ---- gmqtt callbacks -------------------------------------------------------------
     def _handle_connect(self, _c: object, flags: int, rc: int, _props: object) -> None:
@@ -139,9 +141,10 @@ class MqttClient:
         self._connected.set()
         session_present = bool(flags)
         if self._filters and not session_present:
-            for topic, qos in self._filters:
-                self._client.subscribe(topic, qos=qos)
-        self._flush_buffer()
+            self._client.subscribe([gmqtt.Subscription(f, qos=q) for f, q in self._filters])
+        # after gmqtt's re-send of unacknowledged messages (scheduled by the same CONNACK),
+        # so the broker sees them in their original order
+        asyncio.get_running_loop().call_soon(self._flush_buffer)
         if self._user_on_connect is not None:
             self._user_on_connect(session_present)
 
@@ -203,11 +206,30 @@ class MqttClient:
                     warned = True
                 await asyncio.sleep(s.reconnect_delay)
 
-    async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None:
-        """Subscribe (and re-subscribe after a reconnect that lost the session)."""
-        for f in filters:
-            self._filters.append((f, qos))
-            self._client.subscribe(f, qos=qos)
+    async def subscribe(self, filters: Sequence[str], qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the broker's SUBACK (re-subscribed after a lost session).
+
+        Raises :class:`BrokerError` if the broker refuses a filter (e.g. an ACL).
+        """
+        subs = [gmqtt.Subscription(f, qos=qos) for f in filters]
+        self._filters.extend((f, qos) for f in filters)
+        mid = self._client.subscribe(subs)
+        waiter: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+        self._suback[mid] = waiter
+        try:
+            granted = await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise BrokerError(f"no SUBACK from {self.settings.address} in {timeout}s") from None
+        finally:
+            self._suback.pop(mid, None)
+        refused = [f for f, g in zip(filters, granted, strict=False) if g >= 0x80]
+        if refused:
+            raise BrokerError(f"broker refused subscription to {', '.join(refused)}")
+
+    def _handle_subscribe(self, _c: object, mid: int, granted: tuple[int, ...], _p: object) -> None:
+        waiter = self._suback.get(mid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(tuple(granted))
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish now, or buffer while disconnected (bounded: the oldest are dropped)."""
@@ -253,6 +275,9 @@ class MqttClient:
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as a crash would (the Will fires)."""
         self._client.stop_reconnect()
+        # stop_reconnect() alone still lets gmqtt make one reconnect attempt (its retry check
+        # is ``failed <= retries``, 0 <= 0); an inactive client makes none, as after a crash.
+        self._client._is_active = False
         conn = self._client._connection
         if conn is not None:
             transport = getattr(conn, "_transport", None)

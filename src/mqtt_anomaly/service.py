@@ -1,0 +1,270 @@
+"""The detector service: MQTT in → :class:`~mqtt_anomaly.pipeline.Pipeline` → sinks.
+
+Messages are appended to an inbox by the MQTT callback and processed in batches on the next
+turn of the event loop, so a burst costs one pipeline call, not one per message. Sinks: alerts
+and retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
+readings and alerts to the history store, operator lines on the console, and any listeners
+(the dashboard, tests).
+
+Shutdown (SIGINT/SIGTERM → ``stop``): process what was received, publish what it produced and
+wait for the broker's acknowledgements, flush the store, save detector state, disconnect.
+On start, saved state is restored, so a restart does not relearn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .console import RateLimitedLog, emit
+from .messages import Alert, encode
+from .pipeline import Output, Pipeline
+from .topics import TopicTemplate
+from .transport.client import MqttClient
+
+if TYPE_CHECKING:
+    from .store.base import Store
+
+log = logging.getLogger(__name__)
+STATE_FILE = "detector-state.pkl"
+DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
+Listener = Callable[[Output], None]
+
+
+class DetectorService:
+    """Subscribe, detect, alert. ``await service.run(stop_event)`` until ``stop_event`` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        console: bool = True,
+        clock: Callable[[], float] = time.time,
+        checkpoint_every: float = 60.0,
+        dead_letter_rate: float = 100.0,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = Pipeline(settings)
+        self.store = store
+        self.console = console
+        self.clock = clock
+        self.checkpoint_every = checkpoint_every
+        self.listeners: list[Listener] = []
+        self.client = MqttClient(
+            settings.broker,
+            settings.broker.client_id or DEFAULT_CLIENT_ID,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            name="detector",
+        )
+        self.ready = asyncio.Event()
+        self._inbox: list[tuple[str, bytes, float]] = []
+        self._scheduled = False
+        self._alerts_topic = TopicTemplate(settings.topics.alerts)
+        self._health_topic = TopicTemplate(settings.topics.health)
+        self._ratelog = RateLimitedLog(log)
+        self._dl_budget = dead_letter_rate
+        self._dl_rate = dead_letter_rate
+        self._dl_refill = time.monotonic()
+        self._dl_suppressed = 0
+        self._connected_once = False
+
+    @property
+    def state_path(self) -> Path:
+        return self.settings.service.state_dir / STATE_FILE
+
+    # ---- intake ---------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        self._inbox.append((topic, payload, self.clock()))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._process_inbox)
+
+    def _process_inbox(self) -> None:
+        self._scheduled = False
+        batch, self._inbox = self._inbox, []
+        if batch:
+            self._emit(self.pipeline.process(batch))
+
+    def _on_connect(self, session_present: bool) -> None:
+        if self._connected_once:
+            log.info("reconnected to broker %s", self.settings.broker.address)
+            self._line(f"[INFO] Reconnected to Broker at {self.settings.broker.address}")
+        self._connected_once = True
+
+    def _on_disconnect(self) -> None:
+        if self._connected_once:
+            self._line("[WARN] Connection to broker lost; reconnecting")
+
+    # ---- sinks ------------------------------------------------------------------------
+    def _emit(self, out: Output) -> None:
+        client = self.client
+        if self.store is not None and out.readings:
+            rs = out.readings
+            self.store.add_readings(
+                [r.sensor_id for r in rs],
+                [r.ts for r in rs],
+                [r.value for r in rs],
+                [r.seq for r in rs],
+            )
+        if self.settings.service.verbose and self.console:
+            for r in out.readings:
+                emit(f"[DATA] Received {r.value:.1f}°{r.unit} from {r.sensor_id}")
+        for alert in out.alerts:
+            client.publish(self._alerts_topic.format(alert.sensor_id), encode(alert), qos=1)
+            if self.store is not None:
+                self.store.add_alert(alert)
+            if self.console:
+                self._print_alert(alert)
+        for sid, state in out.health:
+            client.publish(self._health_topic.format(sid), state.encode(), qos=1, retain=True)
+        if out.dead:
+            self._dead_letters(out)
+        for listener in self.listeners:
+            listener(out)
+
+    def _dead_letters(self, out: Output) -> None:
+        now = time.monotonic()
+        self._dl_budget = min(
+            self._dl_rate, self._dl_budget + (now - self._dl_refill) * self._dl_rate
+        )
+        self._dl_refill = now
+        topic = self.settings.topics.deadletter
+        for d in out.dead:
+            self._ratelog.warning(
+                d.reason, "rejected message on %s: %s %s", d.topic, d.reason, d.detail
+            )
+            if self._dl_budget >= 1:
+                self._dl_budget -= 1
+                self.client.publish(topic, encode(d), qos=1)
+            else:
+                self._dl_suppressed += 1
+
+    def _print_alert(self, a: Alert) -> None:
+        value = f"{a.value:.1f}°C" if a.value is not None else ""
+        if a.state == "cleared":
+            self._line(f"[CLEAR] {a.sensor_id} {a.detector} alert cleared {value}".rstrip())
+        elif a.detector == "offline":
+            self._line(f"[ALERT] 🔌 {a.sensor_id} OFFLINE (Last Will)")
+        elif a.detector == "silence":
+            self._line(f"[ALERT] ⏱️ {a.sensor_id} SILENT: {a.message}")
+        elif a.severity == "critical":
+            self._line(
+                f"[ALERT] 🚨 CRITICAL ANOMALY DETECTED: {value}! ({a.sensor_id}, {a.detector})"
+            )
+        else:
+            self._line(f"[ALERT] ⚠️ WARNING: anomaly on {a.sensor_id}: {value} ({a.detector})")
+
+    def _line(self, text: str) -> None:
+        if self.console:
+            emit(text)
+
+    # ---- state ----------------------------------------------------------------------
+    def restore(self) -> None:
+        path = self.state_path
+        if not path.exists():
+            return
+        try:
+            with path.open("rb") as fh:
+                state = pickle.load(fh)
+            skipped = self.pipeline.load_state_dict(state)
+        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+            log.warning("ignoring saved state %s: %s", path, exc)
+            return
+        if skipped:
+            log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
+
+    def save(self) -> None:
+        """Save detector state now (atomically: a crash mid-write keeps the old file)."""
+        write_state(self.state_path, self.pipeline.state_dict())
+
+    # ---- lifecycle ------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe and process until ``stop`` is set; then shut down cleanly."""
+        self.restore()
+        s = self.settings
+        await self.client.connect()
+        self._line(f"[INFO] Connected to Broker at {s.broker.address}")
+        filters = s.topics.filters
+        await self.client.subscribe(filters, qos=max(1, s.broker.qos))
+        self._line(f"[SYSTEM] Listening for topics: {', '.join(filters)}")
+        self.ready.set()
+        tasks = [
+            asyncio.create_task(self._silence_loop()),
+            asyncio.create_task(self._checkpoint_loop()),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Finish in-flight work, flush, save state, disconnect."""
+        self._process_inbox()
+        if not await self.client.drain(timeout=5.0):
+            log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)
+        self._process_inbox()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.flush, 10.0)
+        self.save()
+        await self.client.disconnect()
+        self._process_inbox()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.flush, 10.0)
+
+    async def _silence_loop(self) -> None:
+        period = min(1.0, self.settings.detector.interval)
+        while True:
+            await asyncio.sleep(period)
+            out = self.pipeline.check_silence(self.clock())
+            if out:
+                self._emit(out)
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_every)
+            await asyncio.to_thread(write_state, self.state_path, self.pipeline.state_dict())
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Pickle ``state`` to ``path`` via a temporary file and an atomic rename."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        log.error("could not save detector state to %s: %s", path, exc)
+
+
+async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the service as ``mqtt-anomaly detect`` does: store, signals, clean stop."""
+    from .store import open_store
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with open_store(settings.store.url, settings.store) as store:
+        service = DetectorService(settings, store=store)
+        await service.run(stop)
