@@ -218,7 +218,7 @@ class MqttClient:
         self._suback[mid] = waiter
         try:
             granted = await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BrokerError(f"no SUBACK from {self.settings.address} in {timeout}s") from None
         finally:
             self._suback.pop(mid, None)
