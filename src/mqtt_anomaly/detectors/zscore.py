@@ -7,8 +7,9 @@ statistics, so one spike does not inflate the variance, while a lasting level sh
 within a few hundred readings. The variance has a floor (``min_std`` and ``rel_std`` of the
 level), so a flat signal does not make every small wiggle infinitely anomalous.
 
-Score: ``z / (2 * z_alert)`` clipped to [0, 1]: 0.5 (alert) at ``z_alert`` standard deviations,
-critical from twice that. No score during the first ``warmup`` readings of a sensor.
+Score: ``z² / (z² + z_alert²)``: 0.5 (alert) at ``z_alert`` standard deviations, 0.8 (critical)
+at twice that; it approaches 1 without reaching it, so larger deviations always rank higher.
+No score during the first ``warmup`` readings of a sensor.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -33,7 +34,7 @@ class ZScoreDetector(Detector):
     """Exponentially weighted z-score with winsorised learning and a variance floor."""
 
     name: ClassVar[str] = "zscore"
-    critical_level: ClassVar[float] = 1.0
+    critical_level: ClassVar[float] = 0.8
 
     def __init__(
         self,
@@ -83,7 +84,8 @@ class ZScoreDetector(Detector):
         dev = values - mean
         z = np.abs(dev) / std
         ready = n >= self.warmup
-        score = np.where(ready, np.clip(z / (2 * self.z_alert), 0.0, 1.0), 0.0)
+        z2 = z * z
+        score = np.where(ready, z2 / (z2 + self.z_alert * self.z_alert), 0.0)
         half = self.z_alert * std
         low = np.where(ready, mean - half, np.nan)
         high = np.where(ready, mean + half, np.nan)

@@ -1,0 +1,382 @@
+"""Run the service's detectors over the NAB corpus or a labelled CSV, and score them.
+
+Detectors are built with :func:`mqtt_anomaly.detectors.create` and fed exactly as the live
+service feeds them: many sensors per :meth:`~mqtt_anomaly.detectors.base.Detector.update` call,
+one slot each. Series are fed in lockstep (row ``i`` of every series in one call), timestamps as
+epoch seconds. A missing (NaN) value is not fed; its row has no score.
+
+>>> import numpy as np
+>>> from mqtt_anomaly.detectors import create
+>>> values = [np.ones(5), np.arange(3.0)]
+>>> scores, _ = feed(create("stuck"), values, [np.arange(5.0), np.arange(3.0)])
+>>> [len(s) for s in scores], float(scores[0][-1]) > 0.0, float(scores[1].max())
+([5, 3], True, 0.0)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DetectorSettings
+from ..detectors import create
+from ..detectors.base import Detector, FloatArray, IntArray
+from ..errors import ConfigError
+from .nab import Corpus, ProfileScore, Series, score_all, windows_from_labels
+
+Progress = Callable[[int, int], None]
+"""Called with (rows fed, rows in all) as a run advances."""
+
+
+def feed(
+    detector: Detector,
+    values: Sequence[FloatArray],
+    ts: Sequence[FloatArray],
+    progress: Progress | None = None,
+) -> tuple[list[FloatArray], float]:
+    """Feed series ``f`` into slot ``f`` in lockstep; per-series scores and seconds spent."""
+    lengths = [len(v) for v in values]
+    rows = max(lengths, default=0)
+    vals = np.full((rows, len(values)), np.nan)
+    stamps = np.zeros((rows, len(values)))
+    for f, (v, t) in enumerate(zip(values, ts, strict=True)):
+        if len(t) != len(v):
+            raise ValueError(f"series {f}: {len(v)} values but {len(t)} timestamps")
+        vals[: len(v), f] = v
+        stamps[: len(v), f] = t
+    out = np.full_like(vals, np.nan)
+    present = ~np.isnan(vals)
+    full = present.all(axis=1)
+    all_slots = np.arange(len(values), dtype=np.intp)
+    step = max(1, rows // 200)
+    start = time.perf_counter()
+    for i in range(rows):
+        if full[i]:
+            out[i] = detector.update(all_slots, vals[i], stamps[i]).score
+        else:
+            m = present[i]
+            if m.any():
+                out[i, m] = detector.update(all_slots[m], vals[i, m], stamps[i, m]).score
+        if progress is not None and (i % step == step - 1 or i == rows - 1):
+            progress(i + 1, rows)
+    seconds = time.perf_counter() - start
+    return [out[:n, f].copy() for f, n in enumerate(lengths)], seconds
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """A detector's scores for every series, and how fast it produced them."""
+
+    detector: str
+    scores: dict[str, FloatArray]
+    points: int
+    seconds: float
+    alert_level: float
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else float("inf")
+
+
+def run_nab(
+    corpus: Corpus,
+    detector: str,
+    settings: DetectorSettings | None = None,
+    progress: Progress | None = None,
+) -> Run:
+    """Score every file of ``corpus`` with a fresh ``detector``, all files in lockstep."""
+    det = create(detector, settings)
+    values = [s.values for s in corpus.series]
+    outs, seconds = feed(det, values, [s.epoch_seconds() for s in corpus.series], progress)
+    scores = {s.name: np.nan_to_num(o, nan=0.0) for s, o in zip(corpus.series, outs, strict=True)}
+    points = int(sum(np.count_nonzero(~np.isnan(v)) for v in values))
+    return Run(detector, scores, points, seconds, det.raise_level)
+
+
+def rounded(x: float, digits: int) -> float | None:
+    """``x`` rounded for JSON, None when it is not finite (a score without windows)."""
+    return round(x, digits) if np.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class NabReport:
+    """One detector on NAB: optimised thresholds per profile, and at its alert level."""
+
+    detector: str
+    points: int
+    seconds: float
+    optimised: dict[str, ProfileScore]
+    at_alert: dict[str, ProfileScore]
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "points": self.points,
+            "seconds": round(self.seconds, 4),
+            "points_per_second": rounded(self.points_per_second, 1),
+            "profiles": {
+                p: {**_score_dict(s), "at_alert_level": _score_dict(self.at_alert[p])}
+                for p, s in self.optimised.items()
+            },
+        }
+
+
+def _score_dict(ps: ProfileScore) -> dict[str, Any]:
+    return {"threshold": ps.threshold, "raw": round(ps.raw, 6), "score": rounded(ps.score, 4)}
+
+
+def report_nab(corpus: Corpus, run: Run) -> NabReport:
+    """Score a run: NAB's optimised threshold per profile, and the detector's own alert level."""
+    return NabReport(
+        run.detector,
+        run.points,
+        run.seconds,
+        score_all(corpus, run.scores),
+        score_all(corpus, run.scores, run.alert_level),
+    )
+
+
+def write_results(corpus: Corpus, run: Run, results_dir: Path) -> int:
+    """Write NAB's results layout ``<det>/<category>/<det>_<file>.csv``; returns files written.
+
+    Columns ``timestamp,value,anomaly_score,label`` (label 1 on rows inside a window).
+    """
+    for s in corpus.series:
+        category, _, filename = s.name.rpartition("/")
+        path = results_dir / run.detector / category / f"{run.detector}_{filename}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamps = np.char.replace(np.datetime_as_string(s.timestamps, unit="s"), "T", " ")
+        label = (s.window_ids() >= 0).astype(int)
+        lines = [
+            f"{t},{v!r},{a!r},{lab}"
+            for t, v, a, lab in zip(
+                stamps.tolist(),
+                s.values.tolist(),
+                run.scores[s.name].tolist(),
+                label.tolist(),
+                strict=True,
+            )
+        ]
+        path.write_text("timestamp,value,anomaly_score,label\n" + "\n".join(lines) + "\n")
+    return len(corpus.series)
+
+
+# -- a labelled CSV --------------------------------------------------------------------------
+
+_TRUE = {"true", "yes", "anomaly"}
+_FALSE = {"", "false", "no", "normal"}
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledCsv:
+    """A CSV read for evaluation: one value column per slot, and 0/1 row labels."""
+
+    name: str
+    columns: tuple[str, ...]
+    values: FloatArray  # rows x columns, NaN where a cell is empty
+    epoch: FloatArray
+    labels: np.ndarray[Any, np.dtype[np.bool_]]
+
+
+def _number(path: Path, line: int, col: str, cell: str) -> float:
+    try:
+        return float(cell) if cell.strip() else float("nan")
+    except ValueError:
+        raise ConfigError(f"{path}:{line}: column {col!r}: {cell!r} is not a number") from None
+
+
+def _label(path: Path, line: int, col: str, cell: str) -> bool:
+    word = cell.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    return _number(path, line, col, cell) != 0.0
+
+
+def _epoch(path: Path, col: str, cells: list[str]) -> FloatArray:
+    try:
+        return np.array(cells, dtype=np.float64)
+    except ValueError:
+        pass
+    try:
+        stamps = np.array([c.strip().replace(" ", "T") for c in cells], dtype="datetime64[us]")
+    except ValueError:
+        raise ConfigError(f"{path}: column {col!r} holds neither numbers nor timestamps") from None
+    return stamps.astype(np.int64).astype(np.float64) / 1e6
+
+
+def read_labelled_csv(
+    path: Path,
+    label_column: str,
+    value_columns: Sequence[str] | None = None,
+    timestamp_column: str | None = None,
+) -> LabelledCsv:
+    """Read ``path``; value columns default to every column but the label and timestamp.
+
+    The timestamp column (default ``timestamp`` when there is one) may hold epoch seconds or
+    ISO date-times; without one, row numbers stand in as seconds.
+    """
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    if len(rows) < 2:
+        raise ConfigError(f"{path}: needs a header and at least one row")
+    header = [h.strip() for h in rows[0]]
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    if timestamp_column is None and "timestamp" in header:
+        timestamp_column = "timestamp"
+    cols = list(value_columns or [c for c in header if c not in (label_column, timestamp_column)])
+    for col in [label_column, *cols, *([timestamp_column] if timestamp_column else [])]:
+        if col not in header:
+            raise ConfigError(f"{path}: no column {col!r} (columns: {', '.join(header)})")
+    if not cols:
+        raise ConfigError(f"{path}: no value column to score")
+    at = {c: header.index(c) for c in header}
+    for n, r in enumerate(body):
+        if len(r) < len(header):
+            raise ConfigError(f"{path}:{n + 2}: {len(r)} cells for {len(header)} columns")
+    values = np.array(
+        [[_number(path, n + 2, c, r[at[c]]) for c in cols] for n, r in enumerate(body)],
+        dtype=np.float64,
+    ).reshape(len(body), len(cols))
+    labels = np.array(
+        [_label(path, n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
+        dtype=bool,
+    )
+    epoch = (
+        _epoch(path, timestamp_column, [r[at[timestamp_column]] for r in body])
+        if timestamp_column
+        else np.arange(len(body), dtype=np.float64)
+    )
+    return LabelledCsv(path.name, tuple(cols), values, epoch, labels)
+
+
+def _runs(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> tuple[IntArray, IntArray]:
+    """First and last row of every run of True."""
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+
+
+def _touched(mask: np.ndarray[Any, np.dtype[np.bool_]], first: IntArray, last: IntArray) -> int:
+    """How many of the runs ``first..last`` hold at least one True row of ``mask``."""
+    c = np.concatenate(([0], np.cumsum(mask)))
+    return int(np.count_nonzero(c[last + 1] - c[first] > 0))
+
+
+def _prf(tp: int, n_pred: int, n_true: int, hits: int | None = None) -> dict[str, float | int]:
+    p = tp / n_pred if n_pred else 0.0
+    r = (tp if hits is None else hits) / n_true if n_true else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4)}
+
+
+def classification_metrics(
+    detected: np.ndarray[Any, np.dtype[np.bool_]], labels: np.ndarray[Any, np.dtype[np.bool_]]
+) -> dict[str, dict[str, float | int]]:
+    """Point-wise and event-wise precision, recall and F1.
+
+    Point-wise counts rows. Event-wise: an *event* is a run of labelled rows and an *alarm* a
+    run of detected rows; recall is the share of events holding a detection, precision the
+    share of alarms touching an event.
+
+    >>> lab = np.array([0, 1, 1, 0, 0, 0, 1, 0], dtype=bool)
+    >>> det = np.array([0, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    >>> m = classification_metrics(det, lab)
+    >>> m["point"]["precision"], m["point"]["recall"], m["event"]["recall"]
+    (0.5, 0.3333, 0.5)
+    """
+    tp = int(np.count_nonzero(detected & labels))
+    point = {
+        "tp": tp,
+        "fp": int(np.count_nonzero(detected & ~labels)),
+        "fn": int(np.count_nonzero(~detected & labels)),
+        **_prf(tp, int(detected.sum()), int(labels.sum())),
+    }
+    events, alarms = _runs(labels), _runs(detected)
+    found, true_alarms = _touched(detected, *events), _touched(labels, *alarms)
+    event = {
+        "events": len(events[0]),
+        "detected_events": found,
+        "alarms": len(alarms[0]),
+        "true_alarms": true_alarms,
+        **_prf(true_alarms, len(alarms[0]), len(events[0]), found),
+    }
+    return {"point": point, "event": event}
+
+
+@dataclass(frozen=True)
+class CsvReport:
+    """A detector on a labelled CSV: classification at its alert level, and NAB scores."""
+
+    file: str
+    detector: str
+    columns: tuple[str, ...]
+    rows: int
+    points: int
+    seconds: float
+    alert_level: float
+    metrics: dict[str, dict[str, float | int]]
+    windows: int
+    optimised: dict[str, ProfileScore]
+    at_alert: dict[str, ProfileScore]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "detector": self.detector,
+            "columns": list(self.columns),
+            "rows": self.rows,
+            "points": self.points,
+            "points_per_second": rounded(self.points / self.seconds, 1) if self.seconds else None,
+            "alert_level": self.alert_level,
+            **self.metrics,
+            "nab": {
+                "windows": self.windows,
+                "optimised": {p: _score_dict(s) for p, s in self.optimised.items()},
+                "at_alert_level": {p: _score_dict(s) for p, s in self.at_alert.items()},
+            },
+        }
+
+
+def evaluate_csv(
+    data: LabelledCsv, detector: str, settings: DetectorSettings | None = None
+) -> CsvReport:
+    """Run ``detector`` over every value column (one slot each) and score the row score.
+
+    A row's score is the highest of its columns' scores: a row is detected when any sensor is.
+    NAB windows are built from the label column with :func:`~.nab.windows_from_labels`.
+    """
+    det = create(detector, settings)
+    cols = [data.values[:, c] for c in range(len(data.columns))]
+    outs, seconds = feed(det, cols, [data.epoch] * len(cols))
+    stacked = np.column_stack(outs) if outs else np.zeros((len(data.labels), 0))
+    row_score = np.nan_to_num(np.fmax.reduce(stacked, axis=1), nan=0.0)
+    name = data.name
+    stamps = (data.epoch * 1e6).astype(np.int64).astype("datetime64[us]")
+    series = Series(name, stamps, row_score, windows_from_labels(data.labels))
+    corpus = Corpus([series])
+    scores = {name: row_score}
+    return CsvReport(
+        file=name,
+        detector=detector,
+        columns=data.columns,
+        rows=len(row_score),
+        points=int(np.count_nonzero(~np.isnan(data.values))),
+        seconds=seconds,
+        alert_level=det.raise_level,
+        metrics=classification_metrics(row_score >= det.raise_level, data.labels),
+        windows=corpus.n_windows,
+        optimised=score_all(corpus, scores),
+        at_alert=score_all(corpus, scores, det.raise_level),
+    )
