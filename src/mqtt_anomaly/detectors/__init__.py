@@ -8,6 +8,12 @@ from __future__ import annotations
 from ..config import DetectorSettings
 from ..errors import ConfigError
 from .base import Detector, Field, Scores
+from .changepoint import ChangePointDetector
+from .ensemble import EnsembleDetector
+from .rate import RateDetector
+from .river_adapter import RiverDetector, river_available
+from .robust import RobustDetector
+from .seasonal import SeasonalDetector
 from .stuck import StuckDetector
 from .threshold import ThresholdDetector
 from .zscore import ZScoreDetector
@@ -18,8 +24,15 @@ _REGISTRY: dict[str, type[Detector]] = {
         ThresholdDetector,
         ZScoreDetector,
         StuckDetector,
+        RobustDetector,
+        RateDetector,
+        SeasonalDetector,
+        ChangePointDetector,
+        EnsembleDetector,
     )
 }
+if river_available():  # optional extra: pip install river
+    _REGISTRY[RiverDetector.name] = RiverDetector
 
 
 def available() -> list[str]:

@@ -1,0 +1,78 @@
+"""Shared pieces of the detectors: per-slot tables, the Gaussian tail, tail-to-score mapping.
+
+:class:`TableDetector` lets a detector keep a fixed-size row of values per slot (a time-of-day
+profile, a hashed context table): ``shapes()`` gives the trailing shape of such a field. The
+memory per slot stays constant.
+
+:func:`log10_tail` is ``log10`` of the upper tail of the standard normal, computed without
+underflow (so a 40-sigma reading still gets a finite, ordered value), and :func:`tail_score`
+maps a tail probability to a score: 0.5 at ``1e-5`` (the alert level), 1.0 at ``1e-10``.
+
+>>> import numpy as np
+>>> log10_tail(np.array([0.0, 1.0, 4.264891, 40.0])).round(3).tolist()
+[-0.301, -0.8, -5.0, -349.437]
+>>> tail_score(np.array([-5.0, -10.0, -1.0])).tolist()
+[0.5, 1.0, 0.1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .base import Detector, FloatArray
+
+_LN10 = float(np.log(10.0))
+# Chebyshev fit of erfc (Numerical Recipes' erfcc, fractional error below 1.2e-7)
+_ERFC = (
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
+
+
+def log10_tail(z: FloatArray) -> FloatArray:
+    """``log10 P(Z > z)`` for a standard normal ``Z``, stable far into the tail."""
+    x = np.abs(z) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = np.zeros_like(x)
+    for c in reversed(_ERFC):
+        poly = poly * t + c
+    ln_erfc = np.log(t) - x * x + poly  # ln erfc(|z| / sqrt 2)
+    ln_upper = ln_erfc - np.log(2.0)  # ln P(Z > |z|)
+    ln_tail = np.where(z >= 0, ln_upper, np.log1p(-np.exp(ln_upper)))
+    return np.asarray(ln_tail / _LN10, dtype=np.float64)
+
+
+def tail_score(log10_p: FloatArray) -> FloatArray:
+    """A score in [0, 1] from ``log10`` of a tail probability: ``-log10(p) / 10``."""
+    return np.asarray(np.clip(-log10_p / 10.0, 0.0, 1.0), dtype=np.float64)
+
+
+class TableDetector(Detector):
+    """A detector some of whose per-slot fields are fixed-size rows (``shapes()``)."""
+
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        """Trailing shape of each field that holds more than one value per slot."""
+        return {}
+
+    def reserve(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        new_cap = max(n, 2 * self.capacity, 16)
+        shapes = self.shapes()
+        for k, f in self.fields().items():
+            old = self.state[k]
+            arr = np.full((new_cap, *shapes.get(k, ())), f.fill, dtype=f.dtype)
+            if len(old):
+                arr[: len(old)] = old
+            self.state[k] = arr
+        self.capacity = new_cap

@@ -1,0 +1,110 @@
+"""Seasonal baseline: each reading against the sensor's usual value at that time of day (or week).
+
+The period (a day by default) is cut into ``bins`` equal time-of-day bins; each sensor keeps an
+exponentially weighted mean and variance per bin, so memory per sensor is fixed (``2 * bins``
+numbers). A reading is compared with the statistics of its own bin: a chiller that runs at 14 °C
+at night and 9 °C by day is not anomalous at 14 °C at 02:00 but is at 14 °C at 14:00, which a
+plain z-score cannot tell apart. ``period = 604800`` with ``bins = 168`` learns a weekly profile
+by the hour.
+
+Learning is winsorised (``clip`` standard deviations) and the variance has a floor
+(``min_std``, ``rel_std`` of the level). Score: ``z / (2 * z_alert)`` clipped to [0, 1]; a bin
+scores nothing until it has seen ``min_count`` readings.
+
+>>> import numpy as np
+>>> t = np.arange(0, 6 * 86400, 600.0)  # six days, one reading every ten minutes
+>>> day = np.sin(2 * np.pi * t / 86400)
+>>> x = 20 + 5 * day + np.random.default_rng(2).normal(0, 0.2, len(t))
+>>> x[-100] = 20 - 5 * day[-100]  # the night value in the middle of the day
+>>> s = SeasonalDetector(bins=48).score_series(x, t)
+>>> bool(s[-100] >= 0.5), bool(np.delete(s, len(s) - 100)[3 * 144 :].max() < 0.5)
+(True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._common import TableDetector
+from .base import Field, FloatArray, IntArray, Scores
+
+
+class SeasonalDetector(TableDetector):
+    """Per time-of-day bin exponentially weighted mean and variance; z-score against its bin."""
+
+    name: ClassVar[str] = "seasonal"
+    critical_level: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        *,
+        period: float = 86400.0,
+        bins: int = 24,
+        alpha: float = 0.1,
+        z_alert: float = 5.0,
+        min_count: int = 3,
+        clip: float = 3.0,
+        min_std: float = 0.01,
+        rel_std: float = 1e-3,
+    ) -> None:
+        if period <= 0 or bins < 1 or not 0 < alpha < 1:
+            raise ValueError("period and bins must be positive, alpha in (0, 1)")
+        if z_alert <= 0 or clip <= 0 or min_count < 1 or min_std < 0 or rel_std < 0:
+            raise ValueError("z_alert, clip and min_count must be positive, floors non-negative")
+        self.period = float(period)
+        self.bins = int(bins)
+        self.alpha = float(alpha)
+        self.z_alert = float(z_alert)
+        self.min_count = int(min_count)
+        self.clip = float(clip)
+        self.min_std = float(min_std)
+        self.rel_std = float(rel_std)
+        super().__init__()
+
+    def fields(self) -> Mapping[str, Field]:
+        return {
+            "count": Field(np.int64, 0),
+            "mean": Field(np.float64, 0.0),
+            "var": Field(np.float64, 0.0),
+        }
+
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        return {"count": (self.bins,), "mean": (self.bins,), "var": (self.bins,)}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "bins": self.bins,
+            "alpha": self.alpha,
+            "z_alert": self.z_alert,
+            "min_count": self.min_count,
+            "clip": self.clip,
+            "min_std": self.min_std,
+            "rel_std": self.rel_std,
+        }
+
+    def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
+        st = self.state
+        phase = np.mod(ts, self.period) / self.period
+        b = np.minimum((phase * self.bins).astype(np.intp), self.bins - 1)
+        n = st["count"][slots, b]
+        mean = st["mean"][slots, b]
+        var = st["var"][slots, b]
+        std = np.sqrt(var + (self.min_std + self.rel_std * np.abs(mean)) ** 2)
+        dev = values - mean
+        ready = n >= self.min_count
+        score = np.where(ready, np.clip(np.abs(dev) / std / (2 * self.z_alert), 0.0, 1.0), 0.0)
+        half = self.z_alert * std
+        low = np.where(ready, mean - half, np.nan)
+        high = np.where(ready, mean + half, np.nan)
+        # learn: running mean/variance for a new bin, then winsorised EWMA
+        a = np.maximum(self.alpha, 1.0 / (n + 1.0))
+        lim = self.clip * std
+        step = np.where(ready, np.clip(dev, -lim, lim), dev)
+        st["mean"][slots, b] = mean + a * step
+        st["var"][slots, b] = (1.0 - a) * (var + a * step * step)
+        st["count"][slots, b] = n + 1
+        return Scores(score, low, high)

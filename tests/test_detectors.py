@@ -1,0 +1,199 @@
+"""The detector contract, checked for every registered detector alike.
+
+Scores are finite and in [0, 1] on normal, flat, huge, tiny and random-walk data; a flat series
+does not alert; scoring is causal; three interleaved series in three slots score as each alone;
+a saved state continues identically; state per slot has a fixed size. Plus the doctests.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import mqtt_anomaly.detectors as detectors_pkg
+from mqtt_anomaly.detectors import available, create
+from mqtt_anomaly.detectors.base import Detector
+
+NAMES = available()
+N = 600
+
+
+def _ts(n: int, step: float = 60.0) -> np.ndarray:
+    return 1.7e9 + step * np.arange(n, dtype=np.float64)
+
+
+def _normal(seed: int, n: int = N) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return 20.0 + 3.0 * np.sin(2 * np.pi * t / 144) + rng.normal(0.0, 0.5, n)
+
+
+def _walk(seed: int, n: int = N) -> np.ndarray:
+    return np.cumsum(np.random.default_rng(seed).normal(0.0, 1.0, n))
+
+
+SERIES: dict[str, Callable[[], np.ndarray]] = {
+    "normal": lambda: _normal(0),
+    "flat": lambda: np.full(N, 42.0),
+    "zero": lambda: np.zeros(N),
+    "huge": lambda: 1e12 * (1.0 + 0.01 * _normal(1)),
+    "tiny": lambda: 1e-12 * _normal(2),
+    "negative": lambda: -1e6 + _normal(3),
+    "walk": lambda: _walk(4),
+    "steps": lambda: np.repeat(np.random.default_rng(5).normal(0, 10, N // 20), 20),
+}
+
+
+def _scores(det: Detector, values: np.ndarray, ts: np.ndarray | None = None) -> np.ndarray:
+    return det.score_series(values, _ts(len(values)) if ts is None else ts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", sorted(SERIES))
+def test_scores_finite_and_in_range(name: str, kind: str) -> None:
+    s = _scores(create(name), SERIES[kind]())
+    assert s.shape == (N,)
+    assert np.all(np.isfinite(s))
+    assert np.all((s >= 0.0) & (s <= 1.0))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "stuck"])
+@pytest.mark.parametrize("value", [0.0, 42.0, -3.5e9])
+def test_flat_series_does_not_alert(name: str, value: float) -> None:
+    s = _scores(create(name), np.full(N, value))
+    if name == "threshold":
+        assert np.all(s == s[0])  # a fixed limit: a flat value is simply in or out
+    else:
+        assert s.max() < 0.5
+
+
+def test_stuck_alerts_on_flat_series() -> None:
+    assert _scores(create("stuck"), np.full(N, 7.0)).max() >= 0.5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal(name: str) -> None:
+    x = _normal(6)
+    y = x.copy()
+    y[400:] = _walk(7, N - 400) * 50
+    a, b = _scores(create(name), x), _scores(create(name), y)
+    np.testing.assert_array_equal(a[:400], b[:400])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_equals_single_slot(name: str) -> None:
+    series = [_normal(8), _walk(9) * 10, 1e6 + _normal(10)]
+    stamps = [_ts(N), _ts(N, 300.0), _ts(N, 1.0)]
+    alone = [_scores(create(name), x, t) for x, t in zip(series, stamps, strict=True)]
+    det = create(name)
+    slots = np.array([2, 0, 1], dtype=np.intp)  # any slot order
+    together = np.empty((N, 3))
+    for i in range(N):
+        vals = np.array([series[k][i] for k in range(3)])
+        ts = np.array([stamps[k][i] for k in range(3)])
+        out = det.update(slots, vals, ts).score
+        together[i] = out
+    for k in range(3):
+        np.testing.assert_allclose(together[:, k], alone[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_band_shapes(name: str) -> None:
+    det = create(name)
+    x = _normal(11)[:50]
+    res = det.update(np.arange(50, dtype=np.intp), x, _ts(50))
+    assert res.score.shape == res.low.shape == res.high.shape == (50,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_round_trip_continues_identically(name: str) -> None:
+    x, ts = _normal(12), _ts(N)
+    det = create(name)
+    det.score_series(x[:300], ts[:300])
+    saved = det.state_dict()
+    rest = det.score_series(x[300:], ts[300:])
+    clone = create(name)
+    clone.load_state_dict(saved)
+    np.testing.assert_array_equal(clone.score_series(x[300:], ts[300:]), rest)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_memory_per_slot_is_constant(name: str) -> None:
+    det = create(name)
+    slot = np.zeros(1, dtype=np.intp)
+
+    def nbytes() -> int:
+        return sum(a.nbytes for a in det.state.values())
+
+    x, ts = _walk(13, 2000), _ts(2000)
+    for i in range(100):
+        det.update(slot, x[i : i + 1], ts[i : i + 1])
+    size = nbytes()
+    for i in range(100, 2000):
+        det.update(slot, x[i : i + 1], ts[i : i + 1])
+    assert nbytes() == size
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reset_forgets(name: str) -> None:
+    x = _normal(14)
+    det = create(name)
+    first = det.score_series(x)
+    det.reset(np.zeros(1, dtype=np.intp))
+    np.testing.assert_array_equal(det.score_series(x), first)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_are_keyword_only_and_restorable(name: str) -> None:
+    det = create(name)
+    cls = type(det)
+    with pytest.raises(TypeError):
+        cls(*det.params().values())  # positional arguments are refused
+    assert cls(**det.params()).params() == det.params()
+
+
+def test_registry_has_the_library() -> None:
+    expected = {"robust", "rate", "seasonal", "changepoint", "ensemble"}
+    assert expected <= set(NAMES)
+
+
+def test_bad_parameters_are_config_errors() -> None:
+    from mqtt_anomaly.config import DetectorSettings
+    from mqtt_anomaly.errors import ConfigError
+
+    for name, params in {
+        "robust": {"rate": 2.0},
+        "seasonal": {"bins": 0},
+        "changepoint": {"h": -1.0},
+        "ensemble": {"levels": 1},
+        "rate": {"alpha": 0.0},
+    }.items():
+        with pytest.raises(ConfigError):
+            create(name, DetectorSettings(params={name: params}))
+
+
+def test_ensemble_reports_once_per_incident() -> None:
+    x = _normal(15, 3000)
+    x[2000:2050] += 40.0
+    s = _scores(create("ensemble"), x)
+    assert s[2000:2010].max() >= 0.5
+    assert np.count_nonzero(s >= 0.5) <= 5
+
+
+def _modules() -> list[str]:
+    return [
+        f"{detectors_pkg.__name__}.{m.name}"
+        for m in pkgutil.iter_modules(detectors_pkg.__path__)
+        if m.name != "river_adapter" or "river" in NAMES
+    ]
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
