@@ -197,3 +197,24 @@ def _modules() -> list[str]:
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def _noise_burst() -> np.ndarray:
+    """A daily-like cycle whose noise grows fourfold at 2000, staying near its usual range."""
+    rng = np.random.default_rng(16)
+    t = np.arange(3000)
+    x = 20.0 + 3.0 * np.sin(2 * np.pi * t / 144) + rng.normal(0.0, 0.5, 3000)
+    x[2000:2300] = 20.0 + 3.0 * np.sin(2 * np.pi * t[2000:2300] / 144)
+    x[2000:2300] += np.clip(rng.normal(0.0, 2.0, 300), -2.5, 2.5)
+    return x
+
+
+def test_ensemble_volatility_records_catch_a_noise_burst_early() -> None:
+    s = _scores(create("ensemble"), _noise_burst())
+    assert s[2000:2020].max() >= 0.5
+
+
+def test_art_reports_a_new_behaviour_once() -> None:
+    s = _scores(create("art"), _noise_burst())
+    assert s[2000:2020].max() >= 0.5
+    assert np.count_nonzero(s >= 0.5) <= 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..config import DetectorSettings
 from ..errors import ConfigError
+from .art import ArtDetector
 from .base import Detector, Field, Scores
 from .changepoint import ChangePointDetector
 from .ensemble import EnsembleDetector
@@ -29,6 +30,7 @@ _REGISTRY: dict[str, type[Detector]] = {
         SeasonalDetector,
         ChangePointDetector,
         EnsembleDetector,
+        ArtDetector,
     )
 }
 if river_available():  # optional extra: pip install river

@@ -7,7 +7,9 @@ advance. Three kinds of evidence are computed per reading, all in constant memor
    compared with the highest and lowest value each has ever taken. A feature that breaks its
    record by ``e`` times its historic span gives evidence ``e / k``. Spikes break the raw value's
    record; sustained shifts too small to break it break the smoothed records. Slow drift breaks
-   records by tiny margins only.
+   records by tiny margins only. Two smoothings of the absolute step ``|x[t] - x[t-1]|``
+   (``vol_fast``, ``vol_slow``) are watched the same way, upwards only, with their own margin
+   ``kvol``: a burst of noise or a faster rhythm breaks them even within the usual range.
 2. **Context novelty.** Values are quantised into ``levels`` bins of the sensor's historic range
    and the last ``order`` bins form a context, counted in a hashed table of ``table`` entries
    (contextual anomaly detection): a never-seen sequence is surprising even within range.
@@ -21,7 +23,9 @@ becomes ``v / (1 + v)``.
 
 **Suppression.** A new score is only reported when it exceeds every score reported in the
 recent past (a level that decays by ``1 / hold`` per reading); otherwise it is reported as 0.
-One incident thus gives one early alert instead of a run of them, which is what a human wants
+With ``lock`` an alert sets that level to 1, so a score that keeps rising over the next rows of
+the same incident is not reported again. One incident thus gives one early alert instead of a
+run of them, which is what a human wants
 and what the NAB cost model rewards. Nothing is reported during the first ``warmup`` readings
 of a sensor, which are used to learn. Finally the score is mapped piecewise linearly so that
 ``level`` (the corpus-optimised NAB threshold) becomes the alert level 0.5.
@@ -72,6 +76,10 @@ class EnsembleDetector(TableDetector):
         table: int = 4096,
         hold: int = 300,
         level: float = 0.2547,
+        lock: bool = True,
+        vol_fast: float = 0.05,
+        vol_slow: float = 0.01,
+        kvol: float = 0.1,
     ) -> None:
         if warmup < 1 or hold < 1 or levels < 2 or order < 1 or table < 16:
             raise ValueError("warmup, hold >= 1; levels >= 2; order >= 1; table >= 16")
@@ -80,6 +88,8 @@ class EnsembleDetector(TableDetector):
                 raise ValueError(f"{name_} must be in (0, 1]")
         if not (0 < short <= 1 and 0 < long < 1 and k > 0 and c > 0 and 0 < level < 1):
             raise ValueError("short in (0, 1], long in (0, 1), k, c > 0, level in (0, 1)")
+        if not (0 <= vol_fast <= 1 and 0 <= vol_slow <= 1 and kvol > 0):
+            raise ValueError("vol_fast, vol_slow in [0, 1] (0: off), kvol > 0")
         if levels**order > 2**40:
             raise ValueError("levels ** order is too large")
         self.warmup = int(warmup)
@@ -95,7 +105,14 @@ class EnsembleDetector(TableDetector):
         self.table = int(table)
         self.hold = int(hold)
         self.level = float(level)
-        self._rates = np.array([1.0, self.smooth, self.slow])
+        self.lock = bool(lock)
+        self.vol_fast = float(vol_fast)
+        self.vol_slow = float(vol_slow)
+        self.kvol = float(kvol)
+        vol = [r for r in (self.vol_fast, self.vol_slow) if r > 0]
+        self._rates = np.array([1.0, self.smooth, self.slow, *vol])
+        self._is_vol = np.arange(len(self._rates)) >= 3
+        self._k = np.where(self._is_vol, self.kvol, self.k)
         super().__init__()
 
     def params(self) -> dict[str, Any]:
@@ -113,12 +130,16 @@ class EnsembleDetector(TableDetector):
             "table": self.table,
             "hold": self.hold,
             "level": self.level,
+            "lock": self.lock,
+            "vol_fast": self.vol_fast,
+            "vol_slow": self.vol_slow,
+            "kvol": self.kvol,
         }
 
     def fields(self) -> Mapping[str, Field]:
         return {
             "n": Field(np.int64, 0),
-            "feat": Field(np.float64, np.nan),  # value, smoothed, slow
+            "feat": Field(np.float64, np.nan),  # value, smoothed, slow, volatilities
             "lo": Field(np.float64, np.inf),  # their records
             "hi": Field(np.float64, -np.inf),
             "mean": Field(np.float64, 0.0),
@@ -132,7 +153,7 @@ class EnsembleDetector(TableDetector):
         }
 
     def shapes(self) -> Mapping[str, tuple[int, ...]]:
-        three = (len(self._rates),)
+        three = (len(self._rates),)  # value, smoothings, volatilities
         return {
             "feat": three,
             "lo": three,
@@ -149,15 +170,17 @@ class EnsembleDetector(TableDetector):
         ready = n >= self.warmup
         # 1. records of the value and its smoothings
         feat = st["feat"][slots]
-        feat = np.where(
-            np.isnan(feat), values[:, None], feat + self._rates * (values[:, None] - feat)
-        )
+        step = np.abs(values - feat[:, 0])  # NaN on a sensor's first reading
+        inp = np.where(self._is_vol, np.nan_to_num(step)[:, None], values[:, None])
+        first = np.where(self._is_vol, 0.0, inp)
+        feat = np.where(np.isnan(feat), first, feat + self._rates * (inp - feat))
         lo, hi = st["lo"][slots], st["hi"][slots]
         span = hi - lo
         known = ready[:, None] & (span > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            excess = np.where(known, np.maximum(feat - hi, lo - feat) / span, 0.0)
-        record = np.maximum(excess.max(axis=1), 0.0) / self.k
+            over = np.where(self._is_vol, feat - hi, np.maximum(feat - hi, lo - feat))
+            excess = np.where(known, over / np.where(known, span, 1.0), 0.0)
+        record = np.maximum((excess / self._k).max(axis=1), 0.0)
         # 2. residual and 3. context novelty, calibrated as likelihoods
         mean, var = st["mean"][slots], st["var"][slots]
         vspan = span[:, 0]
@@ -179,8 +202,9 @@ class EnsembleDetector(TableDetector):
         s = np.where(ready, v / (1.0 + v), 0.0)
         held = st["held"][slots]
         s_out = np.where(s > held, s, 0.0)
-        st["held"][slots] = np.maximum(held - 1.0 / self.hold, s)
         lv = self.level
+        fired = (s_out >= lv) & self.lock  # an alert holds off everything for `hold` readings
+        st["held"][slots] = np.maximum(held - 1.0 / self.hold, np.where(fired, 1.0, s))
         score = np.where(s_out < lv, 0.5 * s_out / lv, 0.5 + 0.5 * (s_out - lv) / (1.0 - lv))
         # learn
         n1 = n + 1.0
