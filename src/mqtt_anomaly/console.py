@@ -19,10 +19,10 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Plain log lines on stderr; third-party MQTT libraries only from WARNING (ERROR for gmqtt)."""
+def setup_logging(verbose: bool = False, level: int = logging.INFO) -> None:
+    """Plain log lines on stderr; MQTT libraries only from ERROR."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,

@@ -79,6 +79,7 @@ class DetectorService:
         self._dl_refill = time.monotonic()
         self._dl_suppressed = 0
         self._connected_once = False
+        self._stopping = False
 
     @property
     def state_path(self) -> Path:
@@ -104,7 +105,7 @@ class DetectorService:
         self._connected_once = True
 
     def _on_disconnect(self) -> None:
-        if self._connected_once:
+        if self._connected_once and not self._stopping:
             self._line("[WARN] Connection to broker lost; reconnecting")
 
     # ---- sinks ------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class DetectorService:
 
     async def shutdown(self) -> None:
         """Finish in-flight work, flush, save state, disconnect."""
+        self._stopping = True
         self._process_inbox()
         if not await self.client.drain(timeout=5.0):
             log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)

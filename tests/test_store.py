@@ -1,0 +1,484 @@
+"""The SQLite history store, on real files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mqtt_anomaly.config import StoreSettings
+from mqtt_anomaly.errors import StoreError
+from mqtt_anomaly.messages import Alert
+from mqtt_anomaly.store import NullStore, Store, open_store, sqlite_path
+from mqtt_anomaly.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+NOW = time.time()
+DAY = 86400.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.002)
+
+
+def settings(**kw: object) -> StoreSettings:
+    return StoreSettings(**kw)  # type: ignore[arg-type]
+
+
+def alert(sensor: str = "S1", ts: float = NOW, **kw: object) -> Alert:
+    fields: dict[str, object] = {
+        "sensor_id": sensor,
+        "detector": "threshold",
+        "severity": "critical",
+        "state": "raised",
+        "value": 95.5,
+        "score": 1.25,
+        "threshold": 90.0,
+        "expected_low": None,
+        "expected_high": 90.0,
+        "reading_ts": ts - 0.5,
+        "alert_ts": ts,
+        "message": "above 90.0 °C",
+    }
+    fields.update(kw)
+    return Alert(**fields)  # type: ignore[arg-type]
+
+
+def count(path: Path, sql: str = "SELECT count(*) FROM readings") -> int:
+    """A count through an independent connection: what another process would see."""
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "history.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(db, settings(flush_interval=0.05)) as st:
+        yield st
+
+
+# ---- URLs and opening ----------------------------------------------------------------
+def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path("sqlite:///data/h.db") == Path("data/h.db")
+    assert sqlite_path("sqlite:////var/lib/h.db") == Path("/var/lib/h.db")
+    with open_store("sqlite:///data/h.db", StoreSettings()) as st:
+        assert isinstance(st, SqliteStore)
+        assert isinstance(st, Store)
+    assert (tmp_path / "data" / "h.db").is_file()
+    absolute = tmp_path / "abs.db"
+    with open_store(f"sqlite:///{absolute}", StoreSettings()) as st:
+        st.add_alert(alert())
+        assert st.flush(10)
+    assert count(absolute, "SELECT count(*) FROM alerts") == 1
+
+
+def test_none_store_keeps_nothing() -> None:
+    with open_store("none://", StoreSettings()) as st:
+        assert isinstance(st, NullStore)
+        st.add_readings(["S1"], [NOW], [1.0], [1])
+        st.add_alert(alert())
+        assert st.flush(0.1)
+        assert st.recent_alerts() == []
+        assert st.readings("S1") == []
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:", "sqlite://x/y.db", "pg://x"])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(StoreError, match="store URL"):
+        open_store(url, StoreSettings())
+
+
+def test_schema(store: SqliteStore, db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(readings)")}
+        assert "readings_sensor_ts" in indexes
+        cols = [r[2] for r in conn.execute("PRAGMA index_info(readings_sensor_ts)")]
+        assert cols == ["sensor_id", "ts"]
+        alert_idx = {
+            name: [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='alerts'"
+            )
+        }
+        assert sorted(alert_idx.values()) == [["alert_ts"], ["sensor_id", "alert_ts"]]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_reopen_keeps_data_and_one_version_row(db: Path) -> None:
+    with SqliteStore(db) as st:
+        st.add_readings(["S1"], [NOW], [1.5], [7])
+    with SqliteStore(db) as st:
+        assert st.readings("S1") == [(NOW, 1.5, 7)]
+    assert count(db, "SELECT count(*) FROM schema_version") == 1
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    SqliteStore(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore(db)
+
+
+# ---- unwritable paths ----------------------------------------------------------------
+def test_parent_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    path = blocker / "history.db"
+    with pytest.raises(StoreError) as exc:
+        open_store(f"sqlite:///{path}", StoreSettings())
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert (
+        msg
+        == f"cannot open history store {path}: {blocker} is not a directory (a file is in the way)"
+    )
+
+
+def test_path_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="is a directory"):
+        open_store(f"sqlite:///{tmp_path}", StoreSettings())
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"this is not SQLite\n" * 100)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        open_store(f"sqlite:///{path}", StoreSettings())
+    assert path.read_bytes().startswith(b"this is not SQLite")
+
+
+def permissions_enforced(directory: Path) -> bool:
+    """False when we may write through file modes anyway (root with CAP_DAC_OVERRIDE)."""
+    probe = directory / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "x").touch()
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+    return False
+
+
+def test_read_only_directory(tmp_path: Path) -> None:
+    if not permissions_enforced(tmp_path):
+        pytest.skip("file modes are not enforced for this user (root)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(StoreError, match=r"not writable|read-only"):
+            open_store(f"sqlite:///{ro / 'h.db'}", StoreSettings())
+    finally:
+        ro.chmod(0o755)
+
+
+def test_read_only_file(db: Path) -> None:
+    if not permissions_enforced(db.parent):
+        pytest.skip("file modes are not enforced for this user (root)")
+    SqliteStore(db).close()
+    for p in db.parent.glob(db.name + "*"):
+        p.chmod(0o444)
+    with pytest.raises(StoreError, match=r"read-only|not readable and writable"):
+        open_store(f"sqlite:///{db}", StoreSettings())
+
+
+# ---- writing and reading -------------------------------------------------------------
+def test_batches_written_and_read_back(store: SqliteStore, db: Path) -> None:
+    store.add_readings(["S1", "S2", "S1"], [NOW, NOW + 0.1, NOW + 1], [20.5, 30.0, 21.5], [1, 1, 2])
+    n = 50
+    store.add_readings(
+        np.array(["S3"] * n),
+        NOW + np.arange(n, dtype=np.float64),
+        np.linspace(0.0, 1.0, n),
+        np.arange(100, 100 + n, dtype=np.int64),
+    )
+    assert store.flush(10)
+    assert count(db) == 3 + n
+    assert store.stats.written == 3 + n
+    assert store.stats.queued == 0
+    assert store.readings("S1") == [(NOW, 20.5, 1), (NOW + 1, 21.5, 2)]
+    assert store.readings("S2") == [(NOW + 0.1, 30.0, 1)]
+    s3 = store.readings("S3")
+    assert [r[2] for r in s3] == list(range(100, 100 + n))
+    assert all(isinstance(r[2], int) for r in s3)
+    assert s3[-1][1] == 1.0
+    # latest `limit` without start; the first `limit` from start with it; bounds inclusive
+    assert [r[2] for r in store.readings("S3", limit=3)] == [147, 148, 149]
+    assert [r[2] for r in store.readings("S3", start=NOW + 10, limit=3)] == [110, 111, 112]
+    window = store.readings("S3", start=NOW + 10, end=NOW + 12)
+    assert [r[2] for r in window] == [110, 111, 112]
+    assert [r[2] for r in store.readings("S3", end=NOW + 1)] == [100, 101]
+    assert store.readings("nope") == []
+
+
+def test_flush_interval_writes_without_flush(db: Path) -> None:
+    with SqliteStore(db, settings(flush_interval=0.05, batch_size=10_000)) as st:
+        st.add_readings(["S1"] * 5, [NOW] * 5, [1.0] * 5, [1, 2, 3, 4, 5])
+        wait_until(lambda: count(db) == 5, what="the interval write")
+
+
+def test_batch_size_triggers_write(db: Path) -> None:
+    with SqliteStore(db, settings(flush_interval=3600, batch_size=100)) as st:
+        st.add_readings(["S1"] * 60, [NOW] * 60, [1.0] * 60, list(range(60)))
+        st.add_readings(["S1"] * 60, [NOW] * 60, [1.0] * 60, list(range(60, 120)))
+        wait_until(lambda: st.stats.written == 120, what="the batch-size write")
+        assert count(db) == 120
+
+
+def test_flush_semantics(db: Path) -> None:
+    with SqliteStore(db, settings(flush_interval=3600, batch_size=1_000_000)) as st:
+        assert st.flush(0.01)  # nothing queued: at once
+        st.add_readings(["S1"] * 10, [NOW] * 10, [2.0] * 10, list(range(10)))
+        st.add_alert(alert())
+        # Neither the interval nor the batch size is reached: nothing is written by itself.
+        assert st.stats.queued == 11
+        assert count(db) == 0
+        assert st.flush(10)
+        # Once flush returns, another connection sees everything, and it was synced.
+        assert count(db) == 10
+        assert count(db, "SELECT count(*) FROM alerts") == 1
+        assert count(db, "SELECT count(*) FROM schema_version WHERE flushed_at > 0") == 1
+        assert st.stats.queued == 0
+        assert st.stats.write_rows == 11
+        assert st.flush(0.01)
+        st.add_readings(["S1"], [NOW], [3.0], [10])
+    # close() flushes too
+    assert count(db) == 11
+
+
+def test_readings_setting_off(db: Path) -> None:
+    with SqliteStore(db, settings(readings=False)) as st:
+        st.add_readings(["S1"], [NOW], [1.0], [1])
+        st.add_alert(alert())
+        assert st.flush(10)
+        assert st.readings("S1") == []
+        assert len(st.recent_alerts()) == 1
+        assert st.stats.dropped == 0
+
+
+def test_mismatched_columns_rejected(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="different lengths"):
+        store.add_readings(["S1", "S2"], [NOW], [1.0], [1])
+
+
+# ---- alerts --------------------------------------------------------------------------
+def test_alerts_round_trip_every_field(store: SqliteStore) -> None:
+    full = alert(
+        "S1",
+        NOW,
+        detector="zscore",
+        severity="warning",
+        value=-12.25,
+        score=4.5,
+        threshold=3.0,
+        expected_low=18.5,
+        expected_high=24.0,
+        message="z=4.5 ✓ “quoted”",
+    )
+    sparse = alert(
+        "S2",
+        NOW + 1,
+        detector="silence",
+        state="cleared",
+        value=None,
+        threshold=None,
+        expected_low=None,
+        expected_high=None,
+        reading_ts=None,
+        message="",
+    )
+    store.add_alert(full)
+    store.add_alert(sparse)
+    assert store.flush(10)
+    assert store.recent_alerts() == [sparse, full]  # newest first
+    nan = alert("S3", NOW + 2, score=math.nan)
+    store.add_alert(nan)
+    assert store.flush(10)
+    got = store.recent_alerts(sensor_id="S3")[0]
+    assert math.isnan(got.score)
+    assert got.alert_ts == nan.alert_ts
+
+
+def test_recent_alerts_filters(store: SqliteStore) -> None:
+    for i in range(30):
+        det = "threshold" if i % 2 else "zscore"
+        store.add_alert(alert(f"S{i % 3}", NOW + i, detector=det))
+    assert store.flush(10)
+    assert [a.alert_ts for a in store.recent_alerts(limit=3)] == [NOW + 29, NOW + 28, NOW + 27]
+    s1 = store.recent_alerts(sensor_id="S1", limit=100)
+    assert len(s1) == 10
+    assert {a.sensor_id for a in s1} == {"S1"}
+    assert len(store.recent_alerts(since=NOW + 25, limit=100)) == 5
+    both = store.recent_alerts(sensor_id="S0", detector="threshold", since=NOW + 10, limit=100)
+    assert [a.alert_ts for a in both] == [NOW + 27, NOW + 21, NOW + 15]
+
+
+# ---- retention -----------------------------------------------------------------------
+def test_retention_deletes_old_readings_in_chunks(db: Path) -> None:
+    old, new = 100, 20
+    st = SqliteStore(db, settings(retention_days=1.0), retention_interval=0.05, retention_chunk=7)
+    with st:
+        st.add_readings(
+            ["OLD"] * old, [NOW - 2 * DAY + i for i in range(old)], [1.0] * old, list(range(old))
+        )
+        st.add_readings(["NEW"] * new, [NOW - 0.5 * DAY] * new, [2.0] * new, list(range(new)))
+        st.add_alert(alert("OLD", NOW - 30 * DAY))
+        assert st.flush(10)
+        wait_until(lambda: st.stats.expired == old, what="old rows to expire")
+        assert st.readings("OLD") == []
+        assert len(st.readings("NEW")) == new
+        assert len(st.recent_alerts()) == 1  # alerts are kept
+    assert count(db) == new
+
+
+# ---- back-pressure and failures ------------------------------------------------------
+def lock_writes(db: Path) -> sqlite3.Connection:
+    """Another connection holding the write lock: the store cannot commit until it ends."""
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_full_queue_drops_readings_keeps_alerts(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mqtt_anomaly.store.sqlite")
+    st = SqliteStore(db, settings(batch_size=10, flush_interval=0.01), max_queued_rows=1000)
+    locked = lock_writes(db)
+    with st, contextlib.closing(locked):
+        st.add_readings(["S1"] * 600, [NOW] * 600, [1.0] * 600, list(range(600)))
+        for k in range(3):  # none of these fits any more, whatever the writer took
+            st.add_readings(["S1"] * 600, [NOW] * 600, [1.0] * 600, list(range(600)))
+            st.add_alert(alert(ts=NOW + k))
+        assert st.stats.dropped == 1800
+        assert st.stats.alerts_dropped == 0
+        assert st.stats.queued == 603
+        drops = [r for r in caplog.records if "readings dropped" in r.getMessage()]
+        assert len(drops) == 1  # rate-limited
+        assert not st.flush(0.2)  # the lock is still held
+        locked.execute("ROLLBACK")
+        assert st.flush(20)
+        assert len(st.readings("S1")) == 600
+        assert len(st.recent_alerts()) == 3
+        assert st.stats.written == 600
+
+
+def test_write_errors_are_counted_and_retried(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mqtt_anomaly.store.sqlite")
+    st = SqliteStore(db, settings(batch_size=1, flush_interval=0.01), busy_timeout=0.02)
+    locked = lock_writes(db)
+    with st, contextlib.closing(locked):
+        st.add_readings(["S1"] * 3, [NOW] * 3, [1.0] * 3, [1, 2, 3])
+        st.add_alert(alert())
+        wait_until(lambda: st.stats.errors >= 3, what="retried failures")
+        assert "locked" in (st.stats.last_error or "")
+        assert sum("write failed" in r.getMessage() for r in caplog.records) == 1
+        st.add_readings(["S1"], [NOW], [1.0], [4])  # the caller never sees the failure
+        locked.execute("ROLLBACK")
+        assert st.flush(20)
+        assert [r[2] for r in st.readings("S1")] == [1, 2, 3, 4]  # each exactly once
+        assert len(st.recent_alerts()) == 1
+
+
+def test_disk_full_is_counted_not_raised(db: Path) -> None:
+    st = SqliteStore(
+        db, settings(batch_size=1000, flush_interval=0.01), pragmas={"max_page_count": 12}
+    )
+    n = 5000
+    st.add_readings([f"SENSOR-{i}" for i in range(n)], [NOW] * n, [1.0] * n, list(range(n)))
+    st.add_alert(alert())
+    wait_until(lambda: st.stats.errors >= 1, what="a failed write")
+    assert "full" in (st.stats.last_error or "")
+    assert not st.flush(0.3)
+    assert st.stats.queued == n + 1
+    st.close(timeout=0.5)  # gives up and logs; does not raise
+    assert count(db) == 0
+
+
+def test_data_sqlite_refuses_is_dropped_batch_by_batch(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SqliteStore(db, settings(flush_interval=3600, batch_size=1_000_000)) as st:
+        st.add_readings(["S1"] * 2, [NOW, NOW + 1], [1.0, 2.0], [1, 2])
+        st.add_readings(["S1"] * 2, [NOW + 2, NOW + 3], [None, 4.0], [3, 4])  # type: ignore[list-item]
+        st.add_readings(["S1"], [NOW + 4], [5.0], [5])
+        st.add_alert(alert())
+        assert st.flush(10)
+        assert [r[2] for r in st.readings("S1")] == [1, 2, 5]
+        assert st.stats.dropped == 2
+        assert st.stats.errors >= 1
+        assert len(st.recent_alerts()) == 1
+    assert any("cannot store" in r.getMessage() for r in caplog.records)
+
+
+# ---- concurrency ---------------------------------------------------------------------
+def test_reads_do_not_wait_for_a_writer(store: SqliteStore, db: Path) -> None:
+    store.add_readings(["S1"] * 3, [NOW, NOW + 1, NOW + 2], [1.0, 2.0, 3.0], [1, 2, 3])
+    store.add_alert(alert())
+    assert store.flush(10)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO readings VALUES ('S1', 0, 0, 0)")
+    try:
+        started = time.monotonic()
+        assert len(store.readings("S1")) == 3
+        assert len(store.recent_alerts()) == 1
+        assert time.monotonic() - started < 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_concurrent_reads_while_writing(db: Path) -> None:
+    batches, size = 200, 250
+    errors: list[BaseException] = []
+    seen: dict[int, list[int]] = {}
+    done = threading.Event()
+
+    def reader(k: int) -> None:
+        counts = seen.setdefault(k, [])
+        try:
+            while not done.is_set():
+                counts.append(len(st.readings("S1", limit=1_000_000)))
+                st.recent_alerts(limit=5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with SqliteStore(db, settings(batch_size=500, flush_interval=0.01)) as st:
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for b in range(batches):
+            seqs = list(range(b * size, (b + 1) * size))
+            st.add_readings(["S1"] * size, [NOW + s for s in seqs], [0.5] * size, seqs)
+            if b % 20 == 0:
+                st.add_alert(alert(ts=NOW + b))
+        assert st.flush(30)
+        wait_until(lambda: all(seen.get(k) and seen[k][-1] == batches * size for k in range(3)))
+        done.set()
+        for t in threads:
+            t.join(10)
+    assert not errors
+    for counts in seen.values():
+        assert counts == sorted(counts)  # every read saw a committed prefix, never less
+        assert counts[-1] == batches * size
+    assert sum(len(c) for c in seen.values()) > 3
