@@ -202,3 +202,24 @@ async def test_thousand_sensors_known(mosquitto: Mosquitto, tmp_path: Path, n: i
             sid = f"SENSOR-{i:04d}"
             pub.publish(f"factory/{sid}/temperature", reading_payload(sid, 25.0, 0))
         await eventually(lambda: len(run.service.pipeline.sensor_ids) == n, what=f"{n} sensors")
+
+
+async def test_fleet_of_thousand_sensors_all_known(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from mqtt_anomaly.simulate import Fleet
+
+    settings = load_settings(
+        None,
+        {
+            "broker": {"url": mosquitto.url, "client_id": "detector-under-test"},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state"},
+            "simulator": {"sensors": 1000, "seed": 3, "id_format": "SENSOR-{n:04d}"},
+        },
+    )
+    async with Running(settings) as run:
+        async with Fleet(settings) as fleet:
+            await fleet.run(count=2)
+        pipe = run.service.pipeline
+        await eventually(lambda: len(pipe.sensor_ids) == 1000, timeout=20, what="1000 sensors")
+        assert set(pipe.sensor_ids) == set(fleet.sensor_ids)
+        await eventually(lambda: pipe.counters.processed >= 1900, timeout=20, what="readings")
