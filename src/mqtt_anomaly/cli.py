@@ -204,10 +204,12 @@ _NO_RANDOM_FAULTS = {
 
 
 def _register_subcommands() -> None:
+    from .bench.command import bench
     from .evaluate.cli import app as evaluate_app
     from .simulate.command import simulate
 
     app.command("simulate")(simulate)
+    app.command("bench")(bench)
     app.add_typer(evaluate_app, name="evaluate", help="Score detectors: NAB, your own CSV.")
 
 

@@ -1,0 +1,239 @@
+"""The benchmark's result: the product's targets checked, and rich tables for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+
+THROUGHPUT_RATIO = 0.9
+THROUGHPUT_RATE = 35_000
+LATENCY_P99_MS = 2.0
+STATE_BYTES = 1024
+COST_GROWTH = 1.2  # "no growth": within 20 % from the smallest to the largest fleet
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The product's targets against what this run measured (those it measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, measured: float | None, met: bool | None) -> None:
+        out.append({"name": name, "target": target, "measured": measured, "met": met})
+
+    for t in result.get("throughput") or []:
+        if t["qos"] == 1:
+            add(
+                "throughput ratio to baseline, QoS 1",
+                f">= {THROUGHPUT_RATIO}",
+                t["ratio"],
+                t["ratio"] >= THROUGHPUT_RATIO,
+            )
+            add(
+                "throughput, QoS 1 (readings/s)",
+                f">= {THROUGHPUT_RATE:,}",
+                t["service_median"],
+                t["service_median"] >= THROUGHPUT_RATE,
+            )
+    for lat in result.get("latency") or []:
+        if lat["qos"] == 1:
+            p99 = lat["p99_ms"]
+            add(
+                f"publish→alert p99 at {lat['rate']:,.0f}/s QoS 1 (ms)",
+                f"< {LATENCY_P99_MS}",
+                p99,
+                None if p99 is None else p99 < LATENCY_P99_MS,
+            )
+    mem = result.get("memory")
+    if mem:
+        state = mem["detector_state_bytes_per_sensor"]
+        add("detector state per sensor (bytes)", f"< {STATE_BYTES}", state, state < STATE_BYTES)
+        largest = mem["sizes"][-1]["sensors"]
+        add(
+            f"per-reading cost, {largest:,} vs {mem['sizes'][0]['sensors']:,} sensors",
+            f"<= {COST_GROWTH}x",
+            mem["cost_growth"],
+            mem["cost_growth"] <= COST_GROWTH,
+        )
+    return out
+
+
+def _f(value: float | None, fmt: str = ",.0f") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _met(met: bool | None) -> str:
+    return "—" if met is None else ("[green]yes[/]" if met else "[red]no[/]")
+
+
+def tables(result: dict[str, Any]) -> Group:
+    """Everything measured, one table per section."""
+    parts: list[Table] = []
+    m = result["machine"]
+    head = Table(box=box.SIMPLE, show_header=False, title="mqtt-anomaly bench")
+    head.add_row("machine", f"{m['nproc']} CPUs, {m['cpu_model']}, Python {m['python']}")
+    load = result.get("load_average")
+    if load:
+        head.add_row("load average", f"{load['start']:.2f} at start, {load['end']:.2f} at end")
+    head.add_row("broker", str(result["config"]["broker"]))
+    head.add_row("store", str(result["config"]["store"]))
+    head.add_row("duration", f"{result['duration_s']:.0f} s")
+    parts.append(head)
+
+    if result.get("throughput"):
+        t = Table(
+            "QoS",
+            "service\nr/s",
+            "baseline\nr/s",
+            "ratio",
+            "CPU s / 10k readings: service /\nbaseline / broker / publisher",
+            "store\ndropped",
+            title="Throughput: sustained readings/s scored end to end (medians)",
+            box=box.SIMPLE_HEAVY,
+        )
+        for r in result["throughput"]:
+            cpu = " / ".join(
+                _f(r[k], ".3f")
+                for k in (
+                    "service_cpu_s_per_10k",
+                    "baseline_cpu_s_per_10k",
+                    "broker_cpu_s_per_10k",
+                    "publisher_cpu_s_per_10k",
+                )
+            )
+            t.add_row(
+                str(r["qos"]),
+                _f(r["service_median"]),
+                _f(r["baseline_median"]),
+                _f(r["ratio"], ".2f"),
+                cpu,
+                _f(r["store_dropped"]),
+            )
+        parts.append(t)
+
+    if result.get("latency"):
+        t = Table(
+            "QoS",
+            "r/s",
+            "n",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "detect\np50",
+            "detect\np99",
+            "CPU\n%",
+            title="Latency (ms): publish → alert received; detect: publish → detection",
+            box=box.SIMPLE_HEAVY,
+        )
+        for r in result["latency"]:
+            t.add_row(
+                str(r["qos"]),
+                _f(r["achieved_rate"]),
+                str(r["samples"]),
+                _f(r["p50_ms"], ".2f"),
+                _f(r["p99_ms"], ".2f"),
+                _f(r["p999_ms"], ".2f"),
+                _f(r["max_ms"], ".2f"),
+                _f(r["service_p50_ms"], ".2f"),
+                _f(r["service_p99_ms"], ".2f"),
+                _f(r["service_cpu_percent"], ".0f"),
+            )
+        parts.append(t)
+
+    mem = result.get("memory")
+    if mem:
+        t = Table(
+            "sensors", "RSS MiB", "µs/reading (pipeline)", title="Fleet size", box=box.SIMPLE_HEAVY
+        )
+        for r in mem["sizes"]:
+            t.add_row(_f(r["sensors"]), _f(r["rss_mib"], ".1f"), _f(r["us_per_reading"], ".2f"))
+        t.add_row("aged", "", _f(mem["aged_us_per_reading"], ".2f"))
+        parts.append(t)
+        t = Table(box=box.SIMPLE, show_header=False, title="Memory per sensor")
+        t.add_row("RSS growth per sensor (fresh)", f"{mem['rss_bytes_per_sensor']:,} B")
+        t.add_row("RSS growth per sensor (aged)", f"{mem['rss_bytes_per_sensor_aged']:,} B")
+        t.add_row("detector state per sensor", f"{mem['detector_state_bytes_per_sensor']:,} B")
+        t.add_row(
+            "duplicate window per sensor (aged)", f"{mem['dedup_window_bytes_per_sensor_aged']:,} B"
+        )
+        parts.append(t)
+
+    cmp_ = result.get("http_comparison")
+    if cmp_:
+        t = Table(
+            "",
+            "MQTT push",
+            "HTTP polling (1 s)",
+            "HTTP / MQTT",
+            title=f"MQTT push vs HTTP polling: {cmp_['sensors']} sensors × "
+            f"{cmp_['per_sensor_hz']:g} Hz",
+            box=box.SIMPLE_HEAVY,
+        )
+        mq, ht = cmp_["mqtt"], cmp_["http"]
+        t.add_row(
+            "TCP payload bytes / reading",
+            _f(mq["bytes_per_reading"], ".0f"),
+            _f(ht["bytes_per_reading"], ".0f"),
+            _f(cmp_["bytes_ratio_http_to_mqtt"], ".2f"),
+        )
+        t.add_row(
+            "+ 52 B IP/TCP headers per segment",
+            _f(mq.get("bytes_with_headers_per_reading"), ".0f"),
+            _f(ht.get("bytes_with_headers_per_reading"), ".0f"),
+            "",
+        )
+        t.add_row(
+            "TCP segments / reading",
+            _f(mq["segments_per_reading"], ".2f"),
+            _f(ht["segments_per_reading"], ".2f"),
+            "",
+        )
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+            t.add_row(
+                f"reading → detection {label} ms",
+                _f(mq[key], ".1f"),
+                _f(ht[key], ".1f"),
+                _f(cmp_["latency_p50_ratio_http_to_mqtt"], ".0f") if key == "p50_ms" else "",
+            )
+        parts.append(t)
+
+    for r in [*(result.get("throughput") or []), *(result.get("latency") or [])]:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        load = "flat out" if "ratio" in r else f"{r['rate']:,.0f} readings/s"
+        t = Table(
+            "component (event-loop thread)",
+            "share",
+            "CPU µs/reading",
+            title=f"Profile of the service, QoS {r['qos']}, {load} (py-spy; "
+            f"{prof['cpu_us_per_reading']:.1f} CPU µs per reading in all)",
+            box=box.SIMPLE_HEAVY,
+        )
+        for row in prof["event_loop"]:
+            t.add_row(
+                row["component"], f"{100 * row['share']:.1f}%", f"{row['us_per_reading']:.2f}"
+            )
+        for th in prof["other_threads"]:
+            if th["share"] >= 0.001:
+                t.add_row(
+                    f"other thread: {th['thread']} (share of all samples)",
+                    f"{100 * th['share']:.1f}%",
+                    f"{th['us_per_reading']:.2f}",
+                )
+        parts.append(t)
+
+    if result.get("targets"):
+        t = Table("target", "wanted", "measured", "met", title="Targets", box=box.SIMPLE_HEAVY)
+        for g in result["targets"]:
+            measured = g["measured"]
+            text = (
+                "—"
+                if measured is None
+                else (f"{measured:,.3g}" if isinstance(measured, float) else f"{measured:,}")
+            )
+            t.add_row(g["name"], g["target"], text, _met(g["met"]))
+        parts.append(t)
+    return Group(*parts)

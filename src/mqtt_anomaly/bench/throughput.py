@@ -1,0 +1,177 @@
+"""Throughput: the service against the counting baseline, alternated in one run.
+
+A trial starts a fresh consumer process (baseline or service), waits until it is subscribed,
+has the publisher write ``n`` pre-encoded readings flat out, and waits until the consumer has
+counted (baseline) or scored (service) all of them. The **sustained rate** is measured at the
+consumer over the readings after the first 10 % (warm-up: the service learns its sensors
+there): ``(count − count at the mark) / (time of the last − time of the mark)``. Trials
+alternate baseline, service, baseline, service, … and the figure is the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .children import Child
+from .consumers import ConsumerSpec, baseline_main, service_main
+from .loadgen import Fleet
+from .sysinfo import cpu_seconds
+
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What every measurement shares: the broker, the publisher process, the settings."""
+
+    url: str
+    workdir: str
+    publisher: Child
+    fleet: Fleet
+    filters: tuple[str, ...]
+    store_url: str
+    config: str | None
+    max_sensors: int | None
+    broker_pid: int | None = None
+    profile_dir: str | None = None
+
+
+def consumer(
+    env: Env, kind: str, expected: int | None, mark: int = 0, profile: str | None = None
+) -> Child:
+    """Start a baseline or service process and wait until it is subscribed."""
+    spec = ConsumerSpec(
+        url=env.url,
+        workdir=env.workdir,
+        expected=expected,
+        mark=mark,
+        filters=env.filters,
+        store_url=env.store_url if kind == "service" else "none://",
+        config=env.config,
+        max_sensors=env.max_sensors,
+        profile=profile,
+    )
+    child = Child(kind, baseline_main if kind == "baseline" else service_main, spec)
+    try:
+        child.expect("ready", 60)
+    except BaseException:
+        child.close(1)
+        raise
+    return child
+
+
+def trial(env: Env, kind: str, qos: int, n: int, rate: float) -> dict[str, Any]:
+    """One run of ``n`` readings (flat out when ``rate`` is 0) into a fresh consumer."""
+    profile = None
+    if env.profile_dir and kind == "service":
+        profile = str(Path(env.profile_dir) / f"service-qos{qos}-{int(time.time() * 1000)}.txt")
+    child = consumer(env, kind, n, mark=n // 10, profile=profile)
+    broker_cpu = _cpu(env.broker_pid)
+    publisher_cpu = _cpu(env.publisher.pid)
+    try:
+        env.publisher.send("flat", qos, n, rate)
+        pub = env.publisher.expect("result", 60 + n / 1000)
+        res: dict[str, Any] = child.expect("result", 90 + n / 1000)
+    finally:
+        child.close()
+    broker_cpu = _cpu(env.broker_pid) - broker_cpu
+    publisher_cpu = _cpu(env.publisher.pid) - publisher_cpu
+    window = res["t_last"] - res["t_mark"]
+    count = res["count"]
+    return {
+        "kind": kind,
+        "count": count,
+        "lost": max(0, n - count),
+        "rate": (count - res["count_mark"]) / window if window > 0 else 0.0,
+        "end_to_end_rate": count / max(res["t_last"] - pub["t_start"], 1e-9),
+        "publisher_rate": pub["rate"],
+        "cpu_s_per_10k": res["cpu_s"] / max(count, 1) * 10_000,
+        "rss_mib": res["rss"] / 2**20,
+        "broker_cpu_s_per_10k": broker_cpu / max(count, 1) * 10_000,
+        "publisher_cpu_s_per_10k": publisher_cpu / n * 10_000,
+        **{
+            k: res[k]
+            for k in ("store_written", "store_dropped", "dead_letters", "readings_per_batch")
+            if k in res
+        },
+        **({"store_flush_s": res["store_flush_s"]} if "store_flush_s" in res else {}),
+        "profile": wait_for_profile(Path(profile), res["cpu_s"] / max(count, 1) * 1e6)
+        if profile
+        else None,
+    }
+
+
+def wait_for_profile(path: Path, cpu_us: float) -> dict[str, Any] | None:
+    """py-spy writes its file when the recorded process has exited: wait for it."""
+    from .profile import breakdown
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            time.sleep(0.2)
+            return breakdown(path, cpu_us)
+        time.sleep(0.1)
+    return None
+
+
+def _cpu(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0
+
+
+def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict[str, Any]:
+    """``pairs`` × (baseline, service) at ``qos``; medians and their ratio."""
+    env.publisher.send("prepare", qos, n, rate)
+    env.publisher.expect("prepared", 120)
+    trials: list[dict[str, Any]] = []
+    for i in range(pairs):
+        for kind in ("baseline", "service"):
+            step(f"throughput QoS {qos}: {kind} {i + 1}/{pairs}")
+            trials.append(trial(env, kind, qos, n, rate))
+    base = [t for t in trials if t["kind"] == "baseline"]
+    serv = [t for t in trials if t["kind"] == "service"]
+    b_med = statistics.median(t["rate"] for t in base)
+    s_med = statistics.median(t["rate"] for t in serv)
+    s_cpu = statistics.median(t["cpu_s_per_10k"] for t in serv)
+    return {
+        "qos": qos,
+        "readings": n,
+        "offered_rate": rate or None,
+        "sensors": env.fleet.sensors,
+        "baseline_rates": [round(t["rate"]) for t in base],
+        "service_rates": [round(t["rate"]) for t in serv],
+        "baseline_median": round(b_med),
+        "service_median": round(s_med),
+        "ratio": round(s_med / b_med, 3) if b_med else 0.0,
+        "service_end_to_end_median": round(statistics.median(t["end_to_end_rate"] for t in serv)),
+        "publisher_median": round(statistics.median(t["publisher_rate"] for t in trials)),
+        "service_cpu_s_per_10k": round(s_cpu, 4),
+        # what one core could score if the service had it to itself (CPU-bound estimate)
+        "service_one_core_rate": round(10_000 / s_cpu) if s_cpu else None,
+        "baseline_cpu_s_per_10k": round(statistics.median(t["cpu_s_per_10k"] for t in base), 4),
+        "broker_cpu_s_per_10k": round(
+            statistics.median(t["broker_cpu_s_per_10k"] for t in trials), 4
+        ),
+        "publisher_cpu_s_per_10k": round(
+            statistics.median(t["publisher_cpu_s_per_10k"] for t in trials), 4
+        ),
+        "service_rss_mib": round(max(t["rss_mib"] for t in serv), 1),
+        "service_readings_per_batch": round(
+            statistics.median(t["readings_per_batch"] for t in serv), 1
+        ),
+        "lost": sum(t["lost"] for t in trials),
+        "store_written": sum(t.get("store_written", 0) for t in serv),
+        "store_dropped": sum(t.get("store_dropped", 0) for t in serv),
+        "dead_letters": sum(t.get("dead_letters", 0) for t in serv),
+        "profile": next((t["profile"] for t in reversed(serv) if t.get("profile")), None),
+        "trials": trials,
+    }
