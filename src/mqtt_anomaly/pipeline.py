@@ -29,7 +29,8 @@ from .errors import PayloadError
 from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
 from .topics import TopicTemplate
 
-SEQ_WINDOW = 4096
+SEQ_WINDOW = 1024
+NEW, LATE, DUPLICATE, STALE = "new", "late", "duplicate", "stale"
 _MASK = (1 << SEQ_WINDOW) - 1
 
 OFFLINE = "offline"
@@ -37,7 +38,7 @@ SILENCE = "silence"
 
 
 class SeqWindow:
-    """Duplicate and order check per sensor: the highest ``seq`` seen and a 4096-bit window.
+    """Duplicate and order check per sensor: the highest ``seq`` seen and a 1024-bit window.
 
     - ``seq`` above the highest: **new** (in order, or after a gap: the gap is not waited for);
     - ``seq`` within the window below the highest and not seen: **late** (out of order, e.g. a
@@ -48,6 +49,7 @@ class SeqWindow:
       its counter: **new**, and the window starts again; otherwise **stale**, dropped.
 
     >>> w = SeqWindow()
+    >>> w.grow(1)
     >>> [w.check(0, s) for s in (1, 2, 2, 5, 3, 3, 9000, 4000, 1, 2)]
     ['new', 'new', 'duplicate', 'new', 'late', 'duplicate', 'new', 'stale', 'new', 'new']
     """
@@ -62,26 +64,28 @@ class SeqWindow:
             self.mask.append(0)
 
     def check(self, slot: int, seq: int) -> str:
-        if slot >= len(self.top):
-            self.grow(slot + 1)
         top = self.top[slot]
+        if seq == top + 1:  # the common case: the next reading in order
+            self.mask[slot] = ((self.mask[slot] << 1) | 1) & _MASK
+            self.top[slot] = seq
+            return NEW
         if seq > top:
             shift = seq - top
             self.mask[slot] = ((self.mask[slot] << shift) | 1) & _MASK if shift < SEQ_WINDOW else 1
             self.top[slot] = seq
-            return "new"
+            return NEW
         back = top - seq
         if back < SEQ_WINDOW:
             bit = 1 << back
             if self.mask[slot] & bit:
-                return "duplicate"
+                return DUPLICATE
             self.mask[slot] |= bit
-            return "late"
+            return LATE
         if seq < SEQ_WINDOW:
             self.top[slot] = seq
             self.mask[slot] = 1
-            return "new"
-        return "stale"
+            return NEW
+        return STALE
 
 
 @dataclass(slots=True)
@@ -147,6 +151,7 @@ class Pipeline:
         self.last_seen: list[float] = []
         self.interval: list[float] = []
         self.counters = Counters()
+        self._reading_topics: dict[str, tuple[str, int]] = {}
 
     # ---- sensors -------------------------------------------------------------------
     def slot_of(self, sensor_id: str, out: Output) -> int | None:
@@ -175,36 +180,31 @@ class Pipeline:
         depth: dict[int, int] = {}
         max_size = self.settings.service.max_payload
         c = self.counters
+        cache = self._reading_topics
+        check = self.seq.check
         for topic, payload, received_at in batch:
             c.received += 1
-            sid = self.readings_topic.sensor_id(topic)
-            if sid is None:
-                sid = self.status_topic.sensor_id(topic)
-                if sid is not None:
-                    self._status(sid, payload, received_at, out)
-                else:
-                    self._reject(topic, payload, PayloadError("unexpected_topic"), received_at, out)
-                continue
+            known = cache.get(topic)
+            if known is None:
+                known = self._classify(topic, payload, received_at, out)
+                if known is None:
+                    continue
+            sid, slot = known
             try:
                 reading = decode_reading(payload, sid, received_at, max_size)
             except PayloadError as exc:
                 self._reject(topic, payload, exc, received_at, out)
                 continue
-            slot = self.slot_of(sid, out)
-            if slot is None:
-                self._reject(topic, payload, PayloadError("sensor_limit"), received_at, out)
-                continue
             if reading.seq != NO_SEQ:
-                verdict = self.seq.check(slot, reading.seq)
-                if verdict == "duplicate":
-                    c.duplicates += 1
-                    continue
-                if verdict == "stale":
-                    c.stale += 1
-                    continue
-                if verdict == "late":
-                    c.late += 1
-                    out.readings.append(reading)
+                verdict = check(slot, reading.seq)
+                if verdict is not NEW:
+                    if verdict is DUPLICATE:
+                        c.duplicates += 1
+                    elif verdict is STALE:
+                        c.stale += 1
+                    else:
+                        c.late += 1
+                        out.readings.append(reading)
                     continue
             self._seen(slot, received_at)
             r = depth.get(slot, 0)
@@ -217,6 +217,25 @@ class Pipeline:
             self._score(rnd, out)
         c.processed += sum(len(r) for r in rounds)
         return out
+
+    def _classify(
+        self, topic: str, payload: bytes, received_at: float, out: Output
+    ) -> tuple[str, int] | None:
+        """A topic not seen before: a new sensor's readings (cached), a status, or junk."""
+        sid = self.readings_topic.sensor_id(topic)
+        if sid is None:
+            sid = self.status_topic.sensor_id(topic)
+            if sid is not None:
+                self._status(sid, payload, received_at, out)
+            else:
+                self._reject(topic, payload, PayloadError("unexpected_topic"), received_at, out)
+            return None
+        slot = self.slot_of(sid, out)
+        if slot is None:
+            self._reject(topic, payload, PayloadError("sensor_limit"), received_at, out)
+            return None
+        known = self._reading_topics[topic] = (sid, slot)  # bounded by max_sensors
+        return known
 
     def _seen(self, slot: int, now: float) -> None:
         prev = self.last_seen[slot]
