@@ -1,7 +1,8 @@
 """The detector service: MQTT in → :class:`~mqtt_anomaly.pipeline.Pipeline` → sinks.
 
-Messages are appended to an inbox by the MQTT callback and processed in batches on the next
-turn of the event loop, so a burst costs one pipeline call, not one per message. Sinks: alerts
+The MQTT connection (:mod:`.transport.lean`) hands over every message of one network read
+as a batch, so a burst costs one pipeline call, not one per message, and acknowledges them to
+the broker after the batch was processed. Sinks: alerts
 and retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
 readings and alerts to the history store, operator lines on the console, and any listeners
 (the dashboard, tests).
@@ -29,7 +30,7 @@ from .console import RateLimitedLog, emit
 from .messages import Alert, encode
 from .pipeline import Output, Pipeline
 from .topics import TopicTemplate
-from .transport.client import MqttClient
+from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -60,17 +61,16 @@ class DetectorService:
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.listeners: list[Listener] = []
-        self.client = MqttClient(
+        self.client = LeanClient(
             settings.broker,
             settings.broker.client_id or DEFAULT_CLIENT_ID,
-            on_message=self._on_message,
+            on_batch=self._on_batch,
+            clock=clock,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             name="detector",
         )
         self.ready = asyncio.Event()
-        self._inbox: list[tuple[str, bytes, float]] = []
-        self._scheduled = False
         self._alerts_topic = TopicTemplate(settings.topics.alerts)
         self._health_topic = TopicTemplate(settings.topics.health)
         self._ratelog = RateLimitedLog(log)
@@ -86,17 +86,8 @@ class DetectorService:
         return self.settings.service.state_dir / STATE_FILE
 
     # ---- intake ---------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        self._inbox.append((topic, payload, self.clock()))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._process_inbox)
-
-    def _process_inbox(self) -> None:
-        self._scheduled = False
-        batch, self._inbox = self._inbox, []
-        if batch:
-            self._emit(self.pipeline.process(batch))
+    def _on_batch(self, batch: Batch) -> None:
+        self._emit(self.pipeline.process(batch))
 
     def _on_connect(self, session_present: bool) -> None:
         if self._connected_once:
@@ -219,17 +210,12 @@ class DetectorService:
     async def shutdown(self) -> None:
         """Finish in-flight work, flush, save state, disconnect."""
         self._stopping = True
-        self._process_inbox()
         if not await self.client.drain(timeout=5.0):
             log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)
-        self._process_inbox()
+        await self.client.disconnect()
         if self.store is not None:
             await asyncio.to_thread(self.store.flush, 10.0)
         self.save()
-        await self.client.disconnect()
-        self._process_inbox()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.flush, 10.0)
 
     async def _silence_loop(self) -> None:
         period = min(1.0, self.settings.detector.interval)

@@ -108,10 +108,9 @@ class _Probe:
 
 
 def _socket_counters(service: Any) -> TcpCounters:
-    """Byte counters of the service's MQTT connection (gmqtt keeps the transport inside)."""
+    """Byte counters of the service's MQTT connection."""
     try:
-        transport = service.client._client._connection._transport
-        return tcp_counters(transport.get_extra_info("socket"))
+        return tcp_counters(service.client.socket)
     except (AttributeError, OSError, TypeError):
         return TcpCounters()
 
