@@ -25,6 +25,7 @@ import numpy as np
 from .alerting import AlertBook
 from .config import Settings
 from .detectors import Detector, create
+from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError
 from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
 from .topics import TopicTemplate
@@ -146,10 +147,11 @@ class Pipeline:
         self.sensor_ids: list[str] = []
         self.seq = SeqWindow()
         self.health: list[HealthState] = []
-        self.last_value: list[float] = []
-        self.last_ts: list[float] = []
-        self.last_seen: list[float] = []
-        self.interval: list[float] = []
+        # per-sensor columns, indexed by slot (capacity grows by doubling)
+        self.last_value = np.empty(0)
+        self.last_ts = np.empty(0)
+        self.last_seen = np.empty(0)
+        self.interval = np.empty(0)
         self.counters = Counters()
         self._reading_topics: dict[str, tuple[str, int]] = {}
 
@@ -164,10 +166,8 @@ class Pipeline:
         self.sensors[sensor_id] = slot
         self.sensor_ids.append(sensor_id)
         self.health.append("ok")
-        self.last_value.append(math.nan)
-        self.last_ts.append(math.nan)
-        self.last_seen.append(math.nan)
-        self.interval.append(self.settings.detector.interval)
+        if slot >= len(self.last_seen):
+            self._grow_columns(max(16, 2 * slot))
         self.seq.grow(slot + 1)
         out.new_sensors.append(sensor_id)
         return slot
@@ -176,7 +176,7 @@ class Pipeline:
     def process(self, batch: Iterable[tuple[str, bytes, float]]) -> Output:
         """Process raw ``(topic, payload, received_at)`` messages in arrival order."""
         out = Output()
-        rounds: list[list[tuple[int, Reading]]] = []
+        rounds: list[list[tuple[int, Reading, float]]] = []
         depth: dict[int, int] = {}
         max_size = self.settings.service.max_payload
         c = self.counters
@@ -206,17 +206,27 @@ class Pipeline:
                         c.late += 1
                         out.readings.append(reading)
                     continue
-            self._seen(slot, received_at)
             r = depth.get(slot, 0)
             depth[slot] = r + 1
             if r == len(rounds):
                 rounds.append([])
-            rounds[r].append((slot, reading))
+            rounds[r].append((slot, reading, received_at))
             out.readings.append(reading)
         for rnd in rounds:
             self._score(rnd, out)
         c.processed += sum(len(r) for r in rounds)
         return out
+
+    def _grow_columns(self, cap: int) -> None:
+        def grown(old: FloatArray, fill: float) -> FloatArray:
+            new = np.full(cap, fill)
+            new[: len(old)] = old
+            return new
+
+        self.last_value = grown(self.last_value, math.nan)
+        self.last_ts = grown(self.last_ts, math.nan)
+        self.last_seen = grown(self.last_seen, math.nan)
+        self.interval = grown(self.interval, self.settings.detector.interval)
 
     def _classify(
         self, topic: str, payload: bytes, received_at: float, out: Output
@@ -237,37 +247,39 @@ class Pipeline:
         known = self._reading_topics[topic] = (sid, slot)  # bounded by max_sensors
         return known
 
-    def _seen(self, slot: int, now: float) -> None:
-        prev = self.last_seen[slot]
-        if not math.isnan(prev):
-            gap = now - prev
-            if 0 < gap < 60 * self.interval[slot]:
-                self.interval[slot] += 0.05 * (gap - self.interval[slot])
-        self.last_seen[slot] = now
-
-    def _score(self, rnd: list[tuple[int, Reading]], out: Output) -> None:
-        slots = np.fromiter((s for s, _ in rnd), dtype=np.intp, count=len(rnd))
-        values = np.fromiter((r.value for _, r in rnd), dtype=np.float64, count=len(rnd))
-        ts = np.fromiter((r.ts for _, r in rnd), dtype=np.float64, count=len(rnd))
+    def _score(self, rnd: list[tuple[int, Reading, float]], out: Output) -> None:
+        n = len(rnd)
+        slots = np.fromiter((s for s, _, _ in rnd), dtype=np.intp, count=n)
+        values = np.fromiter((r.value for _, r, _ in rnd), dtype=np.float64, count=n)
+        ts = np.fromiter((r.ts for _, r, _ in rnd), dtype=np.float64, count=n)
+        recv = np.fromiter((t for _, _, t in rnd), dtype=np.float64, count=n)
+        self._arrived(slots, recv)
         touched: set[int] = set()
         for det in self.detectors:
             scores = det.update(slots, values, ts)
             book = self.books[det.name]
             tr = book.step(slots, scores.score)
             for k, i in enumerate(tr.raised.tolist()):
-                slot, reading = rnd[i]
+                slot, reading, _ = rnd[i]
                 sev = "critical" if tr.critical[k] else "warning"
                 out.alerts.append(self._alert(reading, det, "raised", sev, scores, i, slot))
                 touched.add(slot)
             for i in tr.cleared.tolist():
-                slot, reading = rnd[i]
+                slot, reading, _ = rnd[i]
                 sev = "critical" if book.critical[slot] else "warning"
                 out.alerts.append(self._alert(reading, det, "cleared", sev, scores, i, slot))
                 touched.add(slot)
-        for slot, reading in rnd:
-            self.last_value[slot] = reading.value
-            self.last_ts[slot] = reading.ts
+        self.last_value[slots] = values
+        self.last_ts[slots] = ts
         self._update_health(touched, out)
+
+    def _arrived(self, slots: IntArray, recv: FloatArray) -> None:
+        """Learn each sensor's usual interval (EWMA of arrival gaps) and note the arrival."""
+        gap = recv - self.last_seen[slots]  # NaN for a first reading: no update
+        usual = self.interval[slots]
+        ok = (gap > 0) & (gap < 60 * usual)
+        self.interval[slots] = np.where(ok, usual + 0.05 * (gap - usual), usual)
+        self.last_seen[slots] = recv
 
     def _alert(
         self, r: Reading, det: Detector, state: str, sev: str, scores: Any, i: int, slot: int
@@ -337,8 +349,8 @@ class Pipeline:
         n = len(self.sensor_ids)
         if not n:
             return out
-        seen = np.asarray(self.last_seen, dtype=np.float64)
-        limit = self.settings.detector.silence_factor * np.asarray(self.interval)
+        seen = self.last_seen[:n]
+        limit = self.settings.detector.silence_factor * self.interval[:n]
         offline = self.books[OFFLINE].active
         off = np.zeros(n, dtype=bool)
         off[: min(n, len(offline))] = offline[:n]
@@ -356,7 +368,8 @@ class Pipeline:
         return out
 
     def _silence_alert(self, slot: int, state: str, now: float, limit: float) -> Alert:
-        last = self.last_seen[slot]
+        last = float(self.last_seen[slot])
+        last_ts = float(self.last_ts[slot])
         return Alert(
             sensor_id=self.sensor_ids[slot],
             detector=SILENCE,
@@ -367,7 +380,7 @@ class Pipeline:
             threshold=round(float(limit), 3),
             expected_low=None,
             expected_high=None,
-            reading_ts=self.last_ts[slot] if self.last_ts[slot] == self.last_ts[slot] else None,
+            reading_ts=None if math.isnan(last_ts) else last_ts,
             alert_ts=now,
             message=f"no reading for {now - last:.1f}s",
         )
@@ -405,7 +418,7 @@ class Pipeline:
             "sensor_ids": list(self.sensor_ids),
             "seq_top": list(self.seq.top),
             "seq_mask": [str(m) for m in self.seq.mask],
-            "interval": list(self.interval),
+            "interval": self.interval[: len(self.sensor_ids)].tolist(),
             "health": list(self.health),
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
@@ -421,7 +434,7 @@ class Pipeline:
             self.slot_of(sid, out)
         self.seq.top = [int(x) for x in state["seq_top"]]
         self.seq.mask = [int(x) for x in state["seq_mask"]]
-        self.interval = [float(x) for x in state["interval"]]
+        self.interval[: len(ids)] = np.asarray(state["interval"], dtype=np.float64)
         self.health = list(state["health"])
         skipped = []
         for det in self.detectors:

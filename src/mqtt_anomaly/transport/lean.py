@@ -138,19 +138,23 @@ class LeanClient:
         now = self._clock()
         while n - pos >= 2:
             head = data[pos]
-            i, length, shift = pos + 1, 0, 0
-            while True:
-                if i >= n:
-                    return self._finish(data[pos:], batch, acks, proto)
-                byte = data[i]
-                length |= (byte & 0x7F) << shift
-                i += 1
-                if byte < 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    self._protocol_error(proto, "malformed remaining length")
-                    return b""
+            length = data[pos + 1]
+            i = pos + 2
+            if length >= 0x80:  # a multi-byte remaining length
+                length &= 0x7F
+                shift = 7
+                while True:
+                    if i >= n:
+                        return self._finish(data[pos:], batch, acks, proto)
+                    byte = data[i]
+                    length |= (byte & 0x7F) << shift
+                    i += 1
+                    if byte < 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        self._protocol_error(proto, "malformed remaining length")
+                        return b""
             end = i + length
             if end > n:
                 break
