@@ -41,6 +41,11 @@ class Transitions(NamedTuple):
     critical: NDArray[np.bool_]  # per raised position
 
 
+_NOTHING = Transitions(
+    np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0, dtype=bool)
+)
+
+
 class AlertBook:
     """Per-slot alert state of one detector."""
 
@@ -83,6 +88,9 @@ class AlertBook:
             self.reserve(int(slots.max()) + 1)
         active = self.active[slots]
         hi = scores >= self.raise_level
+        if not hi.any() and not active.any():  # the common case: quiet sensors, no alert
+            self.above[slots] = 0
+            return _NOTHING
         lo = scores < self.clear_level  # NaN counts as neither
         above = np.where(hi, self.above[slots] + 1, 0)
         below = np.where(lo, self.below[slots] + 1, 0)
