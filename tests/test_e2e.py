@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from .helpers import Observer, eventually
 from .mosquitto import Mosquitto
 
@@ -111,3 +113,70 @@ async def test_simulator_sigkill_marks_sensors_offline(
     assert detector.returncode == 0, err
     assert "[ALERT] 🔌 SENSOR-01 OFFLINE (Last Will)" in out
     assert (tmp_path / "state" / "detector-state.pkl").exists()
+
+
+async def test_alerts_command_lists_stored_alerts(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from .helpers import reading_payload
+    from .test_service import publisher
+
+    db = tmp_path / "history.db"
+    detector = subprocess.Popen(
+        [
+            *CLI,
+            "detect",
+            "--broker",
+            mosquitto.url,
+            "--store",
+            f"sqlite:///{db}",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        async with (
+            Observer(mosquitto.url, ["factory/+/alerts"]) as obs,
+            publisher(mosquitto.url) as pub,
+        ):
+            # the detector subscribes some time after it starts: repeat the spike (new seq
+            # each time) until the first alert comes back
+            seq = 0
+
+            def alerted() -> bool:
+                nonlocal seq
+                if obs.on("/alerts"):
+                    return True
+                if seq % 40 == 0:
+                    pub.publish("factory/S7/temperature", reading_payload("S7", 98.2, seq // 40))
+                seq += 1
+                return False
+
+            await eventually(alerted, timeout=30, what="alert")
+    finally:
+        detector.send_signal(signal.SIGTERM)
+        _, err = detector.communicate(timeout=30)
+    assert detector.returncode == 0, err
+    res = subprocess.run(
+        [*CLI, "alerts", "--store", f"sqlite:///{db}", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [msgspec.json.decode(line) for line in res.stdout.splitlines() if line.strip()]
+    assert any(
+        r["sensor_id"] == "S7" and r["value"] == 98.2 and r["severity"] == "critical" for r in rows
+    )
+    table = subprocess.run(
+        [*CLI, "alerts", "--store", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert table.returncode == 0, table.stderr
+    assert "S7" in table.stdout and "threshold" in table.stdout
