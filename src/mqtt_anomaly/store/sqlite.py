@@ -3,7 +3,7 @@
 The event loop only appends to an in-memory queue (:meth:`SqliteStore.add_readings` keeps the
 caller's columns as they are, one tuple per batch). A writer thread commits what is queued
 when ``batch_size`` rows are waiting or ``flush_interval`` seconds after the first of them, in
-one transaction. The file is in WAL mode with
+one transaction, one ``executemany`` per batch. The file is in WAL mode with
 ``synchronous=NORMAL``: a commit survives a crash of the process, and :meth:`~SqliteStore.flush`
 commits with ``synchronous=FULL`` so that what it waited for also survives a power cut.
 
@@ -15,13 +15,6 @@ Failures after opening (disk full, file made read-only, I/O error) are counted i
 ``stats.errors``, logged at most every 10 s, and retried with a growing pause (0.1 s to 5 s);
 nothing is raised into the caller. Data SQLite refuses as such (a value it cannot bind) is
 dropped batch by batch, so one bad batch cannot block the queue.
-
-Readings go in as JSON arrays of rows, one ``INSERT ... SELECT ... FROM json_each(?)`` per
-4096 rows, rather than an ``executemany``: the sqlite3 module takes the GIL back after every
-row of an ``executemany``, so a busy event loop and the writer convoy on it (measured: the
-writer all but stops while the loop is busy). One statement per chunk holds the GIL only to
-encode the chunk (msgspec, about 0.3 µs a row) and releases it for all of SQLite's work.
-Without SQLite's JSON functions the store falls back to ``executemany``.
 
 Retention: readings older than ``retention_days`` are deleted by the writer thread, oldest
 rows first and ``retention_chunk`` rows per transaction, between writes.
@@ -40,13 +33,12 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-import msgspec
 import numpy as np
 
 from ..config import StoreSettings
@@ -94,12 +86,6 @@ _ALERT_COLUMNS: Final = (
     "expected_high, reading_ts, alert_ts, message"
 )
 _INSERT_READING: Final = "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?)"
-_INSERT_READINGS_JSON: Final = (
-    "INSERT INTO readings (sensor_id, ts, value, seq) SELECT json_extract(value, '$[0]'), "
-    "json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]') "
-    "FROM json_each(?)"
-)
-_JSON_CHUNK: Final = 4096
 _INSERT_ALERT: Final = f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE rowid IN "
@@ -169,7 +155,6 @@ class SqliteStore:
         self._max_alerts = max_queued_alerts
         self._clock = clock
         self._busy_timeout = busy_timeout
-        self._json = True
         self._pragmas = dict(pragmas or {})
         for name in self._pragmas:
             if not _PRAGMA_NAME.fullmatch(name):
@@ -447,7 +432,6 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 log.warning("history store %s: WAL not available, journal mode %s", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._json = _has_json(conn)
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the index's hot pages fit
             for name, value in self._pragmas.items():
                 conn.execute(f"PRAGMA {name} = {_pragma_value(value)}")
@@ -570,7 +554,9 @@ class SqliteStore:
                     self._alerts_dropped += len(alerts)
                     self._held_rows -= rows
                     self._held_alerts -= len(alerts)
-                log.error("history store %s: dropped data it cannot store: %s", self.path, exc)
+                self._rl.warning(
+                    "bad-data", "history store %s: dropped data it cannot store: %s", self.path, exc
+                )
             except Exception as exc:
                 self._write_failed(exc)
                 return False
@@ -596,11 +582,7 @@ class SqliteStore:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN")
             for batch in batches:
-                if self._json:
-                    for doc in _json_chunks(batch):
-                        conn.execute(_INSERT_READINGS_JSON, (doc,))
-                else:
-                    conn.executemany(_INSERT_READING, _rows(batch))
+                _insert_readings(conn, batch)
                 rows += len(batch[0])
             if alerts:
                 conn.executemany(_INSERT_ALERT, [_alert_row(a) for a in alerts])
@@ -652,6 +634,8 @@ class SqliteStore:
             self._errors += 1
             self._last_error = message
             queued = self._held_rows + self._queued_rows
+        if isinstance(exc, _DATA_ERRORS):
+            return  # the batch at fault is found, dropped and logged by _write_one_by_one
         self._rl.warning(
             "write-error",
             "history store %s: write failed (%s); %d rows waiting, retrying",
@@ -659,8 +643,7 @@ class SqliteStore:
             message,
             queued,
         )
-        if not isinstance(exc, _DATA_ERRORS):
-            self._drop_connection()  # reopened (with its schema) on the next attempt
+        self._drop_connection()  # reopened (with its schema) on the next attempt
 
     def _expire_chunk(self) -> float:
         """Delete one chunk of expired readings; the pause before the next chunk."""
@@ -696,38 +679,18 @@ class SqliteStore:
             self._done.notify_all()
 
 
-def _rows(batch: _Batch) -> Iterator[tuple[Any, ...]]:
-    columns = [c.tolist() if isinstance(c, np.ndarray) else c for c in batch]
-    return zip(*columns, strict=True)
+def _insert_readings(conn: sqlite3.Connection, batch: _Batch) -> None:
+    """Insert one batch with one ``executemany``, straight from its columns."""
+    conn.executemany(_INSERT_READING, zip(*(_plain_column(c) for c in batch), strict=True))
 
 
-def _numpy_scalar(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise NotImplementedError
-
-
-_json_encoder: Final = msgspec.json.Encoder(enc_hook=_numpy_scalar)
-
-
-def _json_chunks(batch: _Batch) -> Iterator[str]:
-    """The batch as JSON texts of at most ``_JSON_CHUNK`` ``[sensor_id, ts, value, seq]`` rows.
-
-    Text, not bytes: SQLite 3.45+ would read a BLOB argument as its binary JSONB format.
-    Non-finite floats become null and are refused by the NOT NULL columns.
-    """
-    columns = [c.tolist() if isinstance(c, np.ndarray) else c for c in batch]
-    for start in range(0, len(columns[0]), _JSON_CHUNK):
-        end = start + _JSON_CHUNK
-        rows = list(zip(*(c[start:end] for c in columns), strict=True))
-        yield _json_encoder.encode(rows).decode()
-
-
-def _has_json(conn: sqlite3.Connection) -> bool:
-    try:
-        return bool(conn.execute("SELECT json_extract('[0.5]', '$[0]') = 0.5").fetchone()[0])
-    except sqlite3.Error:
-        return False
+def _plain_column(column: Sequence[Any] | np.ndarray[Any, Any]) -> Sequence[Any]:
+    """Python values for sqlite3, which would bind a numpy scalar as a BLOB."""
+    if isinstance(column, np.ndarray):
+        return column.tolist()  # type: ignore[no-any-return]
+    if len(column) and isinstance(column[0], np.generic):
+        return [x.item() if isinstance(x, np.generic) else x for x in column]
+    return column
 
 
 def _alert_row(a: Alert) -> tuple[Any, ...]:

