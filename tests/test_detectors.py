@@ -218,3 +218,41 @@ def test_art_reports_a_new_behaviour_once() -> None:
     s = _scores(create("art"), _noise_burst())
     assert s[2000:2020].max() >= 0.5
     assert np.count_nonzero(s >= 0.5) <= 2
+
+
+def _missing_peak() -> tuple[np.ndarray, np.ndarray, int]:
+    """A 5-minute series with a daily peak from 8 to 17 h; on day 10 the peak does not come."""
+    rng = np.random.default_rng(19)
+    n = 288 * 14
+    ts = 1.7e9 + 300.0 * np.arange(n)
+    hour = (ts % 86400) / 3600
+    x = 10.0 + 5.0 * ((hour >= 8) & (hour < 17)) + rng.normal(0.0, 0.3, n)
+    missing = (np.arange(n) // 288 == 10) & (hour >= 8) & (hour < 17)
+    x[missing] -= 5.0  # the value stays inside its usual range
+    return x, ts, int(np.flatnonzero(missing)[0])
+
+
+def test_ensemble_profile_catches_a_missing_daily_peak() -> None:
+    from mqtt_anomaly.detectors.ensemble import EnsembleDetector
+
+    x, ts, start = _missing_peak()
+    s = EnsembleDetector().score_series(x, ts)
+    assert s[start : start + 12].max() >= 0.5
+    without = EnsembleDetector(profile=0).score_series(x, ts)
+    assert without[start : start + 108].max() < 0.5  # in range: records and contexts miss it
+
+
+def test_ensemble_state_per_sensor_is_small() -> None:
+    det = create("ensemble")
+    det.reserve(16)
+    per_slot = sum(a.nbytes for a in det.state.values()) // det.capacity
+    assert per_slot <= 2400
+
+
+def test_ensemble_profile_parameters_are_checked() -> None:
+    from mqtt_anomaly.config import DetectorSettings
+    from mqtt_anomaly.errors import ConfigError
+
+    for params in ({"profile": 100}, {"prof_rate": 0.0}, {"prof_min": 0}, {"c_profile": 0.0}):
+        with pytest.raises(ConfigError):
+            create("ensemble", DetectorSettings(params={"ensemble": params}))

@@ -14,11 +14,20 @@ advance. Three kinds of evidence are computed per reading, all in constant memor
    and the last ``order`` bins form a context, counted in a hashed table of ``table`` entries
    (contextual anomaly detection): a never-seen sequence is surprising even within range.
 3. **Residual.** The distance from an exponentially weighted mean, in standard deviations.
+4. **Calendar profile.** A mean and variance of the value per hour of the week (``profile``
+   bins per week, a multiple of 7; each learned at rate ``prof_rate`` per reading). The
+   distance of a reading from its bin's mean, in the bin's standard deviations, catches a
+   pattern anomaly inside the usual range: a daily peak that does not come, or comes lower, a
+   flat stretch where the series usually moves. Until a bin has ``prof_min`` readings, the same
+   hour of every day of the week, pooled, stands in for it, so the profile scores from the
+   second day on. Timestamps are the ones the service passes (epoch seconds).
 
-Channels 2 and 3 are raw surprises whose scale differs from sensor to sensor, so each is
+Channels 2 to 4 are raw surprises whose scale differs from sensor to sensor, so each is
 calibrated the way anomaly likelihood calibrates HTM's raw score: a short average of the raw
 value is compared with the long-run mean and variance of that average, and the Gaussian tail
-probability ``p`` of the excess gives evidence ``-log10(p) / c``. The strongest evidence ``v``
+probability ``p`` of the excess gives evidence ``-log10(p) / c`` (``-log10(p) / c_profile``
+for the calendar profile, whose distances are already in standard deviations, so it is trusted
+at a far less extreme tail probability). The strongest evidence ``v``
 becomes ``v / (1 + v)``.
 
 **Suppression.** A new score is only reported when it exceeds every score reported in the
@@ -46,12 +55,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._common import TableDetector, log10_tail
 from .base import Field, FloatArray, IntArray, Scores, nan_band
 
-_SURPRISES = 2  # residual, context novelty
 _HASH = 2654435761  # Knuth's multiplicative hash
+BoolArray = NDArray[np.bool_]
+_WEEK = 604800.0
+_DAYS = 7
 
 
 class EnsembleDetector(TableDetector):
@@ -73,13 +85,17 @@ class EnsembleDetector(TableDetector):
         long: float = 0.002,
         levels: int = 10,
         order: int = 3,
-        table: int = 4096,
+        table: int = 256,
         hold: int = 300,
         level: float = 0.2547,
         lock: bool = True,
         vol_fast: float = 0.05,
         vol_slow: float = 0.01,
         kvol: float = 0.1,
+        profile: int = 168,
+        c_profile: float = 50.0,
+        prof_rate: float = 0.1,
+        prof_min: int = 5,
     ) -> None:
         if warmup < 1 or hold < 1 or levels < 2 or order < 1 or table < 16:
             raise ValueError("warmup, hold >= 1; levels >= 2; order >= 1; table >= 16")
@@ -90,6 +106,10 @@ class EnsembleDetector(TableDetector):
             raise ValueError("short in (0, 1], long in (0, 1), k, c > 0, level in (0, 1)")
         if not (0 <= vol_fast <= 1 and 0 <= vol_slow <= 1 and kvol > 0):
             raise ValueError("vol_fast, vol_slow in [0, 1] (0: off), kvol > 0")
+        if profile < 0 or profile % _DAYS or prof_min < 1 or c_profile <= 0:
+            raise ValueError("profile: a multiple of 7 (0: off); prof_min >= 1; c_profile > 0")
+        if not 0 < prof_rate <= 1:
+            raise ValueError("prof_rate must be in (0, 1]")
         if levels**order > 2**40:
             raise ValueError("levels ** order is too large")
         self.warmup = int(warmup)
@@ -109,6 +129,13 @@ class EnsembleDetector(TableDetector):
         self.vol_fast = float(vol_fast)
         self.vol_slow = float(vol_slow)
         self.kvol = float(kvol)
+        self.profile = int(profile)
+        self.c_profile = float(c_profile)
+        self.prof_rate = float(prof_rate)
+        self.prof_min = int(prof_min)
+        # surprise channels: residual, context novelty (+ hour-of-day, hour-of-week profile)
+        self._nsur = 4 if self.profile else 2
+        self._c = np.array([self.c, self.c, self.c_profile, self.c_profile][: self._nsur])
         vol = [r for r in (self.vol_fast, self.vol_slow) if r > 0]
         self._rates = np.array([1.0, self.smooth, self.slow, *vol])
         self._is_vol = np.arange(len(self._rates)) >= 3
@@ -134,6 +161,10 @@ class EnsembleDetector(TableDetector):
             "vol_fast": self.vol_fast,
             "vol_slow": self.vol_slow,
             "kvol": self.kvol,
+            "profile": self.profile,
+            "c_profile": self.c_profile,
+            "prof_rate": self.prof_rate,
+            "prof_min": self.prof_min,
         }
 
     def fields(self) -> Mapping[str, Field]:
@@ -149,7 +180,11 @@ class EnsembleDetector(TableDetector):
             "avg": Field(np.float64, 0.0),  # short average of each raw surprise
             "mu": Field(np.float64, 0.0),  # and its long-run mean, variance
             "sig2": Field(np.float64, 0.0),
+            "calib": Field(np.int32, 0),  # readings each calibration has learned from
             "held": Field(np.float64, 0.0),
+            "pmean": Field(np.float32, 0.0),  # calendar profile: mean, variance, count per bin
+            "pvar": Field(np.float32, 0.0),
+            "pcount": Field(np.uint8, 0),
         }
 
     def shapes(self) -> Mapping[str, tuple[int, ...]]:
@@ -159,9 +194,13 @@ class EnsembleDetector(TableDetector):
             "lo": three,
             "hi": three,
             "seen": (self.table,),
-            "avg": (_SURPRISES,),
-            "mu": (_SURPRISES,),
-            "sig2": (_SURPRISES,),
+            "avg": (self._nsur,),
+            "mu": (self._nsur,),
+            "sig2": (self._nsur,),
+            "calib": (self._nsur,),
+            "pmean": (max(self.profile, 1),),
+            "pvar": (max(self.profile, 1),),
+            "pcount": (max(self.profile, 1),),
         }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
@@ -192,11 +231,21 @@ class EnsembleDetector(TableDetector):
         key = (st["ctx"][slots] * self.levels + q) % (self.levels**self.order)
         h = (key * _HASH) % self.table
         count = st["seen"][slots, h]
-        raw = np.stack([resid, 1.0 / (1.0 + count)], axis=1)
+        raws = [resid, 1.0 / (1.0 + count)]
+        valid = np.ones((len(values), self._nsur), dtype=bool)
+        if self.profile:
+            day_z, day_ok, week_z, week_ok, (bin_, pm, pv, pc) = self._profile(
+                slots, values, ts, scale
+            )
+            raws += [day_z, week_z]  # the pooled day only stands in for an unready week bin
+            valid[:, 2], valid[:, 3] = day_ok & ~week_ok, week_ok
+        raw = np.stack(raws, axis=1)
         avg, mu, sig2 = st["avg"][slots], st["mu"][slots], st["sig2"][slots]
-        avg = avg + self.short * (raw - avg)
-        z = (avg - mu) / np.sqrt(sig2 + 1e-6)
-        surprise = -log10_tail(z).min(axis=1) / self.c  # the most surprising channel
+        calib = st["calib"][slots]
+        avg = np.where(valid, avg + self.short * (raw - avg), avg)
+        scored = valid & (calib >= self.warmup)
+        z = np.where(scored, (avg - mu) / np.sqrt(sig2 + 1e-6), -10.0)
+        surprise = (-log10_tail(z) / self._c).max(axis=1)  # the most surprising channel
         # combine, suppress, map `level` to 0.5
         v = np.maximum(record, surprise)
         s = np.where(ready, v / (1.0 + v), 0.0)
@@ -208,11 +257,18 @@ class EnsembleDetector(TableDetector):
         score = np.where(s_out < lv, 0.5 * s_out / lv, 0.5 + 0.5 * (s_out - lv) / (1.0 - lv))
         # learn
         n1 = n + 1.0
-        a = np.maximum(1.0 / n1, self.long)[:, None]
+        a = np.maximum(1.0 / (calib + 1.0), self.long)
         d = avg - mu
-        st["mu"][slots] = mu + a * d
-        st["sig2"][slots] = (1.0 - a) * (sig2 + a * d * d)
+        st["mu"][slots] = np.where(valid, mu + a * d, mu)
+        st["sig2"][slots] = np.where(valid, (1.0 - a) * (sig2 + a * d * d), sig2)
         st["avg"][slots] = avg
+        st["calib"][slots] = calib + valid
+        if self.profile:
+            ap = np.maximum(1.0 / (pc + 1.0), self.prof_rate)
+            dp = values - pm
+            st["pmean"][slots, bin_] = pm + ap * dp
+            st["pvar"][slots, bin_] = (1.0 - ap) * (pv + ap * dp * dp)
+            st["pcount"][slots, bin_] = np.minimum(pc + 1, 255)
         b = np.maximum(1.0 / n1, self.alpha)
         dm = values - mean
         st["mean"][slots] = mean + b * dm
@@ -225,3 +281,37 @@ class EnsembleDetector(TableDetector):
         st["n"][slots] = n + 1
         k_ = len(values)
         return Scores(np.clip(score, 0.0, 1.0), nan_band(k_), nan_band(k_))
+
+    def _profile(
+        self, slots: IntArray, values: FloatArray, ts: FloatArray, scale: FloatArray
+    ) -> tuple[
+        FloatArray,
+        BoolArray,
+        FloatArray,
+        BoolArray,
+        tuple[IntArray, FloatArray, FloatArray, FloatArray],
+    ]:
+        """Distances from the pooled hour of day and from the hour-of-week bin, when ready."""
+        st = self.state
+        nb = self.profile
+        pos = np.nan_to_num(ts % _WEEK) * (nb / _WEEK)
+        bin_ = np.clip(pos.astype(np.intp), 0, nb - 1)
+        floor = 1e-3 * scale
+        pm = st["pmean"][slots, bin_].astype(np.float64)
+        pv = st["pvar"][slots, bin_].astype(np.float64)
+        pc = st["pcount"][slots, bin_].astype(np.float64)
+        week_z = np.minimum(np.abs(values - pm) / (np.sqrt(pv) + floor), 20.0)
+        # the same hour on every day of the week, pooled (the bin itself included)
+        same = (bin_[:, None] + (nb // _DAYS) * np.arange(_DAYS)) % nb
+        rows = slots[:, None]
+        m = st["pmean"][rows, same].astype(np.float64)
+        v = st["pvar"][rows, same].astype(np.float64)
+        c = st["pcount"][rows, same].astype(np.float64)
+        w = np.minimum(c, 1.0 / self.prof_rate)
+        tot = w.sum(axis=1)
+        safe = np.where(tot > 0, tot, 1.0)
+        dm = (w * m).sum(axis=1) / safe
+        dv = (w * (v + (m - dm[:, None]) ** 2)).sum(axis=1) / safe
+        day_z = np.minimum(np.abs(values - dm) / (np.sqrt(dv) + floor), 20.0)
+        day_ok = c.sum(axis=1) >= self.prof_min
+        return day_z, day_ok, week_z, pc >= self.prof_min, (bin_, pm, pv, pc)
