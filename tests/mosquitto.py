@@ -50,10 +50,16 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     extra_config: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    plaintext: bool = True
+    """False: no anonymous plaintext listener; ``extra_config`` must open one on ``port``."""
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
 
     @property
     def config_file(self) -> Path:
@@ -63,10 +69,9 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # as root, Mosquitto would drop to user "mosquitto", which cannot write our tmp dir
         run_as = f"user {getpass.getuser()}\n" if os.geteuid() == 0 else ""
+        plain = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n" if self.plaintext else ""
         self.config_file.write_text(
-            run_as + f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            run_as + plain + "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 0\n"

@@ -46,6 +46,7 @@ def test_precedence_defaults_toml_env_cli(tmp_path: Path, monkeypatch: pytest.Mo
     [
         ({"broker": {"url": "http://x"}}, "broker.url"),
         ({"broker": {"url": "mqtt://h:99999"}}, "broker.url"),
+        ({"broker": {"url": "mqtts://user:secret@h"}}, "broker.url"),
         ({"broker": {"qos": 3}}, "broker.qos"),
         ({"topics": {"readings": "factory/temperature"}}, "topics.readings"),
         ({"topics": {"subscribe": ("factory/#/x",)}}, "topics.subscribe"),

@@ -102,6 +102,8 @@ def decode_reading(
         wire = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise PayloadError("invalid_field", str(exc)) from None
+    except RecursionError:
+        raise PayloadError("not_json", "nested too deeply") from None
     except msgspec.DecodeError as exc:
         try:  # a bare number with surrounding blanks, or inf/nan spelled out
             return _bare_number(payload, topic_sensor_id, received_at)

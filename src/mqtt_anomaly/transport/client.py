@@ -67,9 +67,19 @@ class ClientStats:
 
 
 def ssl_context(settings: BrokerSettings) -> ssl.SSLContext | None:
-    """The TLS context for ``mqtts://`` brokers (verification on unless ``tls_insecure``)."""
+    """The TLS context for ``mqtts://`` brokers (verification on unless ``tls_insecure``).
+
+    Warns (once per broker address) when verification is off, when TLS files are given for a
+    plaintext ``mqtt://`` broker, and when a password would travel unencrypted.
+    """
     if not settings.tls:
+        if settings.ca_file or settings.cert_file or settings.key_file:
+            _warn_once(settings, "broker %s is mqtt:// (no TLS): ca_file/cert_file/key_file unused")
+        if settings.username and (settings.password or settings.password_file):
+            _warn_once(settings, "broker %s is mqtt:// (no TLS): the password is sent unencrypted")
         return None
+    if settings.key_file and not settings.cert_file:
+        raise ConfigError("broker.key_file: set broker.cert_file too (the client certificate)")
     try:
         ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
         if settings.cert_file:
@@ -79,10 +89,81 @@ def ssl_context(settings: BrokerSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"broker TLS files: {exc}") from None
     if settings.tls_insecure:
-        log.warning("TLS certificate verification is OFF (broker.tls_insecure): insecure")
+        _warn_once(
+            settings,
+            "TLS certificate verification of broker %s is OFF (broker.tls_insecure): "
+            "anyone on the path can impersonate it",
+        )
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(settings: BrokerSettings, msg: str) -> None:
+    if (settings.address, msg) not in _warned:
+        _warned.add((settings.address, msg))
+        log.warning(msg, settings.address)
+
+
+_TLS_ALERTS = (
+    ("CERTIFICATE_REQUIRED", "the broker requires a client certificate (broker.cert_file)"),
+    ("HANDSHAKE_FAILURE", "the broker refused the handshake (a client certificate missing?)"),
+    ("CERTIFICATE_EXPIRED", "the broker rejected our client certificate: expired"),
+    ("UNKNOWN_CA", "the broker does not trust the CA of our client certificate"),
+    ("BAD_CERTIFICATE", "the broker rejected our client certificate"),
+    ("CERTIFICATE_UNKNOWN", "the broker rejected our client certificate"),
+    ("CERTIFICATE_REVOKED", "the broker rejected our client certificate: revoked"),
+    ("WRONG_VERSION_NUMBER", "the port does not speak TLS (mqtt:// instead of mqtts://?)"),
+)
+
+
+def tls_failure(address: str, exc: BaseException | None) -> str:
+    """One line for a failed TLS connection: what the broker or our verification objected to."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or "failed"
+        return f"TLS with {address} failed: cannot verify the broker's certificate: {why}"
+    reason = str(getattr(exc, "reason", "") or "")
+    for code, text in _TLS_ALERTS:
+        if code in reason:
+            return f"TLS with {address} failed: {text}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS with {address} failed: {reason or exc}"
+    return (
+        f"TLS with {address} failed: the broker closed the connection before accepting us "
+        "(client certificate missing, expired or from another CA?)"
+    )
+
+
+def closed_before_connack(settings: BrokerSettings, name: str, exc: BaseException | None) -> str:
+    """The message for a connection the broker closed before its CONNACK (a refusal)."""
+    if settings.tls:
+        return tls_failure(settings.address, exc)
+    return (
+        f"broker {settings.address} closed the connection of {name} before accepting it "
+        "(a TLS-only port? then use mqtts://)"
+    )
+
+
+class _GmqttClient(gmqtt.Client):  # type: ignore[misc]
+    """gmqtt's client, remembering why its last connection was lost (e.g. a TLS alert)."""
+
+    lost_exc: BaseException | None = None
+
+    async def _create_connection(self, *args: object, **kwargs: object) -> object:
+        self.lost_exc = None
+        connection = await super()._create_connection(*args, **kwargs)
+        protocol = connection._protocol
+        original = protocol.connection_lost
+
+        def connection_lost(exc: BaseException | None) -> None:
+            self.lost_exc = exc
+            original(exc)
+
+        protocol.connection_lost = connection_lost
+        return connection
 
 
 class MqttClient:
@@ -121,7 +202,8 @@ class MqttClient:
             if will
             else None
         )
-        self._client = gmqtt.Client(
+        self._lost_early = asyncio.Event()
+        self._client = _GmqttClient(
             client_id, clean_session=clean_session, will_message=will_msg, logger=_quiet_logger
         )
         self._client.set_config(
@@ -151,6 +233,8 @@ class MqttClient:
     def _handle_disconnect(self, _c: object, _packet: object, _exc: object = None) -> None:
         if self._connected.is_set():
             self.stats.disconnects += 1
+        else:
+            self._lost_early.set()
         self._connected.clear()
         if self._user_on_disconnect is not None:
             self._user_on_disconnect()
@@ -182,13 +266,7 @@ class MqttClient:
         warned = False
         while True:
             try:
-                await self._client.connect(
-                    s.host,
-                    s.port,
-                    ssl=ssl_context(s) or False,
-                    keepalive=s.keepalive,
-                    version=MQTTv311,
-                )
+                await self._connect_once()
                 return
             except gmqtt.mqtt.handler.MQTTConnectError as exc:
                 code = getattr(exc, "_code", None)
@@ -197,7 +275,7 @@ class MqttClient:
                     await self._client.disconnect()
                 raise BrokerError(f"broker {s.address} refused {self.name}: {reason}") from None
             except ssl.SSLError as exc:
-                raise BrokerError(f"TLS handshake with {s.address} failed: {exc.reason}") from None
+                raise BrokerError(tls_failure(s.address, exc)) from None
             except (TimeoutError, OSError) as exc:
                 if not retry or (deadline is not None and loop.time() >= deadline):
                     raise BrokerError(f"cannot reach broker at {s.address}: {exc}") from None
@@ -205,6 +283,32 @@ class MqttClient:
                     log.warning("broker %s unreachable (%s); retrying", s.address, exc)
                     warned = True
                 await asyncio.sleep(s.reconnect_delay)
+
+    async def _connect_once(self) -> None:
+        """One attempt; a connection closed before CONNACK is a refusal (e.g. a rejected
+        client certificate under TLS 1.3): :class:`BrokerError`, not gmqtt's endless retry."""
+        s = self.settings
+        self._lost_early.clear()
+        attempt = asyncio.ensure_future(
+            self._client.connect(
+                s.host, s.port, ssl=ssl_context(s) or False, keepalive=s.keepalive, version=MQTTv311
+            )
+        )
+        lost = asyncio.ensure_future(self._lost_early.wait())
+        try:
+            await asyncio.wait({attempt, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not attempt.done() and self._client._connack_received.is_set():
+            # a CONNACK came before the close (a refusal by code): let gmqtt raise it
+            await asyncio.wait({attempt}, timeout=5)
+        if attempt.done():
+            attempt.result()
+            return
+        attempt.cancel()
+        exc = self._client.lost_exc
+        self.abort()
+        raise BrokerError(closed_before_connack(s, self.name, exc))
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1, timeout: float = 10.0) -> None:
         """Subscribe and wait for the broker's SUBACK (re-subscribed after a lost session).

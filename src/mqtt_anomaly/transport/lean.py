@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections import deque
@@ -34,7 +35,7 @@ from typing import Any
 
 from ..config import BrokerSettings
 from ..errors import BrokerError
-from .client import ClientStats, ssl_context
+from .client import ClientStats, closed_before_connack, ssl_context, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class LeanClient:
         self._connack: asyncio.Future[tuple[bool, int]] | None = None
         self._suback: dict[int, asyncio.Future[bytes]] = {}
         self._closing = False
+        self._last_refusal = ""
         self._last_in = self._last_out = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -248,10 +250,8 @@ class LeanClient:
                 ),
                 timeout=10,
             )
-        except OSError as exc:
-            if ctx is not None and "SSL" in type(exc).__name__:
-                raise BrokerError(f"TLS handshake with {s.address} failed: {exc}") from None
-            raise
+        except ssl.SSLError as exc:
+            raise BrokerError(tls_failure(s.address, exc)) from None
         self._connack = loop.create_future()
         proto.transport.write(self._connect_packet())  # type: ignore[union-attr]
         try:
@@ -303,7 +303,10 @@ class LeanClient:
 
     def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(ConnectionResetError("connection closed before CONNACK"))
+            # closed before CONNACK: a refusal (e.g. of our client certificate, which TLS 1.3
+            # reports after the handshake), not an unreachable broker
+            reason = closed_before_connack(self.settings, self.name, exc)
+            self._connack.set_exception(BrokerError(reason))
         if proto is not self._proto:
             return
         self._proto = None
@@ -323,7 +326,12 @@ class LeanClient:
             try:
                 await self._open()
                 log.info("reconnected to %s", self.settings.address)
-            except (OSError, TimeoutError, BrokerError) as exc:
+                self._last_refusal = ""
+            except BrokerError as exc:
+                if str(exc) != self._last_refusal:  # e.g. our certificate expired meanwhile
+                    log.error("reconnect refused: %s; retrying", exc)
+                    self._last_refusal = str(exc)
+            except (OSError, TimeoutError) as exc:
                 log.debug("reconnect to %s failed: %s", self.settings.address, exc)
 
     async def _keepalive(self) -> None:
