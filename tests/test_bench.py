@@ -196,7 +196,7 @@ def test_counting_subscriber_parses_any_packet_size_and_acks_qos1() -> None:
     ("args", "message"),
     [
         (["--qos", "2"], "--qos"),
-        (["--store", "postgres://x"], "--store"),
+        (["--store", "mysql://x"], "--store"),
         (["--sensors", "0"], "--sensors"),
         (["--only", "disk"], "--only"),
         (["--broker", "http://x"], "--broker"),

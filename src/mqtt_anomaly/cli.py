@@ -88,7 +88,23 @@ def detect(
     ] = None,
     store: Annotated[
         str | None,
-        typer.Option(help="History store URL: sqlite:///PATH or none://.", show_default=False),
+        typer.Option(
+            help="History store URL: sqlite:///PATH, postgresql://USER@HOST/DB or none://.",
+            show_default=False,
+        ),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve the dashboard, REST API and /metrics on [HOST:]PORT "
+            "(host 127.0.0.1 when only a port is given).",
+            show_default=False,
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="File whose first line is the broker password.", show_default=False),
     ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Where detector state is saved.", show_default=False)
@@ -106,8 +122,9 @@ def detect(
     settings = settings_from_cli(
         config,
         {
-            "broker": {"url": broker, "client_id": client_id},
+            "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
             "topics": {"subscribe": tuple(topic) if topic else None},
+            "http": {"listen": http},
             "detector": {"threshold": threshold},
             "store": {"url": store},
             "service": {"state_dir": state_dir, "verbose": verbose or None},
@@ -205,11 +222,13 @@ _NO_RANDOM_FAULTS = {
 
 def _register_subcommands() -> None:
     from .bench.command import bench
+    from .certs import certs
     from .evaluate.cli import app as evaluate_app
     from .simulate.command import simulate
 
     app.command("simulate")(simulate)
     app.command("bench")(bench)
+    app.command("certs")(certs)
     app.add_typer(evaluate_app, name="evaluate", help="Score detectors: NAB, your own CSV.")
 
 

@@ -35,6 +35,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 from .topics import validate_filter, validate_template
+from .web.settings import HttpSettings
 
 ENV_PREFIX = "MQTT_ANOMALY_"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
@@ -70,6 +71,11 @@ class BrokerSettings(_Section):
             raise ValueError(f"scheme must be mqtt:// or mqtts://, got {parts.scheme}://")
         if not parts.hostname:
             raise ValueError("no host in broker URL")
+        if parts.username or parts.password:
+            raise ValueError(
+                "no credentials in the URL: use broker.username and "
+                "MQTT_ANOMALY_BROKER__PASSWORD or broker.password_file"
+            )
         try:
             port = parts.port
         except ValueError as exc:
@@ -221,8 +227,8 @@ class StoreSettings(_Section):
     @classmethod
     def _check_url(cls, v: str) -> str:
         scheme = v.split("://", 1)[0] if "://" in v else ""
-        if scheme not in ("sqlite", "none"):
-            raise ValueError("must be sqlite:///PATH or none://")
+        if scheme not in ("sqlite", "none", "postgresql", "postgres"):
+            raise ValueError("must be sqlite:///PATH, postgresql://USER@HOST/DB or none://")
         return v
 
 
@@ -251,6 +257,7 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
+    http: HttpSettings = HttpSettings()
 
     @classmethod
     def settings_customise_sources(

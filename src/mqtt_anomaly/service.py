@@ -253,6 +253,9 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from .web import http_server
+
     with open_store(settings.store.url, settings.store) as store:
         service = DetectorService(settings, store=store)
-        await service.run(stop)
+        async with http_server(service, settings.http):  # nothing unless http.listen is set
+            await service.run(stop)

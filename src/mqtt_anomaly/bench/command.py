@@ -236,7 +236,8 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
         try:
             StoreSettings(url=store)
         except ValueError:
-            raise bad("--store", "sqlite, none, sqlite:///PATH or none://") from None
+            wanted = "sqlite, none, sqlite:///PATH, postgresql://… or none://"
+            raise bad("--store", wanted) from None
     changes["store"] = "none://" if store == "none" else store
     if o["fleet_size"]:
         if any(not 1 <= n <= 1_000_000 for n in o["fleet_size"]):
