@@ -1,23 +1,32 @@
-"""The SQLite history store, on real files."""
+"""The history stores on real files and a real server.
+
+Behaviour tests run against SQLite and PostgreSQL (``backend`` fixture; PostgreSQL in a
+database of the session's own, skipped when no server answers); file and SQL-dialect details
+are SQLite's own."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
 from mqtt_anomaly.config import StoreSettings
 from mqtt_anomaly.errors import StoreError
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.store import NullStore, Store, open_store, sqlite_path
+from mqtt_anomaly.store.postgres import PostgresStore
 from mqtt_anomaly.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 NOW = time.time()
@@ -67,8 +76,112 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "history.db"
 
 
+# ---- backends: every behaviour test runs against SQLite and PostgreSQL ------------------
+PG_ADMIN_URL = os.environ.get("MQTT_ANOMALY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+
+
+class Backend:
+    """How a test opens a store of one kind and looks at its tables from outside."""
+
+    name = ""
+    logger = ""
+    lock_error = ""  # what ``stats.last_error`` says when a write waited too long for a lock
+
+    def open(self, store_settings: StoreSettings | None = None, **kw: Any) -> Store:
+        raise NotImplementedError
+
+    def count(self, sql: str = "SELECT count(*) FROM readings") -> int:
+        """A count through an independent connection: what another process would see."""
+        raise NotImplementedError
+
+    def lock_writes(self) -> Any:
+        """A connection holding a lock that keeps the store from committing until ROLLBACK."""
+        raise NotImplementedError
+
+
+class SqliteBackend(Backend):
+    name, logger, lock_error = "sqlite", "mqtt_anomaly.store.sqlite", "locked"
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+
+    def open(self, store_settings: StoreSettings | None = None, **kw: Any) -> Store:
+        if "write_timeout" in kw:
+            kw["busy_timeout"] = kw.pop("write_timeout")
+        return SqliteStore(self.db, store_settings, **kw)
+
+    def count(self, sql: str = "SELECT count(*) FROM readings") -> int:
+        return count(self.db, sql)
+
+    def lock_writes(self) -> Any:
+        return lock_writes(self.db)
+
+
+class PostgresBackend(Backend):
+    name, logger, lock_error = "postgresql", "mqtt_anomaly.store.postgres", "lock timeout"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def open(self, store_settings: StoreSettings | None = None, **kw: Any) -> Store:
+        if "write_timeout" in kw:
+            kw["lock_timeout"] = kw.pop("write_timeout")
+        return PostgresStore(self.url, store_settings, **kw)
+
+    def count(self, sql: str = "SELECT count(*) FROM readings") -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(sql.encode()).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def lock_writes(self) -> Any:
+        conn = psycopg.connect(self.url, autocommit=True)
+        conn.execute("BEGIN")
+        conn.execute("LOCK TABLE readings, alerts IN EXCLUSIVE MODE")
+        return conn
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test session's own, dropped at the end."""
+    try:
+        admin = psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    name = f"mqtt_anomaly_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"'.encode())
+        try:
+            yield f"{PG_ADMIN_URL}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, db: Path) -> Iterator[Backend]:
+    """SQLite in a fresh file, or PostgreSQL in a fresh schema of the session's database."""
+    if request.param == "sqlite":
+        yield SqliteBackend(db)
+        return
+    base: str = request.getfixturevalue("pg_database")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+    try:
+        yield PostgresBackend(f"{base}?options=-csearch_path%3D{schema}")
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+
+
 @pytest.fixture
-def store(db: Path) -> Iterator[SqliteStore]:
+def store(backend: Backend) -> Iterator[Store]:
+    with backend.open(settings(flush_interval=0.05)) as st:
+        yield st
+
+
+@pytest.fixture
+def sqlite_store(db: Path) -> Iterator[SqliteStore]:
     with SqliteStore(db, settings(flush_interval=0.05)) as st:
         yield st
 
@@ -105,7 +218,7 @@ def test_bad_urls(url: str) -> None:
         open_store(url, StoreSettings())
 
 
-def test_schema(store: SqliteStore, db: Path) -> None:
+def test_schema(sqlite_store: SqliteStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(readings)")}
@@ -204,7 +317,7 @@ def test_read_only_file(db: Path) -> None:
 
 
 # ---- writing and reading -------------------------------------------------------------
-def test_batches_written_and_read_back(store: SqliteStore, db: Path) -> None:
+def test_batches_written_and_read_back(store: Store, backend: Backend) -> None:
     store.add_readings(["S1", "S2", "S1"], [NOW, NOW + 0.1, NOW + 1], [20.5, 30.0, 21.5], [1, 1, 2])
     n = 50
     store.add_readings(
@@ -214,7 +327,7 @@ def test_batches_written_and_read_back(store: SqliteStore, db: Path) -> None:
         np.arange(100, 100 + n, dtype=np.int64),
     )
     assert store.flush(10)
-    assert count(db) == 3 + n
+    assert backend.count() == 3 + n
     assert store.stats.written == 3 + n
     assert store.stats.queued == 0
     assert store.readings("S1") == [(NOW, 20.5, 1), (NOW + 1, 21.5, 2)]
@@ -232,43 +345,68 @@ def test_batches_written_and_read_back(store: SqliteStore, db: Path) -> None:
     assert store.readings("nope") == []
 
 
-def test_flush_interval_writes_without_flush(db: Path) -> None:
-    with SqliteStore(db, settings(flush_interval=0.05, batch_size=10_000)) as st:
+def test_exact_round_trip(backend: Backend) -> None:
+    values = [0.1, -0.0, 1e-300, 5e-324, 1.7976931348623157e308, 123456.789012345, 2.0 / 3]
+    n = len(values)
+    odd_ids = ['quote"d', "back\\slash", "ünï-çødé ✓", "tab\tnew\nline", "S'1", "[1,2]", "{}"]
+    seqs = [0, 1, 2**62 - 1, -1, 7, 8, 9]
+    big = 1007
+    with backend.open() as st:
+        st.add_readings(odd_ids, [NOW + v for v in values], values, seqs)
+        # numpy scalars in plain lists (sqlite3 alone would store them as BLOBs)
+        st.add_readings(
+            [np.str_("NP")] * 2, [np.float64(NOW)] * 2, [np.float32(0.5)] * 2, [np.int64(1)] * 2
+        )
+        st.add_readings(["BIG"] * big, list(np.arange(big) + NOW), [1.0] * big, list(range(big)))
+        st.add_readings(["NAN"], [NOW], [math.nan], [1])  # refused by NOT NULL: dropped
+        assert st.flush(10)
+        for sid, v, seq in zip(odd_ids, values, seqs, strict=True):
+            (row,) = st.readings(sid)
+            assert row == (NOW + v, v, seq)  # (SQLite keeps -0.0 as 0.0: equal, sign lost)
+        assert st.readings("NP") == [(NOW, 0.5, 1), (NOW, 0.5, 1)]
+        assert st.readings("BIG") == [(NOW + i, 1.0, i) for i in range(big)]
+        assert st.readings("NAN") == []
+        assert st.stats.dropped == 1
+        assert st.stats.written == n + 2 + big
+
+
+def test_flush_interval_writes_without_flush(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=0.05, batch_size=10_000)) as st:
         st.add_readings(["S1"] * 5, [NOW] * 5, [1.0] * 5, [1, 2, 3, 4, 5])
-        wait_until(lambda: count(db) == 5, what="the interval write")
+        wait_until(lambda: backend.count() == 5, what="the interval write")
 
 
-def test_batch_size_triggers_write(db: Path) -> None:
-    with SqliteStore(db, settings(flush_interval=3600, batch_size=100)) as st:
+def test_batch_size_triggers_write(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=3600, batch_size=100)) as st:
         st.add_readings(["S1"] * 60, [NOW] * 60, [1.0] * 60, list(range(60)))
         st.add_readings(["S1"] * 60, [NOW] * 60, [1.0] * 60, list(range(60, 120)))
         wait_until(lambda: st.stats.written == 120, what="the batch-size write")
-        assert count(db) == 120
+        assert backend.count() == 120
 
 
-def test_flush_semantics(db: Path) -> None:
-    with SqliteStore(db, settings(flush_interval=3600, batch_size=1_000_000)) as st:
+def test_flush_semantics(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=3600, batch_size=1_000_000)) as st:
         assert st.flush(0.01)  # nothing queued: at once
         st.add_readings(["S1"] * 10, [NOW] * 10, [2.0] * 10, list(range(10)))
         st.add_alert(alert())
         # Neither the interval nor the batch size is reached: nothing is written by itself.
         assert st.stats.queued == 11
-        assert count(db) == 0
+        assert backend.count() == 0
         assert st.flush(10)
         # Once flush returns, another connection sees everything, and it was synced.
-        assert count(db) == 10
-        assert count(db, "SELECT count(*) FROM alerts") == 1
-        assert count(db, "SELECT count(*) FROM schema_version WHERE flushed_at > 0") == 1
+        assert backend.count() == 10
+        assert backend.count("SELECT count(*) FROM alerts") == 1
+        assert backend.count("SELECT count(*) FROM schema_version WHERE flushed_at > 0") == 1
         assert st.stats.queued == 0
         assert st.stats.write_rows == 11
         assert st.flush(0.01)
         st.add_readings(["S1"], [NOW], [3.0], [10])
     # close() flushes too
-    assert count(db) == 11
+    assert backend.count() == 11
 
 
-def test_readings_setting_off(db: Path) -> None:
-    with SqliteStore(db, settings(readings=False)) as st:
+def test_readings_setting_off(backend: Backend) -> None:
+    with backend.open(settings(readings=False)) as st:
         st.add_readings(["S1"], [NOW], [1.0], [1])
         st.add_alert(alert())
         assert st.flush(10)
@@ -277,13 +415,13 @@ def test_readings_setting_off(db: Path) -> None:
         assert st.stats.dropped == 0
 
 
-def test_mismatched_columns_rejected(store: SqliteStore) -> None:
+def test_mismatched_columns_rejected(store: Store) -> None:
     with pytest.raises(ValueError, match="different lengths"):
         store.add_readings(["S1", "S2"], [NOW], [1.0], [1])
 
 
 # ---- alerts --------------------------------------------------------------------------
-def test_alerts_round_trip_every_field(store: SqliteStore) -> None:
+def test_alerts_round_trip_every_field(store: Store) -> None:
     full = alert(
         "S1",
         NOW,
@@ -320,7 +458,7 @@ def test_alerts_round_trip_every_field(store: SqliteStore) -> None:
     assert got.alert_ts == nan.alert_ts
 
 
-def test_recent_alerts_filters(store: SqliteStore) -> None:
+def test_recent_alerts_filters(store: Store) -> None:
     for i in range(30):
         det = "threshold" if i % 2 else "zscore"
         store.add_alert(alert(f"S{i % 3}", NOW + i, detector=det))
@@ -335,9 +473,9 @@ def test_recent_alerts_filters(store: SqliteStore) -> None:
 
 
 # ---- retention -----------------------------------------------------------------------
-def test_retention_deletes_old_readings_in_chunks(db: Path) -> None:
+def test_retention_deletes_old_readings_in_chunks(backend: Backend) -> None:
     old, new = 100, 20
-    st = SqliteStore(db, settings(retention_days=1.0), retention_interval=0.05, retention_chunk=7)
+    st = backend.open(settings(retention_days=1.0), retention_interval=0.05, retention_chunk=7)
     with st:
         st.add_readings(
             ["OLD"] * old, [NOW - 2 * DAY + i for i in range(old)], [1.0] * old, list(range(old))
@@ -349,7 +487,7 @@ def test_retention_deletes_old_readings_in_chunks(db: Path) -> None:
         assert st.readings("OLD") == []
         assert len(st.readings("NEW")) == new
         assert len(st.recent_alerts()) == 1  # alerts are kept
-    assert count(db) == new
+    assert backend.count() == new
 
 
 # ---- back-pressure and failures ------------------------------------------------------
@@ -360,10 +498,12 @@ def lock_writes(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def test_full_queue_drops_readings_keeps_alerts(db: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="mqtt_anomaly.store.sqlite")
-    st = SqliteStore(db, settings(batch_size=10, flush_interval=0.01), max_queued_rows=1000)
-    locked = lock_writes(db)
+def test_full_queue_drops_readings_keeps_alerts(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=backend.logger)
+    st = backend.open(settings(batch_size=10, flush_interval=0.01), max_queued_rows=1000)
+    locked = backend.lock_writes()
     with st, contextlib.closing(locked):
         st.add_readings(["S1"] * 600, [NOW] * 600, [1.0] * 600, list(range(600)))
         for k in range(3):  # none of these fits any more, whatever the writer took
@@ -382,15 +522,17 @@ def test_full_queue_drops_readings_keeps_alerts(db: Path, caplog: pytest.LogCapt
         assert st.stats.written == 600
 
 
-def test_write_errors_are_counted_and_retried(db: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="mqtt_anomaly.store.sqlite")
-    st = SqliteStore(db, settings(batch_size=1, flush_interval=0.01), busy_timeout=0.02)
-    locked = lock_writes(db)
+def test_write_errors_are_counted_and_retried(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=backend.logger)
+    st = backend.open(settings(batch_size=1, flush_interval=0.01), write_timeout=0.02)
+    locked = backend.lock_writes()
     with st, contextlib.closing(locked):
         st.add_readings(["S1"] * 3, [NOW] * 3, [1.0] * 3, [1, 2, 3])
         st.add_alert(alert())
         wait_until(lambda: st.stats.errors >= 3, what="retried failures")
-        assert "locked" in (st.stats.last_error or "")
+        assert backend.lock_error in (st.stats.last_error or "")
         assert sum("write failed" in r.getMessage() for r in caplog.records) == 1
         st.add_readings(["S1"], [NOW], [1.0], [4])  # the caller never sees the failure
         locked.execute("ROLLBACK")
@@ -431,7 +573,8 @@ def test_data_sqlite_refuses_is_dropped_batch_by_batch(
 
 
 # ---- concurrency ---------------------------------------------------------------------
-def test_reads_do_not_wait_for_a_writer(store: SqliteStore, db: Path) -> None:
+def test_reads_do_not_wait_for_a_writer(sqlite_store: SqliteStore, db: Path) -> None:
+    store = sqlite_store
     store.add_readings(["S1"] * 3, [NOW, NOW + 1, NOW + 2], [1.0, 2.0, 3.0], [1, 2, 3])
     store.add_alert(alert())
     assert store.flush(10)
@@ -448,7 +591,7 @@ def test_reads_do_not_wait_for_a_writer(store: SqliteStore, db: Path) -> None:
         other.close()
 
 
-def test_concurrent_reads_while_writing(db: Path) -> None:
+def test_concurrent_reads_while_writing(backend: Backend) -> None:
     batches, size = 200, 250
     errors: list[BaseException] = []
     seen: dict[int, list[int]] = {}
@@ -463,7 +606,7 @@ def test_concurrent_reads_while_writing(db: Path) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    with SqliteStore(db, settings(batch_size=500, flush_interval=0.01)) as st:
+    with backend.open(settings(batch_size=500, flush_interval=0.01)) as st:
         threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
@@ -482,3 +625,55 @@ def test_concurrent_reads_while_writing(db: Path) -> None:
         assert counts == sorted(counts)  # every read saw a committed prefix, never less
         assert counts[-1] == batches * size
     assert sum(len(c) for c in seen.values()) > 3
+
+
+# ---- PostgreSQL's own ----------------------------------------------------------------
+@pytest.fixture
+def pg(backend: Backend) -> PostgresBackend:
+    if not isinstance(backend, PostgresBackend):
+        pytest.skip("PostgreSQL only")
+    return backend
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_postgres_schema_and_open_store(pg: PostgresBackend) -> None:
+    with open_store(pg.url, StoreSettings()) as st:
+        assert isinstance(st, PostgresStore)
+    with open_store(pg.url, StoreSettings()) as st:  # reopening keeps one version row
+        pass
+    assert pg.count("SELECT count(*) FROM schema_version") == 1
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+    assert pg.count(tables) == 3
+    indexes = (
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN "
+        "('readings_sensor_ts', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts')"
+    )
+    assert pg.count(indexes) == 4
+
+
+def test_postgres_unreachable_is_one_clear_error() -> None:
+    port = 1  # nothing listens there
+    with pytest.raises(StoreError, match=r"cannot open history store postgresql://.*:1/"):
+        open_store(f"postgresql://postgres@127.0.0.1:{port}/x?connect_timeout=2", StoreSettings())
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_postgres_connection_loss_is_retried(
+    pg: PostgresBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=pg.logger)
+    with pg.open(settings(batch_size=1, flush_interval=0.01)) as st:
+        st.add_readings(["S1"], [NOW], [1.0], [1])
+        assert st.flush(10)
+        assert st.readings("S1") == [(NOW, 1.0, 1)]  # a pooled reader connection now
+        killed = pg.count(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'mqtt-anomaly' AND pid <> pg_backend_pid()"
+        )
+        assert killed >= 2  # the writer and the reader
+        st.add_readings(["S1"], [NOW + 1], [2.0], [2])
+        st.add_alert(alert())
+        assert st.flush(20)
+        assert st.stats.errors >= 1
+        assert [r[2] for r in st.readings("S1")] == [1, 2]
+        assert len(st.recent_alerts()) == 1

@@ -241,8 +241,9 @@ class Pipeline:
                 self._reject(topic, payload, PayloadError("unexpected_topic"), received_at, out)
             return None
         slot = self.slot_of(sid, out)
-        if slot is None:
-            self._reject(topic, payload, PayloadError("sensor_limit"), received_at, out)
+        if slot is None:  # logged (rate-limited) and counted by the dead-letter sink
+            limit = f"service.max_sensors = {self.settings.service.max_sensors} sensors known"
+            self._reject(topic, payload, PayloadError("sensor_limit", limit), received_at, out)
             return None
         known = self._reading_topics[topic] = (sid, slot)  # bounded by max_sensors
         return known

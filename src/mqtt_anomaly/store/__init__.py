@@ -4,6 +4,8 @@
 
 - ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db``: a SQLite file
   (:class:`~.sqlite.SqliteStore`), created with its schema when missing;
+- ``postgresql://user@host:port/dbname`` (or ``postgres://``): a PostgreSQL database
+  (:class:`~.postgres.PostgresStore`), its schema created when missing;
 - ``none://``: keep nothing (:class:`~.base.NullStore`).
 
 >>> with open_store("none://", StoreSettings()) as st:
@@ -45,4 +47,8 @@ def open_store(url: str, settings: StoreSettings) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), settings)
-    raise StoreError(f"store URL {url!r}: scheme must be sqlite:// or none://")
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, settings)
+    raise StoreError(f"store URL {url!r}: scheme must be sqlite://, postgresql:// or none://")

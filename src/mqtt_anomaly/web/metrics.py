@@ -1,0 +1,235 @@
+"""Prometheus metrics of a running :class:`~mqtt_anomaly.service.DetectorService`.
+
+Nothing here runs per message. Counts the pipeline keeps anyway (``pipeline.counters``), the
+store's counters, the inbox and the broker connection are read when Prometheus scrapes, by a
+custom collector. What the pipeline does not count is updated once per batch by
+:meth:`ServiceMetrics.observe` (a service listener): alerts by detector, severity and state,
+and the end-to-end latency histogram, whose buckets are filled with one numpy call per batch
+(from an even sample of at most ``LATENCY_SAMPLE`` readings of a larger batch, weighted, so
+the histogram's count stays the number of readings).
+
+Every metric name starts with ``mqtt_anomaly_``; :data:`METRIC_NAMES` lists them (the Grafana
+dashboard test checks its queries against it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ..pipeline import Output
+from .sensors import display_health
+
+if TYPE_CHECKING:
+    from ..service import DetectorService
+
+P: Final = "mqtt_anomaly_"
+LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+LATENCY_SAMPLE: Final = 128  # readings per batch whose latency is measured (exact below it)
+# name (without prefix) → type, as exposed (counters without their ``_total`` suffix)
+METRICS: Final[dict[str, str]] = {
+    "messages_received": "counter",
+    "readings_processed": "counter",
+    "readings_late": "counter",
+    "readings_stale": "counter",
+    "duplicates_dropped": "counter",
+    "status_messages": "counter",
+    "dead_letters": "counter",
+    "dead_letters_suppressed": "counter",
+    "alerts": "counter",
+    "latency_seconds": "histogram",
+    "sensors": "gauge",
+    "sensors_active": "gauge",
+    "inbox_depth": "gauge",
+    "outgoing_pending": "gauge",
+    "broker_connected": "gauge",
+    "ready": "gauge",
+    "store_readings_written": "counter",
+    "store_alerts_written": "counter",
+    "store_queued": "gauge",
+    "store_readings_dropped": "counter",
+    "store_alerts_dropped": "counter",
+    "store_errors": "counter",
+    "store_expired": "counter",
+    "store_write_seconds": "gauge",
+    "store_write_rows": "gauge",
+    "sse_clients": "gauge",
+}
+_SUFFIXES: Final = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+}
+METRIC_NAMES: Final = frozenset(
+    P + name + suffix for name, kind in METRICS.items() for suffix in _SUFFIXES[kind]
+)
+
+
+class ServiceMetrics(Collector):
+    """The collector and per-batch observer for one service; owns its own registry."""
+
+    def __init__(self, service: DetectorService) -> None:
+        self.service = service
+        self.sse_clients: Callable[[], int] = lambda: 0
+        self._bounds = np.asarray(LATENCY_BUCKETS, dtype=np.float64)
+        self._buckets = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.float64)  # last: +Inf only
+        self._latency_sum = 0.0
+        self._alerts: dict[tuple[str, str, str], int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # ---- per batch ---------------------------------------------------------------------
+    def observe(self, out: Output) -> None:
+        """Count one batch's alerts and the latency of its readings."""
+        for a in out.alerts:
+            key = (a.detector, a.severity, a.state)
+            self._alerts[key] = self._alerts.get(key, 0) + 1
+        rs = out.readings
+        n = len(rs)
+        if not n:
+            return
+        if n > LATENCY_SAMPLE:  # a large batch: an even sample, each standing for n/k readings
+            rs = rs[:: -(-n // LATENCY_SAMPLE)]
+        now = self.service.clock()
+        lat = now - np.fromiter((r.ts for r in rs), dtype=np.float64, count=len(rs))
+        np.maximum(lat, 0.0, out=lat)  # a sensor clock ahead of ours is not negative latency
+        weight = n / len(rs)
+        idx = np.searchsorted(self._bounds, lat, side="left")
+        self._buckets += np.bincount(idx, minlength=len(self._buckets)) * weight
+        self._latency_sum += float(lat.sum()) * weight
+
+    # ---- at scrape time ----------------------------------------------------------------
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        pl = svc.pipeline
+        c = pl.counters
+        yield _counter(
+            "messages_received", "MQTT messages received (readings and status)", c.received
+        )
+        yield _counter("readings_processed", "Readings scored by the detectors", c.processed)
+        yield _counter("readings_late", "Out-of-order readings stored but not scored", c.late)
+        yield _counter("readings_stale", "Readings too far behind to place, dropped", c.stale)
+        yield _counter("duplicates_dropped", "QoS 1 redeliveries dropped", c.duplicates)
+        yield _counter("status_messages", "Sensor status (online/offline) messages", c.status)
+        dead = CounterMetricFamily(
+            P + "dead_letters", "Rejected messages by reason", labels=["reason"]
+        )
+        for reason, n in sorted(c.dead_by_reason.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        yield _counter(
+            "dead_letters_suppressed",
+            "Dead letters not republished (rate limit)",
+            getattr(svc, "_dl_suppressed", 0),
+        )
+        alerts = CounterMetricFamily(
+            P + "alerts", "Alert events by detector, severity and state",
+            labels=["detector", "severity", "state"],
+        )  # fmt: skip
+        for (det, sev, state), n in sorted(self._alerts.items()):
+            alerts.add_metric([det, sev, state], n)
+        yield alerts
+        yield self._latency()
+        yield from self._sensors()
+        yield _gauge(
+            "inbox_depth", "Messages received, waiting for the next batch", _inbox_depth(svc)
+        )
+        yield _gauge(
+            "outgoing_pending", "Published QoS 1 messages not yet acknowledged", svc.client.pending
+        )
+        yield _gauge(
+            "broker_connected", "1 while connected to the broker", float(svc.client.connected)
+        )
+        yield _gauge(
+            "ready",
+            "1 once connected and subscribed",
+            float(svc.ready.is_set() and svc.client.connected),
+        )
+        yield from self._store()
+        yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
+
+    def _latency(self) -> Metric:
+        h = HistogramMetricFamily(
+            P + "latency_seconds", "From a reading's timestamp to the end of its processing"
+        )
+        cumulative = np.cumsum(self._buckets).tolist()
+        buckets = [(_le(b), float(n)) for b, n in zip(LATENCY_BUCKETS, cumulative, strict=False)]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        h.add_metric([], buckets, self._latency_sum)
+        return h
+
+    def _sensors(self) -> Iterator[Metric]:
+        pl = self.service.pipeline
+        n = len(pl.sensor_ids)
+        by_health: dict[str, int] = dict.fromkeys(("ok", "anomalous", "offline", "silent"), 0)
+        for slot, state in enumerate(pl.health):
+            shown = display_health(pl, slot) if state == "anomalous" else state
+            by_health[shown] = by_health.get(shown, 0) + 1
+        g = GaugeMetricFamily(P + "sensors", "Known sensors by health", labels=["health"])
+        for health, count in by_health.items():
+            g.add_metric([health], count)
+        yield g
+        active = 0
+        if n:
+            seen = np.asarray(pl.last_seen[:n], dtype=np.float64)
+            limit = pl.settings.detector.silence_factor * np.asarray(pl.interval[:n])
+            with np.errstate(invalid="ignore"):
+                active = int(np.count_nonzero(self.service.clock() - seen <= limit))
+        yield _gauge("sensors_active", "Sensors that sent a reading recently", active)
+
+    def _store(self) -> Iterator[Metric]:
+        store = self.service.store
+        if store is None:
+            return
+        s = store.stats
+        yield _counter("store_readings_written", "Readings written to the history store", s.written)
+        yield _counter(
+            "store_alerts_written", "Alerts written to the history store", s.alerts_written
+        )
+        yield _gauge("store_queued", "Readings and alerts waiting to be written", s.queued)
+        yield _counter("store_readings_dropped", "Readings dropped: store queue full", s.dropped)
+        yield _counter("store_alerts_dropped", "Alerts dropped: store queue full", s.alerts_dropped)
+        yield _counter("store_errors", "Failed store write attempts", s.errors)
+        yield _counter("store_expired", "Readings deleted by retention", s.expired)
+        yield _gauge("store_write_seconds", "Duration of the last store commit", s.write_seconds)
+        yield _gauge("store_write_rows", "Rows in the last store commit", s.write_rows)
+
+
+def _inbox_depth(svc: DetectorService) -> int:
+    """Messages received but not processed yet: the service's ``inbox_depth`` when it has
+    one, else the length of its inbox list; 0 when messages are processed as they are read.
+    """
+    depth = getattr(svc, "inbox_depth", None)
+    if depth is None:
+        depth = len(getattr(svc, "_inbox", ()))
+    return int(depth() if callable(depth) else depth)
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    return CounterMetricFamily(P + name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> Metric:
+    return GaugeMetricFamily(P + name, doc, value=value)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))

@@ -1,0 +1,112 @@
+"""Response and request bodies of the REST API (they make its OpenAPI description)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Health = Literal["ok", "anomalous", "offline", "silent"]
+
+
+class Sensor(BaseModel):
+    """A sensor's current state."""
+
+    sensor_id: str
+    health: Health
+    last_value: float | None = Field(description="Latest scored reading's value")
+    last_ts: float | None = Field(description="Latest scored reading's timestamp (epoch s)")
+    last_seen: float | None = Field(description="When the service last received a reading")
+    interval: float = Field(description="Learned seconds between readings")
+    active_alerts: list[str] = Field(description="Detectors with an active alert")
+
+
+class SensorPage(BaseModel):
+    """One page of the fleet, with the fleet's counts by health."""
+
+    total: int = Field(description="Sensors matching the filter")
+    offset: int
+    items: list[Sensor]
+    counts: dict[str, int] = Field(description="All sensors by health")
+
+
+class Band(BaseModel):
+    """The range the detectors expect next (None where no detector bounds it)."""
+
+    low: float | None
+    high: float | None
+    threshold: float | None
+
+
+class SensorDetail(Sensor):
+    """One sensor with its expected band."""
+
+    band: Band
+
+
+class Bucket(BaseModel):
+    """Readings of one time bucket (a single reading when not downsampled)."""
+
+    ts: float
+    min: float
+    max: float
+    mean: float
+    count: int
+    seq: int | None
+
+
+class ReadingsHistory(BaseModel):
+    """A sensor's readings over a time range."""
+
+    sensor_id: str
+    start: float | None
+    end: float | None
+    rows: int = Field(description="Readings read from the store")
+    truncated: bool = Field(description="True when the store held more than max_rows readings")
+    buckets: list[Bucket]
+
+
+class AlertEvent(BaseModel):
+    """An alert raised or cleared."""
+
+    sensor_id: str
+    detector: str
+    severity: Literal["warning", "critical"]
+    state: Literal["raised", "cleared"]
+    value: float | None
+    score: float | None
+    threshold: float | None
+    expected_low: float | None
+    expected_high: float | None
+    reading_ts: float | None
+    alert_ts: float
+    message: str
+
+
+class ActiveAlert(BaseModel):
+    """An active alert and what operators did with it."""
+
+    sensor_id: str
+    detector: str
+    severity: str
+    raised_at: float | None
+    value: float | None
+    message: str
+    acknowledged: bool
+    acknowledged_at: float | None
+    shelved: bool
+    shelved_until: float | None
+
+
+class Shelve(BaseModel):
+    """How long to shelve an alert (hidden from the active list's unshelved view)."""
+
+    seconds: float = Field(gt=0, le=7 * 86400, description="Shelved until now + seconds")
+
+
+class Probe(BaseModel):
+    """A liveness or readiness answer."""
+
+    status: Literal["ok", "unavailable"]
+    connected: bool
+    subscribed: bool

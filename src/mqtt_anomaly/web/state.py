@@ -1,0 +1,48 @@
+"""What the HTTP side keeps about one service: metrics, alert desk, event hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..pipeline import Output
+from .alerts import AlertDesk
+from .events import EventHub
+from .metrics import ServiceMetrics
+from .settings import HttpSettings
+
+if TYPE_CHECKING:
+    from ..service import DetectorService
+
+
+@dataclass
+class WebState:
+    """Attached to a service as one listener: called once per batch."""
+
+    service: DetectorService
+    settings: HttpSettings
+    metrics: ServiceMetrics
+    desk: AlertDesk
+    hub: EventHub
+
+    @classmethod
+    def attach(cls, service: DetectorService, settings: HttpSettings) -> WebState:
+        """Create the state and register it as a listener of ``service``."""
+        pl = service.pipeline
+        state = cls(
+            service,
+            settings,
+            ServiceMetrics(service),
+            AlertDesk(pl, service.clock, settings.alert_history),
+            EventHub(pl, settings.sse_queue, settings.sse_heartbeat),
+        )
+        state.metrics.sse_clients = state.hub.__len__
+        service.listeners.append(state.on_batch)
+        return state
+
+    def on_batch(self, out: Output) -> None:
+        """Per batch: metrics, alert desk, live events."""
+        self.metrics.observe(out)
+        if out.alerts:
+            self.desk.observe(out)
+        self.hub.publish(out)

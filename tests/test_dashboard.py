@@ -1,0 +1,137 @@
+"""The dashboard in headless Chromium: a spike shows in the alert feed and the fleet view.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the ``playwright`` package, which
+drives it; no browser is downloaded. With ``MQTT_ANOMALY_SCREENSHOT`` set, the fleet
+screenshot is also copied to ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mqtt_anomaly.store import open_store
+
+from .mosquitto import Mosquitto
+from .test_service import publisher
+from .test_web import SPIKE, Served, feed, web_settings
+
+playwright_api = pytest.importorskip("playwright.async_api")
+CHROMIUM = os.environ.get("MQTT_ANOMALY_CHROMIUM", "/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[object]:
+    """A fresh headless Chromium profile; yields its browser context."""
+    async with playwright_api.async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1280, "height": 800},
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def test_spike_shows_in_feed_and_fleet(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    settings = web_settings(mosquitto, tmp_path, url)
+    with open_store(url, settings.store) as store:
+        async with Served(settings, store) as srv:
+            page = await browser.new_page()  # type: ignore[attr-defined]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(srv.base + "/")
+            await page.wait_for_selector("#live.on", timeout=10_000)
+
+            await feed(mosquitto.url, "SENSOR-01", [24.5 + 0.1 * (i % 3) for i in range(40)])
+            await feed(mosquitto.url, "SENSOR-02", [22.9] * 10)
+            await page.wait_for_selector('tr[data-sensor="SENSOR-01"][data-health="ok"]')
+            await page.wait_for_selector('tr[data-sensor="SENSOR-02"][data-health="ok"]')
+
+            await feed(mosquitto.url, "SENSOR-01", [SPIKE], start_seq=40)
+            item = await page.wait_for_selector(
+                '#alerts li[data-sensor="SENSOR-01"][data-detector="threshold"]'
+                '[data-state="raised"]',
+                timeout=10_000,
+            )
+            assert item is not None
+            assert "98.2" in (await item.text_content() or "")
+            await page.wait_for_selector('tr[data-sensor="SENSOR-01"][data-health="anomalous"]')
+            # the page catches up: last value, and anomalous sensors sort first
+            await page.wait_for_function(
+                """() => {
+                    const first = document.querySelector('#sensors tbody tr');
+                    return first && first.dataset.sensor === 'SENSOR-01'
+                        && first.querySelector('td.num').textContent === '98.20';
+                }""",
+                timeout=10_000,
+            )
+
+            # acknowledge from the feed: the service knows, the feed shows it
+            mine = '#alerts li[data-sensor="SENSOR-01"][data-detector="threshold"][data-active="1"]'
+            await page.click(mine + " button.ack")
+            await page.wait_for_selector(mine + " .acked")
+            desk = srv.service.listeners[-1].__self__.desk  # type: ignore[attr-defined]
+            assert desk.active[("SENSOR-01", "threshold")].acknowledged_at is not None
+
+            shot = tmp_path / "dashboard.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("MQTT_ANOMALY_SCREENSHOT"):
+                DOCS.mkdir(exist_ok=True)
+                shutil.copyfile(shot, DOCS / "dashboard.png")
+
+            # the sensor view: history, band, the alert marked, live readings
+            await page.click('tr[data-sensor="SENSOR-01"]')
+            await page.wait_for_selector('#sensor-health[data-health="anomalous"]')
+            await page.wait_for_function(
+                "() => +document.querySelector('#chart').dataset.points >= 41"
+                " && +document.querySelector('#chart').dataset.marks >= 1",
+                timeout=10_000,
+            )
+            await feed(mosquitto.url, "SENSOR-01", [24.6] * 3, start_seq=41)
+            await page.wait_for_function(
+                "() => +document.querySelector('#chart').dataset.points >= 44", timeout=10_000
+            )
+            await page.screenshot(path=str(tmp_path / "sensor.png"))
+
+            # thousands of sensors: one page is rendered, the rest is paginated
+            await page.click("text=← fleet")
+            async with publisher(mosquitto.url, "pub-fleet") as pub:
+                for i in range(2000):
+                    sid = f"FLEET-{i:04d}"
+                    pub.publish(f"factory/{sid}/temperature", b"21.5")
+            await page.wait_for_function(
+                "() => document.querySelector('#page-info').textContent.endsWith('of 2002')",
+                timeout=20_000,
+            )
+            assert await page.locator("#sensors tbody tr").count() == 100
+            await page.fill("#q", "fleet-1999")
+            await page.wait_for_selector('tr[data-sensor="FLEET-1999"]')
+            assert await page.locator("#sensors tbody tr").count() == 1
+            assert errors == []
