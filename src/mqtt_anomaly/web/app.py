@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .api import router
+from .auth import TokenAuth
 from .settings import HttpSettings
 from .state import WebState
 
@@ -39,6 +40,9 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
     app.state.web = WebState.attach(service, settings)
     app.include_router(router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")
+    token = settings.secret_token()
+    if token:
+        app.add_middleware(TokenAuth, token=token)
     return app
 
 
@@ -66,8 +70,16 @@ async def serve_http(
         raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = int(sock.getsockname()[1])
     app = create_app(service, settings)
+    tls = {}
+    if settings.cert_file is not None and settings.key_file is not None:
+        tls = {"ssl_certfile": str(settings.cert_file), "ssl_keyfile": str(settings.key_file)}
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -77,7 +89,8 @@ async def serve_http(
                 task.result()
                 raise OSError(f"HTTP server on {host}:{bound} stopped while starting")
             await asyncio.sleep(0.01)
-        log.info("dashboard and API on http://%s:%d/", host, bound)
+        scheme = "https" if tls else "http"
+        log.info("dashboard and API on %s://%s:%d/", scheme, host, bound)
         if started is not None and not started.done():
             started.set_result(bound)
         await stop.wait()
