@@ -31,21 +31,18 @@ import math
 import os
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import numpy as np
 
 from ..config import StoreSettings
-from ..console import RateLimitedLog
 from ..errors import StoreError
 from ..messages import Alert
-from .base import FloatColumn, IntColumn, ReadingRow, StoreStats
+from .base import ReadingRow
+from .queued import Batch, QueuedStore
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +89,6 @@ _EXPIRE: Final = (
     "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?) AND ts < ?"
 )
 _PRAGMA_NAME: Final = re.compile(r"[a-z_]+")
-_BACKOFF_MIN: Final = 0.1
-_BACKOFF_MAX: Final = 5.0
 # Errors that mean "this data cannot be stored" rather than "the database cannot be written".
 _DATA_ERRORS: Final = (
     sqlite3.IntegrityError,
@@ -105,22 +100,8 @@ _DATA_ERRORS: Final = (
     OverflowError,
 )
 
-_Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 
-
-@dataclass(slots=True)
-class _Work:
-    """What the writer thread took from the queue for one transaction."""
-
-    batches: list[_Batch] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
-    ticket: int = 0
-    sync: bool = False
-    stop: bool = False
-    expire: bool = False
-
-
-class SqliteStore:
+class SqliteStore(QueuedStore[sqlite3.Connection]):
     """History in one SQLite file. See the module docstring for the threading model.
 
     ``max_queued_rows`` bounds the readings waiting to be written, including a batch being
@@ -129,6 +110,10 @@ class SqliteStore:
     as failed. ``pragmas`` are applied to the writer connection after the defaults
     (e.g. ``{"mmap_size": 268435456}``).
     """
+
+    _log = log
+    _db_errors = (sqlite3.Error,)
+    _data_errors = _DATA_ERRORS
 
     def __init__(
         self,
@@ -145,179 +130,28 @@ class SqliteStore:
     ) -> None:
         settings = settings or StoreSettings()
         self.path = Path(path)
-        self._keep_readings = settings.readings
-        self._batch_size = settings.batch_size
-        self._flush_interval = settings.flush_interval
-        self._retention_s = settings.retention_days * 86400.0
-        self._retention_interval = retention_interval
-        self._retention_chunk = retention_chunk
-        self._max_rows = max_queued_rows
-        self._max_alerts = max_queued_alerts
-        self._clock = clock
+        super().__init__(
+            settings,
+            label=str(self.path),
+            max_queued_rows=max_queued_rows,
+            max_queued_alerts=max_queued_alerts,
+            retention_interval=retention_interval,
+            retention_chunk=retention_chunk,
+            clock=clock,
+        )
         self._busy_timeout = busy_timeout
         self._pragmas = dict(pragmas or {})
         for name in self._pragmas:
             if not _PRAGMA_NAME.fullmatch(name):
                 raise StoreError(f"history store: invalid pragma name {name!r}")
-        self._rl = RateLimitedLog(log, period=10.0)
 
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)  # the writer waits for work on this
-        self._done = threading.Condition(self._lock)  # flush() waits for commits on this
-        self._readings: list[_Batch] = []
-        self._alerts: list[Alert] = []
-        self._queued_rows = 0
-        self._first_at = 0.0
-        self._enqueued = 0  # tickets: one per accepted batch or alert
-        self._flush_target = 0
-        self._synced = 0  # every ticket up to this one is committed with synchronous=FULL
-        self._closing = False
-        self._closed = False
-        self._held_rows = 0
-        self._held_alerts = 0
-        self._written = 0
-        self._alerts_written = 0
-        self._dropped = 0
-        self._alerts_dropped = 0
-        self._errors = 0
-        self._last_error: str | None = None
-        self._write_seconds = 0.0
-        self._write_rows = 0
-        self._expired = 0
-
-        self._conn: sqlite3.Connection | None = self._open_writer()
-        self._idle_readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._conn = self._open_writer()
         try:
             self._release_reader(self._open_reader())
         except StoreError:
             self._conn.close()
             raise
-        self._thread = threading.Thread(
-            target=self._run, name=f"store-writer:{self.path.name}", daemon=True
-        )
-        self._thread.start()
-
-    # ---- the event-loop side ---------------------------------------------------------
-    @property
-    def stats(self) -> StoreStats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            return StoreStats(
-                written=self._written,
-                alerts_written=self._alerts_written,
-                queued=self._queued_rows + len(self._alerts) + self._held_rows + self._held_alerts,
-                dropped=self._dropped,
-                alerts_dropped=self._alerts_dropped,
-                errors=self._errors,
-                last_error=self._last_error,
-                write_seconds=self._write_seconds,
-                write_rows=self._write_rows,
-                expired=self._expired,
-            )
-
-    def add_readings(
-        self,
-        sensor_ids: Sequence[str],
-        ts: FloatColumn,
-        values: FloatColumn,
-        seqs: IntColumn,
-    ) -> None:
-        """Enqueue a batch of readings column by column; never blocks (see :class:`Store`)."""
-        if not self._keep_readings:
-            return
-        n = len(sensor_ids)
-        if not len(ts) == len(values) == len(seqs) == n:
-            raise ValueError("add_readings: columns of different lengths")
-        if n == 0:
-            return
-        with self._lock:
-            if self._closing or self._queued_rows + self._held_rows + n > self._max_rows:
-                self._dropped += n
-                dropped = self._dropped
-            else:
-                self._enqueue_locked()
-                self._readings.append((sensor_ids, ts, values, seqs))
-                before = self._queued_rows
-                self._queued_rows = before + n
-                if before < self._batch_size <= before + n:
-                    self._wake.notify()
-                return
-        self._rl.warning(
-            "queue-full",
-            "history store %s: queue full (%d rows) or closed, readings dropped (%d so far)",
-            self.path,
-            self._max_rows,
-            dropped,
-        )
-
-    def add_alert(self, alert: Alert) -> None:
-        """Enqueue one alert; never blocks."""
-        with self._lock:
-            if not self._closing and len(self._alerts) + self._held_alerts < self._max_alerts:
-                self._enqueue_locked()
-                self._alerts.append(alert)
-                return
-            self._alerts_dropped += 1
-            dropped = self._alerts_dropped
-        self._rl.warning(
-            "alerts-full",
-            "history store %s: alert queue full or closed, alerts dropped (%d so far)",
-            self.path,
-            dropped,
-        )
-
-    def _enqueue_locked(self) -> None:
-        if not (self._readings or self._alerts):
-            self._first_at = time.monotonic()
-            self._wake.notify()
-        self._enqueued += 1
-
-    def flush(self, timeout: float) -> bool:
-        """Block until everything enqueued so far is committed and synced to disk.
-
-        Returns False when ``timeout`` runs out first (e.g. the disk is full).
-        """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            target = self._enqueued
-            if self._synced >= target:
-                return True
-            self._flush_target = max(self._flush_target, target)
-            self._wake.notify()
-            while self._synced < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._done.wait(remaining)
-            return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (waiting at most ``timeout``), stop the writer, close files."""
-        if self._closed:
-            return
-        if not self.flush(timeout):
-            log.error("history store %s: could not write everything before closing", self.path)
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        self._thread.join(timeout)
-        self._closed = True
-        with self._readers_lock:
-            for conn in self._idle_readers:
-                conn.close()
-            self._idle_readers.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._start_writer(f"store-writer:{self.path.name}")
 
     # ---- reads -----------------------------------------------------------------------
     def recent_alerts(
@@ -459,120 +293,7 @@ class SqliteStore:
         return conn
 
     # ---- the writer thread -----------------------------------------------------------
-    def _run(self) -> None:
-        held = _Work()
-        retry_at: float | None = None
-        backoff = _BACKOFF_MIN
-        next_expiry = time.monotonic() + min(self._retention_interval, 1.0)
-        while True:
-            work = self._next_work(retry_at, next_expiry)
-            if work.expire:
-                next_expiry = time.monotonic() + self._expire_chunk()
-                continue
-            held.batches += work.batches
-            held.alerts += work.alerts
-            held.ticket = work.ticket
-            busy = bool(held.batches or held.alerts or work.sync)
-            if not busy or self._write(held, work.sync):
-                retry_at, backoff = None, _BACKOFF_MIN
-                with self._lock:
-                    if work.sync:
-                        self._synced = max(self._synced, work.ticket)
-                    self._done.notify_all()
-            else:
-                retry_at = time.monotonic() + backoff
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-            if work.stop:
-                break
-        self._shutdown_writer(held)
-
-    def _next_work(self, retry_at: float | None, next_expiry: float) -> _Work:
-        """Wait for something to do: a batch to write, a retry, or old rows to delete."""
-        with self._lock:
-            while True:
-                now = time.monotonic()
-                flush = self._flush_target > self._synced
-                queued = bool(self._readings or self._alerts)
-                if retry_at is not None:  # a failed write is held: only the pause decides
-                    if self._closing or now >= retry_at:
-                        return self._take_locked(flush)
-                    deadline = retry_at
-                elif (
-                    self._closing
-                    or flush
-                    or self._queued_rows >= self._batch_size
-                    or (queued and now >= self._first_at + self._flush_interval)
-                ):
-                    return self._take_locked(flush)
-                elif now >= next_expiry:
-                    return _Work(expire=True)
-                else:
-                    deadline = next_expiry
-                    if queued:
-                        deadline = min(deadline, self._first_at + self._flush_interval)
-                self._wake.wait(deadline - now)
-
-    def _take_locked(self, flush: bool) -> _Work:
-        work = _Work(
-            self._readings,
-            self._alerts,
-            ticket=self._enqueued,
-            sync=flush or (self._closing and self._synced < self._enqueued),
-            stop=self._closing,
-        )
-        self._held_rows += self._queued_rows
-        self._held_alerts += len(self._alerts)
-        self._readings, self._alerts, self._queued_rows = [], [], 0
-        return work
-
-    def _write(self, held: _Work, sync: bool) -> bool:
-        """Commit everything held; True when nothing is left to retry."""
-        try:
-            self._commit(held.batches, held.alerts, sync)
-        except _DATA_ERRORS as exc:
-            self._write_failed(exc)
-            return self._write_one_by_one(held, sync)
-        except Exception as exc:  # the database cannot be written now: retry later
-            self._write_failed(exc)
-            return False
-        held.batches, held.alerts = [], []
-        return True
-
-    def _write_one_by_one(self, held: _Work, sync: bool) -> bool:
-        """After a data error: commit batch by batch, dropping the ones SQLite refuses."""
-        while held.batches or held.alerts:
-            if held.batches:
-                batches, alerts = [held.batches[0]], []
-            else:
-                batches, alerts = [], [held.alerts[0]]
-            try:
-                self._commit(batches, alerts, False)
-            except _DATA_ERRORS as exc:
-                rows = sum(len(b[0]) for b in batches)
-                with self._lock:
-                    self._dropped += rows
-                    self._alerts_dropped += len(alerts)
-                    self._held_rows -= rows
-                    self._held_alerts -= len(alerts)
-                self._rl.warning(
-                    "bad-data", "history store %s: dropped data it cannot store: %s", self.path, exc
-                )
-            except Exception as exc:
-                self._write_failed(exc)
-                return False
-            if batches:
-                held.batches.pop(0)
-            else:
-                held.alerts.pop(0)
-        if sync:
-            try:
-                self._commit([], [], True)
-            except Exception as exc:
-                self._write_failed(exc)
-                return False
-        return True
-
-    def _commit(self, batches: list[_Batch], alerts: list[Alert], sync: bool) -> None:
+    def _commit(self, batches: list[Batch], alerts: list[Alert], sync: bool) -> None:
         """One transaction; raises what SQLite raises (rolled back, connection reset)."""
         conn = self._conn or self._reconnect()
         started = time.perf_counter()
@@ -594,15 +315,7 @@ class SqliteStore:
         except BaseException:
             self._rollback()
             raise
-        elapsed = time.perf_counter() - started
-        with self._lock:
-            self._written += rows
-            self._alerts_written += len(alerts)
-            self._held_rows -= rows
-            self._held_alerts -= len(alerts)
-            if rows or alerts:
-                self._write_seconds = elapsed
-                self._write_rows = rows + len(alerts)
+        self._count_commit(rows, len(alerts), time.perf_counter() - started)
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -622,64 +335,16 @@ class SqliteStore:
             raise sqlite3.OperationalError(str(exc)) from None
         return self._conn
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
+    def _delete_expired(self, conn: sqlite3.Connection, cutoff: float) -> int:
+        return conn.execute(_EXPIRE, (self._retention_chunk, cutoff)).rowcount
 
-    def _write_failed(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            self._errors += 1
-            self._last_error = message
-            queued = self._held_rows + self._queued_rows
-        if isinstance(exc, _DATA_ERRORS):
-            return  # the batch at fault is found, dropped and logged by _write_one_by_one
-        self._rl.warning(
-            "write-error",
-            "history store %s: write failed (%s); %d rows waiting, retrying",
-            self.path,
-            message,
-            queued,
-        )
-        self._drop_connection()  # reopened (with its schema) on the next attempt
-
-    def _expire_chunk(self) -> float:
-        """Delete one chunk of expired readings; the pause before the next chunk."""
-        conn = self._conn
-        if conn is None:
-            return self._retention_interval
-        cutoff = self._clock() - self._retention_s
-        try:
-            deleted = conn.execute(_EXPIRE, (self._retention_chunk, cutoff)).rowcount
-        except sqlite3.Error as exc:
-            self._write_failed(exc)
-            return self._retention_interval
-        with self._lock:
-            self._expired += deleted
-        # More may be waiting: go on soon, but after any queued writes (_next_work's order).
-        return 0.0 if deleted > 0 else self._retention_interval
-
-    def _shutdown_writer(self, held: _Work) -> None:
-        if held.batches or held.alerts:
-            rows = sum(len(b[0]) for b in held.batches)
-            log.error(
-                "history store %s: closing with %d readings and %d alerts not written (%s)",
-                self.path,
-                rows,
-                len(held.alerts),
-                self._last_error,
-            )
+    def _writer_stopping(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA optimize")
-        self._drop_connection()
-        with self._lock:
-            self._done.notify_all()
 
 
-def _insert_readings(conn: sqlite3.Connection, batch: _Batch) -> None:
+def _insert_readings(conn: sqlite3.Connection, batch: Batch) -> None:
     """Insert one batch with one ``executemany``, straight from its columns."""
     conn.executemany(_INSERT_READING, zip(*(_plain_column(c) for c in batch), strict=True))
 
