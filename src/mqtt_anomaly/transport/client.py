@@ -24,8 +24,9 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
@@ -166,6 +167,45 @@ class _GmqttClient(gmqtt.Client):  # type: ignore[misc]
         return connection
 
 
+async def connect_with_retry(
+    attempt: Callable[[], Awaitable[None]],
+    settings: BrokerSettings,
+    *,
+    timeout: float | None,
+    retry: bool,
+) -> None:
+    """Run ``attempt`` until it succeeds, retrying while the broker is unreachable (OSError,
+    TimeoutError) until ``timeout`` (None = forever); anything else, a refusal included, ends
+    it at once. One warning for the whole outage."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    warned = False
+    while True:
+        try:
+            await attempt()
+            return
+        except (TimeoutError, OSError) as exc:
+            if not retry or (deadline is not None and loop.time() >= deadline):
+                raise BrokerError(f"cannot reach broker at {settings.address}: {exc}") from None
+            if not warned:
+                log.warning("broker %s unreachable (%s); retrying", settings.address, exc)
+                warned = True
+            await asyncio.sleep(settings.reconnect_delay)
+
+
+async def await_suback(
+    waiter: asyncio.Future[Any], filters: Sequence[str], settings: BrokerSettings, timeout: float
+) -> None:
+    """Wait for a SUBACK's granted codes; a refused filter (code >= 0x80) is a BrokerError."""
+    try:
+        granted = await asyncio.wait_for(waiter, timeout)
+    except TimeoutError:
+        raise BrokerError(f"no SUBACK from {settings.address} in {timeout}s") from None
+    refused = [f for f, g in zip(filters, granted, strict=False) if g >= 0x80]
+    if refused:
+        raise BrokerError(f"broker refused subscription to {', '.join(refused)}")
+
+
 class MqttClient:
     """One MQTT connection. Use as ``async with MqttClient(...) as c:`` or connect/disconnect.
 
@@ -260,29 +300,21 @@ class MqttClient:
 
         A refusal by the broker raises :class:`BrokerError` at once.
         """
+        await connect_with_retry(self._attempt, self.settings, timeout=timeout, retry=retry)
+
+    async def _attempt(self) -> None:
+        """One attempt, gmqtt's and the TLS layer's refusals translated to BrokerError."""
         s = self.settings
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        warned = False
-        while True:
-            try:
-                await self._connect_once()
-                return
-            except gmqtt.mqtt.handler.MQTTConnectError as exc:
-                code = getattr(exc, "_code", None)
-                reason = _CONNACK_REASONS.get(code or 0, str(exc))
-                with contextlib.suppress(Exception):
-                    await self._client.disconnect()
-                raise BrokerError(f"broker {s.address} refused {self.name}: {reason}") from None
-            except ssl.SSLError as exc:
-                raise BrokerError(tls_failure(s.address, exc)) from None
-            except (TimeoutError, OSError) as exc:
-                if not retry or (deadline is not None and loop.time() >= deadline):
-                    raise BrokerError(f"cannot reach broker at {s.address}: {exc}") from None
-                if not warned:
-                    log.warning("broker %s unreachable (%s); retrying", s.address, exc)
-                    warned = True
-                await asyncio.sleep(s.reconnect_delay)
+        try:
+            await self._connect_once()
+        except gmqtt.mqtt.handler.MQTTConnectError as exc:
+            code = getattr(exc, "_code", None)
+            reason = _CONNACK_REASONS.get(code or 0, str(exc))
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
+            raise BrokerError(f"broker {s.address} refused {self.name}: {reason}") from None
+        except ssl.SSLError as exc:
+            raise BrokerError(tls_failure(s.address, exc)) from None
 
     async def _connect_once(self) -> None:
         """One attempt; a connection closed before CONNACK is a refusal (e.g. a rejected
@@ -321,14 +353,9 @@ class MqttClient:
         waiter: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         self._suback[mid] = waiter
         try:
-            granted = await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise BrokerError(f"no SUBACK from {self.settings.address} in {timeout}s") from None
+            await await_suback(waiter, filters, self.settings, timeout)
         finally:
             self._suback.pop(mid, None)
-        refused = [f for f, g in zip(filters, granted, strict=False) if g >= 0x80]
-        if refused:
-            raise BrokerError(f"broker refused subscription to {', '.join(refused)}")
 
     def _handle_subscribe(self, _c: object, mid: int, granted: tuple[int, ...], _p: object) -> None:
         waiter = self._suback.get(mid)

@@ -35,7 +35,14 @@ from typing import Any
 
 from ..config import BrokerSettings
 from ..errors import BrokerError
-from .client import ClientStats, closed_before_connack, ssl_context, tls_failure
+from .client import (
+    ClientStats,
+    await_suback,
+    closed_before_connack,
+    connect_with_retry,
+    ssl_context,
+    tls_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,24 +223,9 @@ class LeanClient:
 
         A refusal by the broker raises :class:`BrokerError` at once.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        warned = False
         self._closing = False
-        while True:
-            try:
-                await self._open()
-                self._spawn(self._keepalive())
-                return
-            except (OSError, TimeoutError) as exc:
-                if not retry or (deadline is not None and loop.time() >= deadline):
-                    raise BrokerError(
-                        f"cannot reach broker at {self.settings.address}: {exc}"
-                    ) from None
-                if not warned:
-                    log.warning("broker %s unreachable (%s); retrying", self.settings.address, exc)
-                    warned = True
-                await asyncio.sleep(self.settings.reconnect_delay)
+        await connect_with_retry(self._open, self.settings, timeout=timeout, retry=retry)
+        self._spawn(self._keepalive())
 
     async def _open(self) -> None:
         s = self.settings
@@ -408,14 +400,9 @@ class LeanClient:
         mid = self._send_subscribe(wanted)
         self._suback[mid] = fut
         try:
-            granted = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise BrokerError(f"no SUBACK from {self.settings.address} in {timeout}s") from None
+            await await_suback(fut, filters, self.settings, timeout)
         finally:
             self._suback.pop(mid, None)
-        refused = [f for f, g in zip(filters, granted, strict=False) if g >= 0x80]
-        if refused:
-            raise BrokerError(f"broker refused subscription to {', '.join(refused)}")
 
     @property
     def socket(self) -> Any:
