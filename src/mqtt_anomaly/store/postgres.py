@@ -43,7 +43,7 @@ from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
 from .base import ReadingRow
-from .queued import Batch, QueuedStore
+from .queued import Batch, QueuedStore, alert_from_row, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY alert_ts DESC, id DESC LIMIT %s"
-        return [_alert_from_row(r) for r in self._query(query, (*args, limit))]
+        return [alert_from_row(r) for r in self._query(query, (*args, limit))]
 
     def readings(
         self,
@@ -272,7 +272,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
                         rows += len(batch[0])
                         bad += _copy_rows(copy, batch)
             if alerts:
-                cur.executemany(_INSERT_ALERT, [_alert_row(a) for a in alerts])
+                cur.executemany(_INSERT_ALERT, [alert_row(a) for a in alerts])
             if sync:
                 cur.execute("UPDATE schema_version SET flushed_at = %s", (time.time(),))
         self._count_commit(rows, len(alerts), time.perf_counter() - started, bad)
@@ -310,40 +310,6 @@ def _copy_rows(copy: psycopg.Copy, batch: Batch) -> int:
         else:
             bad += 1
     return bad
-
-
-def _alert_row(a: Alert) -> tuple[Any, ...]:
-    return (
-        a.sensor_id,
-        a.detector,
-        a.severity,
-        a.state,
-        a.value,
-        a.score,
-        a.threshold,
-        a.expected_low,
-        a.expected_high,
-        a.reading_ts,
-        a.alert_ts,
-        a.message,
-    )
-
-
-def _alert_from_row(r: tuple[Any, ...]) -> Alert:
-    return Alert(
-        sensor_id=r[0],
-        detector=r[1],
-        severity=r[2],
-        state=r[3],
-        value=r[4],
-        score=math.nan if r[5] is None else r[5],
-        threshold=r[6],
-        expected_low=r[7],
-        expected_high=r[8],
-        reading_ts=r[9],
-        alert_ts=r[10],
-        message=r[11],
-    )
 
 
 def _reason(exc: BaseException) -> str:

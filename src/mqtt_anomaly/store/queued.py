@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 from ..config import StoreSettings
 from ..console import RateLimitedLog
@@ -479,3 +480,39 @@ class QueuedStore(ABC, Generic[ConnT]):
         self._drop_connection()
         with self._lock:
             self._done.notify_all()
+
+
+def alert_row(a: Alert) -> tuple[Any, ...]:
+    """An alert as the row both backends store (columns in the schema's order)."""
+    return (
+        a.sensor_id,
+        a.detector,
+        a.severity,
+        a.state,
+        a.value,
+        a.score,
+        a.threshold,
+        a.expected_low,
+        a.expected_high,
+        a.reading_ts,
+        a.alert_ts,
+        a.message,
+    )
+
+
+def alert_from_row(r: Sequence[Any]) -> Alert:
+    """The alert of a stored row (a NaN score comes back from SQLite as NULL)."""
+    return Alert(
+        sensor_id=r[0],
+        detector=r[1],
+        severity=r[2],
+        state=r[3],
+        value=r[4],
+        score=math.nan if r[5] is None else r[5],
+        threshold=r[6],
+        expected_low=r[7],
+        expected_high=r[8],
+        reading_ts=r[9],
+        alert_ts=r[10],
+        message=r[11],
+    )

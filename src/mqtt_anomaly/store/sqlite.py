@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -42,7 +41,7 @@ from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
 from .base import ReadingRow
-from .queued import Batch, QueuedStore
+from .queued import Batch, QueuedStore, alert_from_row, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY alert_ts DESC, id DESC LIMIT ?"
         rows = self._query(sql, (*args, limit))
-        return [_alert_from_row(r) for r in rows]
+        return [alert_from_row(r) for r in rows]
 
     def readings(
         self,
@@ -306,7 +305,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
                 _insert_readings(conn, batch)
                 rows += len(batch[0])
             if alerts:
-                conn.executemany(_INSERT_ALERT, [_alert_row(a) for a in alerts])
+                conn.executemany(_INSERT_ALERT, [alert_row(a) for a in alerts])
             if sync:
                 conn.execute("UPDATE schema_version SET flushed_at = ?", (time.time(),))
             conn.execute("COMMIT")
@@ -356,41 +355,6 @@ def _plain_column(column: Sequence[Any] | np.ndarray[Any, Any]) -> Sequence[Any]
     if len(column) and isinstance(column[0], np.generic):
         return [x.item() if isinstance(x, np.generic) else x for x in column]
     return column
-
-
-def _alert_row(a: Alert) -> tuple[Any, ...]:
-    return (
-        a.sensor_id,
-        a.detector,
-        a.severity,
-        a.state,
-        a.value,
-        a.score,
-        a.threshold,
-        a.expected_low,
-        a.expected_high,
-        a.reading_ts,
-        a.alert_ts,
-        a.message,
-    )
-
-
-def _alert_from_row(r: tuple[Any, ...]) -> Alert:
-    score = math.nan if r[5] is None else r[5]  # SQLite stores NaN as NULL
-    return Alert(
-        sensor_id=r[0],
-        detector=r[1],
-        severity=r[2],
-        state=r[3],
-        value=r[4],
-        score=score,
-        threshold=r[6],
-        expected_low=r[7],
-        expected_high=r[8],
-        reading_ts=r[9],
-        alert_ts=r[10],
-        message=r[11],
-    )
 
 
 def _pragma_value(value: int | str) -> str:
