@@ -130,7 +130,7 @@ def test_promql_references_exposed_metrics(exposed: dict[str, set[str]]) -> None
         "mqtt_anomaly_alerts_total",
         "mqtt_anomaly_latency_seconds_bucket",
         "mqtt_anomaly_sensors_active",
-        "mqtt_anomaly_inbox_depth",
+        "mqtt_anomaly_last_batch_size",
         "mqtt_anomaly_store_write_seconds",
         "mqtt_anomaly_store_queued",
         "mqtt_anomaly_store_readings_dropped_total",

@@ -77,7 +77,8 @@ class DetectorService:
         self._dl_budget = dead_letter_rate
         self._dl_rate = dead_letter_rate
         self._dl_refill = time.monotonic()
-        self._dl_suppressed = 0
+        self.dead_letters_suppressed = 0
+        self.last_batch = 0  # messages in the last network read: large when behind
         self._connected_once = False
         self._stopping = False
 
@@ -87,6 +88,7 @@ class DetectorService:
 
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
+        self.last_batch = len(batch)
         self._emit(self.pipeline.process(batch))
 
     def _on_connect(self, session_present: bool) -> None:
@@ -141,7 +143,7 @@ class DetectorService:
                 self._dl_budget -= 1
                 self.client.publish(topic, encode(d), qos=1)
             else:
-                self._dl_suppressed += 1
+                self.dead_letters_suppressed += 1
 
     def _print_alert(self, a: Alert) -> None:
         value = f"{a.value:.1f}°C" if a.value is not None else ""

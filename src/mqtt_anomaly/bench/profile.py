@@ -32,7 +32,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("pipeline: per-reading loop (topic, slot, seq window, rounds)", ("pipeline.py",)),
     ("service: alert and health publishes (gmqtt)", ("MqttClient.publish",)),
-    ("service: _on_message (inbox)", ("_on_message",)),
+    ("service: _on_batch (intake)", ("_on_batch",)),
     ("service: _emit (columns for the store, sinks)", ("service.py",)),
     ("gmqtt: PUBACK, one transport.write per message", ("_send_puback",)),
     ("gmqtt: read, parse, dispatch", ("gmqtt",)),

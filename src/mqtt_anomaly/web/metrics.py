@@ -1,7 +1,7 @@
 """Prometheus metrics of a running :class:`~mqtt_anomaly.service.DetectorService`.
 
 Nothing here runs per message. Counts the pipeline keeps anyway (``pipeline.counters``), the
-store's counters, the inbox and the broker connection are read when Prometheus scrapes, by a
+store's counters, the last batch and the broker connection are read when Prometheus scrapes, by a
 custom collector. What the pipeline does not count is updated once per batch by
 :meth:`ServiceMetrics.observe` (a service listener): alerts by detector, severity and state,
 and the end-to-end latency histogram, whose buckets are filled with one numpy call per batch
@@ -54,7 +54,7 @@ METRICS: Final[dict[str, str]] = {
     "latency_seconds": "histogram",
     "sensors": "gauge",
     "sensors_active": "gauge",
-    "inbox_depth": "gauge",
+    "last_batch_size": "gauge",
     "outgoing_pending": "gauge",
     "broker_connected": "gauge",
     "ready": "gauge",
@@ -138,7 +138,7 @@ class ServiceMetrics(Collector):
         yield _counter(
             "dead_letters_suppressed",
             "Dead letters not republished (rate limit)",
-            getattr(svc, "_dl_suppressed", 0),
+            svc.dead_letters_suppressed,
         )
         alerts = CounterMetricFamily(
             P + "alerts", "Alert events by detector, severity and state",
@@ -150,7 +150,9 @@ class ServiceMetrics(Collector):
         yield self._latency()
         yield from self._sensors()
         yield _gauge(
-            "inbox_depth", "Messages received, waiting for the next batch", _inbox_depth(svc)
+            "last_batch_size",
+            "Messages in the last network read, processed as one batch (grows when behind)",
+            svc.last_batch,
         )
         yield _gauge(
             "outgoing_pending", "Published QoS 1 messages not yet acknowledged", svc.client.pending
@@ -211,16 +213,6 @@ class ServiceMetrics(Collector):
         yield _counter("store_expired", "Readings deleted by retention", s.expired)
         yield _gauge("store_write_seconds", "Duration of the last store commit", s.write_seconds)
         yield _gauge("store_write_rows", "Rows in the last store commit", s.write_rows)
-
-
-def _inbox_depth(svc: DetectorService) -> int:
-    """Messages received but not processed yet: the service's ``inbox_depth`` when it has
-    one, else the length of its inbox list; 0 when messages are processed as they are read.
-    """
-    depth = getattr(svc, "inbox_depth", None)
-    if depth is None:
-        depth = len(getattr(svc, "_inbox", ()))
-    return int(depth() if callable(depth) else depth)
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:
