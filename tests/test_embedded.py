@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import gmqtt
@@ -20,18 +20,10 @@ from gmqtt.mqtt.constants import MQTTv311
 from mqtt_anomaly.errors import BrokerError
 from mqtt_anomaly.transport.embedded import EmbeddedBroker, _connect_packet, broker_answers
 
+from .helpers import eventually
 from .mosquitto import Mosquitto, free_port
 
 HOST = "127.0.0.1"
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Wait (without blocking the loop) until ``predicate()`` holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
 
 
 class Gm:

@@ -26,6 +26,7 @@ from mqtt_anomaly.simulate import FaultKind, Fleet, FleetModel, parse_injection,
 from mqtt_anomaly.simulate.faults import NO_FAULTS, SPIKE_VALUE, Injection
 from mqtt_anomaly.transport.client import MqttClient
 
+from .helpers import eventually
 from .mosquitto import Mosquitto
 
 ALL_FAULTS = FaultRates(
@@ -42,12 +43,7 @@ def sim_settings(url: str, **simulator: Any) -> Settings:
 
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await eventually(cond, timeout, what)
 
 
 class Observer:
