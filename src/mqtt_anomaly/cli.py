@@ -14,6 +14,7 @@ from . import __version__
 from .config import Settings, load_settings, settings_as_toml
 from .console import fail, out, run, setup_logging
 from .errors import MqttAnomalyError
+from .options import BrokerOpt, ConfigOpt
 
 app = typer.Typer(
     name="mqtt-anomaly",
@@ -24,20 +25,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML configuration file.", show_default=False),
-]
-BrokerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--broker",
-        "-b",
-        help="Broker URL, e.g. mqtt://localhost:1883 or mqtts://host:8883.",
-        show_default=False,
-    ),
-]
 
 
 def settings_from_cli(config: Path | None, overrides: dict[str, Any]) -> Settings:

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..options import BrokerOpt, ConfigOpt
+
 INJECT_HELP = (
     "Force a fault: KIND@SECONDS[+DURATION][:SENSOR] (repeatable). KIND: spike, level_shift, "
     "drift, stuck, noise_burst, dropout, crash. SECONDS after the start; DURATION in seconds "
@@ -20,19 +22,8 @@ INJECT_HELP = (
 
 
 def simulate(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="TOML configuration file.", show_default=False),
-    ] = None,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            "--broker",
-            "-b",
-            help="Broker URL, e.g. mqtt://localhost:1883 or mqtts://host:8883.",
-            show_default=False,
-        ),
-    ] = None,
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
     sensors: Annotated[
         int | None,
         typer.Option("--sensors", "-n", help="Number of sensors (default 5).", show_default=False),

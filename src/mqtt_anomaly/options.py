@@ -1,0 +1,22 @@
+"""Command-line options shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file.", show_default=False),
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="Broker URL, e.g. mqtt://localhost:1883 or mqtts://host:8883.",
+        show_default=False,
+    ),
+]
