@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import psycopg
@@ -42,8 +42,7 @@ from psycopg import sql
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .base import ReadingRow
-from .queued import Batch, QueuedStore, alert_from_row, alert_row
+from .queued import Batch, QueuedStore, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -145,54 +144,8 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
             raise StoreError(f"cannot open history store {self.name}: {_reason(exc)}") from None
         self._start_writer("store-writer:pg")
 
-    # ---- reads -----------------------------------------------------------------------
-    def recent_alerts(
-        self,
-        *,
-        limit: int = 50,
-        sensor_id: str | None = None,
-        since: float | None = None,
-        detector: str | None = None,
-    ) -> list[Alert]:
-        """Alerts newest first (by ``alert_ts``), optionally filtered."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, arg in (
-            ("sensor_id = %s", sensor_id),
-            ("alert_ts >= %s", since),
-            ("detector = %s", detector),
-        ):
-            if arg is not None:
-                where.append(clause)
-                args.append(arg)
-        query = f"SELECT {_ALERT_COLUMNS} FROM alerts"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY alert_ts DESC, id DESC LIMIT %s"
-        return [alert_from_row(r) for r in self._query(query, (*args, limit))]
-
-    def readings(
-        self,
-        sensor_id: str,
-        *,
-        start: float | None = None,
-        end: float | None = None,
-        limit: int = 10_000,
-    ) -> list[ReadingRow]:
-        """``(ts, value, seq)`` of one sensor, oldest first (see :class:`~.base.Store`)."""
-        query = "SELECT ts, value, seq FROM readings WHERE sensor_id = %s"
-        args: list[Any] = [sensor_id]
-        if start is not None:
-            query += " AND ts >= %s"
-            args.append(start)
-        if end is not None:
-            query += " AND ts <= %s"
-            args.append(end)
-        if start is not None:
-            return self._query(query + " ORDER BY ts ASC, seq ASC LIMIT %s", (*args, limit))
-        rows = self._query(query + " ORDER BY ts DESC, seq DESC LIMIT %s", (*args, limit))
-        rows.reverse()
-        return rows
+    # ---- reads (recent_alerts and readings come from QueuedStore) ------------------------
+    _PARAM: ClassVar[str] = "%s"
 
     def _query(self, query: str, args: Sequence[Any]) -> list[Any]:
         if self._closed:

@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 from ..config import StoreSettings
 from ..console import RateLimitedLog
 from ..messages import Alert
-from .base import FloatColumn, IntColumn, StoreStats
+from .base import FloatColumn, IntColumn, ReadingRow, StoreStats
 
 Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 
@@ -278,6 +278,63 @@ class QueuedStore(ABC, Generic[ConnT]):
         self.close()
 
     # ---- what a backend provides -------------------------------------------------------
+    # ---- reads ------------------------------------------------------------------------
+    _PARAM: ClassVar[str]  # the driver's query placeholder
+
+    @abstractmethod
+    def _query(self, query: str, args: Sequence[Any]) -> list[Any]:
+        """Rows of ``query`` from a reader connection (never waits for the writer)."""
+
+    def recent_alerts(
+        self,
+        *,
+        limit: int = 50,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        detector: str | None = None,
+    ) -> list[Alert]:
+        """Alerts newest first (by ``alert_ts``), optionally filtered."""
+        p = self._PARAM
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, arg in (
+            ("sensor_id =", sensor_id),
+            ("alert_ts >=", since),
+            ("detector =", detector),
+        ):
+            if arg is not None:
+                where.append(f"{clause} {p}")
+                args.append(arg)
+        query = f"SELECT {ALERT_COLUMNS} FROM alerts"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += f" ORDER BY alert_ts DESC, id DESC LIMIT {p}"
+        return [alert_from_row(r) for r in self._query(query, (*args, limit))]
+
+    def readings(
+        self,
+        sensor_id: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        limit: int = 10_000,
+    ) -> list[ReadingRow]:
+        """``(ts, value, seq)`` of one sensor, oldest first (see :class:`~.base.Store`)."""
+        p = self._PARAM
+        query = f"SELECT ts, value, seq FROM readings WHERE sensor_id = {p}"
+        args: list[Any] = [sensor_id]
+        if start is not None:
+            query += f" AND ts >= {p}"
+            args.append(start)
+        if end is not None:
+            query += f" AND ts <= {p}"
+            args.append(end)
+        if start is not None:
+            return self._query(query + f" ORDER BY ts ASC, seq ASC LIMIT {p}", (*args, limit))
+        rows = self._query(query + f" ORDER BY ts DESC, seq DESC LIMIT {p}", (*args, limit))
+        rows.reverse()
+        return rows
+
     @abstractmethod
     def _commit(self, batches: list[Batch], alerts: list[Alert], sync: bool) -> None:
         """Write ``batches`` and ``alerts`` in one transaction (the most durable kind when
@@ -480,6 +537,12 @@ class QueuedStore(ABC, Generic[ConnT]):
         self._drop_connection()
         with self._lock:
             self._done.notify_all()
+
+
+ALERT_COLUMNS: Final = (
+    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
+    "expected_high, reading_ts, alert_ts, message"
+)
 
 
 def alert_row(a: Alert) -> tuple[Any, ...]:

@@ -33,15 +33,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .base import ReadingRow
-from .queued import Batch, QueuedStore, alert_from_row, alert_row
+from .queued import ALERT_COLUMNS, Batch, QueuedStore, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +76,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts);
 CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts);
 """
-_ALERT_COLUMNS: Final = (
-    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
-    "expected_high, reading_ts, alert_ts, message"
-)
 _INSERT_READING: Final = "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?)"
-_INSERT_ALERT: Final = f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+_INSERT_ALERT: Final = f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE rowid IN "
     "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?) AND ts < ?"
@@ -152,55 +147,8 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             raise
         self._start_writer(f"store-writer:{self.path.name}")
 
-    # ---- reads -----------------------------------------------------------------------
-    def recent_alerts(
-        self,
-        *,
-        limit: int = 50,
-        sensor_id: str | None = None,
-        since: float | None = None,
-        detector: str | None = None,
-    ) -> list[Alert]:
-        """Alerts newest first (by ``alert_ts``), optionally filtered."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, arg in (
-            ("sensor_id = ?", sensor_id),
-            ("alert_ts >= ?", since),
-            ("detector = ?", detector),
-        ):
-            if arg is not None:
-                where.append(clause)
-                args.append(arg)
-        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY alert_ts DESC, id DESC LIMIT ?"
-        rows = self._query(sql, (*args, limit))
-        return [alert_from_row(r) for r in rows]
-
-    def readings(
-        self,
-        sensor_id: str,
-        *,
-        start: float | None = None,
-        end: float | None = None,
-        limit: int = 10_000,
-    ) -> list[ReadingRow]:
-        """``(ts, value, seq)`` of one sensor, oldest first (see :class:`Store`)."""
-        sql = "SELECT ts, value, seq FROM readings WHERE sensor_id = ?"
-        args: list[Any] = [sensor_id]
-        if start is not None:
-            sql += " AND ts >= ?"
-            args.append(start)
-        if end is not None:
-            sql += " AND ts <= ?"
-            args.append(end)
-        if start is not None:
-            return self._query(sql + " ORDER BY ts ASC LIMIT ?", (*args, limit))
-        rows = self._query(sql + " ORDER BY ts DESC LIMIT ?", (*args, limit))
-        rows.reverse()
-        return rows
+    # ---- reads (recent_alerts and readings come from QueuedStore) ------------------------
+    _PARAM: ClassVar[str] = "?"
 
     def _query(self, sql: str, args: Sequence[Any]) -> list[Any]:
         if self._closed:
