@@ -66,9 +66,25 @@ SETTINGS_ENV = {
 API_PATHS = {getattr(r, "path", None) for r in router.routes}
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """The safe loader plus Compose's merge tags ``!reset`` and ``!override`` (plain values)."""
+
+
+def _construct_tagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeLoader.add_constructor(_tag, _construct_tagged)
+
+
 def _load_all(path: Path) -> list[Any]:
     with path.open() as fh:
-        return [d for d in yaml.safe_load_all(fh) if d is not None]
+        return [d for d in yaml.load_all(fh, Loader=_ComposeLoader) if d is not None]
 
 
 def _load(path: Path) -> Any:
