@@ -130,6 +130,7 @@ def test_quick_json_run_has_every_field() -> None:
         "throughput",
         "latency",
         "memory",
+        "delivery",
         "http_comparison",
         "targets",
         "load_average",
@@ -147,6 +148,10 @@ def test_quick_json_run_has_every_field() -> None:
     for lat in data["latency"]:
         assert set(lat) >= LATENCY_FIELDS
         assert lat["spikes"] > 0 and lat["samples"] > 0 and lat["p99_ms"] is not None
+    d = data["delivery"]
+    assert d["lost"] == 0
+    assert d["tracked_median"] > 0 and d["untracked_median"] > 0 and d["ratio"] > 0
+    assert len(d["trials"]) == 2
     mem = data["memory"]
     assert set(mem) >= MEMORY_FIELDS
     assert [r["sensors"] for r in mem["sizes"]] == [1000, 5000]

@@ -222,16 +222,20 @@ def test_schema(sqlite_store: SqliteStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(readings)")}
-        assert "readings_sensor_ts" in indexes
-        cols = [r[2] for r in conn.execute("PRAGMA index_info(readings_sensor_ts)")]
-        assert cols == ["sensor_id", "ts"]
+        assert indexes == {"readings_key": 1}  # unique: a redelivered reading is stored once
+        cols = [r[2] for r in conn.execute("PRAGMA index_info(readings_key)")]
+        assert cols == ["sensor_id", "ts", "seq"]
         alert_idx = {
             name: [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
             for (name,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='alerts'"
             )
         }
-        assert sorted(alert_idx.values()) == [["alert_ts"], ["sensor_id", "alert_ts"]]
+        assert sorted(alert_idx.values()) == [
+            ["alert_ts"],
+            ["sensor_id", "alert_ts"],
+            ["sensor_id", "detector", "state", "reading_ts"],
+        ]
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
@@ -363,11 +367,12 @@ def test_exact_round_trip(backend: Backend) -> None:
         for sid, v, seq in zip(odd_ids, values, seqs, strict=True):
             (row,) = st.readings(sid)
             assert row == (NOW + v, v, seq)  # (SQLite keeps -0.0 as 0.0: equal, sign lost)
-        assert st.readings("NP") == [(NOW, 0.5, 1), (NOW, 0.5, 1)]
+        assert st.readings("NP") == [(NOW, 0.5, 1)]  # the same reading twice: stored once
         assert st.readings("BIG") == [(NOW + i, 1.0, i) for i in range(big)]
         assert st.readings("NAN") == []
         assert st.stats.dropped == 1
-        assert st.stats.written == n + 2 + big
+        assert st.stats.duplicates == 1
+        assert st.stats.written == n + 1 + big
 
 
 def test_flush_interval_writes_without_flush(backend: Backend) -> None:
@@ -646,9 +651,9 @@ def test_postgres_schema_and_open_store(pg: PostgresBackend) -> None:
     assert pg.count(tables) == 3
     indexes = (
         "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN "
-        "('readings_sensor_ts', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts')"
+        "('readings_key', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts', 'alerts_key')"
     )
-    assert pg.count(indexes) == 4
+    assert pg.count(indexes) == 5
 
 
 def test_postgres_unreachable_is_one_clear_error() -> None:
@@ -677,3 +682,81 @@ def test_postgres_connection_loss_is_retried(
         assert st.stats.errors >= 1
         assert [r[2] for r in st.readings("S1")] == [1, 2]
         assert len(st.recent_alerts()) == 1
+
+
+# ---- delivery tracking: idempotent writes, tickets, migration ---------------------------
+def test_redelivered_readings_and_alerts_are_stored_once(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=0.05)) as st:
+        ids, ts, values, seqs = ["S1"] * 3, [NOW, NOW + 1, NOW + 2], [1.0, 2.0, 3.0], [1, 2, 3]
+        st.add_readings(ids, ts, values, seqs)
+        st.add_alert(alert(reading_ts=NOW + 1))
+        assert st.flush(10)
+        # the broker sends the last two again (and a new one), the alert is raised again
+        st.add_readings(["S1"] * 3, [NOW + 1, NOW + 2, NOW + 3], [2.0, 3.0, 4.0], [2, 3, 4])
+        st.add_alert(alert(reading_ts=NOW + 1, alert_ts=NOW + 60))
+        st.add_alert(alert(reading_ts=NOW + 3))  # another reading's alert is kept
+        # a counter restart: the same seq at another time is another reading
+        st.add_readings(["S1"], [NOW + 4], [5.0], [1])
+        assert st.flush(10)
+        assert backend.count() == 5
+        assert backend.count("SELECT count(*) FROM alerts") == 2
+        assert st.stats.written == 5
+        assert st.stats.duplicates == 2
+
+
+def test_mark_and_wait_confirmed(backend: Backend) -> None:
+    from mqtt_anomaly.delivery import DurableSink
+
+    # neither the interval nor the batch size would write: mark() asks for a commit
+    with backend.open(settings(flush_interval=3600, batch_size=1_000_000)) as st:
+        assert isinstance(st, DurableSink)
+        assert st.wait_confirmed(st.mark(), 0.01)  # nothing given: confirmed at once
+        st.add_readings(["S1"] * 10, [NOW + i for i in range(10)], [1.0] * 10, list(range(10)))
+        st.add_alert(alert())
+        assert st.backlog == 11
+        assert not st.wait_confirmed(2, 0.2)  # not marked: nothing is written yet
+        assert backend.count() == 0
+        ticket = st.mark()
+        assert ticket == 2
+        assert st.wait_confirmed(ticket, 10)
+        assert backend.count() == 10
+        assert backend.count("SELECT count(*) FROM alerts") == 1
+        assert st.backlog == 0
+        assert st.backlog_limit > 0
+
+
+def test_version_1_database_is_upgraded(db: Path) -> None:
+    with sqlite3.connect(db) as conn:  # a version 1 file holding duplicates
+        conn.executescript(
+            """
+            CREATE TABLE schema_version (version INTEGER NOT NULL, created_at REAL NOT NULL,
+                                         flushed_at REAL);
+            INSERT INTO schema_version VALUES (1, 0, NULL);
+            CREATE TABLE readings (sensor_id TEXT NOT NULL, ts REAL NOT NULL,
+                                   value REAL NOT NULL, seq INTEGER NOT NULL);
+            CREATE INDEX readings_sensor_ts ON readings (sensor_id, ts);
+            INSERT INTO readings VALUES ('S1', 1, 1.0, 1), ('S1', 1, 1.0, 1), ('S1', 2, 2.0, 2);
+            CREATE TABLE alerts (id INTEGER PRIMARY KEY, sensor_id TEXT NOT NULL,
+                detector TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL, value REAL,
+                score REAL, threshold REAL, expected_low REAL, expected_high REAL,
+                reading_ts REAL, alert_ts REAL NOT NULL, message TEXT NOT NULL);
+            INSERT INTO alerts (sensor_id, detector, severity, state, reading_ts, alert_ts,
+                                message)
+                VALUES ('S1', 'threshold', 'critical', 'raised', 1, 5, ''),
+                       ('S1', 'threshold', 'critical', 'raised', 1, 6, ''),
+                       ('S1', 'silence', 'warning', 'raised', NULL, 7, ''),
+                       ('S1', 'silence', 'warning', 'raised', NULL, 8, '');
+            """
+        )
+    conn.close()
+    with SqliteStore(db) as st:
+        st.add_readings(["S1"], [1.0], [1.0], [1])
+        assert st.flush(10)
+    assert count(db) == 2
+    assert count(db, "SELECT count(*) FROM alerts") == 3  # NULL reading_ts: not duplicates
+    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+    with sqlite3.connect(db) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert "readings_key" in names
+    assert "readings_sensor_ts" not in names

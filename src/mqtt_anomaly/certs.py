@@ -129,6 +129,8 @@ def mosquitto_conf_text(
         "# clients. Start with: mosquitto -c " + str(d / "mosquitto.conf"),
         "allow_anonymous false",
         "set_tcp_nodelay true",
+        "# the detector acknowledges readings in rounds once stored: let enough be in flight",
+        "max_inflight_messages 0",
         f"acl_file {d / 'acl'}",
     ]
     if auth == "password":

@@ -236,6 +236,9 @@ class ServiceSettings(_Section):
     """The detector service itself."""
 
     state_dir: Path = Path("state")
+    ack_after: Literal["durable", "processed"] = "durable"
+    """When a reading is acknowledged to the broker: once the durable sinks (history store,
+    Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
     max_payload: int = Field(4096, ge=16)
     max_sensors: int = Field(200_000, ge=1)
     verbose: bool = False

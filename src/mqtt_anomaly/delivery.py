@@ -9,7 +9,19 @@ readings behind that ticket.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .console import RateLimitedLog
+
+if TYPE_CHECKING:
+    from .transport.lean import LeanClient
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -40,3 +52,142 @@ class DurableSink(Protocol):
     def backlog_limit(self) -> int:
         """Above this backlog the service stops reading from the broker until it falls."""
         ...
+
+
+class DeliveryTracker:
+    """Acknowledge readings in rounds, each once what they produced is safe.
+
+    One round at a time: take the acknowledgements held by the MQTT connection, a ticket from
+    every durable sink and from the connection's own QoS 1 publishes (alerts, health), and a
+    copy of the detector state — all at one point between two batches, so they describe the
+    same readings. Then wait (the sinks in a worker thread) until every ticket is confirmed,
+    save the state, and only then write the acknowledgements. A crash at any point leaves the
+    unacknowledged readings at the broker, which sends them again; the saved state is the one
+    that had seen exactly the acknowledged readings, so processing them again gives the same
+    alerts, and the sinks' idempotent writes store them once.
+
+    While a round waits, the next batches are processed and their acknowledgements held for the
+    next round, so rounds group many readings (group commit). When a sink's backlog passes its
+    limit, reading from the broker pauses until the backlog is back under half of it.
+    """
+
+    def __init__(
+        self,
+        client: LeanClient,
+        sinks: Sequence[DurableSink],
+        snapshot: Callable[[], dict[str, Any]],
+        save: Callable[[dict[str, Any]], None],
+        *,
+        min_interval: float = 0.02,
+        warn_after: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.sinks = list(sinks)
+        self._snapshot = snapshot
+        self._save = save
+        self._min_interval = min_interval
+        self._warn_after = warn_after
+        self._wake = asyncio.Event()
+        self._rl = RateLimitedLog(log, period=10.0)
+        self.stats = DeliveryStats()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """Finish the current round, then run a last one for what is left (at shutdown)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.round()
+
+    # ---- called by the service on the event loop ---------------------------------------
+    def touch(self) -> None:
+        """Something was processed: a round is due; pause intake when a sink is too far
+        behind."""
+        self._wake.set()
+        if not self.client.paused:
+            for sink in self.sinks:
+                if sink.backlog > sink.backlog_limit:
+                    self.client.pause_reading()
+                    self.stats.pauses += 1
+                    self._rl.warning(
+                        "paused",
+                        "%s is behind (%d waiting): reading from the broker paused",
+                        sink.name,
+                        sink.backlog,
+                    )
+                    break
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            await self.round()
+            if self._min_interval:
+                await asyncio.sleep(self._min_interval)
+
+    async def round(self) -> None:
+        """One round (see the class docstring)."""
+        try:
+            await self._round()
+        except OSError as exc:  # the state cannot be saved: the next round tries again
+            self.stats.failed_rounds += 1
+            self._rl.warning(
+                "failed",
+                "could not save the detector state (%s); readings stay unacknowledged",
+                exc,
+            )
+            self._wake.set()
+
+    async def _round(self) -> None:
+        client = self.client
+        token = client.take_acks()
+        tickets = [(sink, sink.mark()) for sink in self.sinks]
+        outgoing = client.outgoing_mark()
+        state = self._snapshot()
+        started = time.monotonic()
+        waited = asyncio.gather(client.wait_outgoing(outgoing), self._wait_sinks(tickets, started))
+        await waited
+        await asyncio.to_thread(self._save, state)
+        if client.send_acks(token):
+            self.stats.acked += token[2]
+        self.stats.rounds += 1
+        self.stats.last_round = time.monotonic() - started
+        if client.paused and all(s.backlog <= s.backlog_limit // 2 for s in self.sinks):
+            client.resume_reading()
+            log.info("sinks caught up: reading from the broker resumed")
+
+    async def _wait_sinks(self, tickets: list[tuple[DurableSink, int]], started: float) -> None:
+        def confirmed(timeout: float) -> DurableSink | None:
+            for sink, ticket in tickets:
+                if not sink.wait_confirmed(ticket, timeout):
+                    return sink
+            return None
+
+        while (late := await asyncio.to_thread(confirmed, self._warn_after)) is not None:
+            self.stats.slow_rounds += 1
+            self._rl.warning(
+                "slow",
+                "%s has not confirmed for %.0f s; %d readings stay unacknowledged at the broker",
+                late.name,
+                time.monotonic() - started,
+                self.client.held_acks,
+            )
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters of the rounds (for metrics)."""
+
+    rounds: int = 0
+    acked: int = 0
+    slow_rounds: int = 0
+    failed_rounds: int = 0
+    pauses: int = 0
+    last_round: float = 0.0

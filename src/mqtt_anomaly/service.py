@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .console import RateLimitedLog, emit
+from .delivery import DeliveryTracker, DurableSink
 from .messages import Alert, encode
 from .pipeline import Output, Pipeline
 from .topics import TopicTemplate
@@ -61,6 +62,7 @@ class DetectorService:
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.listeners: list[Listener] = []
+        tracked = settings.service.ack_after == "durable"
         self.client = LeanClient(
             settings.broker,
             settings.broker.client_id or DEFAULT_CLIENT_ID,
@@ -69,7 +71,14 @@ class DetectorService:
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             name="detector",
+            hold_acks=tracked,
         )
+        self.tracker: DeliveryTracker | None = None
+        if tracked:
+            sinks: list[DurableSink] = [store] if isinstance(store, DurableSink) else []
+            self.tracker = DeliveryTracker(
+                self.client, sinks, self.pipeline.state_dict, self._save_round
+            )
         self.ready = asyncio.Event()
         self._alerts_topic = TopicTemplate(settings.topics.alerts)
         self._health_topic = TopicTemplate(settings.topics.health)
@@ -90,6 +99,8 @@ class DetectorService:
     def _on_batch(self, batch: Batch) -> None:
         self.last_batch = len(batch)
         self._emit(self.pipeline.process(batch))
+        if self.tracker is not None:
+            self.tracker.touch()
 
     def _on_connect(self, session_present: bool) -> None:
         if self._connected_once:
@@ -184,6 +195,11 @@ class DetectorService:
         """Save detector state now (atomically: a crash mid-write keeps the old file)."""
         write_state(self.state_path, self.pipeline.state_dict())
 
+    def _save_round(self, state: dict[str, Any]) -> None:
+        """Save the state of a delivery round (atomic for a crash of the process; the fsync
+        is left to the checkpoint at shutdown)."""
+        save_state(self.state_path, state, sync=False)
+
     # ---- lifecycle ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and process until ``stop`` is set; then shut down cleanly."""
@@ -195,10 +211,11 @@ class DetectorService:
         await self.client.subscribe(filters, qos=max(1, s.broker.qos))
         self._line(f"[SYSTEM] Listening for topics: {', '.join(filters)}")
         self.ready.set()
-        tasks = [
-            asyncio.create_task(self._silence_loop()),
-            asyncio.create_task(self._checkpoint_loop()),
-        ]
+        tasks = [asyncio.create_task(self._silence_loop())]
+        if self.tracker is None:
+            tasks.append(asyncio.create_task(self._checkpoint_loop()))
+        else:  # every delivery round saves the state
+            self.tracker.start()
         try:
             await stop.wait()
         finally:
@@ -212,6 +229,9 @@ class DetectorService:
     async def shutdown(self) -> None:
         """Finish in-flight work, flush, save state, disconnect."""
         self._stopping = True
+        if self.tracker is not None:
+            self.client.stop_intake()
+            await self.tracker.close()
         if not await self.client.drain(timeout=5.0):
             log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)
         await self.client.disconnect()
@@ -226,6 +246,8 @@ class DetectorService:
             out = self.pipeline.check_silence(self.clock())
             if out:
                 self._emit(out)
+                if self.tracker is not None:
+                    self.tracker.touch()
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -233,16 +255,23 @@ class DetectorService:
             await asyncio.to_thread(write_state, self.state_path, self.pipeline.state_dict())
 
 
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Pickle ``state`` to ``path`` via a temporary file and an atomic rename."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
+    """Pickle ``state`` to ``path`` via a temporary file and an atomic rename (``sync``: and
+    to the disk before the rename). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        if sync:
             fh.flush()
             os.fsync(fh.fileno())
-        tmp.replace(path)
+    tmp.replace(path)
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """:func:`save_state`, logging a failure instead of raising it."""
+    try:
+        save_state(path, state)
     except OSError as exc:
         log.error("could not save detector state to %s: %s", path, exc)
 

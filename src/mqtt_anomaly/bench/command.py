@@ -18,7 +18,7 @@ import typer
 if TYPE_CHECKING:
     from .runner import BenchOptions, Step
 
-_SECTIONS = ("memory", "throughput", "latency", "http")
+_SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
 
 
 def bench(
@@ -101,7 +101,7 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only these: memory, throughput, latency, http (repeatable).",
+            help="Run only these: memory, throughput, latency, delivery, http (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -268,6 +268,8 @@ def _steps(opts: BenchOptions) -> int:
         n += 2 * opts.pairs * len(opts.qos)
     if "latency" in opts.sections:
         n += len(opts.qos)
+    if "delivery" in opts.sections:
+        n += 2 * opts.pairs
     if "http" in opts.sections:
         n += 2
     return n

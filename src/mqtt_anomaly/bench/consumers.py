@@ -36,6 +36,7 @@ class ConsumerSpec:
     config: str | None = None
     max_sensors: int | None = None
     profile: str | None = None  # record the service with py-spy into this file
+    ack_after: str | None = None  # the service's service.ack_after; None: the configured one
 
 
 def baseline_main(conn: Connection, spec: ConsumerSpec) -> None:
@@ -124,6 +125,8 @@ async def _serve(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
     service_overrides: dict[str, Any] = {"state_dir": Path(spec.workdir) / f"state-{pid}"}
     if spec.max_sensors:
         service_overrides["max_sensors"] = spec.max_sensors
+    if spec.ack_after:
+        service_overrides["ack_after"] = spec.ack_after
     store_url = spec.store_url
     if store_url == "sqlite":
         store_url = f"sqlite:///{Path(spec.workdir).resolve() / f'store-{pid}.db'}"

@@ -112,6 +112,27 @@ def tables(result: dict[str, Any]) -> Group:
             )
         parts.append(t)
 
+    d = result.get("delivery")
+    if d:
+        t = Table(
+            "acknowledged after",
+            "r/s",
+            "CPU s / 10k",
+            "ratio",
+            title=f"Delivery tracking at QoS 1 (store: {d['store']}; medians)",
+            box=box.SIMPLE_HEAVY,
+        )
+        t.add_row(
+            "processed", _f(d["untracked_median"]), _f(d["untracked_cpu_s_per_10k"], ".3f"), "1"
+        )
+        t.add_row(
+            "durable (store confirmed, state saved)",
+            _f(d["tracked_median"]),
+            _f(d["tracked_cpu_s_per_10k"], ".3f"),
+            _f(d["ratio"], ".2f"),
+        )
+        parts.append(t)
+
     if result.get("latency"):
         t = Table(
             "QoS",

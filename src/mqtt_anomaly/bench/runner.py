@@ -24,7 +24,7 @@ from .memory import memory_main
 from .report import targets
 from .sysinfo import machine
 
-SECTIONS = ("memory", "throughput", "latency", "http")
+SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
 Step = Callable[[str], None]
 
 
@@ -46,7 +46,7 @@ class BenchOptions:
     spikes_per_s: float = 100.0
     memory_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
     memory_timed: int = 50_000
-    sections: tuple[str, ...] = ("memory", "throughput", "latency")
+    sections: tuple[str, ...] = ("memory", "throughput", "latency", "delivery")
     http_sensors: int = 100
     http_hz: float = 10.0
     http_seconds: float = 15.0
@@ -93,6 +93,7 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
         "throughput": [],
         "latency": [],
         "memory": None,
+        "delivery": None,
         "http_comparison": None,
     }
     with tempfile.TemporaryDirectory(prefix="mqtt-anomaly-bench-") as wd:
@@ -105,7 +106,7 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 result["memory"] = child.expect("result", 600)
             finally:
                 child.close()
-        if set(opts.sections) & {"throughput", "latency", "http"}:
+        if set(opts.sections) & {"throughput", "latency", "delivery", "http"}:
             _with_broker(opts, wd, result, step)
     result["targets"] = targets(result)
     result["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
@@ -153,6 +154,8 @@ def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step
                             step,
                         )
                     )
+            if "delivery" in opts.sections:
+                result["delivery"] = throughput.run_delivery(env, opts.readings, opts.pairs, step)
             if "http" in opts.sections:
                 result["http_comparison"] = httpcompare.run(
                     env,

@@ -42,7 +42,12 @@ class Env:
 
 
 def consumer(
-    env: Env, kind: str, expected: int | None, mark: int = 0, profile: str | None = None
+    env: Env,
+    kind: str,
+    expected: int | None,
+    mark: int = 0,
+    profile: str | None = None,
+    ack_after: str | None = None,
 ) -> Child:
     """Start a baseline or service process and wait until it is subscribed."""
     spec = ConsumerSpec(
@@ -55,6 +60,7 @@ def consumer(
         config=env.config,
         max_sensors=env.max_sensors,
         profile=profile,
+        ack_after=ack_after,
     )
     child = Child(kind, baseline_main if kind == "baseline" else service_main, spec)
     try:
@@ -65,12 +71,14 @@ def consumer(
     return child
 
 
-def trial(env: Env, kind: str, qos: int, n: int, rate: float) -> dict[str, Any]:
+def trial(
+    env: Env, kind: str, qos: int, n: int, rate: float, ack_after: str | None = None
+) -> dict[str, Any]:
     """One run of ``n`` readings (flat out when ``rate`` is 0) into a fresh consumer."""
     profile = None
     if env.profile_dir and kind == "service":
         profile = str(Path(env.profile_dir) / f"service-qos{qos}-{int(time.time() * 1000)}.txt")
-    child = consumer(env, kind, n, mark=n // 10, profile=profile)
+    child = consumer(env, kind, n, mark=n // 10, profile=profile, ack_after=ack_after)
     broker_cpu = _cpu(env.broker_pid)
     publisher_cpu = _cpu(env.publisher.pid)
     try:
@@ -174,4 +182,35 @@ def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict
         "dead_letters": sum(t.get("dead_letters", 0) for t in serv),
         "profile": next((t["profile"] for t in reversed(serv) if t.get("profile")), None),
         "trials": trials,
+    }
+
+
+def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:
+    """What delivery tracking costs: ``pairs`` × the service at QoS 1 acknowledging after
+    processing, then after the durable sinks confirmed; medians and their ratio."""
+    env.publisher.send("prepare", 1, n, 0.0)
+    env.publisher.expect("prepared", 120)
+    trials: dict[str, list[dict[str, Any]]] = {"processed": [], "durable": []}
+    for i in range(pairs):
+        for mode, runs in trials.items():
+            step(f"delivery tracking: ack after {mode} {i + 1}/{pairs}")
+            runs.append(trial(env, "service", 1, n, 0.0, ack_after=mode))
+    off = statistics.median(t["rate"] for t in trials["processed"])
+    on = statistics.median(t["rate"] for t in trials["durable"])
+    return {
+        "readings": n,
+        "store": env.store_url,
+        "untracked_rates": [round(t["rate"]) for t in trials["processed"]],
+        "tracked_rates": [round(t["rate"]) for t in trials["durable"]],
+        "untracked_median": round(off),
+        "tracked_median": round(on),
+        "ratio": round(on / off, 3) if off else 0.0,
+        "untracked_cpu_s_per_10k": round(
+            statistics.median(t["cpu_s_per_10k"] for t in trials["processed"]), 4
+        ),
+        "tracked_cpu_s_per_10k": round(
+            statistics.median(t["cpu_s_per_10k"] for t in trials["durable"]), 4
+        ),
+        "lost": sum(t["lost"] for runs in trials.values() for t in runs),
+        "trials": [t for runs in trials.values() for t in runs],
     }

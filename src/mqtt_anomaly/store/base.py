@@ -43,6 +43,8 @@ class StoreStats:
     write_seconds: float = 0.0
     write_rows: int = 0
     expired: int = 0
+    duplicates: int = 0
+    """Readings offered again (a redelivery after a crash) and not stored twice."""
 
 
 @runtime_checkable

@@ -46,7 +46,7 @@ from .queued import Batch, QueuedStore, alert_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _LOCK_KEY: Final = 0x6D71_7474  # advisory lock held while the schema is created
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -60,7 +60,7 @@ _SCHEMA: Final = (
         value double precision NOT NULL,
         seq bigint NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS readings_sensor_ts ON readings (sensor_id, ts)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS readings_key ON readings (sensor_id, ts, seq)",
     "CREATE INDEX IF NOT EXISTS readings_ts_brin ON readings USING brin (ts)",
     """CREATE TABLE IF NOT EXISTS alerts (
         id bigserial PRIMARY KEY,
@@ -79,7 +79,25 @@ _SCHEMA: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts)",
     "CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key "
+    "ON alerts (sensor_id, detector, state, reading_ts)",
 )
+# Version 1 had no unique keys: keep the first copy of each row, then add them (_SCHEMA).
+_MIGRATE_1: Final = (
+    """DELETE FROM readings r USING readings d
+        WHERE r.sensor_id = d.sensor_id AND r.ts = d.ts AND r.seq = d.seq AND r.ctid > d.ctid""",
+    """DELETE FROM alerts a USING alerts d
+        WHERE a.sensor_id = d.sensor_id AND a.detector = d.detector AND a.state = d.state
+        AND a.reading_ts = d.reading_ts AND a.id > d.id""",
+    "DROP INDEX IF EXISTS readings_sensor_ts",
+)
+# Readings are copied into a per-connection staging table, then inserted with ON CONFLICT:
+# COPY itself cannot skip a row that is already stored.
+_STAGING: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS readings_in "
+    "(LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_FROM_STAGING: Final = "INSERT INTO readings SELECT * FROM readings_in ON CONFLICT DO NOTHING"
 TABLES: Final = {
     "schema_version": ("version", "created_at", "flushed_at"),
     "readings": ("sensor_id", "ts", "value", "seq"),
@@ -89,8 +107,11 @@ TABLES: Final = {
     ),
 }  # fmt: skip
 _ALERT_COLUMNS: Final = ", ".join(TABLES["alerts"][1:])
-_COPY_READINGS: Final = "COPY readings (sensor_id, ts, value, seq) FROM STDIN (FORMAT BINARY)"
-_INSERT_ALERT: Final = f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})"
+_COPY_READINGS: Final = "COPY readings_in (sensor_id, ts, value, seq) FROM STDIN (FORMAT BINARY)"
+_INSERT_ALERT: Final = (
+    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "
+    "ON CONFLICT DO NOTHING"
+)
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE ctid = ANY(ARRAY(SELECT ctid FROM readings WHERE ts < %s LIMIT %s))"
 )
@@ -190,10 +211,18 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
             if schema:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                    for statement in _SCHEMA:
-                        conn.execute(statement.encode())
+                    conn.execute(_SCHEMA[0].encode())  # schema_version
                     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
                     version = row[0] if row else None
+                    if version is not None and version < SCHEMA_VERSION:
+                        for statement in _MIGRATE_1:
+                            conn.execute(statement.encode())
+                        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+                        log.info(
+                            "history store %s: schema upgraded to %d", self.name, SCHEMA_VERSION
+                        )
+                    for statement in _SCHEMA[1:]:
+                        conn.execute(statement.encode())
                     if version is None:
                         conn.execute(
                             "INSERT INTO schema_version (version, created_at) VALUES (%s, %s)",
@@ -216,19 +245,24 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
         if conn is None or conn.closed:
             conn = self._conn = self._connect(schema=True)
         started = time.perf_counter()
-        rows = bad = 0
+        rows = bad = inserted = 0
         with conn.transaction(), conn.cursor() as cur:
             if batches:
+                cur.execute(_STAGING)
                 with cur.copy(_COPY_READINGS) as copy:
                     copy.set_types(["text", "float8", "float8", "int8"])
                     for batch in batches:
                         rows += len(batch[0])
                         bad += _copy_rows(copy, batch)
+                cur.execute(_FROM_STAGING)
+                inserted = max(cur.rowcount, 0)
             if alerts:
                 cur.executemany(_INSERT_ALERT, [alert_row(a) for a in alerts])
             if sync:
                 cur.execute("UPDATE schema_version SET flushed_at = %s", (time.time(),))
-        self._count_commit(rows, len(alerts), time.perf_counter() - started, bad)
+        self._count_commit(
+            rows, len(alerts), time.perf_counter() - started, bad, rows - bad - inserted
+        )
         if bad:
             self._rl.warning(
                 "bad-rows",

@@ -18,6 +18,16 @@ Drop policy
     own bound is reached; ingestion never stalls. After :meth:`~QueuedStore.close` starts,
     everything offered is dropped.
 
+Delivery tracking
+    The store is a :class:`~mqtt_anomaly.delivery.DurableSink`: :meth:`~QueuedStore.mark`
+    returns the latest ticket and asks the writer to commit it without waiting for a batch to
+    fill; :meth:`~QueuedStore.wait_confirmed` blocks until a ticket is committed (a commit
+    survives a crash of the process; a flush's also a power cut). ``backlog_limit`` is half
+    the queue bound, so a service that stops reading at that mark never reaches the drop
+    policy. Writes are idempotent: a reading already stored (same sensor, timestamp and
+    sequence number) or an alert already stored (same sensor, detector, state and reading
+    timestamp) is ignored, so what the broker redelivers after a crash is stored once.
+
 Flush
     :meth:`~QueuedStore.flush` waits until every ticket issued before the call is committed
     by a *sync* transaction (the backend's most durable commit, e.g. ``synchronous=FULL`` in
@@ -110,6 +120,7 @@ class QueuedStore(ABC, Generic[ConnT]):
         clock: Callable[[], float],
     ) -> None:
         self._label = label  # names the store in log messages
+        self.name = label
         self._keep_readings = settings.readings
         self._batch_size = settings.batch_size
         self._flush_interval = settings.flush_interval
@@ -131,6 +142,8 @@ class QueuedStore(ABC, Generic[ConnT]):
         self._enqueued = 0  # tickets: one per accepted batch or alert
         self._flush_target = 0
         self._synced = 0  # every ticket up to this one is committed by a sync transaction
+        self._commit_target = 0
+        self._committed = 0  # every ticket up to this one is committed
         self._closing = False
         self._closed = False
         self._held_rows = 0
@@ -144,6 +157,7 @@ class QueuedStore(ABC, Generic[ConnT]):
         self._write_seconds = 0.0
         self._write_rows = 0
         self._expired = 0
+        self._duplicates = 0
 
         self._conn: ConnT | None = None
         self._idle_readers: list[ConnT] = []
@@ -169,6 +183,7 @@ class QueuedStore(ABC, Generic[ConnT]):
                 write_seconds=self._write_seconds,
                 write_rows=self._write_rows,
                 expired=self._expired,
+                duplicates=self._duplicates,
             )
 
     def add_readings(
@@ -227,6 +242,36 @@ class QueuedStore(ABC, Generic[ConnT]):
             self._first_at = time.monotonic()
             self._wake.notify()
         self._enqueued += 1
+
+    # ---- delivery tracking (see the module docstring) ----------------------------------
+    def mark(self) -> int:
+        """The ticket of everything enqueued so far; the writer commits it soon."""
+        with self._lock:
+            target = self._enqueued
+            if target > self._committed and target > self._commit_target:
+                self._commit_target = target
+                self._wake.notify()
+            return target
+
+    def wait_confirmed(self, ticket: int, timeout: float) -> bool:
+        """Block until every ticket up to ``ticket`` is committed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._committed < ticket:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    return False
+                self._done.wait(remaining)
+            return True
+
+    @property
+    def backlog(self) -> int:
+        """Readings and alerts enqueued and not yet committed."""
+        return self._queued_rows + len(self._alerts) + self._held_rows + self._held_alerts
+
+    @property
+    def backlog_limit(self) -> int:
+        return self._max_rows // 2
 
     def flush(self, timeout: float) -> bool:
         """Block until everything enqueued so far is committed and synced to disk.
@@ -378,6 +423,7 @@ class QueuedStore(ABC, Generic[ConnT]):
             if not busy or self._write(held, work.sync):
                 retry_at, backoff = None, _BACKOFF_MIN
                 with self._lock:
+                    self._committed = max(self._committed, work.ticket)
                     if work.sync:
                         self._synced = max(self._synced, work.ticket)
                     self._done.notify_all()
@@ -395,6 +441,7 @@ class QueuedStore(ABC, Generic[ConnT]):
                 now = time.monotonic()
                 flush = self._flush_target > self._synced
                 queued = bool(self._readings or self._alerts)
+                commit = self._commit_target > self._committed
                 if retry_at is not None:  # a failed write is held: only the pause decides
                     if self._closing or now >= retry_at:
                         return self._take_locked(flush)
@@ -402,6 +449,7 @@ class QueuedStore(ABC, Generic[ConnT]):
                 elif (
                     self._closing
                     or flush
+                    or commit
                     or self._queued_rows >= self._batch_size
                     or (queued and now >= self._first_at + self._flush_interval)
                 ):
@@ -471,11 +519,15 @@ class QueuedStore(ABC, Generic[ConnT]):
                 return False
         return True
 
-    def _count_commit(self, rows: int, alerts: int, elapsed: float, bad: int = 0) -> None:
+    def _count_commit(
+        self, rows: int, alerts: int, elapsed: float, bad: int = 0, duplicates: int = 0
+    ) -> None:
         """Count a committed transaction: ``rows`` readings taken (``bad`` of them left out
-        as unstorable) and ``alerts`` alerts, in ``elapsed`` seconds."""
+        as unstorable, ``duplicates`` already stored) and ``alerts`` alerts, in ``elapsed``
+        seconds."""
         with self._lock:
-            self._written += rows - bad
+            self._written += rows - bad - duplicates
+            self._duplicates += duplicates
             self._dropped += bad
             self._alerts_written += alerts
             self._held_rows -= rows
@@ -538,6 +590,13 @@ class QueuedStore(ABC, Generic[ConnT]):
         with self._lock:
             self._done.notify_all()
 
+
+_SENSORS: Final = (
+    "WITH RECURSIVE s(id) AS (SELECT min(sensor_id) FROM readings UNION ALL "
+    "SELECT (SELECT min(sensor_id) FROM readings WHERE sensor_id > s.id) FROM s "
+    "WHERE s.id IS NOT NULL) SELECT id FROM s WHERE id IS NOT NULL"
+)
+"""Every sensor id in the readings, one index seek each (a loose index scan)."""
 
 ALERT_COLUMNS: Final = (
     "sensor_id, detector, severity, state, value, score, threshold, expected_low, "

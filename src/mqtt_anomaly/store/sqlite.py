@@ -44,7 +44,7 @@ from .queued import ALERT_COLUMNS, Batch, QueuedStore, alert_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL,
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     seq INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS readings_sensor_ts ON readings (sensor_id, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_key ON readings (sensor_id, ts, seq);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
     sensor_id TEXT NOT NULL,
@@ -75,9 +75,23 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts);
 CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_key ON alerts (sensor_id, detector, state, reading_ts);
 """
-_INSERT_READING: Final = "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?)"
-_INSERT_ALERT: Final = f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+# Version 1 had no unique keys: keep the first copy of each row, then add them.
+_MIGRATE_1: Final = """
+DELETE FROM readings WHERE rowid NOT IN
+    (SELECT min(rowid) FROM readings GROUP BY sensor_id, ts, seq);
+DELETE FROM alerts WHERE reading_ts IS NOT NULL AND id NOT IN
+    (SELECT min(id) FROM alerts GROUP BY sensor_id, detector, state, reading_ts);
+DROP INDEX IF EXISTS readings_sensor_ts;
+"""
+# ON CONFLICT skips a row already stored (uniqueness only: NOT NULL still refuses NaN)
+_INSERT_READING: Final = (
+    "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_INSERT_ALERT: Final = (
+    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
+)
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE rowid IN "
     "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?) AND ts < ?"
@@ -217,10 +231,17 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             for name, value in self._pragmas.items():
                 conn.execute(f"PRAGMA {name} = {_pragma_value(value)}")
             conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_SCHEMA.split(";")[0])  # schema_version
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            if row[0] is not None and row[0] < SCHEMA_VERSION:
+                for statement in _MIGRATE_1.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                log.info("history store %s: schema upgraded to %d", self.path, SCHEMA_VERSION)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             if row[0] is None:
                 conn.execute(
                     "INSERT INTO schema_version (version, created_at) VALUES (?, ?)",
@@ -244,13 +265,13 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
         """One transaction; raises what SQLite raises (rolled back, connection reset)."""
         conn = self._conn or self._reconnect()
         started = time.perf_counter()
-        rows = 0
+        rows = inserted = 0
         try:
             if sync:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN")
             for batch in batches:
-                _insert_readings(conn, batch)
+                inserted += _insert_readings(conn, batch)
                 rows += len(batch[0])
             if alerts:
                 conn.executemany(_INSERT_ALERT, [alert_row(a) for a in alerts])
@@ -262,7 +283,9 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
         except BaseException:
             self._rollback()
             raise
-        self._count_commit(rows, len(alerts), time.perf_counter() - started)
+        self._count_commit(
+            rows, len(alerts), time.perf_counter() - started, duplicates=rows - inserted
+        )
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -291,9 +314,11 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
                 self._conn.execute("PRAGMA optimize")
 
 
-def _insert_readings(conn: sqlite3.Connection, batch: Batch) -> None:
-    """Insert one batch with one ``executemany``, straight from its columns."""
-    conn.executemany(_INSERT_READING, zip(*(_plain_column(c) for c in batch), strict=True))
+def _insert_readings(conn: sqlite3.Connection, batch: Batch) -> int:
+    """Insert one batch with one ``executemany``, straight from its columns; how many rows
+    were new."""
+    cur = conn.executemany(_INSERT_READING, zip(*(_plain_column(c) for c in batch), strict=True))
+    return max(cur.rowcount, 0)
 
 
 def _plain_column(column: Sequence[Any] | np.ndarray[Any, Any]) -> Sequence[Any]:

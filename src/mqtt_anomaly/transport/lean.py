@@ -9,7 +9,11 @@ cost per reading. This connection does only what the detector service needs, in 
 - every PUBLISH in the received bytes is handed to ``on_batch`` as one list of
   ``(topic, payload, received_at)``, so the pipeline runs once per network read;
 - the PUBACKs of that read are written in one ``write`` **after** ``on_batch`` returned, so a
-  reading is acknowledged to the broker only once it was processed;
+  reading is acknowledged to the broker only once it was processed; with ``hold_acks`` they
+  are kept instead, until the owner hands them back with :meth:`LeanClient.send_acks` (once
+  what the readings produced is durable: :mod:`mqtt_anomaly.delivery`);
+- reading from the socket can be paused and resumed (back-pressure: the broker then keeps
+  the messages);
 - QoS 1 publishes (alerts, health, dead letters) are tracked until their PUBACK and sent again
   after a reconnect (with DUP when the broker kept our session, as new messages when it did
   not, so nothing is lost); while disconnected they wait in a bounded buffer;
@@ -47,6 +51,7 @@ from .client import (
 log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, bytes, float]]
+_Out = tuple[str, bytes, int, bool, int]
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -114,6 +119,7 @@ class LeanClient:
         buffer_size: int = 100_000,
         name: str = "",
         clock: Callable[[], float] = time.time,
+        hold_acks: bool = False,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
@@ -123,9 +129,14 @@ class LeanClient:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._clock = clock
-        self._buffer: deque[tuple[str, bytes, int, bool]] = deque()
+        # (topic, payload, qos, retain, serial): serial numbers QoS 1 publishes in issue order
+        self._buffer: deque[_Out] = deque()
         self._buffer_size = buffer_size
-        self._inflight: dict[int, tuple[str, bytes, int, bool]] = {}
+        self._inflight: dict[int, _Out] = {}
+        self._serial = 0  # QoS 1 publishes issued
+        self._low = 0  # every publish up to this serial is acknowledged (or dropped)
+        self._done_out: set[int] = set()  # acknowledged above _low
+        self._out_waiter: tuple[int, asyncio.Future[None]] | None = None
         self._next_mid = 0
         self._filters: list[tuple[str, int]] = []
         self._proto: _Protocol | None = None
@@ -136,6 +147,12 @@ class LeanClient:
         self._last_refusal = ""
         self._last_in = self._last_out = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.hold_acks = hold_acks
+        self._held: list[bytes] = []  # PUBACKs of processed messages, not yet sent
+        self._held_count = 0
+        self._held_proto: _Protocol | None = None
+        self._paused = False
+        self._intake = True
 
     # ---- receiving ------------------------------------------------------------------
     def _parse(self, data: bytes, proto: _Protocol) -> bytes:
@@ -168,7 +185,7 @@ class LeanClient:
             if end > n:
                 break
             kind = head >> 4
-            if kind == 3:
+            if kind == 3 and self._intake:
                 tl = (data[i] << 8) | data[i + 1]
                 p = i + 2 + tl
                 topic = data[i + 2 : p].decode("utf-8", "replace")
@@ -179,7 +196,9 @@ class LeanClient:
                     acks.append(_PUBACK + mid if qos == 1 else b"\x50\x02" + mid)
                 batch.append((topic, data[p:end], now))
             elif kind == 4:  # PUBACK of our QoS 1 publish
-                self._inflight.pop((data[i] << 8) | data[i + 1], None)
+                out = self._inflight.pop((data[i] << 8) | data[i + 1], None)
+                if out is not None:
+                    self._completed(out[4])
             elif kind == 6:  # PUBREL of an incoming QoS 2 message
                 acks.append(b"\x70\x02" + data[i : i + 2])
             elif kind == 9:
@@ -199,9 +218,63 @@ class LeanClient:
             except Exception:  # the pipeline must never take the connection down
                 log.exception("processing a batch of %d messages failed", len(batch))
         if acks and proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.write(b"".join(acks))
-            self._last_out = time.monotonic()
+            if self.hold_acks:
+                if proto is not self._held_proto:  # messages of a new connection
+                    self._held, self._held_count, self._held_proto = [], 0, proto
+                self._held.append(b"".join(acks))
+                self._held_count += len(acks)
+            else:
+                proto.transport.write(b"".join(acks))
+                self._last_out = time.monotonic()
         return rest
+
+    # ---- held acknowledgements and back-pressure ----------------------------------------
+    @property
+    def held_acks(self) -> int:
+        """Messages processed and not yet acknowledged (``hold_acks``)."""
+        return self._held_count
+
+    def take_acks(self) -> tuple[object, bytes, int]:
+        """The acknowledgements held so far, as a token for :meth:`send_acks`."""
+        held, count = b"".join(self._held), self._held_count
+        self._held, self._held_count = [], 0
+        return self._held_proto, held, count
+
+    def send_acks(self, token: tuple[object, bytes, int]) -> bool:
+        """Write acknowledgements taken with :meth:`take_acks`, if their connection is still
+        the current one (after a reconnect the broker sends those messages again)."""
+        proto, data, _ = token
+        if not data or proto is not self._proto:
+            return False
+        self._write(data)
+        return True
+
+    def stop_intake(self) -> None:
+        """Ignore incoming messages from now on, without acknowledging them (the broker
+        keeps them for the next session); everything else goes on (at shutdown)."""
+        self._intake = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (it keeps what it cannot send us). Acknowledgements of
+        our own publishes cannot arrive meanwhile: :meth:`wait_outgoing` returns at once."""
+        self._paused = True
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.pause_reading()
+        waiter = self._out_waiter
+        if waiter is not None and not waiter[1].done():
+            waiter[1].set_result(None)
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._last_in = time.monotonic()  # the keepalive watchdog was off while paused
+        proto = self._proto
+        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.resume_reading()
 
     def _protocol_error(self, proto: _Protocol, why: str) -> None:
         log.error(
@@ -256,6 +329,8 @@ class LeanClient:
             reason = _CONNACK_REASONS.get(rc, f"code {rc}")
             raise BrokerError(f"broker {s.address} refused {self.name}: {reason}")
         self._proto = proto
+        if self._paused:
+            proto.transport.pause_reading()  # type: ignore[union-attr]
         self._last_in = self._last_out = time.monotonic()
         self.stats.connects += 1
         self._connected.set()
@@ -281,14 +356,14 @@ class LeanClient:
         """After CONNACK: re-send unacknowledged publishes, re-subscribe, flush the buffer."""
         pending = list(self._inflight.items())
         if session_present:
-            for mid, (topic, payload, qos, retain) in pending:
+            for mid, (topic, payload, qos, retain, _) in pending:
                 self._write(_publish_packet(topic, payload, qos, retain, mid, dup=True))
         else:
             self._inflight.clear()
             if self._filters:
                 self._send_subscribe(self._filters)
-            for _, (topic, payload, qos, retain) in pending:
-                self._send(topic, payload, qos, retain)
+            for _, out in pending:
+                self._send(*out)
         while self._buffer and self.connected:
             self._send(*self._buffer.popleft())
         self.stats.buffered = len(self._buffer)
@@ -302,6 +377,8 @@ class LeanClient:
         if proto is not self._proto:
             return
         self._proto = None
+        if proto is self._held_proto:  # the broker sends those messages again
+            self._held, self._held_count, self._held_proto = [], 0, None
         if self._connected.is_set():
             self.stats.disconnects += 1
         self._connected.clear()
@@ -334,7 +411,7 @@ class LeanClient:
             if proto is None or proto.transport is None:
                 continue
             now = time.monotonic()
-            if now - self._last_in > 1.5 * ka:
+            if now - self._last_in > 1.5 * ka and not self._paused:
                 log.warning(
                     "no traffic from %s for %.1f s: reconnecting",
                     self.settings.address,
@@ -363,25 +440,62 @@ class LeanClient:
                 return self._next_mid
         raise BrokerError("no free packet identifier: 65,535 messages unacknowledged")
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> None:
         mid = 0
         if qos:
             mid = self._mid()
-            self._inflight[mid] = (topic, payload, min(qos, 1), retain)
+            self._inflight[mid] = (topic, payload, min(qos, 1), retain, serial)
         self._write(_publish_packet(topic, payload, min(qos, 1), retain, mid, dup=False))
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish now, or buffer while disconnected (bounded: the oldest are dropped)."""
+        serial = 0
+        if qos:
+            self._serial = serial = self._serial + 1
         if self.connected:
-            self._send(topic, payload, qos, retain)
+            self._send(topic, payload, qos, retain, serial)
             return
         if len(self._buffer) >= self._buffer_size:
             self.stats.dropped += 1
             if not self._buffer:
+                self._completed(serial)
                 return
-            self._buffer.popleft()
-        self._buffer.append((topic, payload, qos, retain))
+            self._completed(self._buffer.popleft()[4])
+        self._buffer.append((topic, payload, qos, retain, serial))
         self.stats.buffered = len(self._buffer)
+
+    # ---- tracking what we published -----------------------------------------------------
+    def _completed(self, serial: int) -> None:
+        if not serial:  # QoS 0
+            return
+        if serial != self._low + 1:
+            self._done_out.add(serial)
+            return
+        low = serial
+        done = self._done_out
+        while low + 1 in done:
+            low += 1
+            done.discard(low)
+        self._low = low
+        waiter = self._out_waiter
+        if waiter is not None and low >= waiter[0] and not waiter[1].done():
+            waiter[1].set_result(None)
+
+    def outgoing_mark(self) -> int:
+        """A ticket covering every QoS 1 message published so far."""
+        return self._serial
+
+    async def wait_outgoing(self, ticket: int) -> None:
+        """Wait until the broker acknowledged every QoS 1 message up to ``ticket`` (one
+        waiter at a time), or reading is paused."""
+        if self._low >= ticket or self._paused:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._out_waiter = (ticket, fut)
+        try:
+            await fut
+        finally:
+            self._out_waiter = None
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()

@@ -56,6 +56,12 @@ METRICS: Final[dict[str, str]] = {
     "sensors_active": "gauge",
     "last_batch_size": "gauge",
     "outgoing_pending": "gauge",
+    "readings_unacknowledged": "gauge",
+    "delivery_rounds": "counter",
+    "delivery_slow_rounds": "counter",
+    "delivery_round_seconds": "gauge",
+    "intake_paused": "gauge",
+    "store_duplicates": "counter",
     "broker_connected": "gauge",
     "ready": "gauge",
     "store_readings_written": "counter",
@@ -157,6 +163,7 @@ class ServiceMetrics(Collector):
         yield _gauge(
             "outgoing_pending", "Published QoS 1 messages not yet acknowledged", svc.client.pending
         )
+        yield from self._delivery()
         yield _gauge(
             "broker_connected", "1 while connected to the broker", float(svc.client.connected)
         )
@@ -167,6 +174,28 @@ class ServiceMetrics(Collector):
         )
         yield from self._store()
         yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
+
+    def _delivery(self) -> Iterator[Metric]:
+        svc = self.service
+        yield _gauge(
+            "readings_unacknowledged",
+            "Readings processed and waiting for their round to be acknowledged to the broker",
+            svc.client.held_acks,
+        )
+        yield _gauge(
+            "intake_paused", "1 while reading from the broker is paused", float(svc.client.paused)
+        )
+        tracker = svc.tracker
+        if tracker is None:
+            return
+        st = tracker.stats
+        yield _counter(
+            "delivery_rounds", "Rounds that acknowledged readings once durable", st.rounds
+        )
+        yield _counter(
+            "delivery_slow_rounds", "Rounds that waited over 5 s for a sink", st.slow_rounds
+        )
+        yield _gauge("delivery_round_seconds", "How long the last round took", st.last_round)
 
     def _latency(self) -> Metric:
         h = HistogramMetricFamily(
@@ -211,6 +240,9 @@ class ServiceMetrics(Collector):
         yield _counter("store_alerts_dropped", "Alerts dropped: store queue full", s.alerts_dropped)
         yield _counter("store_errors", "Failed store write attempts", s.errors)
         yield _counter("store_expired", "Readings deleted by retention", s.expired)
+        yield _counter(
+            "store_duplicates", "Readings offered again and not stored twice", s.duplicates
+        )
         yield _gauge("store_write_seconds", "Duration of the last store commit", s.write_seconds)
         yield _gauge("store_write_rows", "Rows in the last store commit", s.write_rows)
 
