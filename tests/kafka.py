@@ -70,7 +70,9 @@ class Tansu:
         wait_for_port(self.port, proc=self.proc)
         return self
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Stop (killed by default: memory storage has nothing to save, and a polite stop
+        waits seconds for its clients)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

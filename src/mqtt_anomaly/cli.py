@@ -80,6 +80,13 @@ def detect(
             show_default=False,
         ),
     ] = None,
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send readings, alerts and health to Kafka: kafka://HOST:PORT[,HOST:PORT].",
+            show_default=False,
+        ),
+    ] = None,
     http: Annotated[
         str | None,
         typer.Option(
@@ -103,8 +110,9 @@ def detect(
     """Subscribe to the fleet's readings, score every reading, publish alerts.
 
     Prints `[ALERT]` lines, publishes alerts on `factory/{sensor_id}/alerts` and a retained
-    `factory/{sensor_id}/health`, and keeps history in the store. Stops cleanly on Ctrl-C or
-    SIGTERM, saving detector state for the next start.
+    `factory/{sensor_id}/health`, and keeps history in the store (and Kafka, with `--kafka`).
+    A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
+    saving detector state for the next start.
     """
     settings = settings_from_cli(
         config,
@@ -114,6 +122,7 @@ def detect(
             "http": {"listen": http},
             "detector": {"threshold": threshold},
             "store": {"url": store},
+            "kafka": {"url": kafka},
             "service": {"state_dir": state_dir, "verbose": verbose or None},
         },
     )

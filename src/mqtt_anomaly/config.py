@@ -232,6 +232,157 @@ class StoreSettings(_Section):
         return v
 
 
+_KAFKA_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+# librdkafka settings the Kafka sink owns: they carry its delivery guarantee or its callbacks
+KAFKA_RESERVED_OPTIONS = frozenset(
+    {
+        "bootstrap.servers",
+        "metadata.broker.list",
+        "enable.idempotence",
+        "acks",
+        "request.required.acks",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "transactional.id",
+        "statistics.interval.ms",
+        "error_cb",
+        "stats_cb",
+        "throttle_cb",
+        "on_delivery",
+        "dr_cb",
+        "dr_msg_cb",
+        "logger",
+    }
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a setting name that holds a secret (``sasl.password``, ``ssl.key.password``)."""
+    k = key.lower()
+    return "password" in k or "secret" in k or k.endswith(".pem") or "token" in k
+
+
+class KafkaSettings(_Section):
+    """The Kafka bridge: readings, alerts and health also go to Kafka topics (off when ``url``
+    is empty). See ``docs/kafka.md``."""
+
+    url: str = ""
+    readings_topic: str = "mqtt-anomaly.readings"
+    alerts_topic: str = "mqtt-anomaly.alerts"
+    health_topic: str = "mqtt-anomaly.health"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: float = Field(5.0, ge=0, le=900_000)
+    batch_bytes: int = Field(1_000_000, ge=1, le=2_147_483_647)
+    max_buffered: int = Field(200_000, ge=1, le=10_000_000)
+    client_id: str = "mqtt-anomaly"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in ("kafka", "kafka+ssl"):
+            raise ValueError("must be kafka://HOST:PORT[,HOST:PORT...] or kafka+ssl://...")
+        rest = rest.rstrip("/")
+        if "@" in rest:
+            raise ValueError(
+                "no credentials in the URL: use kafka.sasl_username and "
+                "MQTT_ANOMALY_KAFKA__SASL_PASSWORD or kafka.sasl_password_file"
+            )
+        if "/" in rest or "?" in rest or "#" in rest:
+            raise ValueError("a Kafka URL has no path or query: kafka://HOST:PORT[,HOST:PORT...]")
+        for part in rest.split(","):
+            parts = urlsplit(f"//{part.strip()}")
+            if not parts.hostname:
+                raise ValueError(f"no host in {part.strip()!r}")
+            try:
+                port = parts.port
+            except ValueError as exc:
+                raise ValueError(f"bad port in {part.strip()!r}: {exc}") from None
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"port out of range in {part.strip()!r}")
+        return v
+
+    @field_validator("readings_topic", "alerts_topic", "health_topic")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        if v and (len(v) > 249 or v in (".", "..") or not set(v) <= _KAFKA_TOPIC_CHARS):
+            raise ValueError("a Kafka topic name is 1-249 of A-Z a-z 0-9 . _ - (empty: off)")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(
+        cls, v: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for key in v:
+            if key in KAFKA_RESERVED_OPTIONS:
+                raise ValueError(f"{key!r} is set by the Kafka sink and cannot be overridden")
+        return v
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if not self.tls:
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs a kafka+ssl:// URL")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.sasl_mechanism is not None:
+            if not self.sasl_username:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise ValueError(
+                    f"sasl_mechanism {self.sasl_mechanism} needs "
+                    "MQTT_ANOMALY_KAFKA__SASL_PASSWORD or kafka.sasl_password_file"
+                )
+        elif self.sasl_username or self.sasl_password or self.sasl_password_file:
+            raise ValueError("SASL credentials without sasl_mechanism (PLAIN, SCRAM-SHA-256/512)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("kafka+ssl://")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port,host:port`` (port 9092 when the URL names none)."""
+        rest = self.url.partition("://")[2].rstrip("/")
+        servers = []
+        for part in rest.split(","):
+            parts = urlsplit(f"//{part.strip()}")
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            servers.append(f"{host}:{parts.port or 9092}")
+        return ",".join(servers)
+
+    def secret_password(self) -> str | None:
+        """The SASL password from ``sasl_password`` or the first line of ``sasl_password_file``."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_password_file.read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"kafka.sasl_password_file: cannot read: {exc}") from exc
+        return None
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -261,6 +412,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
     http: HttpSettings = HttpSettings()
+    kafka: KafkaSettings = KafkaSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -358,5 +510,18 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; secret-looking keys masked
+        items = [
+            f"{_toml_key(str(k))} = "
+            + ('"**********"' if is_secret_key(str(k)) else _toml_value(v))
+            for k, v in value.items()
+        ]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
+        return key
+    return _toml_value(key)

@@ -1,15 +1,18 @@
 """The detector service: MQTT in → :class:`~mqtt_anomaly.pipeline.Pipeline` → sinks.
 
 The MQTT connection (:mod:`.transport.lean`) hands over every message of one network read
-as a batch, so a burst costs one pipeline call, not one per message, and acknowledges them to
-the broker after the batch was processed. Sinks: alerts
-and retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
-readings and alerts to the history store, operator lines on the console, and any listeners
-(the dashboard, tests).
+as a batch, so a burst costs one pipeline call, not one per message. Sinks: alerts and
+retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
+readings and alerts to the history store and to Kafka, operator lines on the console, and any
+listeners (the dashboard, tests).
 
-Shutdown (SIGINT/SIGTERM → ``stop``): process what was received, publish what it produced and
-wait for the broker's acknowledgements, flush the store, save detector state, disconnect.
-On start, saved state is restored, so a restart does not relearn.
+Readings are acknowledged to the broker by delivery rounds (:mod:`.delivery`) once the store
+and Kafka hold them and the detector state that saw them is saved (``service.ack_after =
+"durable"``), or right after processing (``"processed"``).
+
+Shutdown (SIGINT/SIGTERM → ``stop``): stop taking messages, run a last delivery round, wait
+for the broker to acknowledge what was published, disconnect, flush the store, save detector
+state. On start, saved state is restored, so a restart does not relearn.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .topics import TopicTemplate
 from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
+    from .sinks.kafka import KafkaSink
     from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class DetectorService:
         settings: Settings,
         *,
         store: Store | None = None,
+        kafka: KafkaSink | None = None,
         console: bool = True,
         clock: Callable[[], float] = time.time,
         checkpoint_every: float = 60.0,
@@ -58,6 +63,7 @@ class DetectorService:
         self.settings = settings
         self.pipeline = Pipeline(settings)
         self.store = store
+        self.kafka = kafka
         self.console = console
         self.clock = clock
         self.checkpoint_every = checkpoint_every
@@ -75,7 +81,7 @@ class DetectorService:
         )
         self.tracker: DeliveryTracker | None = None
         if tracked:
-            sinks: list[DurableSink] = [store] if isinstance(store, DurableSink) else []
+            sinks: list[DurableSink] = [s for s in (store, kafka) if isinstance(s, DurableSink)]
             self.tracker = DeliveryTracker(
                 self.client, sinks, self.pipeline.state_dict, self._save_round
             )
@@ -123,6 +129,8 @@ class DetectorService:
                 [r.value for r in rs],
                 [r.seq for r in rs],
             )
+        if self.kafka is not None:
+            self.kafka.send(out)
         if self.settings.service.verbose and self.console:
             for r in out.readings:
                 emit(f"[DATA] Received {r.value:.1f}°{r.unit} from {r.sensor_id}")
@@ -287,6 +295,16 @@ async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) 
     from .web import http_server
 
     with open_store(settings.store.url, settings.store) as store:
-        service = DetectorService(settings, store=store)
-        async with http_server(service, settings.http):  # nothing unless http.listen is set
-            await service.run(stop)
+        kafka = None
+        if settings.kafka.url:
+            from .sinks.kafka import KafkaSink
+
+            tracked = settings.service.ack_after == "durable"
+            kafka = KafkaSink(settings.kafka, tracking=tracked)
+        try:
+            service = DetectorService(settings, store=store, kafka=kafka)
+            async with http_server(service, settings.http):  # nothing unless http.listen is set
+                await service.run(stop)
+        finally:
+            if kafka is not None:
+                await asyncio.to_thread(kafka.close, 10.0)

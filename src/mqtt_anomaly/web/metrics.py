@@ -1,12 +1,12 @@
 """Prometheus metrics of a running :class:`~mqtt_anomaly.service.DetectorService`.
 
 Nothing here runs per message. Counts the pipeline keeps anyway (``pipeline.counters``), the
-store's counters, the last batch and the broker connection are read when Prometheus scrapes, by a
-custom collector. What the pipeline does not count is updated once per batch by
-:meth:`ServiceMetrics.observe` (a service listener): alerts by detector, severity and state,
-and the end-to-end latency histogram, whose buckets are filled with one numpy call per batch
-(from an even sample of at most ``LATENCY_SAMPLE`` readings of a larger batch, weighted, so
-the histogram's count stays the number of readings).
+store's and the Kafka sink's counters, the last batch and the broker connection are read
+when Prometheus scrapes, by a custom collector. What the pipeline does not count is updated
+once per batch by :meth:`ServiceMetrics.observe` (a service listener): alerts by detector,
+severity and state, and the end-to-end latency histogram, whose buckets are filled with one
+numpy call per batch (from an even sample of at most ``LATENCY_SAMPLE`` readings of a larger
+batch, weighted, so the histogram's count stays the number of readings).
 
 Every metric name starts with ``mqtt_anomaly_``; :data:`METRIC_NAMES` lists them (the Grafana
 dashboard test checks its queries against it).
@@ -33,6 +33,7 @@ from .sensors import display_health
 
 if TYPE_CHECKING:
     from ..service import DetectorService
+    from ..sinks.kafka import KafkaSink
 
 P: Final = "mqtt_anomaly_"
 LATENCY_BUCKETS: Final = (
@@ -73,6 +74,12 @@ METRICS: Final[dict[str, str]] = {
     "store_expired": "counter",
     "store_write_seconds": "gauge",
     "store_write_rows": "gauge",
+    "kafka_messages": "counter",
+    "kafka_errors": "counter",
+    "kafka_recoveries": "counter",
+    "kafka_backlog": "gauge",
+    "kafka_backlog_limit": "gauge",
+    "kafka_connected": "gauge",
     "sse_clients": "gauge",
 }
 _SUFFIXES: Final = {
@@ -173,6 +180,7 @@ class ServiceMetrics(Collector):
             float(svc.ready.is_set() and svc.client.connected),
         )
         yield from self._store()
+        yield from self._kafka()
         yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
 
     def _delivery(self) -> Iterator[Metric]:
@@ -245,6 +253,33 @@ class ServiceMetrics(Collector):
         )
         yield _gauge("store_write_seconds", "Duration of the last store commit", s.write_seconds)
         yield _gauge("store_write_rows", "Rows in the last store commit", s.write_rows)
+
+    def _kafka(self) -> Iterator[Metric]:
+        sink: KafkaSink | None = getattr(self.service, "kafka", None)
+        if sink is None:
+            return
+        k = sink.stats
+        messages = CounterMetricFamily(
+            P + "kafka_messages",
+            "Kafka sink messages by outcome: produced (accepted), delivered (confirmed by"
+            " Kafka), dropped (buffer full), refused (invalid for Kafka)",
+            labels=["outcome"],
+        )
+        for outcome, n in (
+            ("produced", k.produced),
+            ("delivered", k.delivered),
+            ("dropped", k.dropped),
+            ("refused", k.refused),
+        ):
+            messages.add_metric([outcome], n)
+        yield messages
+        yield _counter("kafka_errors", "Failed Kafka deliveries and client errors", k.errors)
+        yield _counter(
+            "kafka_recoveries", "Kafka producers rebuilt after a fatal or stuck state", k.recoveries
+        )
+        yield _gauge("kafka_backlog", "Messages given to Kafka and not yet confirmed", k.backlog)
+        yield _gauge("kafka_backlog_limit", "Backlog above which intake pauses", sink.backlog_limit)
+        yield _gauge("kafka_connected", "1 while Kafka is reachable and delivering", k.connected)
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:
