@@ -220,11 +220,13 @@ def _register_subcommands() -> None:
     from .bench.command import bench
     from .certs import certs
     from .evaluate.cli import app as evaluate_app
+    from .replay.command import replay
     from .simulate.command import simulate
 
     app.command("simulate")(simulate)
     app.command("bench")(bench)
     app.command("certs")(certs)
+    app.command("replay")(replay)
     app.add_typer(evaluate_app, name="evaluate", help="Score detectors: NAB, your own CSV.")
 
 

@@ -8,7 +8,7 @@ made durable with :meth:`Store.flush`. Reads may block and belong in a worker th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -21,6 +21,10 @@ from ..messages import Alert
 FloatColumn = Sequence[float] | npt.NDArray[np.floating]
 IntColumn = Sequence[int] | npt.NDArray[np.integer]
 ReadingRow = tuple[float, float, int]
+StoredReading = tuple[str, float, float, int]
+"""``(sensor_id, ts, value, seq)``: one stored reading of any sensor."""
+AlertCount = tuple[str, str, str, int]
+"""``(detector, state, severity, count)``: how many stored alerts share these three."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,32 @@ class Store(Protocol):
         """
         ...
 
+    def scan_readings(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        chunk: int = 10_000,
+    ) -> Iterator[list[StoredReading]]:
+        """Every reading (of one sensor, or of all) with ``since <= ts <= until``, oldest first.
+
+        Ordered by ``(ts, sensor_id, seq)``, so each sensor's readings come in time order;
+        yielded in lists of at most ``chunk`` rows, read one by one as the caller advances,
+        so memory stays bounded whatever the history holds.
+        """
+        ...
+
+    def alert_counts(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AlertCount]:
+        """How many alerts with ``since <= alert_ts <= until``, by detector, state, severity."""
+        ...
+
     def flush(self, timeout: float) -> bool:
         """Block until everything enqueued so far is durable; False if ``timeout`` ran out."""
         ...
@@ -159,6 +189,25 @@ class NullStore:
         end: float | None = None,
         limit: int = 10_000,
     ) -> list[ReadingRow]:
+        return []
+
+    def scan_readings(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        chunk: int = 10_000,
+    ) -> Iterator[list[StoredReading]]:
+        return iter(())
+
+    def alert_counts(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AlertCount]:
         return []
 
     def flush(self, timeout: float) -> bool:

@@ -167,6 +167,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
 
     # ---- reads (recent_alerts and readings come from QueuedStore) ------------------------
     _PARAM: ClassVar[str] = "%s"
+    _JSON_TEXTS: ClassVar[str] = "json_array_elements_text(%s::json) AS s"
 
     def _query(self, query: str, args: Sequence[Any]) -> list[Any]:
         if self._closed:

@@ -48,12 +48,13 @@ The writer thread
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
@@ -61,7 +62,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 from ..config import StoreSettings
 from ..console import RateLimitedLog
 from ..messages import Alert
-from .base import FloatColumn, IntColumn, ReadingRow, StoreStats
+from .base import AlertCount, FloatColumn, IntColumn, ReadingRow, StoredReading, StoreStats
 
 Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 
@@ -379,6 +380,100 @@ class QueuedStore(ABC, Generic[ConnT]):
         rows = self._query(query + f" ORDER BY ts DESC, seq DESC LIMIT {p}", (*args, limit))
         rows.reverse()
         return rows
+
+    _JSON_TEXTS: ClassVar[str]
+    """A table expression (aliased ``AS s``) whose ``value`` column holds the strings of the
+    JSON array passed as one parameter: how a query takes a list of sensors of any length."""
+
+    def scan_readings(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        chunk: int = 10_000,
+    ) -> Iterator[list[StoredReading]]:
+        """Every reading with ``since <= ts <= until``, oldest first (see :class:`~.base.Store`).
+
+        Reads consecutive time windows, each through the ``(sensor_id, ts)`` index (one index
+        range per sensor) and sized from the previous ones to hold about half a ``chunk``; a
+        window holding more is read on with keyset pagination on ``(ts, sensor_id, seq)``.
+        So every query reads about what it returns, however long the history. Rows alike in
+        all of ``(ts, sensor_id, seq)`` that fall across a chunk boundary come once.
+        """
+        if chunk < 1:
+            raise ValueError("scan_readings: chunk must be at least 1")
+        p = self._PARAM
+        ids = [sensor_id] if sensor_id is not None else [r[0] for r in self._query(_SENSORS, ())]
+        if not ids:
+            return
+        sensors = json.dumps(ids)
+        bounds = ""
+        bound_args: list[Any] = []
+        for clause, arg in (("ts >=", since), ("ts <=", until)):
+            if arg is not None:
+                bounds += f" AND {clause} {p}"
+                bound_args.append(arg)
+        first_last = self._query(
+            f"SELECT min(lo), max(hi) FROM (SELECT "
+            f"(SELECT min(ts) FROM readings WHERE sensor_id = s.value{bounds}) AS lo, "
+            f"(SELECT max(ts) FROM readings WHERE sensor_id = s.value{bounds}) AS hi "
+            f"FROM {self._JSON_TEXTS}) AS b",
+            (*bound_args, *bound_args, sensors),
+        )
+        lo, hi = first_last[0] if first_last else (None, None)
+        if lo is None or hi is None:
+            return
+        window = (
+            "SELECT sensor_id, ts, value, seq FROM readings WHERE sensor_id IN "
+            f"(SELECT s.value FROM {self._JSON_TEXTS}) AND ts >= {p} AND ts < {p}"
+        )
+        order = f" ORDER BY ts, sensor_id, seq LIMIT {p}"
+        after = f" AND (ts, sensor_id, seq) > ({p}, {p}, {p})"
+        stop = math.nextafter(hi, math.inf)
+        start = lo
+        width = max((hi - lo) / 4096, abs(lo) * 1e-12, 1e-9)
+        while start < stop:
+            end = min(start + width, stop)
+            if end <= start:
+                end = math.nextafter(start, math.inf)
+            rows: list[StoredReading] = self._query(window + order, (sensors, start, end, chunk))
+            got = len(rows)
+            while len(rows) == chunk:
+                yield rows
+                sid, ts, _, seq = rows[-1]
+                rows = self._query(window + after + order, (sensors, ts, end, ts, sid, seq, chunk))
+                got += len(rows)
+            if rows:
+                yield rows
+            grow = min(4.0, max(0.125, chunk / (2 * got))) if got else 4.0
+            width = (end - start) * grow
+            start = end
+
+    def alert_counts(
+        self,
+        *,
+        sensor_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AlertCount]:
+        """How many alerts with ``since <= alert_ts <= until``, by detector, state, severity."""
+        p = self._PARAM
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, arg in (
+            ("sensor_id =", sensor_id),
+            ("alert_ts >=", since),
+            ("alert_ts <=", until),
+        ):
+            if arg is not None:
+                where.append(f"{clause} {p}")
+                args.append(arg)
+        query = "SELECT detector, state, severity, count(*) FROM alerts"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " GROUP BY detector, state, severity ORDER BY detector, state, severity"
+        return [(str(d), str(st), str(sev), int(n)) for d, st, sev, n in self._query(query, args)]
 
     @abstractmethod
     def _commit(self, batches: list[Batch], alerts: list[Alert], sync: bool) -> None:

@@ -163,6 +163,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
 
     # ---- reads (recent_alerts and readings come from QueuedStore) ------------------------
     _PARAM: ClassVar[str] = "?"
+    _JSON_TEXTS: ClassVar[str] = "json_each(?) AS s"
 
     def _query(self, sql: str, args: Sequence[Any]) -> list[Any]:
         if self._closed:

@@ -1,0 +1,1 @@
+"""Replay: re-score recorded readings through the detectors."""
