@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mosquitto import free_port, wait_for_port
+from .mosquitto import free_port, stop_process, wait_for_port
 
 
 def tansu_binary() -> str:
@@ -73,13 +73,7 @@ class Tansu:
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Stop (killed by default: memory storage has nothing to save, and a polite stop
         waits seconds for its clients)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig)
         self.proc = None
 
     def restart(self) -> None:

@@ -35,6 +35,17 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` and wait; kill after 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def mosquitto_binary() -> str:
     path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(path).exists():
@@ -92,13 +103,7 @@ class Mosquitto:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop (SIGTERM saves the persistence file; SIGKILL does not)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig)
         self.proc = None
 
     def restart(self, sig: int = signal.SIGTERM) -> None:

@@ -155,24 +155,17 @@ async def test_sigkill_twice_loses_and_doubles_nothing(
 
 
 async def test_acknowledgements_wait_for_the_store(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    from mqtt_anomaly.service import DetectorService
     from mqtt_anomaly.store.sqlite import SqliteStore
 
-    from .test_service import settings_for
+    from .test_service import Running, settings_for
 
     db = tmp_path / "history.db"
     settings = settings_for(mosquitto, tmp_path)
-    store = SqliteStore(db, settings.store, busy_timeout=0.05)
-    service = DetectorService(settings, store=store, console=False)
-    assert service.tracker is not None
-    tracker = service.tracker
-    processed: list[int] = []
-    service.listeners.append(lambda out: processed.extend(r.seq for r in out.readings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        await asyncio.wait_for(service.ready.wait(), 15)
-        async with publisher(mosquitto.url) as pub:
+    with SqliteStore(db, settings.store, busy_timeout=0.05) as store:
+        async with Running(settings, store=store) as run, publisher(mosquitto.url) as pub:
+            tracker = run.service.tracker
+            assert tracker is not None
+            processed = run.processed
             pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 0))
             await eventually(lambda: tracker.stats.acked == 1, what="first acknowledgement")
             lock = sqlite3.connect(db, isolation_level=None)
@@ -187,7 +180,3 @@ async def test_acknowledgements_wait_for_the_store(mosquitto: Mosquitto, tmp_pat
             lock.close()
             await eventually(lambda: tracker.stats.acked == 51, timeout=15, what="acks")
             assert count_rows(db) == 51
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        store.close()

@@ -9,9 +9,7 @@ schema when a server answers.
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.store.postgres import TABLES, PostgresStore
 from mqtt_anomaly.web.metrics import METRIC_NAMES, ServiceMetrics
 
+from .postgres import private_database
+
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "mqtt-anomaly.json"
-PG_ADMIN_URL = os.environ.get("MQTT_ANOMALY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
 PROMQL_WORDS |= {"and", "or", "unless", "le", "inf", "nan"}
@@ -176,20 +175,9 @@ def test_provisioning_matches_dashboard() -> None:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database with the store's schema, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    name = f"mqtt_anomaly_grafana_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"'.encode())
-        try:
-            url = f"{PG_ADMIN_URL}/{name}"
-            PostgresStore(url).close()  # creates the schema
-            yield url
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with private_database("grafana") as url:
+        PostgresStore(url).close()  # creates the schema
+        yield url
 
 
 def test_sql_runs_against_the_schema(pg_url: str) -> None:

@@ -534,25 +534,17 @@ async def test_service_bridges_and_holds_acks_while_kafka_is_down(
 ) -> None:
     import asyncio
 
-    from mqtt_anomaly.service import DetectorService
-
     from .helpers import reading_payload
-    from .test_service import publisher, settings_for
+    from .test_service import Running, publisher, settings_for
 
-    base = settings_for(mosquitto, tmp_path)
     ks = topics_settings(kafka.url)
     create_topics(kafka, ks.readings_topic)
-    sink = KafkaSink(ks, tracking=True)
-    service = DetectorService(base, kafka=sink, console=False)
-    assert service.tracker is not None and service.tracker.sinks == [sink]
-    tracker = service.tracker
-    processed: list[int] = []
-    service.listeners.append(lambda out: processed.extend(r.seq for r in out.readings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        await asyncio.wait_for(service.ready.wait(), 15)
-        async with publisher(mosquitto.url) as pub:
+    with KafkaSink(ks, tracking=True) as sink:
+        settings = settings_for(mosquitto, tmp_path)
+        async with Running(settings, kafka=sink) as run, publisher(mosquitto.url) as pub:
+            tracker = run.service.tracker
+            assert tracker is not None and tracker.sinks == [sink]
+            processed = run.processed
             for seq in range(50):
                 pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
             await eventually(lambda: tracker.stats.acked == 50, timeout=15, what="50 acks")
@@ -571,7 +563,3 @@ async def test_service_bridges_and_holds_acks_while_kafka_is_down(
         again = await asyncio.to_thread(consume, kafka, ks.readings_topic, 50)
         assert {msgspec.json.decode(g.value)["seq"] for g in again} >= set(range(50, 100))
         assert sink.stats.recoveries >= 1
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-        await asyncio.to_thread(sink.close, 10.0)

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -35,13 +32,13 @@ from mqtt_anomaly.topics import TopicTemplate
 
 from .kafka import Tansu, unique
 from .mosquitto import free_port
+from .postgres import private_database
 
 runner = CliRunner()
 T0 = float(math.floor(time.time()) - 3600)
 N = 600
 SPIKE = 400  # S1's spike, at T0 + 400
 GAP = range(200, 220)  # S2 sends nothing then: silent from T0 + 205
-PG_ADMIN_URL = os.environ.get("MQTT_ANOMALY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 def history() -> list[Reading]:
@@ -172,17 +169,8 @@ def test_table_output_compares_with_the_store(db: Path, tmp_path: Path) -> None:
 # ---- the store read the replay uses, on both backends ----------------------------------
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    name = f"mqtt_anomaly_replay_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"'.encode())
-        try:
-            yield f"{PG_ADMIN_URL}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with private_database("replay") as url:
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

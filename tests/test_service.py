@@ -36,8 +36,8 @@ def settings_for(broker: Mosquitto, tmp_path: Path, **service: Any) -> Settings:
 class Running:
     """A DetectorService running in this event loop, recording every processed reading."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.service = DetectorService(settings, console=False)
+    def __init__(self, settings: Settings, **sinks: Any) -> None:
+        self.service = DetectorService(settings, console=False, **sinks)
         self.stop = asyncio.Event()
         self.processed: list[tuple[str, int]] = []
         self.service.listeners.append(self._record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -28,6 +27,8 @@ from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.store import NullStore, Store, open_store, sqlite_path
 from mqtt_anomaly.store.postgres import PostgresStore
 from mqtt_anomaly.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+from .postgres import private_database
 
 NOW = time.time()
 DAY = 86400.0
@@ -77,7 +78,6 @@ def db(tmp_path: Path) -> Path:
 
 
 # ---- backends: every behaviour test runs against SQLite and PostgreSQL ------------------
-PG_ADMIN_URL = os.environ.get("MQTT_ANOMALY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 class Backend:
@@ -144,17 +144,8 @@ class PostgresBackend(Backend):
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database of this test session's own, dropped at the end."""
-    try:
-        admin = psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    name = f"mqtt_anomaly_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"'.encode())
-        try:
-            yield f"{PG_ADMIN_URL}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with private_database("test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

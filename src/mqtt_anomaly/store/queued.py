@@ -341,20 +341,11 @@ class QueuedStore(ABC, Generic[ConnT]):
     ) -> list[Alert]:
         """Alerts newest first (by ``alert_ts``), optionally filtered."""
         p = self._PARAM
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, arg in (
-            ("sensor_id =", sensor_id),
-            ("alert_ts >=", since),
-            ("detector =", detector),
-        ):
-            if arg is not None:
-                where.append(f"{clause} {p}")
-                args.append(arg)
-        query = f"SELECT {ALERT_COLUMNS} FROM alerts"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += f" ORDER BY alert_ts DESC, id DESC LIMIT {p}"
+        where, args = self._where(
+            ("sensor_id =", sensor_id), ("alert_ts >=", since), ("detector =", detector)
+        )
+        query = f"SELECT {ALERT_COLUMNS} FROM alerts{where} ORDER BY alert_ts DESC, id DESC"
+        query += f" LIMIT {p}"
         return [alert_from_row(r) for r in self._query(query, (*args, limit))]
 
     def readings(
@@ -367,14 +358,8 @@ class QueuedStore(ABC, Generic[ConnT]):
     ) -> list[ReadingRow]:
         """``(ts, value, seq)`` of one sensor, oldest first (see :class:`~.base.Store`)."""
         p = self._PARAM
-        query = f"SELECT ts, value, seq FROM readings WHERE sensor_id = {p}"
-        args: list[Any] = [sensor_id]
-        if start is not None:
-            query += f" AND ts >= {p}"
-            args.append(start)
-        if end is not None:
-            query += f" AND ts <= {p}"
-            args.append(end)
+        where, args = self._where(("sensor_id =", sensor_id), ("ts >=", start), ("ts <=", end))
+        query = f"SELECT ts, value, seq FROM readings{where}"
         if start is not None:
             return self._query(query + f" ORDER BY ts ASC, seq ASC LIMIT {p}", (*args, limit))
         rows = self._query(query + f" ORDER BY ts DESC, seq DESC LIMIT {p}", (*args, limit))
@@ -458,22 +443,21 @@ class QueuedStore(ABC, Generic[ConnT]):
         until: float | None = None,
     ) -> list[AlertCount]:
         """How many alerts with ``since <= alert_ts <= until``, by detector, state, severity."""
-        p = self._PARAM
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, arg in (
-            ("sensor_id =", sensor_id),
-            ("alert_ts >=", since),
-            ("alert_ts <=", until),
-        ):
-            if arg is not None:
-                where.append(f"{clause} {p}")
-                args.append(arg)
-        query = "SELECT detector, state, severity, count(*) FROM alerts"
-        if where:
-            query += " WHERE " + " AND ".join(where)
+        where, args = self._where(
+            ("sensor_id =", sensor_id), ("alert_ts >=", since), ("alert_ts <=", until)
+        )
+        query = f"SELECT detector, state, severity, count(*) FROM alerts{where}"
         query += " GROUP BY detector, state, severity ORDER BY detector, state, severity"
         return [(str(d), str(st), str(sev), int(n)) for d, st, sev, n in self._query(query, args)]
+
+    def _where(self, *conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+        """`` WHERE a = ? AND …`` of the ``(clause, value)`` pairs whose value is not None,
+        and their values."""
+        used = [(clause, arg) for clause, arg in conditions if arg is not None]
+        if not used:
+            return "", []
+        where = " AND ".join(f"{clause} {self._PARAM}" for clause, _ in used)
+        return " WHERE " + where, [arg for _, arg in used]
 
     @abstractmethod
     def _commit(self, batches: list[Batch], alerts: list[Alert], sync: bool) -> None:
