@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import signal
 import sqlite3
@@ -16,15 +17,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.pipeline import Pipeline
 
 from .helpers import eventually, reading_payload
+from .kafka import unique
 from .mosquitto import Mosquitto
+from .postgres import private_database
+from .test_kafka import Got, consume
 from .test_service import publisher
 
 SENSORS = 20
@@ -75,28 +81,68 @@ def count_rows(db: Path) -> int:
         return 0
 
 
+class History:
+    """The history store a test's detector writes to, looked at from outside."""
+
+    def __init__(self, url: str, db: Path | None = None) -> None:
+        self.url, self.db = url, db
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        if self.db is not None:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1) as conn:
+                return conn.execute(sql).fetchall()
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute(sql.encode()).fetchall()
+
+    def count(self) -> int:
+        try:
+            return int(self.query("SELECT count(*) FROM readings")[0][0])  # type: ignore[call-overload]
+        except Exception:  # no file or no schema yet
+            return 0
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "sqlite+kafka"])
+def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[History]:
+    if request.param == "postgresql":
+        with private_database("delivery") as url:
+            yield History(url)
+        return
+    db = tmp_path / "history.db"
+    yield History(f"sqlite:///{db}", db)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_sigkill_twice_loses_and_doubles_nothing(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, history: History, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
-    db = tmp_path / "history.db"
     messages = stream(time.time() - 2 * PER_SENSOR)
     expected = reference_alerts(config, messages)
     assert sum(expected.values()) >= SENSORS * 4  # the spikes, at least
+    kafka_args: tuple[str, ...] = ()
+    if "kafka" in request.node.callspec.id:
+        kafka = request.getfixturevalue("kafka")
+        topic = unique("readings")
+        kafka_args = ("--kafka", kafka.url)
+        env = {**os.environ, "MQTT_ANOMALY_KAFKA__READINGS_TOPIC": topic}
+    else:
+        env = dict(os.environ)
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "mqtt_anomaly"),
-                *("detect", "-c", str(config), "--broker", mosquitto.url),
-                *("--store", f"sqlite:///{db}", "--state-dir", str(tmp_path / "state")),
+                *("detect", "-c", str(config), "--broker", mosquitto.url, *kafka_args),
+                *("--store", history.url, "--state-dir", str(tmp_path / "state")),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=tmp_path,
+            env=env,
         )
 
     detector = start()
@@ -109,7 +155,7 @@ async def test_sigkill_twice_loses_and_doubles_nothing(
 
             def first_stored() -> bool:
                 nonlocal tries
-                if count_rows(db) == 1:
+                if history.count() == 1:
                     return True
                 if tries % 50 == 0:
                     pub.publish(*messages[0])
@@ -126,32 +172,39 @@ async def test_sigkill_twice_loses_and_doubles_nothing(
 
             sending = asyncio.create_task(publish_rest())
             for at in (TOTAL // 4, TOTAL // 2):
-                await eventually(lambda at=at: count_rows(db) >= at, timeout=60, what=f"{at}")
+                await eventually(lambda at=at: history.count() >= at, timeout=60, what=f"{at}")
                 detector.send_signal(signal.SIGKILL)
                 detector.wait(10)
-                kills.append(count_rows(db))
+                kills.append(history.count())
                 detector = start()
             await sending
-            await eventually(lambda: count_rows(db) >= TOTAL, timeout=90, what="all readings")
+            await eventually(lambda: history.count() >= TOTAL, timeout=90, what="all readings")
     finally:
         detector.send_signal(signal.SIGTERM)
         _, err = detector.communicate(timeout=30)
     assert detector.returncode == 0, err.decode()
     assert all(0 < k < TOTAL for k in kills), kills  # killed mid-stream
 
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT sensor_id, seq, count(*) FROM readings GROUP BY 1, 2"
-        ).fetchall()
-        stored = Counter(
-            conn.execute("SELECT sensor_id, detector, state, reading_ts FROM alerts").fetchall()
-        )
+    rows = history.query("SELECT sensor_id, seq, count(*) FROM readings GROUP BY 1, 2")
+    stored = Counter(history.query("SELECT sensor_id, detector, state, reading_ts FROM alerts"))
     assert len(rows) == TOTAL
     assert {n for _, _, n in rows} == {1}
     assert stored == expected, (
         f"lost: {sorted((expected - stored).elements())[:10]}, "
         f"doubled or extra: {sorted((stored - expected).elements())[:10]}"
     )
+    if kafka_args:  # at least once in Kafka: every reading is there
+        seen: set[tuple[bytes, int]] = set()
+        read = 0
+
+        def all_there(got: list[Got]) -> bool:  # duplicates allowed: at least once
+            nonlocal read
+            seen.update((m.key, msgspec.json.decode(m.value)["seq"]) for m in got[read:])
+            read = len(got)
+            return len(seen) == TOTAL
+
+        await asyncio.to_thread(consume, kafka, topic, TOTAL, 60.0, all_there)
+        assert len(seen) == TOTAL
 
 
 async def test_acknowledgements_wait_for_the_store(mosquitto: Mosquitto, tmp_path: Path) -> None:

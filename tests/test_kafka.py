@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +62,14 @@ def create_topics(broker: Tansu, *topics: str) -> None:
         f.result(10)
 
 
-def consume(broker: Tansu, topic: str, n: int, timeout: float = 15.0) -> list[Got]:
-    """Read ``topic`` from the start until ``n`` messages came (more are collected for a
-    moment, to catch duplicates)."""
+def consume(
+    broker: Tansu,
+    topic: str,
+    n: int,
+    timeout: float = 15.0,
+    done: Callable[[list[Got]], bool] | None = None,
+) -> list[Got]:
+    """Read ``topic`` from the start until ``n`` messages came, or until ``done(messages)``."""
     consumer = Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
@@ -83,7 +88,8 @@ def consume(broker: Tansu, topic: str, n: int, timeout: float = 15.0) -> list[Go
             [TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in partitions]
         )
         deadline = time.monotonic() + timeout
-        while len(got) < n and time.monotonic() < deadline:
+        finished = done or (lambda got: len(got) >= n)
+        while not finished(got) and time.monotonic() < deadline:
             for m in consumer.consume(1000, 0.2):
                 if m.error() is None:
                     got.append(
