@@ -22,6 +22,7 @@ from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.store.postgres import TABLES, PostgresStore
 from mqtt_anomaly.web.metrics import METRIC_NAMES, ServiceMetrics
 
+from .kafka import Tansu
 from .postgres import private_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,13 +80,17 @@ def label_uses(expr: str) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-async def exposed(tmp_path: Path) -> dict[str, set[str]]:
-    """Metric name → label names, as ``/metrics`` of a service with a store exposes them."""
+async def exposed(tmp_path: Path, shared_kafka: Tansu) -> dict[str, set[str]]:
+    """Metric name → label names, as ``/metrics`` of a service with a store and the Kafka
+    bridge exposes them."""
+    from mqtt_anomaly.sinks.kafka import KafkaSink
     from mqtt_anomaly.store.sqlite import SqliteStore
 
-    settings = load_settings(None, {"service": {"state_dir": tmp_path}})
-    with SqliteStore(tmp_path / "h.db") as store:
-        service = DetectorService(settings, store=store, console=False)
+    settings = load_settings(
+        None, {"service": {"state_dir": tmp_path}, "kafka": {"url": shared_kafka.url}}
+    )
+    with SqliteStore(tmp_path / "h.db") as store, KafkaSink(settings.kafka) as kafka:
+        service = DetectorService(settings, store=store, kafka=kafka, console=False)
         metrics = ServiceMetrics(service)
         # one alert and one dead letter, so that labelled series exist
         service.listeners.append(metrics.observe)
