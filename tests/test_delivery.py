@@ -233,3 +233,22 @@ async def test_acknowledgements_wait_for_the_store(mosquitto: Mosquitto, tmp_pat
             lock.close()
             await eventually(lambda: tracker.stats.acked == 51, timeout=15, what="acks")
             assert count_rows(db) == 51
+
+
+async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> None:
+    """With held acknowledgements a broker that sends one unacknowledged message at a time
+    would wait for every round: rounds start as soon as the intake is quiet."""
+    from .test_service import Running, settings_for
+
+    broker = Mosquitto(tmp_path / "mosquitto", extra_config="max_inflight_messages 1\n").start()
+    try:
+        settings = settings_for(broker, tmp_path)
+        async with Running(settings) as run, publisher(broker.url) as pub:
+            for seq in range(200):
+                pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+            tracker = run.service.tracker
+            assert tracker is not None
+            await eventually(lambda: tracker.stats.acked == 200, timeout=30, what="200 acks")
+            assert tracker.stats.rounds >= 200  # one message per round: the window held
+    finally:
+        broker.stop()

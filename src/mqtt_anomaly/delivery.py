@@ -79,6 +79,7 @@ class DeliveryTracker:
         save: Callable[[dict[str, Any]], None],
         *,
         min_interval: float = 0.02,
+        idle: float = 0.002,
         warn_after: float = 5.0,
     ) -> None:
         self.client = client
@@ -86,6 +87,8 @@ class DeliveryTracker:
         self._snapshot = snapshot
         self._save = save
         self._min_interval = min_interval
+        self._idle = idle
+        self._last_touch = 0.0
         self._warn_after = warn_after
         self._wake = asyncio.Event()
         self._rl = RateLimitedLog(log, period=10.0)
@@ -109,6 +112,7 @@ class DeliveryTracker:
         """Something was processed: a round is due; pause intake when a sink is too far
         behind."""
         self._wake.set()
+        self._last_touch = time.monotonic()
         if not self.client.paused:
             for sink in self.sinks:
                 if sink.backlog > sink.backlog_limit:
@@ -129,8 +133,18 @@ class DeliveryTracker:
             if self._stopping:
                 return
             await self.round()
-            if self._min_interval:
-                await asyncio.sleep(self._min_interval)
+            await self._gather()
+
+    async def _gather(self) -> None:
+        """Let the next round gather readings for ``min_interval``, but start it as soon as
+        the intake has been quiet for ``idle``: then the broker is not sending (nothing to
+        send, or its in-flight window is full of readings that wait for this round)."""
+        deadline = time.monotonic() + self._min_interval
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= deadline or now - self._last_touch >= self._idle:
+                return
+            await asyncio.sleep(min(self._idle, deadline - now))
 
     async def round(self) -> None:
         """One round (see the class docstring)."""
