@@ -418,7 +418,7 @@ class Pipeline:
             "version": 1,
             "sensor_ids": list(self.sensor_ids),
             "seq_top": list(self.seq.top),
-            "seq_mask": [str(m) for m in self.seq.mask],
+            "seq_mask": list(self.seq.mask),  # ints (older files: their decimal strings)
             "interval": self.interval[: len(self.sensor_ids)].tolist(),
             "health": list(self.health),
             "detectors": {d.name: d.state_dict() for d in self.detectors},
