@@ -390,6 +390,9 @@ class ServiceSettings(_Section):
     ack_after: Literal["durable", "processed"] = "durable"
     """When a reading is acknowledged to the broker: once the durable sinks (history store,
     Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
+    ack_interval: float = Field(0.1, gt=0, le=60)
+    """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
+    means fewer state saves, more messages in flight at the broker."""
     max_payload: int = Field(4096, ge=16)
     max_sensors: int = Field(200_000, ge=1)
     verbose: bool = False

@@ -78,7 +78,7 @@ class DeliveryTracker:
         snapshot: Callable[[], dict[str, Any]],
         save: Callable[[dict[str, Any]], None],
         *,
-        min_interval: float = 0.02,
+        min_interval: float = 0.1,
         idle: float = 0.002,
         warn_after: float = 5.0,
     ) -> None:
@@ -136,10 +136,11 @@ class DeliveryTracker:
             await self._gather()
 
     async def _gather(self) -> None:
-        """Let the next round gather readings for ``min_interval``, but start it as soon as
-        the intake has been quiet for ``idle``: then the broker is not sending (nothing to
+        """Let the next round gather readings for ``min_interval`` (at least ten times the
+        last state save, so saving takes at most a tenth of the time), but start it as soon
+        as the intake has been quiet for ``idle``: then the broker is not sending (nothing to
         send, or its in-flight window is full of readings that wait for this round)."""
-        deadline = time.monotonic() + self._min_interval
+        deadline = time.monotonic() + max(self._min_interval, 10 * self.stats.last_save)
         while not self._stopping:
             now = time.monotonic()
             if now >= deadline or now - self._last_touch >= self._idle:
@@ -168,7 +169,9 @@ class DeliveryTracker:
         started = time.monotonic()
         waited = asyncio.gather(client.wait_outgoing(outgoing), self._wait_sinks(tickets, started))
         await waited
+        saving = time.monotonic()
         await asyncio.to_thread(self._save, state)
+        self.stats.last_save = time.monotonic() - saving
         if client.send_acks(token):
             self.stats.acked += token[2]
         self.stats.rounds += 1
@@ -205,3 +208,4 @@ class DeliveryStats:
     failed_rounds: int = 0
     pauses: int = 0
     last_round: float = 0.0
+    last_save: float = 0.0

@@ -83,7 +83,11 @@ class DetectorService:
         if tracked:
             sinks: list[DurableSink] = [s for s in (store, kafka) if isinstance(s, DurableSink)]
             self.tracker = DeliveryTracker(
-                self.client, sinks, self.pipeline.state_dict, self._save_round
+                self.client,
+                sinks,
+                self.pipeline.state_dict,
+                self._save_round,
+                min_interval=settings.service.ack_interval,
             )
         self.ready = asyncio.Event()
         self._alerts_topic = TopicTemplate(settings.topics.alerts)
