@@ -252,3 +252,27 @@ async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> Non
             assert tracker.stats.rounds >= 200  # one message per round: the window held
     finally:
         broker.stop()
+
+
+async def test_a_state_that_cannot_be_saved_holds_the_acknowledgements(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A round whose state cannot be written (here a directory is in the way, as a full
+    disk would refuse it) acknowledges nothing; the next round that can write sends them."""
+    from .test_service import Running, settings_for
+
+    settings = settings_for(mosquitto, tmp_path)
+    async with Running(settings) as run, publisher(mosquitto.url) as pub:
+        tracker = run.service.tracker
+        assert tracker is not None
+        pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 0))
+        await eventually(lambda: tracker.stats.acked == 1, what="first acknowledgement")
+        blocker = run.service.state_path.with_name(run.service.state_path.name + ".tmp")
+        blocker.mkdir()
+        for seq in range(1, 31):
+            pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+        await eventually(lambda: len(run.processed) == 31, what="processed")
+        await eventually(lambda: tracker.stats.failed_rounds > 0, what="a failed round")
+        assert tracker.stats.acked == 1
+        blocker.rmdir()
+        await eventually(lambda: tracker.stats.acked == 31, timeout=15, what="acks")

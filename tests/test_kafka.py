@@ -569,3 +569,39 @@ async def test_service_bridges_and_holds_acks_while_kafka_is_down(
         again = await asyncio.to_thread(consume, kafka, ks.readings_topic, 50)
         assert {msgspec.json.decode(g.value)["seq"] for g in again} >= set(range(50, 100))
         assert sink.stats.recoveries >= 1
+
+
+async def test_shutdown_while_kafka_is_down_leaves_the_readings_at_the_broker(
+    kafka: Tansu, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A stop cannot wait for Kafka forever: the readings Kafka has not confirmed stay
+    unacknowledged, and the next start sends them to Kafka."""
+    from .helpers import reading_payload
+    from .test_service import Running, publisher, settings_for
+
+    ks = topics_settings(kafka.url)
+    create_topics(kafka, ks.readings_topic)
+    settings = settings_for(mosquitto, tmp_path)
+    async with publisher(mosquitto.url) as pub:
+        with KafkaSink(ks, tracking=True) as sink:
+            async with Running(settings, kafka=sink, shutdown_timeout=1.0) as run:
+                tracker = run.service.tracker
+                assert tracker is not None
+                for seq in range(20):
+                    pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+                await eventually(lambda: tracker.stats.acked == 20, what="20 acks")
+                kafka.stop()
+                for seq in range(20, 40):
+                    pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+                await eventually(lambda: len(run.processed) == 40, what="processed")
+            assert tracker.stats.acked == 20  # stopped without Kafka's confirmation
+            sink.close(0.5)
+        kafka.start()
+        with KafkaSink(ks, tracking=True) as sink:
+            async with Running(settings, kafka=sink) as run:
+                tracker = run.service.tracker
+                assert tracker is not None
+                await eventually(lambda: tracker.stats.acked == 20, timeout=30, what="again")
+                assert sorted(seq for _, seq in run.processed) == list(range(20, 40))
+    got = consume(kafka, ks.readings_topic, 20)
+    assert {msgspec.json.decode(g.value)["seq"] for g in got} == set(range(20, 40))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from .console import RateLimitedLog
 
 if TYPE_CHECKING:
-    from .transport.lean import LeanClient
+    from .transport.lean import AckToken, LeanClient
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class DeliveryTracker:
         min_interval: float = 0.1,
         idle: float = 0.002,
         warn_after: float = 5.0,
+        retry_after: float = 0.5,
     ) -> None:
         self.client = client
         self.sinks = list(sinks)
@@ -89,7 +90,9 @@ class DeliveryTracker:
         self._min_interval = min_interval
         self._idle = idle
         self._last_touch = 0.0
+        self._last_round_end = time.monotonic()
         self._warn_after = warn_after
+        self._retry_after = retry_after
         self._wake = asyncio.Event()
         self._rl = RateLimitedLog(log, period=10.0)
         self.stats = DeliveryStats()
@@ -99,13 +102,32 @@ class DeliveryTracker:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def close(self) -> None:
-        """Finish the current round, then run a last one for what is left (at shutdown)."""
+    async def close(self, timeout: float = 10.0) -> bool:
+        """Finish the current round, then run a last one for what is left (at shutdown).
+
+        False when the sinks did not confirm within ``timeout``: those readings stay
+        unacknowledged (the broker sends them again at the next start), and the state saved by
+        the last complete round is the one to restore.
+        """
         self._stopping = True
         self._wake.set()
+        try:
+            await asyncio.wait_for(self._finish(), timeout)
+        except TimeoutError:
+            log.warning(
+                "not every sink confirmed within %.0f s at shutdown: the broker keeps the "
+                "readings of the last %.1f s and sends them again at the next start",
+                timeout,
+                time.monotonic() - self._last_round_end,
+            )
+            return False
+        return True
+
+    async def _finish(self) -> None:
         if self._task is not None:
             await self._task
-        await self.round()
+        if not await self.round():
+            raise TimeoutError  # the state could not be saved: as good as unconfirmed
 
     # ---- called by the service on the event loop ---------------------------------------
     def touch(self) -> None:
@@ -132,8 +154,10 @@ class DeliveryTracker:
             self._wake.clear()
             if self._stopping:
                 return
-            await self.round()
-            await self._gather()
+            if await self.round():
+                await self._gather()
+            else:  # e.g. a full disk: try again in a while, not at once
+                await asyncio.sleep(self._retry_after)
 
     async def _gather(self) -> None:
         """Let the next round gather readings for ``min_interval`` (at least ten times the
@@ -147,11 +171,14 @@ class DeliveryTracker:
                 return
             await asyncio.sleep(min(self._idle, deadline - now))
 
-    async def round(self) -> None:
-        """One round (see the class docstring)."""
+    async def round(self) -> bool:
+        """One round (see the class docstring); False when the state could not be saved."""
+        client = self.client
+        token = client.take_acks()
         try:
-            await self._round()
-        except OSError as exc:  # the state cannot be saved: the next round tries again
+            await self._round(token)
+        except OSError as exc:  # the next round tries again, with these acknowledgements
+            client.return_acks(token)
             self.stats.failed_rounds += 1
             self._rl.warning(
                 "failed",
@@ -159,28 +186,33 @@ class DeliveryTracker:
                 exc,
             )
             self._wake.set()
+            return False
+        return True
 
-    async def _round(self) -> None:
+    async def _round(self, token: AckToken) -> None:
         client = self.client
-        token = client.take_acks()
         tickets = [(sink, sink.mark()) for sink in self.sinks]
         outgoing = client.outgoing_mark()
         state = self._snapshot()
         started = time.monotonic()
-        waited = asyncio.gather(client.wait_outgoing(outgoing), self._wait_sinks(tickets, started))
-        await waited
+        await asyncio.gather(
+            client.wait_outgoing(outgoing), self._wait_sinks(tickets, started, token[2])
+        )
         saving = time.monotonic()
         await asyncio.to_thread(self._save, state)
-        self.stats.last_save = time.monotonic() - saving
+        self._last_round_end = time.monotonic()
+        self.stats.last_save = self._last_round_end - saving
         if client.send_acks(token):
             self.stats.acked += token[2]
         self.stats.rounds += 1
-        self.stats.last_round = time.monotonic() - started
+        self.stats.last_round = self._last_round_end - started
         if client.paused and all(s.backlog <= s.backlog_limit // 2 for s in self.sinks):
             client.resume_reading()
             log.info("sinks caught up: reading from the broker resumed")
 
-    async def _wait_sinks(self, tickets: list[tuple[DurableSink, int]], started: float) -> None:
+    async def _wait_sinks(
+        self, tickets: list[tuple[DurableSink, int]], started: float, readings: int
+    ) -> None:
         def confirmed(timeout: float) -> DurableSink | None:
             for sink, ticket in tickets:
                 if not sink.wait_confirmed(ticket, timeout):
@@ -194,7 +226,7 @@ class DeliveryTracker:
                 "%s has not confirmed for %.0f s; %d readings stay unacknowledged at the broker",
                 late.name,
                 time.monotonic() - started,
-                self.client.held_acks,
+                readings + self.client.held_acks,
             )
 
 

@@ -59,6 +59,7 @@ class DetectorService:
         clock: Callable[[], float] = time.time,
         checkpoint_every: float = 60.0,
         dead_letter_rate: float = 100.0,
+        shutdown_timeout: float = 10.0,
     ) -> None:
         self.settings = settings
         self.pipeline = Pipeline(settings)
@@ -67,6 +68,7 @@ class DetectorService:
         self.console = console
         self.clock = clock
         self.checkpoint_every = checkpoint_every
+        self.shutdown_timeout = shutdown_timeout
         self.listeners: list[Listener] = []
         tracked = settings.service.ack_after == "durable"
         self.client = LeanClient(
@@ -241,15 +243,17 @@ class DetectorService:
     async def shutdown(self) -> None:
         """Finish in-flight work, flush, save state, disconnect."""
         self._stopping = True
+        complete = True
         if self.tracker is not None:
             self.client.stop_intake()
-            await self.tracker.close()
+            complete = await self.tracker.close(self.shutdown_timeout)
         if not await self.client.drain(timeout=5.0):
             log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)
         await self.client.disconnect()
         if self.store is not None:
             await asyncio.to_thread(self.store.flush, 10.0)
-        self.save()
+        if complete:  # else the last complete round's state matches what the broker forgot
+            self.save()
 
     async def _silence_loop(self) -> None:
         period = min(1.0, self.settings.detector.interval)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, bytes, float]]
 _Out = tuple[str, bytes, int, bool, int]
+AckToken = tuple[object, bytes, int]
+"""Acknowledgements taken from a connection: (its protocol, the PUBACK bytes, how many)."""
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -234,13 +236,21 @@ class LeanClient:
         """Messages processed and not yet acknowledged (``hold_acks``)."""
         return self._held_count
 
-    def take_acks(self) -> tuple[object, bytes, int]:
+    def take_acks(self) -> AckToken:
         """The acknowledgements held so far, as a token for :meth:`send_acks`."""
         held, count = b"".join(self._held), self._held_count
         self._held, self._held_count = [], 0
         return self._held_proto, held, count
 
-    def send_acks(self, token: tuple[object, bytes, int]) -> bool:
+    def return_acks(self, token: AckToken) -> None:
+        """Hold the acknowledgements of ``token`` again (their round failed), before those
+        received since, if their connection is still the current one."""
+        proto, data, count = token
+        if data and proto is self._held_proto and proto is self._proto:
+            self._held.insert(0, data)
+            self._held_count += count
+
+    def send_acks(self, token: AckToken) -> bool:
         """Write acknowledgements taken with :meth:`take_acks`, if their connection is still
         the current one (after a reconnect the broker sends those messages again)."""
         proto, data, _ = token
