@@ -138,7 +138,7 @@ class LeanClient:
         self._serial = 0  # QoS 1 publishes issued
         self._low = 0  # every publish up to this serial is acknowledged (or dropped)
         self._done_out: set[int] = set()  # acknowledged above _low
-        self._out_waiter: tuple[int, asyncio.Future[None]] | None = None
+        self._out_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._next_mid = 0
         self._filters: list[tuple[str, int]] = []
         self._proto: _Protocol | None = None
@@ -275,9 +275,7 @@ class LeanClient:
         proto = self._proto
         if proto is not None and proto.transport is not None:
             proto.transport.pause_reading()
-        waiter = self._out_waiter
-        if waiter is not None and not waiter[1].done():
-            waiter[1].set_result(None)
+        self._wake_out_waiters(lambda ticket: True)
 
     def resume_reading(self) -> None:
         self._paused = False
@@ -487,25 +485,35 @@ class LeanClient:
             low += 1
             done.discard(low)
         self._low = low
-        waiter = self._out_waiter
-        if waiter is not None and low >= waiter[0] and not waiter[1].done():
-            waiter[1].set_result(None)
+        if self._out_waiters:
+            self._wake_out_waiters(lambda ticket: low >= ticket)
+
+    def _wake_out_waiters(self, due: Callable[[int], bool]) -> None:
+        keep = []
+        for ticket, fut in self._out_waiters:
+            if not due(ticket):
+                keep.append((ticket, fut))
+            elif not fut.done():
+                fut.set_result(None)
+        self._out_waiters = keep
 
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
         return self._serial
 
     async def wait_outgoing(self, ticket: int) -> None:
-        """Wait until the broker acknowledged every QoS 1 message up to ``ticket`` (one
-        waiter at a time), or reading is paused."""
+        """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or
+        reading is paused."""
         if self._low >= ticket or self._paused:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._out_waiter = (ticket, fut)
+        waiter = (ticket, fut)
+        self._out_waiters.append(waiter)
         try:
             await fut
         finally:
-            self._out_waiter = None
+            if waiter in self._out_waiters:
+                self._out_waiters.remove(waiter)
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()
@@ -543,10 +551,8 @@ class LeanClient:
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every QoS 1 message published so far is acknowledged."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.pending and loop.time() < deadline:
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_outgoing(self._serial), timeout)
         return self.pending == 0
 
     async def disconnect(self) -> None:
