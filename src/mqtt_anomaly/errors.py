@@ -7,7 +7,8 @@ one type. Third-party errors are translated at the boundary with ``raise ... fro
     ├── ConfigError        a bad setting: the message names the key and the problem
     ├── PayloadError       an MQTT payload that cannot become a reading (carries ``reason``)
     ├── BrokerError        the broker cannot be reached or refused us
-    └── StoreError         the history store failed
+    ├── StoreError         the history store failed
+    └── StateFileError     saved state that cannot be written or read back (also a ValueError)
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class BrokerError(MqttAnomalyError):
 
 class StoreError(MqttAnomalyError):
     """The history store could not be opened or written."""
+
+
+class StateFileError(MqttAnomalyError, ValueError):
+    """Saved detector state could not be written, read, or does not fit: one line."""

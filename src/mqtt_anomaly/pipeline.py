@@ -16,17 +16,18 @@ The service (``service.py``) feeds batches in and hands :class:`Output` to the s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .alerting import AlertBook
 from .config import Settings
 from .detectors import Detector, create
 from .detectors.base import FloatArray, IntArray
-from .errors import PayloadError
+from .errors import PayloadError, StateFileError
 from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
 from .topics import TopicTemplate
 
@@ -414,39 +415,108 @@ class Pipeline:
 
     # ---- saved state ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """A copy of the per-sensor state: plain data only (see :mod:`mqtt_anomaly.statefile`),
+        cheap enough to take on the event loop every delivery round."""
         return {
             "version": 1,
             "sensor_ids": list(self.sensor_ids),
             "seq_top": list(self.seq.top),
-            "seq_mask": list(self.seq.mask),  # ints (older files: their decimal strings)
+            "seq_mask": list(self.seq.mask),  # 1,024-bit ints
             "interval": self.interval[: len(self.sensor_ids)].tolist(),
             "health": list(self.health),
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
-        """Restore saved state; returns the names of detectors whose state did not fit."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
+        """Restore :meth:`state_dict` output into this pipeline, which must not have seen a
+        sensor yet; returns the names of detectors whose state did not fit (they relearn).
+
+        All or nothing: state that is not a pipeline state of this kind (unknown version,
+        missing keys, wrong types or lengths, more sensors than ``service.max_sensors``)
+        raises :class:`~mqtt_anomaly.errors.StateFileError` (a ValueError) and changes nothing.
+        """
+        if self.sensor_ids:
+            raise StateFileError("saved state can only be loaded into a new pipeline")
+        if not isinstance(state, Mapping):
+            raise StateFileError("saved state is not a dict")
         if state.get("version") != 1:
-            raise ValueError("unknown state version")
-        ids: list[str] = state["sensor_ids"]
+            raise StateFileError(f"unknown state version {state.get('version')!r}")
+        ids = _saved_list(state, "sensor_ids", str)
+        n = len(ids)
+        if len(set(ids)) != n:
+            raise StateFileError("saved state: sensor_ids are not unique")
+        if n > self.settings.service.max_sensors:
+            raise StateFileError(
+                f"saved state has {n} sensors, service.max_sensors is "
+                f"{self.settings.service.max_sensors}"
+            )
+        seq_top = _saved_list(state, "seq_top", int, n)
+        seq_mask = _saved_list(state, "seq_mask", int, n)
+        if any(m < 0 or m > _MASK for m in seq_mask) or any(t < -1 for t in seq_top):
+            raise StateFileError("saved state: seq_top or seq_mask out of range")
+        interval = np.asarray(_saved_list(state, "interval", (float, int), n), dtype=np.float64)
+        if not np.all(np.isfinite(interval) & (interval > 0)):
+            raise StateFileError("saved state: interval not finite and positive")
+        health = _saved_list(state, "health", str, n)
+        if not set(health) <= {"ok", "anomalous", "offline"}:
+            raise StateFileError("saved state: unknown health")
+        detectors = _saved_dict(state, "detectors")
+        books = _saved_dict(state, "books")
+        book_states = {name: _book_state(books[name], name) for name in self.books if name in books}
+        # checked: from here on nothing raises
         out = Output()
         for sid in ids:
             self.slot_of(sid, out)
-        self.seq.top = [int(x) for x in state["seq_top"]]
-        self.seq.mask = [int(x) for x in state["seq_mask"]]
-        self.interval[: len(ids)] = np.asarray(state["interval"], dtype=np.float64)
-        self.health = list(state["health"])
+        self.seq.top = seq_top
+        self.seq.mask = seq_mask
+        self.interval[:n] = interval
+        self.health = health
         skipped = []
         for det in self.detectors:
-            saved = state["detectors"].get(det.name)
+            saved = detectors.get(det.name)
             try:
-                if saved is None:
+                if not isinstance(saved, Mapping):
                     raise ValueError("no saved state")
-                det.load_state_dict(saved)
-            except (ValueError, KeyError):
+                det.load_state_dict(saved)  # all or nothing, ValueError
+            except ValueError:
                 skipped.append(det.name)
         for name, book in self.books.items():
-            if name in state["books"] and name not in skipped:
-                book.load_state_dict(state["books"][name])
+            if name in book_states and name not in skipped:
+                book.load_state_dict(book_states[name])
         return skipped
+
+
+def _saved_list(
+    state: Mapping[str, Any], key: str, kind: type | tuple[type, ...], n: int | None = None
+) -> list[Any]:
+    value = state.get(key)
+    if type(value) is not list:
+        raise StateFileError(f"saved state: {key} is not a list")
+    if n is not None and len(value) != n:
+        raise StateFileError(f"saved state: {key} has {len(value)} entries for {n} sensors")
+    if value and not all(isinstance(x, kind) and type(x) is not bool for x in value):
+        raise StateFileError(f"saved state: {key} holds something else")
+    return value
+
+
+def _saved_dict(state: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = state.get(key)
+    if not isinstance(value, Mapping):
+        raise StateFileError(f"saved state: {key} is not a dict")
+    return value
+
+
+def _book_state(saved: Any, name: str) -> dict[str, NDArray[Any]]:
+    """An alert book's saved arrays, checked: 1-D, equally long, of numbers or booleans."""
+    if not isinstance(saved, Mapping):
+        raise StateFileError(f"saved state: alert book {name} is not a dict")
+    out = {}
+    for field_ in ("active", "critical", "above", "below"):
+        a = saved.get(field_)
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "biu":
+            raise StateFileError(f"saved state: alert book {name}.{field_} is not a 1-D array")
+        out[field_] = a
+    if len({len(a) for a in out.values()}) != 1:
+        raise StateFileError(f"saved state: alert book {name} arrays differ in length")
+    return out

@@ -12,7 +12,9 @@ and Kafka hold them and the detector state that saw them is saved (``service.ack
 
 Shutdown (SIGINT/SIGTERM → ``stop``): stop taking messages, run a last delivery round, wait
 for the broker to acknowledge what was published, disconnect, flush the store, save detector
-state. On start, saved state is restored, so a restart does not relearn.
+state. On start, the state dir is checked writable (else the service refuses to start) and
+saved state is restored, so a restart does not relearn. The state file is data only
+(:mod:`.statefile`); one that cannot be loaded is moved aside, never run or overwritten.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import pickle
 import signal
 import time
 from collections.abc import Callable
@@ -31,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 from .config import Settings
 from .console import RateLimitedLog, emit
 from .delivery import DeliveryTracker, DurableSink
+from .detectors.river_adapter import RiverDetector
+from .errors import StateFileError
 from .messages import Alert, encode
 from .pipeline import Output, Pipeline
+from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
 from .topics import TopicTemplate
 from .transport.lean import Batch, LeanClient
 
@@ -41,7 +44,8 @@ if TYPE_CHECKING:
     from .store.base import Store
 
 log = logging.getLogger(__name__)
-STATE_FILE = "detector-state.pkl"
+STATE_FILE = "detector-state.mqas"
+LEGACY_STATE_FILE = "detector-state.pkl"  # pickles: never loaded, moved aside
 DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
 Listener = Callable[[Output], None]
 
@@ -191,15 +195,34 @@ class DetectorService:
 
     # ---- state ----------------------------------------------------------------------
     def restore(self) -> None:
+        """Check the state dir (:class:`StateFileError` when it cannot be written), take the
+        state key, and load the saved state. A state file that cannot be loaded is moved aside
+        to ``detector-state.mqas.corrupt-<UTC time>`` with one warning, and the service
+        starts fresh; a pickled state of an older version is moved aside unread."""
+        state_dir = self.settings.service.state_dir
+        prepare_dir(state_dir)
+        key = load_or_create_key(state_dir)
+        for det in self.pipeline.detectors:
+            if isinstance(det, RiverDetector):
+                det.state_key = key
+        legacy = state_dir / LEGACY_STATE_FILE
+        if legacy.exists():
+            try:
+                where = f"moved to {move_aside(legacy, 'unsafe')}"
+            except OSError as err:
+                where = f"left in place: {err.strerror or err}"
+            log.warning("not loading pickled state %s (a pickle can run code), %s", legacy, where)
         path = self.state_path
-        if not path.exists():
-            return
         try:
-            with path.open("rb") as fh:
-                state = pickle.load(fh)
-            skipped = self.pipeline.load_state_dict(state)
-        except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
-            log.warning("ignoring saved state %s: %s", path, exc)
+            skipped = self.pipeline.load_state_dict(load(path))
+        except FileNotFoundError:
+            return
+        except StateFileError as exc:
+            try:
+                where = f"moved to {move_aside(path, 'corrupt')}"
+            except OSError as err:
+                where = f"and cannot be moved aside: {err.strerror or err}"
+            log.warning("saved state %s not loaded (%s), %s: starting fresh", path, exc, where)
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
@@ -212,7 +235,10 @@ class DetectorService:
     def _save_round(self, state: dict[str, Any]) -> None:
         """Save the state of a delivery round (atomic for a crash of the process; the fsync
         is left to the checkpoint at shutdown)."""
-        save_state(self.state_path, state, sync=False)
+        try:
+            save_state(self.state_path, state, sync=False)
+        except StateFileError as exc:  # not data: the round acknowledges nothing
+            raise OSError(str(exc)) from None
 
     # ---- lifecycle ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -272,23 +298,17 @@ class DetectorService:
 
 
 def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
-    """Pickle ``state`` to ``path`` via a temporary file and an atomic rename (``sync``: and
-    to the disk before the rename). Raises OSError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        if sync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    tmp.replace(path)
+    """Write ``state`` to ``path`` as a state file (:func:`.statefile.dump`: mode 0600, a
+    temporary file and an atomic rename; ``sync``: and to the disk before returning).
+    Raises OSError, or StateFileError for a state that is not plain data."""
+    dump(path, state, sync=sync)
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """:func:`save_state`, logging a failure instead of raising it."""
     try:
         save_state(path, state)
-    except OSError as exc:
+    except (OSError, StateFileError) as exc:
         log.error("could not save detector state to %s: %s", path, exc)
 
 

@@ -113,16 +113,31 @@ class Detector(ABC):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; refuses state of another kind or configuration."""
+        """Restore :meth:`state_dict` output; refuses (ValueError, nothing changed) state of
+        another kind or configuration, or arrays of another shape or kind of number."""
         if state.get("name") != self.name or state.get("params") != self.params():
             raise ValueError(f"saved state is for {state.get('name')} {state.get('params')}")
-        arrays: Mapping[str, NDArray[Any]] = state["arrays"]
-        if set(arrays) != set(self.fields()):
+        arrays = state.get("arrays")
+        if not isinstance(arrays, Mapping) or set(arrays) != set(self.fields()):
             raise ValueError("saved state has other fields")
+        fields = self.fields()
+        for k, a in arrays.items():
+            if (
+                not isinstance(a, np.ndarray)
+                or a.ndim < 1
+                or not np.can_cast(a.dtype, fields[k].dtype, casting="same_kind")
+            ):
+                raise ValueError(f"saved state: {k} is not an array of {fields[k].dtype}")
+        if len({len(a) for a in arrays.values()}) > 1:
+            raise ValueError("saved state: arrays differ in length")
         n = max((len(a) for a in arrays.values()), default=0)
+        old = self.capacity, self.state
         self.capacity = 0
-        self.state = {k: np.empty(0, dtype=f.dtype) for k, f in self.fields().items()}
+        self.state = {k: np.empty(0, dtype=f.dtype) for k, f in fields.items()}
         self.reserve(n)
+        if any(a.shape[1:] != self.state[k].shape[1:] for k, a in arrays.items()):
+            self.capacity, self.state = old
+            raise ValueError("saved state: arrays of another shape")
         for k, a in arrays.items():
             self.state[k][: len(a)] = a
 

@@ -8,6 +8,11 @@ own anomaly score is mapped linearly so that ``alert`` lands on 0.5, clipped to 
 registered as ``river`` only when River is installed; River is imported when the detector is
 built, never at package import.
 
+River models can only be saved as pickles, which run code when loaded. Saved models are
+therefore signed with HMAC-SHA256 under :attr:`RiverDetector.state_key` (the service sets its
+``state.key``; by default a random key of this process) and unpickled only after every
+signature checks out: state with a bad or missing signature is refused and the models relearn.
+
 >>> import numpy as np
 >>> d = RiverDetector(model="HalfSpaceTrees", seed=7)  # doctest: +SKIP
 >>> s = d.score_series(np.r_[np.random.default_rng(4).normal(0, 1, 600), 40.0])  # doctest: +SKIP
@@ -20,13 +25,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import pickle
+import secrets
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import StateFileError
+from ..statefile import sign, verify_all
 from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
+
+log = logging.getLogger(__name__)
+_PROCESS_KEY = secrets.token_bytes(32)  # until a state key is set: in-process round trips only
 
 
 def river_available() -> bool:
@@ -62,6 +74,7 @@ class RiverDetector(Detector):
         self.scale = bool(scale)
         self.alert = float(alert)
         self.models: list[Any] = []
+        self.state_key: bytes = _PROCESS_KEY
         super().__init__()
 
     def fields(self) -> Mapping[str, Field]:
@@ -101,10 +114,25 @@ class RiverDetector(Detector):
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
-        out["models"] = [pickle.dumps(m) for m in self.models]
+        key = self.state_key
+        out["models"] = [sign(key, pickle.dumps(m)) for m in self.models]
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the counts and the models; ValueError (nothing changed) when a model's
+        signature does not match :attr:`state_key`: nothing is unpickled then."""
+        signed = state.get("models", [])
+        if type(signed) is not list or not all(type(b) is bytes for b in signed):
+            raise ValueError("saved River models are not a list of signed blobs")
+        try:
+            blobs = verify_all(self.state_key, signed)
+        except StateFileError as exc:
+            log.warning("refusing saved River models (%s): relearning", exc)
+            raise ValueError(f"saved River models refused: {exc}") from None
+        saved = [pickle.loads(b) for b in blobs]  # signed by this service: our own pickles
+        old = self.capacity, self.state
         super().load_state_dict(state)
-        saved = [pickle.loads(b) for b in state.get("models", [])]
+        if len(saved) > self.capacity:
+            self.capacity, self.state = old
+            raise ValueError("saved state has more River models than slots")
         self.models = saved + [self._new_model() for _ in range(self.capacity - len(saved))]
