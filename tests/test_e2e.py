@@ -112,7 +112,7 @@ async def test_simulator_sigkill_marks_sensors_offline(
         out, err = detector.communicate(timeout=30)
     assert detector.returncode == 0, err
     assert "[ALERT] 🔌 SENSOR-01 OFFLINE (Last Will)" in out
-    assert (tmp_path / "state" / "detector-state.pkl").exists()
+    assert (tmp_path / "state" / "detector-state.mqas").exists()
 
 
 async def test_alerts_command_lists_stored_alerts(mosquitto: Mosquitto, tmp_path: Path) -> None:

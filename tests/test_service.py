@@ -185,7 +185,7 @@ async def test_detector_state_survives_restart(mosquitto: Mosquitto, tmp_path: P
             )
         await eventually(lambda: len(run.processed) == 100)
         learned = run.service.pipeline.detectors[1].state_dict()
-    assert (tmp_path / "state" / "detector-state.pkl").exists()
+    assert (tmp_path / "state" / "detector-state.mqas").exists()
     restarted = DetectorService(settings, console=False)
     restarted.restore()
     assert restarted.pipeline.sensor_ids == ["S1"]

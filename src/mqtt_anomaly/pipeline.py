@@ -440,8 +440,9 @@ class Pipeline:
             raise StateFileError("saved state can only be loaded into a new pipeline")
         if not isinstance(state, Mapping):
             raise StateFileError("saved state is not a dict")
-        if state.get("version") != 1:
-            raise StateFileError(f"unknown state version {state.get('version')!r}")
+        version = state.get("version")
+        if type(version) is not int or version != 1:
+            raise StateFileError(f"unknown state version {version!r}")
         ids = _saved_list(state, "sensor_ids", str)
         n = len(ids)
         if len(set(ids)) != n:

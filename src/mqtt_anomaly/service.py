@@ -222,7 +222,8 @@ class DetectorService:
                 where = f"moved to {move_aside(path, 'corrupt')}"
             except OSError as err:
                 where = f"and cannot be moved aside: {err.strerror or err}"
-            log.warning("saved state %s not loaded (%s), %s: starting fresh", path, exc, where)
+            why = " ".join(str(exc).split())
+            log.warning("saved state %s not loaded (%s), %s: starting fresh", path, why, where)
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
