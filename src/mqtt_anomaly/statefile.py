@@ -61,9 +61,9 @@ import stat
 import struct
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from itertools import pairwise, repeat
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -195,8 +195,7 @@ class _Encoder:
         if min(x) < 0:
             raise StateFileError(f"{where}: negative ints wider than 64 bits cannot be saved")
         width = max(1, (max(x).bit_length() + 7) // 8)
-        little: Literal["little"] = "little"
-        packed = b"".join(map(int.to_bytes, x, repeat(width), repeat(little)))
+        packed = b"".join([v.to_bytes(width, "little") for v in x])  # 2x map(int.to_bytes)
         rows = np.frombuffer(packed, dtype=np.uint8).reshape(len(x), width)
         return {"$big": self.add(rows)}
 
