@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,11 @@ def test_pipeline_arbitrary_messages(batches: list[list[Any]], max_sensors: int)
         total += len(batch)
         for r in out.readings:
             assert math.isfinite(r.value) and valid_sensor_id(r.sensor_id)
-        for d in out.dead:
-            assert d.reason and len(d.payload) <= 4 * 256 and d.payload_size >= 0
+        sent = Counter((topic, len(payload)) for topic, payload, _ in batch)
+        for d in out.dead:  # each dead letter is one of the messages sent, its size as sent
+            assert d.reason and len(d.payload) <= 4 * 256
+            assert sent[d.topic, d.payload_size] > 0, (d.topic, d.payload_size)
+            sent[d.topic, d.payload_size] -= 1
     c = pipe.counters
     assert c.received == total
     assert c.dead_letters == sum(c.dead_by_reason.values())
