@@ -60,6 +60,12 @@ class BrokerSettings(_Section):
     key_file: Path | None = None
     tls_insecure: bool = False
     reconnect_delay: float = Field(0.5, gt=0, le=60)
+    max_inflight: int = Field(1000, ge=1, le=65535)
+    """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
+    the broker; the rest wait in order in a local queue."""
+    max_queued: int = Field(100_000, ge=1)
+    """Past this many publishes waiting for the window the service stops taking readings
+    (the broker keeps them) until the queue is back under half."""
 
     @field_validator("url")
     @classmethod
