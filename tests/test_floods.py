@@ -92,6 +92,16 @@ def test_updates_at_most_every_interval_and_stragglers_published_at_the_end() ->
     assert [a.sensor_id for a in shown] == ["S4"]
 
 
+def test_console_lines_when_the_count_doubles() -> None:
+    f = make(flood_update_interval=1.0)
+    f.feed([alert(f"S{i}") for i in range(5)], 100.0)
+    f.feed([alert("S5")], 100.1)
+    f.tick(101.0)  # updated, 6 < 2 x 5: no line
+    f.feed([alert(f"S{i}") for i in range(6, 20)], 101.5)
+    f.tick(102.5)  # 20 >= 2 x 5: a line
+    assert [line.split(" sensors")[0] for line in f.lines] == ["[FLOOD] ⏱️ 5", "[FLOOD] ⏱️ 20"]
+
+
 def test_groups_and_kinds_are_separate() -> None:
     f = make(group_pattern=r"^(?P<group>line-\d+)-")
     batch = [alert(f"line-1-T{i}") for i in range(8)] + [alert(f"line-2-T{i}") for i in range(3)]
@@ -295,3 +305,36 @@ async def test_gateway_outage_is_one_flood_and_sigterm_saves(
         ).fetchone()[0]
     assert stored == N_SENSORS
     assert msgspec.json.decode(obs.on("mqtt-anomaly/floods")[0])["since"] > 0
+
+
+async def test_shutdown_with_everything_unacknowledged_returns_and_keeps_the_round_state(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker goes away with alerts and health in flight and queued: the stop waits a
+    bounded time, does not raise, and leaves the state of the last complete round."""
+    base = settings_for(mosquitto, tmp_path)
+    settings = base.model_copy(
+        update={
+            "detector": base.detector.model_copy(update=FAST_SILENCE),
+            "broker": base.broker.model_copy(update={"max_inflight": 5}),
+        }
+    )
+    run = Running(settings, shutdown_timeout=1.0)
+    await run.__aenter__()
+    tracker = run.service.tracker
+    assert tracker is not None
+    async with publisher(mosquitto.url) as pub:
+        await send_once(pub, [f"S{i}" for i in range(200)])
+    await eventually(lambda: tracker.stats.acked == 200, what="readings acknowledged")
+    state = run.service.state_path
+    saved = state.stat().st_mtime_ns
+    mosquitto.stop()
+    await eventually(lambda: not run.service.client.connected, what="broker gone")
+    # a flood alert and 200 health changes wait for a broker that is not there
+    await eventually(lambda: run.service.client.pending >= 201, what="alerts waiting")
+    run.stop.set()
+    assert run.task is not None
+    started = time.monotonic()
+    await asyncio.wait_for(run.task, 20)  # raises if the stop raised
+    assert time.monotonic() - started < 10
+    assert state.stat().st_mtime_ns == saved  # the last round did not complete: its state stays

@@ -80,6 +80,7 @@ class _Flood:
     changed: bool = False
     published_at: float = 0.0
     printed_at: float = 0.0
+    printed_active: int = 0
 
 
 @dataclass(slots=True)
@@ -111,8 +112,9 @@ class FloodFilter:
         self.aggregated = 0  # alerts not published one by one
         self.floods_raised = 0
         self.lines: list[str] = []
-        """Console lines of flood events (raised and cleared; updated at most once per
-        window per flood), for the owner to take."""
+        """Console lines of flood events (raised and cleared; updated when the count of
+        sensors in alert has doubled since the last line, else at most once per window),
+        for the owner to take."""
 
     @property
     def enabled(self) -> bool:
@@ -261,8 +263,12 @@ class FloodFilter:
             cleared=flood.cleared,
             message=describe(group, detector, state, active, flood.raised, flood.cleared),
         )
-        if state != "updated" or now - flood.printed_at >= self.window:
-            flood.printed_at = now
+        if (
+            state != "updated"
+            or active >= 2 * flood.printed_active
+            or now - flood.printed_at >= self.window
+        ):
+            flood.printed_at, flood.printed_active = now, active
             self.lines.append(console_line(event))
         return event
 

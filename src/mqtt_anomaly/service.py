@@ -4,7 +4,9 @@ The MQTT connection (:mod:`.transport.lean`) hands over every message of one net
 as a batch, so a burst costs one pipeline call, not one per message. Sinks: alerts and
 retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
 readings and alerts to the history store and to Kafka, operator lines on the console, and any
-listeners (the dashboard, tests).
+listeners (the dashboard, tests). Alerts reach the MQTT alert topic and the console through
+the flood filter (:mod:`.floods`): a flood of one kind from one group is one aggregated alert
+on ``topics.floods``; the store, Kafka and the listeners get every alert.
 
 Readings are acknowledged to the broker by delivery rounds (:mod:`.delivery`) once the store
 and Kafka hold them and the detector state that saw them is saved (``service.ack_after =
