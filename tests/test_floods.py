@@ -338,3 +338,17 @@ async def test_shutdown_with_everything_unacknowledged_returns_and_keeps_the_rou
     await asyncio.wait_for(run.task, 20)  # raises if the stop raised
     assert time.monotonic() - started < 10
     assert state.stat().st_mtime_ns == saved  # the last round did not complete: its state stays
+
+
+def test_console_lines_outside_floods_are_bounded() -> None:
+    from mqtt_anomaly.console import LineBudget
+
+    now = [0.0]
+    budget = LineBudget(20.0, clock=lambda: now[0])
+    assert sum(budget.allow() for _ in range(1000)) == 20  # one second's worth at once
+    assert budget.summary() == (
+        "[ALERT] … 980 more alerts not shown (the dashboard and `mqtt-anomaly alerts` list them)"
+    )
+    assert budget.summary() is None
+    now[0] = 0.5
+    assert sum(budget.allow() for _ in range(100)) == 10  # refilled at 20 per second
