@@ -113,3 +113,101 @@ async def test_publish_buffered_while_down_then_delivered(tmp_path: Path) -> Non
         await pub.disconnect()
         await sub.disconnect()
         broker.stop()
+
+
+def window_client(url: str, client_id: str, window: int = 10) -> LeanClient:
+    return LeanClient(
+        BrokerSettings(url=url, max_inflight=window), client_id, on_batch=lambda b: None
+    )
+
+
+async def test_window_bounds_unacknowledged_publishes(mosquitto: Mosquitto) -> None:
+    """5,000 QoS 1 publishes through a window of 10: all arrive in order, never more than
+    10 unacknowledged, and a ticket taken half-way is confirmed only once its messages
+    (queued when it was taken) are acknowledged."""
+    received: list[Batch] = []
+    sub = LeanClient(BrokerSettings(url=mosquitto.url), "window-sub", on_batch=received.append)
+    pub = window_client(mosquitto.url, "window-pub")
+    try:
+        await sub.connect(timeout=5)
+        await sub.subscribe(["w/#"])
+        await pub.connect(timeout=5)
+        for i in range(2500):
+            pub.publish("w/x", str(i).encode())
+        ticket = pub.outgoing_mark()
+        assert pub.inflight == 10 and pub.queued == 2490  # nothing raised, nothing lost
+        for i in range(2500, 5000):
+            pub.publish("w/x", str(i).encode())
+        waiting = asyncio.create_task(pub.wait_outgoing(ticket))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await asyncio.wait_for(waiting, 30)
+        assert pub.acked >= 2500  # confirmed only after every message up to the ticket
+        assert await pub.drain(30)
+        assert pub.acked == 5000 and pub.pending == 0
+        assert pub.peak_inflight == 10
+        await eventually(
+            lambda: sum(len(b) for b in received) >= 5000, timeout=30, what="all received"
+        )
+        got = [p for b in received for _, p, _ in b]
+        assert got == [str(i).encode() for i in range(5000)]
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+
+
+async def test_window_queue_survives_a_broker_restart(mosquitto: Mosquitto) -> None:
+    """The broker restarts while thousands of publishes wait for the window: none is lost
+    (those in flight are sent again, the queue follows)."""
+    received: list[Batch] = []
+    sub = LeanClient(BrokerSettings(url=mosquitto.url), "restart-sub", on_batch=received.append)
+    pub = window_client(mosquitto.url, "restart-pub")
+    try:
+        await sub.connect(timeout=5)
+        await sub.subscribe(["w/#"])
+        await pub.connect(timeout=5)
+        for i in range(5000):
+            pub.publish("w/x", str(i).encode())
+        await eventually(lambda: pub.acked >= 100, what="some acknowledged")
+        assert pub.queued > 0  # restarted mid-queue
+        mosquitto.restart()
+        await eventually(lambda: pub.stats.connects == 2, timeout=15, what="reconnected")
+        assert await pub.drain(60)
+        assert pub.peak_inflight <= 10
+
+        def all_there() -> bool:
+            return {p for b in received for _, p, _ in b} == {str(i).encode() for i in range(5000)}
+
+        await eventually(all_there, timeout=30, what="every message at the subscriber")
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+
+
+async def test_long_outgoing_queue_holds_the_intake(mosquitto: Mosquitto) -> None:
+    """Past ``max_queued`` the messages received are parked, neither processed nor
+    acknowledged, and processed in order once the queue is under half."""
+    got: list[bytes] = []
+    settings = BrokerSettings(url=mosquitto.url, max_inflight=1, max_queued=10_000)
+    client = LeanClient(settings, "hold", on_batch=lambda b: got.extend(p for _, p, _ in b))
+    feeder = window_client(mosquitto.url, "feeder", window=1000)
+    try:
+        await client.connect(timeout=5)
+        await client.subscribe(["in/#"])
+        await feeder.connect(timeout=5)
+        for _ in range(20_000):  # one at a time: seconds of round trips
+            client.publish("out/x", b"o")
+        assert client.intake_held
+        for i in range(50):
+            feeder.publish("in/x", str(i).encode())
+        assert await feeder.drain(10)
+        await eventually(lambda: client.parked_reads > 0, what="reads parked")
+        assert client.intake_held and got == []  # received, not processed
+        await eventually(lambda: not client.intake_held, timeout=60, what="queue under half")
+        assert client.intake_holds == 1 and client.queued <= 5000
+        await eventually(lambda: len(got) == 50, timeout=30, what="parked reads processed")
+        assert got == [str(i).encode() for i in range(50)]
+        assert await client.drain(60)
+    finally:
+        await feeder.disconnect()
+        await client.disconnect()

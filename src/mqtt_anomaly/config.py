@@ -11,6 +11,7 @@ A bad value raises :class:`~mqtt_anomaly.errors.ConfigError` whose message names
 
 from __future__ import annotations
 
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -60,6 +61,12 @@ class BrokerSettings(_Section):
     key_file: Path | None = None
     tls_insecure: bool = False
     reconnect_delay: float = Field(0.5, gt=0, le=60)
+    max_inflight: int = Field(1000, ge=1, le=65535)
+    """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
+    the broker; the rest wait in order in a local queue."""
+    max_queued: int = Field(100_000, ge=1)
+    """Past this many publishes waiting for the window the service stops taking readings
+    (the broker keeps them) until the queue is back under half."""
 
     @field_validator("url")
     @classmethod
@@ -120,6 +127,8 @@ class TopicSettings(_Section):
     alerts: str = "factory/{sensor_id}/alerts"
     health: str = "factory/{sensor_id}/health"
     deadletter: str = "mqtt-anomaly/deadletter"
+    floods: str = "mqtt-anomaly/floods"
+    """Aggregated alerts of alert floods (QoS 1, not retained); see ``docs/alerting.md``."""
     subscribe: tuple[str, ...] = ()
 
     @field_validator("readings", "status", "alerts", "health")
@@ -129,6 +138,13 @@ class TopicSettings(_Section):
             return validate_template(v, key="template")
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("template: ")) from None
+
+    @field_validator("floods")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        if not v or "+" in v or "#" in v or "\x00" in v:
+            raise ValueError(f"a publish topic, without wildcards: {v!r}")
+        return v
 
     @field_validator("subscribe")
     @classmethod
@@ -212,6 +228,36 @@ class DetectorSettings(_Section):
     def clear_threshold(self) -> float:
         """The value below which a threshold alert clears (2 units under the threshold)."""
         return self.threshold - 2.0 if self.threshold_clear is None else self.threshold_clear
+
+
+class AlertSettings(_Section):
+    """What reaches the operator: alert floods aggregated, console lines bounded."""
+
+    flood_threshold: int = Field(50, ge=0)
+    """Alert events of one detector from one group within ``flood_window`` that make a flood
+    (0: no flood handling)."""
+    flood_window: float = Field(60.0, gt=0, le=86_400)
+    flood_update_interval: float = Field(5.0, gt=0, le=3600)
+    """Seconds between two ``updated`` events of a flood whose counts change."""
+    group_pattern: str | None = None
+    """A regular expression on the sensor id with a named group ``group`` that refines the
+    readings topic prefix, e.g. ``^(?P<group>line-\\d+)-``."""
+    console_rate: float = Field(20.0, gt=0)
+    """Alert lines per second on the console at most (outside floods); then one line with
+    how many were not shown."""
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _check_pattern(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if "group" not in compiled.groupindex:
+            raise ValueError("needs a named group 'group', e.g. ^(?P<group>line-\\d+)-")
+        return v
 
 
 class StoreSettings(_Section):
@@ -412,6 +458,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     detector: DetectorSettings = DetectorSettings()
+    alerts: AlertSettings = AlertSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
     http: HttpSettings = HttpSettings()

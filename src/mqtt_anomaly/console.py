@@ -76,3 +76,37 @@ def emit(line: str) -> None:
     """One operator line on stdout, flushed (these are what the README shows)."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+class LineBudget:
+    """At most ``rate`` lines per second (a token bucket of one second's lines); counts the
+    lines refused, for one summary line (:meth:`summary`)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._at = clock()
+        self.suppressed = 0  # since the last summary
+        self.suppressed_total = 0
+
+    def allow(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.suppressed += 1
+        self.suppressed_total += 1
+        return False
+
+    def summary(self) -> str | None:
+        """The refused lines since the last summary, as one line (None if there were none)."""
+        if not self.suppressed:
+            return None
+        n, self.suppressed = self.suppressed, 0
+        return (
+            f"[ALERT] … {n:,} more alert{'s' if n > 1 else ''} not shown "
+            "(the dashboard and `mqtt-anomaly alerts` list them)"
+        )

@@ -4,7 +4,9 @@ The MQTT connection (:mod:`.transport.lean`) hands over every message of one net
 as a batch, so a burst costs one pipeline call, not one per message. Sinks: alerts and
 retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
 readings and alerts to the history store and to Kafka, operator lines on the console, and any
-listeners (the dashboard, tests).
+listeners (the dashboard, tests). Alerts reach the MQTT alert topic and the console through
+the flood filter (:mod:`.floods`): a flood of one kind from one group is one aggregated alert
+on ``topics.floods``; the store, Kafka and the listeners get every alert.
 
 Readings are acknowledged to the broker by delivery rounds (:mod:`.delivery`) once the store
 and Kafka hold them and the detector state that saw them is saved (``service.ack_after =
@@ -20,7 +22,6 @@ saved state is restored, so a restart does not relearn. The state file is data o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .console import RateLimitedLog, emit
+from .console import LineBudget, RateLimitedLog, emit
 from .delivery import DeliveryTracker, DurableSink
 from .detectors.river_adapter import RiverDetector
 from .errors import StateFileError
+from .floods import FloodEvent, FloodFilter
 from .messages import Alert, encode
 from .pipeline import Output, Pipeline
 from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
@@ -97,6 +99,8 @@ class DetectorService:
             )
         self.ready = asyncio.Event()
         self._alerts_topic = TopicTemplate(settings.topics.alerts)
+        self.floods = FloodFilter(settings.alerts, settings.topics.readings)
+        self._console_budget = LineBudget(settings.alerts.console_rate)
         self._health_topic = TopicTemplate(settings.topics.health)
         self._ratelog = RateLimitedLog(log)
         self._dl_budget = dead_letter_rate
@@ -144,18 +148,38 @@ class DetectorService:
         if self.settings.service.verbose and self.console:
             for r in out.readings:
                 emit(f"[DATA] Received {r.value:.1f}°{r.unit} from {r.sensor_id}")
-        for alert in out.alerts:
-            client.publish(self._alerts_topic.format(alert.sensor_id), encode(alert), qos=1)
-            if self.store is not None:
-                self.store.add_alert(alert)
-            if self.console:
-                self._print_alert(alert)
+        if out.alerts:
+            self._alerts(out.alerts)
         for sid, state in out.health:
             client.publish(self._health_topic.format(sid), state.encode(), qos=1, retain=True)
         if out.dead:
             self._dead_letters(out)
         for listener in self.listeners:
             listener(out)
+
+    def _alerts(self, alerts: list[Alert]) -> None:
+        """Every alert to the store; to MQTT and the console one by one unless in a flood
+        (:mod:`.floods`), whose aggregated events go to ``topics.floods``."""
+        if self.store is not None:
+            for alert in alerts:
+                self.store.add_alert(alert)
+        shown, floods = self.floods.feed(alerts, self.clock())
+        self._publish_alerts(shown, floods)
+
+    def _publish_alerts(self, shown: list[Alert], floods: list[FloodEvent]) -> None:
+        publish, topic = self.client.publish, self._alerts_topic
+        for alert in shown:
+            publish(topic.format(alert.sensor_id), encode(alert), qos=1)
+        if self.console:
+            allow = self._console_budget.allow
+            for alert in shown:
+                if allow():
+                    self._print_alert(alert)
+        for event in floods:
+            publish(self.settings.topics.floods, encode(event), qos=1)
+        lines = self.floods.lines
+        while lines:
+            self._line(lines.pop(0))
 
     def _dead_letters(self, out: Output) -> None:
         now = time.monotonic()
@@ -263,22 +287,42 @@ class DetectorService:
             for t in tasks:
                 t.cancel()
             for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await t
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a failed task must not keep the state from being saved
+                    log.exception("a service task had failed")
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Finish in-flight work, flush, save state, disconnect."""
+        """Finish in-flight work, flush, save state, disconnect.
+
+        Never raises, whatever is in flight: each step waits a bounded time. When the last
+        delivery round did not complete, the state of the last complete round stays (it
+        matches what the broker was told to forget)."""
         self._stopping = True
         complete = True
         if self.tracker is not None:
             self.client.stop_intake()
-            complete = await self.tracker.close(self.shutdown_timeout)
-        if not await self.client.drain(timeout=5.0):
-            log.warning("%d outgoing messages not acknowledged at shutdown", self.client.pending)
-        await self.client.disconnect()
+            try:
+                complete = await self.tracker.close(self.shutdown_timeout)
+            except Exception:
+                log.exception("the last delivery round failed at shutdown")
+                complete = False
+        try:
+            if not await self.client.drain(timeout=5.0):
+                log.warning(
+                    "%d outgoing messages not acknowledged at shutdown", self.client.pending
+                )
+            await self.client.disconnect()
+        except Exception:
+            log.exception("disconnecting from the broker failed at shutdown")
         if self.store is not None:
-            await asyncio.to_thread(self.store.flush, 10.0)
+            try:
+                await asyncio.to_thread(self.store.flush, 10.0)
+            except Exception:
+                log.exception("flushing the store failed at shutdown")
         if complete:  # else the last complete round's state matches what the broker forgot
             self.save()
 
@@ -286,11 +330,18 @@ class DetectorService:
         period = min(1.0, self.settings.detector.interval)
         while True:
             await asyncio.sleep(period)
-            out = self.pipeline.check_silence(self.clock())
-            if out:
-                self._emit(out)
-                if self.tracker is not None:
-                    self.tracker.touch()
+            try:
+                now = self.clock()
+                out = self.pipeline.check_silence(now)
+                if out:
+                    self._emit(out)
+                    if self.tracker is not None:
+                        self.tracker.touch()
+                self._publish_alerts(*self.floods.tick(now))
+                if self.console and (more := self._console_budget.summary()):
+                    self._line(more)
+            except Exception:  # like a failing batch: must never stop the checks or the service
+                log.exception("the periodic silence check failed")
 
     async def _checkpoint_loop(self) -> None:
         while True:

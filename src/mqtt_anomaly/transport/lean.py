@@ -16,7 +16,11 @@ cost per reading. This connection does only what the detector service needs, in 
   the messages);
 - QoS 1 publishes (alerts, health, dead letters) are tracked until their PUBACK and sent again
   after a reconnect (with DUP when the broker kept our session, as new messages when it did
-  not, so nothing is lost); while disconnected they wait in a bounded buffer;
+  not, so nothing is lost). At most ``broker.max_inflight`` of them are on the wire
+  unacknowledged; the rest wait in order in a local queue and go out as PUBACKs free the
+  window (a full window never raises). While disconnected they wait in the same queue,
+  bounded by ``buffer_size`` (the oldest are dropped). When the queue passes
+  ``broker.max_queued`` the intake is held (see :attr:`LeanClient.intake_held`);
 - persistent session (clean session off), keepalive pings, reconnect with a fixed delay, TLS and
   username/password from :class:`~mqtt_anomaly.config.BrokerSettings`.
 
@@ -132,9 +136,19 @@ class LeanClient:
         self._on_disconnect = on_disconnect
         self._clock = clock
         # (topic, payload, qos, retain, serial): serial numbers QoS 1 publishes in issue order
-        self._buffer: deque[_Out] = deque()
+        # waiting for the in-flight window (or, while disconnected, for the connection)
+        self._queue: deque[_Out] = deque()
         self._buffer_size = buffer_size
-        self._inflight: dict[int, _Out] = {}
+        self._inflight: dict[int, _Out] = {}  # on the wire, not yet acknowledged, in order
+        self._window = settings.max_inflight
+        self._max_queued = settings.max_queued
+        self.peak_inflight = 0  # the most QoS 1 publishes ever unacknowledged at once
+        self.acked = 0  # PUBACKs of our publishes received
+        # intake held while the outgoing queue is too long: (batch, acks, connection) parked
+        self._parked: list[tuple[Batch, list[bytes], _Protocol]] = []
+        self._intake_held = False
+        self.intake_holds = 0
+        self.parked_reads = 0
         self._serial = 0  # QoS 1 publishes issued
         self._low = 0  # every publish up to this serial is acknowledged (or dropped)
         self._done_out: set[int] = set()  # acknowledged above _low
@@ -200,6 +214,7 @@ class LeanClient:
             elif kind == 4:  # PUBACK of our QoS 1 publish
                 out = self._inflight.pop((data[i] << 8) | data[i + 1], None)
                 if out is not None:
+                    self.acked += 1
                     self._completed(out[4])
             elif kind == 6:  # PUBREL of an incoming QoS 2 message
                 acks.append(b"\x70\x02" + data[i : i + 2])
@@ -213,6 +228,17 @@ class LeanClient:
         return self._finish(data[pos:], batch, acks, proto)
 
     def _finish(self, rest: bytes, batch: Batch, acks: list[bytes], proto: _Protocol) -> bytes:
+        if self._queue and len(self._inflight) < self._window:  # PUBACKs freed the window
+            self._pump()
+        if (self._intake_held or self._parked) and (batch or acks):
+            self._parked.append((batch, acks, proto))  # processed once the queue is shorter
+            self.parked_reads += 1
+            return rest
+        self._deliver(batch, acks, proto)
+        return rest
+
+    def _deliver(self, batch: Batch, acks: list[bytes], proto: _Protocol) -> None:
+        """Hand one read's messages to ``on_batch``, then acknowledge (or hold) them."""
         if batch:
             self.stats.received += len(batch)
             try:
@@ -228,7 +254,6 @@ class LeanClient:
             else:
                 proto.transport.write(b"".join(acks))
                 self._last_out = time.monotonic()
-        return rest
 
     # ---- held acknowledgements and back-pressure ----------------------------------------
     @property
@@ -263,6 +288,48 @@ class LeanClient:
         """Ignore incoming messages from now on, without acknowledging them (the broker
         keeps them for the next session); everything else goes on (at shutdown)."""
         self._intake = False
+        self._parked.clear()  # not processed, not acknowledged: the broker sends them again
+
+    # ---- outgoing back-pressure -----------------------------------------------------------
+    @property
+    def intake_held(self) -> bool:
+        """True while the outgoing queue is over ``max_queued``: reads of the socket go on
+        (PUBACKs of our publishes must come in to shorten it), but the messages received are
+        parked unprocessed and unacknowledged until the queue is back under half."""
+        return self._intake_held
+
+    @property
+    def queued(self) -> int:
+        """Publishes waiting for the in-flight window or for the connection."""
+        return len(self._queue)
+
+    @property
+    def inflight(self) -> int:
+        """QoS 1 publishes on the wire and not yet acknowledged."""
+        return len(self._inflight)
+
+    def _hold_intake(self) -> None:
+        if not self._intake_held:
+            self._intake_held = True
+            self.intake_holds += 1
+            log.warning(
+                "%d outgoing messages wait for the broker: holding the intake until under %d",
+                len(self._queue),
+                self._max_queued // 2,
+            )
+
+    def _release_intake(self) -> None:
+        self._intake_held = False
+        log.info("outgoing queue under %d: intake resumed", self._max_queued // 2)
+        if self._parked:
+            asyncio.get_running_loop().call_soon(self._unpark)
+
+    def _unpark(self) -> None:
+        """Process the parked reads in order, until the intake is held again."""
+        while self._parked and not self._intake_held:
+            batch, acks, proto = self._parked.pop(0)
+            if proto is self._proto and self._intake:
+                self._deliver(batch, acks, proto)
 
     @property
     def paused(self) -> bool:
@@ -361,20 +428,21 @@ class LeanClient:
         return b"\x10" + _varint(len(body)) + body
 
     def _resume(self, session_present: bool) -> None:
-        """After CONNACK: re-send unacknowledged publishes, re-subscribe, flush the buffer."""
+        """After CONNACK: re-send unacknowledged publishes, re-subscribe, send the queue."""
         pending = list(self._inflight.items())
         if session_present:
-            for mid, (topic, payload, qos, retain, _) in pending:
-                self._write(_publish_packet(topic, payload, qos, retain, mid, dup=True))
-        else:
+            self._write(
+                b"".join(
+                    _publish_packet(topic, payload, qos, retain, mid, dup=True)
+                    for mid, (topic, payload, qos, retain, _) in pending
+                )
+            )
+        else:  # the broker forgot them: new messages, ahead of those queued since
             self._inflight.clear()
             if self._filters:
                 self._send_subscribe(self._filters)
-            for _, out in pending:
-                self._send(*out)
-        while self._buffer and self.connected:
-            self._send(*self._buffer.popleft())
-        self.stats.buffered = len(self._buffer)
+            self._queue.extendleft(reversed([out for _, out in pending]))
+        self._pump()
 
     def _lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if self._connack is not None and not self._connack.done():
@@ -387,6 +455,7 @@ class LeanClient:
         self._proto = None
         if proto is self._held_proto:  # the broker sends those messages again
             self._held, self._held_count, self._held_proto = [], 0, None
+        self._parked = [p for p in self._parked if p[2] is not proto]  # sent again, too
         if self._connected.is_set():
             self.stats.disconnects += 1
         self._connected.clear()
@@ -448,29 +517,57 @@ class LeanClient:
                 return self._next_mid
         raise BrokerError("no free packet identifier: 65,535 messages unacknowledged")
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> None:
+    def _packet(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> bytes:
+        """The PUBLISH packet, with a packet id taken for QoS 1 (counted in flight)."""
         mid = 0
         if qos:
             mid = self._mid()
-            self._inflight[mid] = (topic, payload, min(qos, 1), retain, serial)
-        self._write(_publish_packet(topic, payload, min(qos, 1), retain, mid, dup=False))
+            inflight = self._inflight
+            inflight[mid] = (topic, payload, 1, retain, serial)
+            self.peak_inflight = max(self.peak_inflight, len(inflight))
+        return _publish_packet(topic, payload, min(qos, 1), retain, mid, dup=False)
+
+    def _pump(self) -> None:
+        """Send queued publishes while the window has room, in one write."""
+        queue, inflight, window = self._queue, self._inflight, self._window
+        if not self.connected:
+            return
+        packets = []
+        while queue and (len(inflight) < window or not queue[0][2]):
+            packets.append(self._packet(*queue.popleft()))
+        if packets:
+            self._write(b"".join(packets))
+        self.stats.buffered = len(queue)
+        if self._intake_held and len(queue) <= self._max_queued // 2:
+            self._release_intake()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish now, or buffer while disconnected (bounded: the oldest are dropped)."""
+        """Publish now if connected and the in-flight window has room, else queue (in order).
+
+        While connected the queue is not bounded, but past ``max_queued`` the intake is held
+        (:attr:`intake_held`); while disconnected at most ``buffer_size`` wait (the oldest are
+        dropped)."""
         serial = 0
         if qos:
             self._serial = serial = self._serial + 1
+        queue = self._queue
         if self.connected:
-            self._send(topic, payload, qos, retain, serial)
+            if not queue and (not qos or len(self._inflight) < self._window):
+                self._write(self._packet(topic, payload, qos, retain, serial))
+                return
+            queue.append((topic, payload, qos, retain, serial))
+            if len(queue) > self._max_queued:
+                self._hold_intake()
+            self.stats.buffered = len(queue)
             return
-        if len(self._buffer) >= self._buffer_size:
+        if len(queue) >= self._buffer_size:
             self.stats.dropped += 1
-            if not self._buffer:
+            if not queue:
                 self._completed(serial)
                 return
-            self._completed(self._buffer.popleft()[4])
-        self._buffer.append((topic, payload, qos, retain, serial))
-        self.stats.buffered = len(self._buffer)
+            self._completed(queue.popleft()[4])
+        queue.append((topic, payload, qos, retain, serial))
+        self.stats.buffered = len(queue)
 
     # ---- tracking what we published -----------------------------------------------------
     def _completed(self, serial: int) -> None:
@@ -546,8 +643,8 @@ class LeanClient:
 
     @property
     def pending(self) -> int:
-        """Messages not yet acknowledged by the broker (buffered or in flight)."""
-        return len(self._buffer) + len(self._inflight)
+        """Messages not yet acknowledged by the broker (queued or in flight)."""
+        return len(self._queue) + len(self._inflight)
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every QoS 1 message published so far is acknowledged."""

@@ -57,6 +57,10 @@ METRICS: Final[dict[str, str]] = {
     "sensors_active": "gauge",
     "last_batch_size": "gauge",
     "outgoing_pending": "gauge",
+    "outgoing_queued": "gauge",
+    "floods_active": "gauge",
+    "floods": "counter",
+    "alerts_aggregated": "counter",
     "readings_unacknowledged": "gauge",
     "delivery_rounds": "counter",
     "delivery_slow_rounds": "counter",
@@ -169,6 +173,17 @@ class ServiceMetrics(Collector):
         )
         yield _gauge(
             "outgoing_pending", "Published QoS 1 messages not yet acknowledged", svc.client.pending
+        )
+        yield _gauge(
+            "outgoing_queued",
+            "Publishes waiting for the in-flight window (broker.max_inflight) or the connection",
+            svc.client.queued,
+        )
+        fl = svc.floods
+        yield _gauge("floods_active", "Alert floods going on", fl.active)
+        yield _counter("floods", "Alert floods raised", fl.floods_raised)
+        yield _counter(
+            "alerts_aggregated", "Alerts of floods not published one by one", fl.aggregated
         )
         yield from self._delivery()
         yield _gauge(
