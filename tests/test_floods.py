@@ -242,7 +242,7 @@ async def test_gateway_outage_is_one_flood_and_sigterm_saves(
         "[detector]\ninterval = 0.5\nsilence_factor = 3.0\n[alerts]\nflood_update_interval = 1.0\n"
     )
     db = tmp_path / "history.db"
-    state = tmp_path / "state" / "detector-state.pkl"
+    state = tmp_path / "state" / "detector-state.mqas"
     detector = subprocess.Popen(
         [
             *(sys.executable, "-m", "mqtt_anomaly", "detect", "-c", str(config)),
