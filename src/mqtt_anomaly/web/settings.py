@@ -149,6 +149,6 @@ def _read_token_file(path: Path) -> str:
     lines = text.splitlines()
     token = lines[0].strip() if lines else ""
     if not token:
-        what = "is empty" if not text.strip() else "has a blank first line"
+        what = "is empty" if not text else "has a blank first line"
         raise ConfigError(f"http.token_file: {path} {what}: the token must be on its first line")
     return token

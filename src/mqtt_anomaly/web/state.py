@@ -39,7 +39,7 @@ class WebState:
             AlertDesk(pl, service.clock, settings.alert_history),
             EventHub(pl, settings.sse_queue, settings.sse_heartbeat, settings.max_event_clients),
         )
-        state.metrics.sse_clients = state.hub.__len__
+        state.metrics.sse_clients = lambda: state.hub.slots  # streams admitted, not yet ended
         state.metrics.http_refused = lambda: state.refused
         service.listeners.append(state.on_batch)
         return state
