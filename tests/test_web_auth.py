@@ -122,7 +122,11 @@ def detect_cli(
 
 def refused_at_start(tmp_path: Path, listen: str, env: dict[str, str]) -> str:
     """Run the CLI, expect exit 2 before serving; returns its one stderr line."""
-    proc = detect_cli(tmp_path, listen, env, "--store", "none://")
+    nobody = f"mqtt://127.0.0.1:{free_port()}"  # never reached: refused before connecting
+    state = str(tmp_path / "state")
+    proc = detect_cli(
+        tmp_path, listen, env, "--broker", nobody, "--store", "none://", "--state-dir", state
+    )
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "Traceback" not in err

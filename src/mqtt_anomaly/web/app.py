@@ -110,7 +110,11 @@ async def serve_http(
     except OSError as exc:
         raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = int(sock.getsockname()[1])
-    app = create_app(service, settings)
+    try:
+        app = create_app(service, settings)
+    except BaseException:  # a blank token (ConfigError): nothing left listening
+        sock.close()
+        raise
     tls = {}
     if settings.cert_file is not None and settings.key_file is not None:
         tls = {"ssl_certfile": str(settings.cert_file), "ssl_keyfile": str(settings.key_file)}
@@ -149,7 +153,8 @@ async def http_server(
 ) -> AsyncIterator[int | None]:
     """Serve ``service``'s API while the block runs; yields the port (None: ``listen`` unset).
 
-    Waits until the socket listens, so a port in use fails here with :class:`OSError`::
+    Waits until the socket listens, so a port in use fails here with :class:`OSError`; a
+    blank or unreadable token with :class:`~mqtt_anomaly.errors.ConfigError`::
 
         async with http_server(service, settings.http):
             await service.run(stop)
@@ -157,6 +162,7 @@ async def http_server(
     if settings.address is None:
         yield None
         return
+    settings.secret_token()  # a blank or unreadable token: ConfigError before anything starts
     done = asyncio.Event()
     started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve_http(service, settings, done, started=started))

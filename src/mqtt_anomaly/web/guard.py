@@ -176,7 +176,7 @@ def client_key(host: str) -> str:
     """The bucket of a client address: IPv4 as is, IPv6 by its /64 (one site's prefix).
 
     >>> client_key("10.0.0.7"), client_key("2001:db8:1:2:aaaa::1"), client_key("::ffff:10.0.0.7")
-    ('10.0.0.7', '2001:db8:1:2::/64', '10.0.0.7')
+    ('10.0.0.7', '20010db800010002/64', '10.0.0.7')
     """
     if ":" not in host:
         return host
@@ -184,6 +184,7 @@ def client_key(host: str) -> str:
         addr = ipaddress.IPv6Address(host.split("%", 1)[0])
     except ValueError:
         return host
-    if addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    mapped = addr.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    return addr.packed[:8].hex() + "/64"

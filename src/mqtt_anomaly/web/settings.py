@@ -59,9 +59,11 @@ class HttpSettings(BaseModel):
     optional (no token: open to local users). Whenever a token is set, on any address,
     requests need ``Authorization: Bearer <token>`` or HTTP basic auth with the token as
     password (any user name); ``/healthz`` and ``/readyz`` stay open for probes. A blank
-    token (empty or whitespace, from ``token`` or the first line of ``token_file``) or an
-    unreadable ``token_file`` is an error, never "no token". ``cert_file`` and ``key_file``
-    serve HTTPS.
+    token is an error, never "no token": an empty or whitespace ``token`` when the settings
+    load, a ``token_file`` that is unreadable, empty or has a blank first line when the
+    server starts (the file is read then: a configuration naming a secret mounted only
+    where the service runs still loads elsewhere). ``cert_file`` and ``key_file`` serve
+    HTTPS.
 
     Limits: at most ``max_event_clients`` event streams at once (503 beyond), and per
     client address ``rate_limit`` API requests per second with bursts of ``rate_burst``
@@ -95,16 +97,6 @@ class HttpSettings(BaseModel):
     def _check_token(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value().strip():
             raise ValueError("is empty or blank: set a real token (or leave it unset)")
-        return v
-
-    @field_validator("token_file")
-    @classmethod
-    def _check_token_file(cls, v: Path | None) -> Path | None:
-        if v is not None:
-            try:
-                _read_token_file(v)
-            except ConfigError as exc:
-                raise ValueError(str(exc).removeprefix("http.token_file: ")) from None
         return v
 
     @model_validator(mode="after")
