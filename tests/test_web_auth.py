@@ -12,15 +12,18 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from mqtt_anomaly import pki
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.web import HttpSettings, parse_listen, serve_http
+from mqtt_anomaly.web.auth import TokenAuth
 
 from .mosquitto import Mosquitto, free_port, stop_process, wait_for_port
 
@@ -227,3 +230,26 @@ async def test_loopback_with_a_token_requires_it(mosquitto: Mosquitto, tmp_path:
         for path in ("/api/sensors", "/api/alerts", "/api/events", "/metrics", "/openapi.json"):
             assert (await client.get(f"{base}{path}")).status_code == 401, path
         assert (await client.get(f"{base}/readyz")).status_code in (200, 503)
+
+
+async def test_websocket_without_the_token_never_reaches_the_application() -> None:
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["type"])
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    auth = TokenAuth(app, LONG_TOKEN)
+    scope: dict[str, Any] = {"type": "websocket", "path": "/api/events", "headers": []}
+    await auth(scope, receive, send)  # type: ignore[arg-type]
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
+    scope["headers"] = [(b"authorization", f"Bearer {LONG_TOKEN}".encode())]
+    await auth(scope, receive, send)  # type: ignore[arg-type]
+    assert reached == ["websocket"]
