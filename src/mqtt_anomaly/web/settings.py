@@ -19,6 +19,7 @@ from ..errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 MIN_TOKEN_LENGTH = 16  # shorter tokens are accepted with a warning at start
+MAX_TOKEN_LINE = 4096  # characters of a token file's first line that are read
 
 
 def is_loopback(host: str) -> bool:
@@ -134,13 +135,13 @@ class HttpSettings(BaseModel):
 def _read_token_file(path: Path) -> str:
     """The first line of ``path``, stripped; ConfigError if unreadable, empty or blank."""
     try:
-        text = path.read_text()
+        with path.open(encoding="utf-8") as fh:
+            first = fh.readline(MAX_TOKEN_LINE)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"http.token_file: cannot read {path}: {reason}") from None
-    lines = text.splitlines()
-    token = lines[0].strip() if lines else ""
+    token = first.strip()
     if not token:
-        what = "is empty" if not text else "has a blank first line"
+        what = "is empty" if not first else "has a blank first line"
         raise ConfigError(f"http.token_file: {path} {what}: the token must be on its first line")
     return token
