@@ -59,7 +59,7 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
     app.include_router(router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
-    app.add_middleware(BodyLimit)  # added last = outermost
+    app.add_middleware(BodyLimit)  # each add_middleware wraps those before: this is innermost
     if token is not None:
         app.add_middleware(TokenAuth, token=token)
     if settings.rate_limit > 0:
