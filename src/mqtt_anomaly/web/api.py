@@ -1,16 +1,23 @@
-"""The REST API: sensors, readings history, alerts (acknowledge, shelve), probes, metrics."""
+"""The REST API: sensors, readings history, alerts (acknowledge, shelve), probes, metrics.
+
+Every parameter is bounded: numbers are finite and within a range, texts (sensor ids,
+detector names, a search) have a maximum length. A value out of bounds answers 422 naming
+the parameter.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..store.base import NullStore
+from ..topics import MAX_SENSOR_ID_LENGTH
 from . import models
-from .events import alert_json
+from .events import EventHub, alert_json
 from .history import downsample
 from .sensors import HEALTH_ORDER, display_health, expected_band, sensor_row
 from .state import WebState
@@ -18,6 +25,25 @@ from .state import WebState
 router = APIRouter()
 SortKey = Literal["sensor_id", "health", "last_value", "last_seen"]
 MAX_ROWS = 200_000
+MAX_OFFSET = 10_000_000
+MAX_BUCKETS = 100_000  # and at most ``http.max_points`` are returned
+EVENTS_RETRY_AFTER = 5  # seconds a refused event stream is told to wait
+
+# Bounded parameters (FastAPI's Path/Query carry the limits into validation and OpenAPI).
+SensorPath = Annotated[str, Path(min_length=1, max_length=MAX_SENSOR_ID_LENGTH)]
+DetectorPath = Annotated[str, Path(min_length=1, max_length=models.MAX_NAME_LENGTH)]
+SensorQuery = Annotated[
+    str | None, Query(min_length=1, max_length=MAX_SENSOR_ID_LENGTH, description="Sensor id")
+]
+DetectorQuery = Annotated[
+    str | None,
+    Query(min_length=1, max_length=models.MAX_NAME_LENGTH, description="Detector name"),
+]
+
+
+def epoch_query(description: str) -> Any:
+    """A finite time (epoch seconds) within :data:`models.MIN_TS` .. :data:`models.MAX_TS`."""
+    return Query(ge=models.MIN_TS, le=models.MAX_TS, allow_inf_nan=False, description=description)
 
 
 def web(request: Request) -> WebState:
@@ -59,10 +85,13 @@ def metrics(request: Request) -> Response:
 def list_sensors(
     request: Request,
     health: Annotated[models.Health | None, Query(description="Only this health")] = None,
-    q: Annotated[str | None, Query(description="Sensor id contains (case-insensitive)")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_SENSOR_ID_LENGTH, description="Sensor id contains (case-insensitive)"),
+    ] = None,
     sort: SortKey = "health",
     desc: bool = False,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> dict[str, Any]:
     """The fleet, filtered, sorted and paginated (health sorts anomalous first)."""
@@ -101,7 +130,7 @@ def list_sensors(
     tags=["sensors"],
     responses={404: {"description": "Unknown sensor"}},
 )
-def get_sensor(request: Request, sensor_id: str) -> dict[str, Any]:
+def get_sensor(request: Request, sensor_id: SensorPath) -> dict[str, Any]:
     """One sensor, with the range its detectors expect next."""
     pl = web(request).service.pipeline
     slot = pl.sensors.get(sensor_id)
@@ -115,16 +144,21 @@ def get_sensor(request: Request, sensor_id: str) -> dict[str, Any]:
 )
 async def readings(
     request: Request,
-    sensor_id: str,
-    start: Annotated[float | None, Query(description="From (epoch s)")] = None,
-    end: Annotated[float | None, Query(description="Until (epoch s)")] = None,
-    buckets: Annotated[int, Query(ge=1, description="At most this many points")] = 500,
+    sensor_id: SensorPath,
+    start: Annotated[float | None, epoch_query("From (epoch s)")] = None,
+    end: Annotated[float | None, epoch_query("Until (epoch s)")] = None,
+    buckets: Annotated[
+        int, Query(ge=1, le=MAX_BUCKETS, description="At most this many points")
+    ] = 500,
     max_rows: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 50_000,
 ) -> dict[str, Any]:
     """Readings history from the store, downsampled to ``buckets`` time buckets.
 
     Without ``start``: the latest ``max_rows`` readings up to ``end``.
     """
+    if start is not None and end is not None and end < start:
+        loc, msg = ["query", "end"], "end must not be before start"
+        raise HTTPException(422, [{"loc": loc, "msg": msg, "type": "value_error"}])
     w = web(request)
     buckets = min(buckets, w.settings.max_points)
     store = w.service.store
@@ -147,10 +181,10 @@ async def readings(
 @router.get("/api/alerts", response_model=list[models.AlertEvent], tags=["alerts"])
 async def alerts(
     request: Request,
-    sensor: str | None = None,
-    detector: str | None = None,
+    sensor: SensorQuery = None,
+    detector: DetectorQuery = None,
     state: Literal["raised", "cleared"] | None = None,
-    since: Annotated[float | None, Query(description="alert_ts >= since (epoch s)")] = None,
+    since: Annotated[float | None, epoch_query("alert_ts >= since (epoch s)")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[dict[str, Any]]:
     """Alert events, newest first: from the history store, or from memory without one."""
@@ -170,8 +204,8 @@ async def alerts(
 @router.get("/api/alerts/active", response_model=list[models.ActiveAlert], tags=["alerts"])
 def active_alerts(
     request: Request,
-    sensor: str | None = None,
-    detector: str | None = None,
+    sensor: SensorQuery = None,
+    detector: DetectorQuery = None,
     state: Literal["acknowledged", "unacknowledged", "shelved"] | None = None,
 ) -> list[dict[str, Any]]:
     """Alerts active now, newest first, with their acknowledgement and shelving."""
@@ -192,7 +226,7 @@ def _changed(w: WebState, item: Any) -> dict[str, Any]:
     tags=["alerts"],
     responses={404: {"description": "No such active alert"}},
 )
-def acknowledge(request: Request, sensor_id: str, detector: str) -> dict[str, Any]:
+def acknowledge(request: Request, sensor_id: SensorPath, detector: DetectorPath) -> dict[str, Any]:
     """Acknowledge an active alert (until it clears)."""
     w = web(request)
     return _changed(w, w.desk.acknowledge(sensor_id, detector))
@@ -204,7 +238,9 @@ def acknowledge(request: Request, sensor_id: str, detector: str) -> dict[str, An
     tags=["alerts"],
     responses={404: {"description": "No such active alert"}},
 )
-def shelve(request: Request, sensor_id: str, detector: str, body: models.Shelve) -> dict[str, Any]:
+def shelve(
+    request: Request, sensor_id: SensorPath, detector: DetectorPath, body: models.Shelve
+) -> dict[str, Any]:
     """Shelve an active alert for a while: the dashboard hides it until then."""
     w = web(request)
     return _changed(w, w.desk.shelve(sensor_id, detector, body.seconds))
@@ -216,21 +252,66 @@ def shelve(request: Request, sensor_id: str, detector: str, body: models.Shelve)
     tags=["alerts"],
     responses={404: {"description": "No such active alert"}},
 )
-def unshelve(request: Request, sensor_id: str, detector: str) -> dict[str, Any]:
+def unshelve(request: Request, sensor_id: SensorPath, detector: DetectorPath) -> dict[str, Any]:
     """End an alert's shelving now."""
     w = web(request)
     return _changed(w, w.desk.shelve(sensor_id, detector, None))
 
 
 # ---- live events ----------------------------------------------------------------------------
-@router.get("/api/events", tags=["events"], response_class=StreamingResponse)
-def events(
+class EventStream(StreamingResponse):
+    """An event stream that holds one of the hub's slots until the response ends.
+
+    The slot is given back however the response ends (the client leaves, the server stops,
+    an error), also when the stream's generator never started.
+    """
+
+    def __init__(self, hub: EventHub, sensor: str | None) -> None:
+        super().__init__(
+            hub.stream(sensor),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.release()
+
+
+@router.get(
+    "/api/events",
+    tags=["events"],
+    response_class=StreamingResponse,
+    responses={503: {"description": "Every event stream slot is taken (see Retry-After)"}},
+)
+async def events(
     request: Request,
-    sensor: Annotated[str | None, Query(description="Also stream this sensor's readings")] = None,
-) -> StreamingResponse:
-    """Server-sent events: ``alert``, ``health``, ``sensors``, ``alert-state``, ``reading``."""
-    return StreamingResponse(
-        web(request).hub.stream(sensor),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    sensor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_SENSOR_ID_LENGTH,
+            description="Also stream this sensor's readings",
+        ),
+    ] = None,
+) -> Response:
+    """Server-sent events: ``alert``, ``health``, ``sensors``, ``alert-state``, ``reading``.
+
+    At most ``http.max_event_clients`` streams at once: beyond, 503 with ``Retry-After``.
+    """
+    w = web(request)
+    if not w.hub.reserve():
+        w.refused["event_clients"] += 1
+        return JSONResponse(
+            {"detail": "too many event streams; retry later"},
+            503,
+            headers={"Retry-After": str(EVENTS_RETRY_AFTER)},
+        )
+    try:
+        return EventStream(w.hub, sensor)
+    except BaseException:
+        w.hub.release()
+        raise

@@ -11,13 +11,16 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .api import router
 from .auth import TokenAuth
-from .settings import HttpSettings
+from .guard import BodyLimit, CatchErrors, RateLimit
+from .settings import MIN_TOKEN_LENGTH, HttpSettings
 from .state import WebState
 
 if TYPE_CHECKING:
@@ -28,8 +31,23 @@ STATIC = resources.files(__package__) / "static"
 
 
 def create_app(service: DetectorService, settings: HttpSettings | None = None) -> FastAPI:
-    """The API and dashboard of ``service`` (registers one listener on it)."""
+    """The API and dashboard of ``service`` (registers one listener on it).
+
+    Requests pass, outermost first: :class:`CatchErrors` (an unexpected error is a 500
+    without traceback), :class:`RateLimit` (per client address; before the token check, so
+    guessing tokens is slowed too), :class:`TokenAuth` (whenever a token is configured),
+    :class:`BodyLimit`, then the routes. A blank token raises
+    :class:`~mqtt_anomaly.errors.ConfigError`; it never means "no token".
+    """
     settings = settings or HttpSettings()
+    token = settings.secret_token()  # raises on a blank or unreadable token: before serving
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        log.warning(
+            "http.token: only %d characters; use at least %d random ones "
+            "(e.g. openssl rand -hex 32)",
+            len(token),
+            MIN_TOKEN_LENGTH,
+        )
     app = FastAPI(
         title="mqtt-anomaly",
         version=__version__,
@@ -37,13 +55,36 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
         docs_url=None,  # the interactive pages load their scripts from a CDN: offline, no
         redoc_url=None,
     )
-    app.state.web = WebState.attach(service, settings)
+    web = app.state.web = WebState.attach(service, settings)
     app.include_router(router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")
-    token = settings.secret_token()
-    if token:
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit)  # each add_middleware wraps those before: this is innermost
+    if token is not None:
         app.add_middleware(TokenAuth, token=token)
+    if settings.rate_limit > 0:
+        app.add_middleware(
+            RateLimit, rate=settings.rate_limit, burst=settings.rate_burst, counts=web.refused
+        )
+    app.add_middleware(CatchErrors)
     return app
+
+
+MAX_ERRORS_SHOWN = 10
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field (``loc``) and why, without echoing the input.
+
+    FastAPI's own handler returns the rejected input, which may be ``inf`` or ``nan`` (not
+    JSON: the answer would fail) or a large body.
+    """
+    errors = exc.errors()
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e["type"]}
+        for e in errors[:MAX_ERRORS_SHOWN]
+    ]
+    return JSONResponse({"detail": detail}, 422)
 
 
 async def serve_http(
@@ -69,7 +110,11 @@ async def serve_http(
     except OSError as exc:
         raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = int(sock.getsockname()[1])
-    app = create_app(service, settings)
+    try:
+        app = create_app(service, settings)
+    except BaseException:  # a blank token (ConfigError): nothing left listening
+        sock.close()
+        raise
     tls = {}
     if settings.cert_file is not None and settings.key_file is not None:
         tls = {"ssl_certfile": str(settings.cert_file), "ssl_keyfile": str(settings.key_file)}
@@ -108,7 +153,8 @@ async def http_server(
 ) -> AsyncIterator[int | None]:
     """Serve ``service``'s API while the block runs; yields the port (None: ``listen`` unset).
 
-    Waits until the socket listens, so a port in use fails here with :class:`OSError`::
+    Waits until the socket listens, so a port in use fails here with :class:`OSError`; a
+    blank or unreadable token with :class:`~mqtt_anomaly.errors.ConfigError`::
 
         async with http_server(service, settings.http):
             await service.run(stop)
@@ -116,6 +162,7 @@ async def http_server(
     if settings.address is None:
         yield None
         return
+    settings.secret_token()  # a blank or unreadable token: ConfigError before anything starts
     done = asyncio.Event()
     started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve_http(service, settings, done, started=started))

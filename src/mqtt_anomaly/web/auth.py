@@ -23,8 +23,12 @@ class TokenAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        kind = scope["type"]
+        if kind == "lifespan" or scope["path"] in OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
+            return
+        if kind != "http":  # a WebSocket (none is served): refused before it is accepted
+            await send({"type": "websocket.close", "code": 1008})
             return
         await send(
             {

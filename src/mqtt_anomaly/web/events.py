@@ -4,7 +4,9 @@
 events once and puts one item per batch on each client's bounded queue; readings go only to
 clients watching that sensor (``/api/events?sensor=ID``). A client that falls behind by
 ``sse_queue`` batches is disconnected rather than buffered without bound; the browser's
-``EventSource`` reconnects and the dashboard reloads its state.
+``EventSource`` reconnects and the dashboard reloads its state. At most ``max_clients``
+streams are open at once: a stream takes a slot (:meth:`EventHub.reserve`) before its
+response starts and gives it back (:meth:`EventHub.release`) when the response ends.
 """
 
 from __future__ import annotations
@@ -57,16 +59,35 @@ def alert_json(a: Alert) -> dict[str, Any]:
 class EventHub:
     """Fan-out of batch events to the connected dashboards."""
 
-    def __init__(self, pipeline: Pipeline, queue_size: int = 1000, heartbeat: float = 15.0):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        queue_size: int = 1000,
+        heartbeat: float = 15.0,
+        max_clients: int = 32,
+    ):
         self.pipeline = pipeline
         self.queue_size = queue_size
         self.heartbeat = heartbeat
+        self.max_clients = max_clients
+        self.slots = 0  # streams admitted and not yet ended (reserve/release)
         self.clients: set[Client] = set()
         self._watched: dict[str, int] = {}
         self._closed = False
 
     def __len__(self) -> int:
         return len(self.clients)
+
+    def reserve(self) -> bool:
+        """Take a stream slot; False when all ``max_clients`` are taken."""
+        if self.slots >= self.max_clients:
+            return False
+        self.slots += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`reserve` (once per successful reserve)."""
+        self.slots = max(0, self.slots - 1)
 
     def publish(self, out: Output) -> None:
         """Queue one batch's events for every client (called once per batch)."""

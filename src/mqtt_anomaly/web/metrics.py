@@ -85,6 +85,7 @@ METRICS: Final[dict[str, str]] = {
     "kafka_backlog_limit": "gauge",
     "kafka_connected": "gauge",
     "sse_clients": "gauge",
+    "http_refused": "counter",
 }
 _SUFFIXES: Final = {
     "counter": ("_total",),
@@ -102,6 +103,7 @@ class ServiceMetrics(Collector):
     def __init__(self, service: DetectorService) -> None:
         self.service = service
         self.sse_clients: Callable[[], int] = lambda: 0
+        self.http_refused: Callable[[], dict[str, int]] = dict
         self._bounds = np.asarray(LATENCY_BUCKETS, dtype=np.float64)
         self._buckets = np.zeros(len(LATENCY_BUCKETS) + 1, dtype=np.float64)  # last: +Inf only
         self._latency_sum = 0.0
@@ -197,6 +199,12 @@ class ServiceMetrics(Collector):
         yield from self._store()
         yield from self._kafka()
         yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
+        refused = CounterMetricFamily(
+            P + "http_refused", "HTTP requests refused by a limit", labels=["reason"]
+        )
+        for reason, n in sorted(self.http_refused().items()):
+            refused.add_metric([reason], n)
+        yield refused
 
     def _delivery(self) -> Iterator[Metric]:
         svc = self.service

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Health = Literal["ok", "anomalous", "offline", "silent"]
+MAX_NAME_LENGTH = 64  # a detector's name
+MIN_TS, MAX_TS = -1e11, 1e11  # bounds of a time given to the API (epoch s, ±3,000 years)
+MAX_SHELVE = 7 * 86400  # the longest shelving (s)
 
 
 class Sensor(BaseModel):
@@ -101,7 +104,11 @@ class ActiveAlert(BaseModel):
 class Shelve(BaseModel):
     """How long to shelve an alert (hidden from the active list's unshelved view)."""
 
-    seconds: float = Field(gt=0, le=7 * 86400, description="Shelved until now + seconds")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    seconds: float = Field(
+        gt=0, le=MAX_SHELVE, allow_inf_nan=False, description="Shelved until now + seconds"
+    )
 
 
 class Probe(BaseModel):

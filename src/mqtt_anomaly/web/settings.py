@@ -15,7 +15,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..errors import ConfigError
+
 DEFAULT_HOST = "127.0.0.1"
+MIN_TOKEN_LENGTH = 16  # shorter tokens are accepted with a warning at start
+MAX_TOKEN_LINE = 4096  # characters of a token file's first line that are read
 
 
 def is_loopback(host: str) -> bool:
@@ -52,10 +56,19 @@ class HttpSettings(BaseModel):
     """The operator's HTTP endpoint (REST API, ``/metrics``, dashboard).
 
     ``listen`` is ``HOST:PORT`` or ``PORT`` (127.0.0.1); unset: no HTTP server. Bound to
-    anything but loopback, a ``token`` (or ``token_file``) is required: requests then need
-    ``Authorization: Bearer <token>`` or HTTP basic auth with the token as password (any user
-    name); ``/healthz`` and ``/readyz`` stay open for probes. ``cert_file`` and ``key_file``
-    serve HTTPS.
+    anything but loopback, a ``token`` (or ``token_file``) is required; on loopback it is
+    optional (no token: open to local users). Whenever a token is set, on any address,
+    requests need ``Authorization: Bearer <token>`` or HTTP basic auth with the token as
+    password (any user name); ``/healthz`` and ``/readyz`` stay open for probes. A blank
+    token is an error, never "no token": an empty or whitespace ``token`` when the settings
+    load, a ``token_file`` that is unreadable, empty or has a blank first line when the
+    server starts (the file is read then: a configuration naming a secret mounted only
+    where the service runs still loads elsewhere). ``cert_file`` and ``key_file`` serve
+    HTTPS.
+
+    Limits: at most ``max_event_clients`` event streams at once (503 beyond), and per
+    client address ``rate_limit`` API requests per second with bursts of ``rate_burst``
+    (429 beyond; ``rate_limit = 0`` turns it off).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +78,9 @@ class HttpSettings(BaseModel):
     sse_heartbeat: float = Field(15.0, gt=0)  # seconds between keep-alive comments
     max_points: int = Field(2000, ge=10)  # upper bound on ``buckets`` of a readings query
     alert_history: int = Field(10_000, ge=100)  # alert events kept in memory for the feed
+    max_event_clients: int = Field(32, ge=1, le=10_000)  # concurrent /api/events streams
+    rate_limit: float = Field(50.0, ge=0, allow_inf_nan=False)  # API requests/s per client; 0: off
+    rate_burst: int = Field(100, ge=1)  # requests a client may make at once before the rate applies
     token: SecretStr | None = None
     token_file: Path | None = None
     cert_file: Path | None = None
@@ -75,6 +91,13 @@ class HttpSettings(BaseModel):
     def _check_listen(cls, v: str | None) -> str | None:
         if v is not None:
             parse_listen(v)
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is empty or blank: set a real token (or leave it unset)")
         return v
 
     @model_validator(mode="after")
@@ -90,17 +113,35 @@ class HttpSettings(BaseModel):
         return self
 
     def secret_token(self) -> str | None:
-        """The access token from ``token`` or the first line of ``token_file``."""
+        """The access token from ``token`` or the first line of ``token_file``; None: no token.
+
+        Never an empty string: a blank token raises :class:`ConfigError`.
+        """
         if self.token is not None:
-            return self.token.get_secret_value()
+            token = self.token.get_secret_value()
+            if not token.strip():
+                raise ConfigError("http.token: is empty or blank")
+            return token
         if self.token_file is not None:
-            try:
-                return self.token_file.read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
-                raise ValueError(f"http.token_file: cannot read: {exc}") from None
+            return _read_token_file(self.token_file)
         return None
 
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)``, or None when the server is off."""
         return parse_listen(self.listen) if self.listen is not None else None
+
+
+def _read_token_file(path: Path) -> str:
+    """The first line of ``path``, stripped; ConfigError if unreadable, empty or blank."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            first = fh.readline(MAX_TOKEN_LINE)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"http.token_file: cannot read {path}: {reason}") from None
+    token = first.strip()
+    if not token:
+        what = "is empty" if not first else "has a blank first line"
+        raise ConfigError(f"http.token_file: {path} {what}: the token must be on its first line")
+    return token

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..pipeline import Output
@@ -24,6 +24,9 @@ class WebState:
     metrics: ServiceMetrics
     desk: AlertDesk
     hub: EventHub
+    refused: dict[str, int] = field(
+        default_factory=lambda: {"rate_limit": 0, "event_clients": 0}
+    )  # requests refused by a limit, by reason (RateLimit, the event stream's cap)
 
     @classmethod
     def attach(cls, service: DetectorService, settings: HttpSettings) -> WebState:
@@ -34,9 +37,10 @@ class WebState:
             settings,
             ServiceMetrics(service),
             AlertDesk(pl, service.clock, settings.alert_history),
-            EventHub(pl, settings.sse_queue, settings.sse_heartbeat),
+            EventHub(pl, settings.sse_queue, settings.sse_heartbeat, settings.max_event_clients),
         )
-        state.metrics.sse_clients = state.hub.__len__
+        state.metrics.sse_clients = lambda: state.hub.slots  # streams admitted, not yet ended
+        state.metrics.http_refused = lambda: state.refused
         service.listeners.append(state.on_batch)
         return state
 

@@ -310,7 +310,11 @@ function connect() {
     if (opened) { loadFeed().catch(console.error); scheduleFleet(); }  // a reconnect: catch up
     opened = true;
   });
-  es.onerror = () => { live.className = "live off"; live.textContent = "reconnecting"; };
+  es.onerror = () => {
+    live.className = "live off"; live.textContent = "reconnecting";
+    // a refused stream (503: every slot taken, or 429) is not retried by the browser itself
+    if (es.readyState === EventSource.CLOSED && st.es === es) setTimeout(connect, 5000);
+  };
   es.addEventListener("alert", (e) => { addAlert(JSON.parse(e.data)); scheduleFleet(); });
   es.addEventListener("health", (e) => {
     const d = JSON.parse(e.data);
