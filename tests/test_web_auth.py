@@ -185,6 +185,14 @@ def test_blank_token_in_the_config_file(tmp_path: Path) -> None:
     assert load_settings(config).http.secret_token() == LONG_TOKEN
 
 
+def test_token_from_the_environment_loses_its_trailing_newline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MQTT_ANOMALY_HTTP__TOKEN", LONG_TOKEN + "\n")  # "$(cat file)" style
+    monkeypatch.setenv("MQTT_ANOMALY_HTTP__LISTEN", "0.0.0.0:8080")
+    assert load_settings(None).http.secret_token() == LONG_TOKEN
+
+
 def test_token_file_emptied_after_loading_is_refused_when_serving(tmp_path: Path) -> None:
     path = tmp_path / "http-token"
     path.write_text(LONG_TOKEN)

@@ -113,13 +113,14 @@ class HttpSettings(BaseModel):
         return self
 
     def secret_token(self) -> str | None:
-        """The access token from ``token`` or the first line of ``token_file``; None: no token.
+        """The access token from ``token`` or the first line of ``token_file``, without the
+        white space around it; None: no token.
 
         Never an empty string: a blank token raises :class:`ConfigError`.
         """
         if self.token is not None:
-            token = self.token.get_secret_value()
-            if not token.strip():
+            token = self.token.get_secret_value().strip()  # e.g. "$(cat file)" with its newline
+            if not token:
                 raise ConfigError("http.token: is empty or blank")
             return token
         if self.token_file is not None:
