@@ -70,7 +70,8 @@ class SeqWindow:
     - ``seq`` within the window below the highest and not seen: **late** (out of order, e.g. a
       sensor's retransmission after a broker restart): kept in the history but not scored,
       since detectors learn in time order;
-    - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped;
+    - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped (the pipeline compares
+      its value with the first one's: another value is a ``seq_conflict`` dead letter);
     - ``seq`` further back than the window: if it is small (< window) the sensor restarted
       its counter: **new**, and the window starts again; otherwise **stale**, dropped.
 
