@@ -196,7 +196,7 @@ def test_state_round_trip_continues_identically() -> None:
         for k, v in det_a.state.items():
             np.testing.assert_array_equal(v[:2], det_b.state[k][:2])
     # a redelivered reading is still a duplicate after restore
-    b.process(normal("S1", 1, start=120))
+    b.process([tail[20]])
     assert b.counters.duplicates == 1
 
 

@@ -116,6 +116,14 @@ class AlertBook:
         self.below[slot] = 0
         return changed
 
+    def reset(self, slots: IntArray) -> None:
+        """Forget ``slots``: no active alert, no run counted (for a slot given to a new sensor)."""
+        slots = slots[slots < len(self.active)]
+        self.active[slots] = False
+        self.critical[slots] = False
+        self.above[slots] = 0
+        self.below[slots] = 0
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "active": self.active.copy(),

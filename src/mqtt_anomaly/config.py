@@ -441,7 +441,26 @@ class ServiceSettings(_Section):
     means fewer state saves, more messages in flight at the broker."""
     max_payload: int = Field(4096, ge=16)
     max_sensors: int = Field(200_000, ge=1)
+    """Sensors the service keeps state for (the sensor table). A message from one more is a
+    dead letter (``sensor_limit``), unless a known sensor has been silent for ``evict_after``."""
+    evict_after: float = Field(3600.0, gt=0)
+    """Seconds without a reading or status after which a sensor may lose its slot to a new
+    sensor, once the table is full: the one silent longest goes first, and everything learned
+    about it is forgotten (its retained health is cleared). Not before: while every known
+    sensor was heard within this time, new sensors are refused. ``inf``: never evict."""
+    sensor_pattern: str = ""
+    """A regular expression every sensor id must match as a whole (empty: any id). A reading
+    or status of another id is a dead letter (``sensor_not_allowed``) and gets no state."""
     verbose: bool = False
+
+    @field_validator("sensor_pattern")
+    @classmethod
+    def _check_pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
 
 
 class Settings(BaseSettings):

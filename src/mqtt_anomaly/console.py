@@ -62,11 +62,17 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.INFO, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -1e18) >= self.period:
             n = self._suppressed.pop(key, 0)
             suffix = f" ({n} similar suppressed)" if n else ""
-            self.logger.warning(msg + suffix, *args)
+            self.logger.log(level, msg + suffix, *args)
             self._last[key] = now
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1

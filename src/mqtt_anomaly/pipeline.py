@@ -3,7 +3,8 @@
 One batch of raw messages takes one straight path:
 
 1. **decode** every payload once (``messages.decode_reading``) or turn it into a dead letter;
-2. **dedup / order** by ``(sensor, seq)`` — see :class:`SeqWindow`;
+2. **dedup / order** by ``(sensor, seq)`` — see :class:`SeqWindow`; a repeated ``seq`` with
+   another value than the first is a dead letter (``seq_conflict``), not a duplicate;
 3. **score** with every detector, one vectorised call per detector per *round* (a round holds
    at most one reading per sensor, so a batch with several readings of one sensor keeps their
    order);
@@ -11,13 +12,23 @@ One batch of raw messages takes one straight path:
    raised/cleared events, and the sensor's health is derived from its active alerts.
 
 The service (``service.py``) feeds batches in and hands :class:`Output` to the sinks.
+
+**The sensor table.** A sensor gets a slot on its first message, up to
+``service.max_sensors``. Once the table is full, a new sensor takes the slot of the sensor
+silent longest (no reading, no status), if that one has been silent for over
+``service.evict_after`` seconds; everything kept for the slot is reset, and the evicted id is
+reported in :attr:`Output.evicted`. Otherwise the new sensor's message is a dead letter
+(``sensor_limit``). With ``service.sensor_pattern`` set, an id that does not match it as a
+whole never gets a slot (``sensor_not_allowed``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -28,12 +39,26 @@ from .config import Settings
 from .detectors import Detector, create
 from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError, StateFileError
-from .messages import NO_SEQ, Alert, DeadLetter, HealthState, Reading, dead_letter, decode_reading
+from .messages import (
+    NO_SEQ,
+    Alert,
+    DeadLetter,
+    HealthState,
+    Reading,
+    Severity,
+    dead_letter,
+    decode_reading,
+)
 from .topics import TopicTemplate
 
 SEQ_WINDOW = 1024
 NEW, LATE, DUPLICATE, STALE = "new", "late", "duplicate", "stale"
 _MASK = (1 << SEQ_WINDOW) - 1
+SEQ_VALUES = 32  # per sensor, the values of the last SEQ_VALUES seqs (a power of two)
+_RING = SEQ_VALUES - 1
+EVICT_SCAN_EVERY = 1.0  # seconds (of message time) between two scans for silent sensors
+EVICT_SCAN_MAX = 16_384  # candidates kept from one scan, oldest first
+_SLOT, _RECEIVED = itemgetter(0), itemgetter(2)  # of a round's (slot, reading, received_at)
 
 OFFLINE = "offline"
 SILENCE = "silence"
@@ -46,7 +71,8 @@ class SeqWindow:
     - ``seq`` within the window below the highest and not seen: **late** (out of order, e.g. a
       sensor's retransmission after a broker restart): kept in the history but not scored,
       since detectors learn in time order;
-    - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped;
+    - ``seq`` seen before (a QoS 1 redelivery): **duplicate**, dropped (the pipeline compares
+      its value with the first one's: another value is a ``seq_conflict`` dead letter);
     - ``seq`` further back than the window: if it is small (< window) the sensor restarted
       its counter: **new**, and the window starts again; otherwise **stale**, dropped.
 
@@ -89,6 +115,11 @@ class SeqWindow:
             return NEW
         return STALE
 
+    def reset(self, slot: int) -> None:
+        """Forget every seq seen in ``slot`` (for a slot given to a new sensor)."""
+        self.top[slot] = -1
+        self.mask[slot] = 0
+
 
 @dataclass(slots=True)
 class Counters:
@@ -103,6 +134,9 @@ class Counters:
     status: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
+    seq_conflicts: int = 0
+    sensors_evicted: int = 0
+    sensors_rejected: int = 0  # messages of a sensor refused a slot (table full, not allowed)
     dead_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -115,9 +149,10 @@ class Output:
     health: list[tuple[str, HealthState]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     new_sensors: list[str] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)  # sensors whose slot went to a new one
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.alerts or self.health or self.dead)
+        return bool(self.readings or self.alerts or self.health or self.dead or self.evicted)
 
 
 class Pipeline:
@@ -153,32 +188,165 @@ class Pipeline:
         self.last_ts = np.empty(0)
         self.last_seen = np.empty(0)
         self.interval = np.empty(0)
+        # when a sensor was last heard other than by a scored reading (status, late reading,
+        # first message, restored state); its activity is the later of this and last_seen
+        self.last_active = np.empty(0)
+        # the values of the last SEQ_VALUES seqs, at seq % SEQ_VALUES (NaN: none recorded)
+        self.seq_values = np.empty((0, SEQ_VALUES))
         self.counters = Counters()
         self._reading_topics: dict[str, tuple[str, int]] = {}
+        pattern = settings.service.sensor_pattern
+        self._pattern = re.compile(pattern) if pattern else None
+        self._candidates: list[int] = []  # slots silent for evict_after, the oldest last
+        self._scanned = -math.inf  # message time of the last scan for them
+        self._scan_more = False  # the last scan found more than it kept
+        # per batch: slots with readings in it, late readings to record, first values by seq
+        self._pending: dict[int, int] = {}
+        self._late: list[tuple[int, int, float]] = []
+        self._firsts: dict[tuple[str, int], float] = {}
+        self._indexed = 0
 
     # ---- sensors -------------------------------------------------------------------
-    def slot_of(self, sensor_id: str, out: Output) -> int | None:
+    def slot_of(self, sensor_id: str, out: Output, now: float = math.nan) -> int | None:
+        """The sensor's slot; a new sensor gets a free one or, with the table full, the slot
+        of a sensor silent for over ``evict_after`` at ``now``; None if there is none."""
         slot = self.sensors.get(sensor_id)
         if slot is not None:
             return slot
-        if len(self.sensor_ids) >= self.settings.service.max_sensors:
-            return None
+        cap = self.settings.service.max_sensors
+        if len(self.sensor_ids) >= cap:
+            return self._evict_for(sensor_id, now, out)
         slot = len(self.sensor_ids)
         self.sensors[sensor_id] = slot
         self.sensor_ids.append(sensor_id)
         self.health.append("ok")
         if slot >= len(self.last_seen):
-            self._grow_columns(max(16, 2 * slot))
+            self._grow_columns(min(max(16, 2 * slot), cap))
         self.seq.grow(slot + 1)
+        self.last_active[slot] = now
         out.new_sensors.append(sensor_id)
         return slot
+
+    def _admit(
+        self, sid: str, topic: str, payload: bytes, received_at: float, out: Output
+    ) -> int | None:
+        """A slot for a sensor not known yet, or a dead letter saying why there is none."""
+        if self._pattern is not None and self._pattern.fullmatch(sid) is None:
+            exc = PayloadError("sensor_not_allowed", "sensor id does not match sensor_pattern")
+        else:
+            slot = self.slot_of(sid, out, received_at)
+            if slot is not None:
+                return slot
+            s = self.settings.service
+            exc = PayloadError(
+                "sensor_limit",
+                f"service.max_sensors = {s.max_sensors} sensors known, "
+                f"none silent for service.evict_after = {s.evict_after:g} s",
+            )
+        self.counters.sensors_rejected += 1  # logged (rate-limited) by the dead-letter sink
+        self._reject(topic, payload, exc, received_at, out)
+        return None
+
+    def _evict_for(self, sid: str, now: float, out: Output) -> int | None:
+        """Give ``sid`` the slot of the sensor silent longest, if silent for evict_after."""
+        slot = self._evictable(now)
+        if slot is None:
+            return None
+        old = self.sensor_ids[slot]
+        self._clear_slot(slot, old, now, out)
+        del self.sensors[old]
+        self._reading_topics.pop(self.readings_topic.format(old), None)
+        self.sensors[sid] = slot
+        self.sensor_ids[slot] = sid
+        self.counters.sensors_evicted += 1
+        out.evicted.append(old)
+        out.new_sensors.append(sid)
+        return slot
+
+    def _evictable(self, now: float) -> int | None:
+        """Pop the candidate silent longest that is still silent; scan for candidates at
+        most once per ``EVICT_SCAN_EVERY`` (unless the last scan had more than it kept)."""
+        limit = now - self.settings.service.evict_after
+        if not limit > -math.inf:  # NaN (no time given) or evict_after = inf
+            return None
+        cand = self._candidates
+        if not cand and (self._scan_more or not 0 <= now - self._scanned < EVICT_SCAN_EVERY):
+            self._scan(now, limit)
+            cand = self._candidates
+        seen, active, pending = self.last_seen, self.last_active, self._pending
+        while cand:
+            slot = cand.pop()
+            if slot in pending:  # heard in this batch
+                continue
+            heard = float(active[slot])
+            if not math.isnan(seen[slot]):
+                heard = max(float(seen[slot]), heard)  # NaN (unknown) never counts as silent
+            if heard < limit:
+                return slot
+        return None
+
+    def _scan(self, now: float, limit: float) -> None:
+        """One vectorised pass: the slots silent since before ``limit``, the oldest last."""
+        self._scanned = now
+        n = len(self.sensor_ids)
+        active = self.last_active[:n]
+        unknown = np.isnan(active)
+        if unknown.any():  # restored from a file without activity times: count from now
+            active[unknown] = now
+        last = np.fmax(self.last_seen[:n], active)
+        old = np.flatnonzero(last < limit)
+        self._scan_more = len(old) > EVICT_SCAN_MAX
+        if self._scan_more:
+            old = old[np.argpartition(last[old], EVICT_SCAN_MAX)[:EVICT_SCAN_MAX]]
+        self._candidates = old[np.argsort(-last[old], kind="stable")].tolist()
+
+    def _clear_slot(self, slot: int, sid: str, now: float, out: Output) -> None:
+        """Reset everything kept for ``slot``; its active alerts are cleared (as events)."""
+        idx = np.array([slot], dtype=np.intp)
+        for det in self.detectors:
+            det.reserve(slot + 1)
+            det.reset(idx)
+        last = float(np.fmax(self.last_seen[slot], self.last_active[slot]))
+        message = f"sensor forgotten: silent for {now - last:.0f}s and the sensor table is full"
+        for name, book in self.books.items():
+            if slot < len(book.active) and book.active[slot]:
+                self.counters.alerts_cleared += 1
+                sev: Severity = "critical" if book.critical[slot] else "warning"
+                out.alerts.append(
+                    Alert(
+                        sensor_id=sid,
+                        detector=name,
+                        severity=sev,
+                        state="cleared",
+                        value=None,
+                        score=0.0,
+                        threshold=None,
+                        expected_low=None,
+                        expected_high=None,
+                        reading_ts=None,
+                        alert_ts=now,
+                        message=message,
+                    )
+                )
+            book.reset(idx)
+        self.seq.reset(slot)
+        self.seq_values[slot] = math.nan
+        self.last_value[slot] = math.nan
+        self.last_ts[slot] = math.nan
+        self.last_seen[slot] = math.nan
+        self.interval[slot] = self.settings.detector.interval
+        self.last_active[slot] = now
+        self.health[slot] = "ok"
 
     # ---- one batch -----------------------------------------------------------------
     def process(self, batch: Iterable[tuple[str, bytes, float]]) -> Output:
         """Process raw ``(topic, payload, received_at)`` messages in arrival order."""
         out = Output()
         rounds: list[list[tuple[int, Reading, float]]] = []
-        depth: dict[int, int] = {}
+        depth: dict[int, int] = {}  # slot → readings of it in this batch's rounds
+        self._pending = depth
+        self._firsts = {}
+        self._indexed = 0
         max_size = self.settings.service.max_payload
         c = self.counters
         cache = self._reading_topics
@@ -200,12 +368,16 @@ class Pipeline:
                 verdict = check(slot, reading.seq)
                 if verdict is not NEW:
                     if verdict is DUPLICATE:
-                        c.duplicates += 1
+                        if not self._conflict(topic, payload, slot, reading, received_at, out):
+                            c.duplicates += 1
                     elif verdict is STALE:
                         c.stale += 1
                     else:
                         c.late += 1
                         out.readings.append(reading)
+                        self._late.append((slot, reading.seq, reading.value))
+                        self.last_active[slot] = received_at
+                        depth.setdefault(slot, 0)  # heard in this batch: not to be evicted
                     continue
             r = depth.get(slot, 0)
             depth[slot] = r + 1
@@ -215,8 +387,46 @@ class Pipeline:
             out.readings.append(reading)
         for rnd in rounds:
             self._score(rnd, out)
+        if self._late:
+            self._record_late()
         c.processed += sum(len(r) for r in rounds)
         return out
+
+    def _conflict(
+        self, topic: str, payload: bytes, slot: int, r: Reading, received_at: float, out: Output
+    ) -> bool:
+        """A repeated seq: a dead letter if its value differs from the first one's. The first
+        value is this batch's (not recorded yet) or in the slot's ring if the seq is among the
+        last SEQ_VALUES; an older one cannot be checked (a plain duplicate)."""
+        first = None
+        if slot in self._pending:  # the sensor has readings in this batch: the first may be one
+            firsts = self._firsts
+            readings = out.readings
+            for x in readings[self._indexed :]:  # each reading indexed at most once a batch
+                if x.seq != NO_SEQ:
+                    firsts.setdefault((x.sensor_id, x.seq), x.value)
+            self._indexed = len(readings)
+            first = firsts.get((r.sensor_id, r.seq))
+        if first is None:
+            if self.seq.top[slot] - r.seq >= SEQ_VALUES:
+                return False
+            first = float(self.seq_values[slot, r.seq & _RING])
+        if first == r.value or math.isnan(first):  # the same value, or none recorded (NaN)
+            return False
+        self.counters.seq_conflicts += 1
+        detail = f"seq {r.seq}: first value {first!r}, now {r.value!r}"
+        self._reject(topic, payload, PayloadError("seq_conflict", detail), received_at, out)
+        return True
+
+    def _record_late(self) -> None:
+        """Record the values of this batch's late readings, once its new ones are recorded:
+        only those among their sensor's last SEQ_VALUES seqs (else a newer one's place)."""
+        top = self.seq.top
+        ring = self.seq_values
+        for slot, seq, value in self._late:
+            if top[slot] - seq < SEQ_VALUES:
+                ring[slot, seq & _RING] = value
+        self._late = []
 
     def _grow_columns(self, cap: int) -> None:
         def grown(old: FloatArray, fill: float) -> FloatArray:
@@ -228,6 +438,10 @@ class Pipeline:
         self.last_ts = grown(self.last_ts, math.nan)
         self.last_seen = grown(self.last_seen, math.nan)
         self.interval = grown(self.interval, self.settings.detector.interval)
+        self.last_active = grown(self.last_active, math.nan)
+        ring = np.full((cap, SEQ_VALUES), math.nan)
+        ring[: len(self.seq_values)] = self.seq_values
+        self.seq_values = ring
 
     def _classify(
         self, topic: str, payload: bytes, received_at: float, out: Output
@@ -241,20 +455,26 @@ class Pipeline:
             else:
                 self._reject(topic, payload, PayloadError("unexpected_topic"), received_at, out)
             return None
-        slot = self.slot_of(sid, out)
-        if slot is None:  # logged (rate-limited) and counted by the dead-letter sink
-            limit = f"service.max_sensors = {self.settings.service.max_sensors} sensors known"
-            self._reject(topic, payload, PayloadError("sensor_limit", limit), received_at, out)
-            return None
+        slot = self.sensors.get(sid)
+        if slot is None:
+            slot = self._admit(sid, topic, payload, received_at, out)
+            if slot is None:
+                return None
         known = self._reading_topics[topic] = (sid, slot)  # bounded by max_sensors
         return known
 
     def _score(self, rnd: list[tuple[int, Reading, float]], out: Output) -> None:
         n = len(rnd)
-        slots = np.fromiter((s for s, _, _ in rnd), dtype=np.intp, count=n)
+        slots = np.fromiter(map(_SLOT, rnd), dtype=np.intp, count=n)
         values = np.fromiter((r.value for _, r, _ in rnd), dtype=np.float64, count=n)
         ts = np.fromiter((r.ts for _, r, _ in rnd), dtype=np.float64, count=n)
-        recv = np.fromiter((t for _, _, t in rnd), dtype=np.float64, count=n)
+        recv = np.fromiter(map(_RECEIVED, rnd), dtype=np.float64, count=n)
+        seqs = np.fromiter((r.seq for _, r, _ in rnd), dtype=np.int64, count=n)
+        has_seq = seqs != NO_SEQ
+        if has_seq.all():
+            self.seq_values[slots, seqs & _RING] = values
+        else:
+            self.seq_values[slots[has_seq], seqs[has_seq] & _RING] = values[has_seq]
         self._arrived(slots, recv)
         touched: set[int] = set()
         for det in self.detectors:
@@ -316,9 +536,12 @@ class Pipeline:
                 self.status_topic.format(sid), payload, PayloadError("bad_status"), received_at, out
             )
             return
-        slot = self.slot_of(sid, out)
+        slot = self.sensors.get(sid)
         if slot is None:
-            return
+            slot = self._admit(sid, self.status_topic.format(sid), payload, received_at, out)
+            if slot is None:
+                return
+        self.last_active[slot] = received_at
         offline = text == b"offline"
         book = self.books[OFFLINE]
         if book.set_state(slot, offline, critical=offline):
@@ -417,12 +640,15 @@ class Pipeline:
     def state_dict(self) -> dict[str, Any]:
         """A copy of the per-sensor state: plain data only (see :mod:`mqtt_anomaly.statefile`),
         cheap enough to take on the event loop every delivery round."""
+        n = len(self.sensor_ids)
         return {
             "version": 1,
             "sensor_ids": list(self.sensor_ids),
             "seq_top": list(self.seq.top),
             "seq_mask": list(self.seq.mask),  # 1,024-bit ints
-            "interval": self.interval[: len(self.sensor_ids)].tolist(),
+            "seq_values": self.seq_values[:n].copy(),  # (n, SEQ_VALUES) float64
+            "activity": np.fmax(self.last_seen[:n], self.last_active[:n]),  # for eviction
+            "interval": self.interval[:n].tolist(),
             "health": list(self.health),
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
@@ -465,6 +691,8 @@ class Pipeline:
         detectors = _saved_dict(state, "detectors")
         books = _saved_dict(state, "books")
         book_states = {name: _book_state(books[name], name) for name in self.books if name in books}
+        values = _saved_array(state, "seq_values", (n, SEQ_VALUES))
+        activity = _saved_array(state, "activity", (n,))
         # checked: from here on nothing raises
         out = Output()
         for sid in ids:
@@ -472,6 +700,11 @@ class Pipeline:
         self.seq.top = seq_top
         self.seq.mask = seq_mask
         self.interval[:n] = interval
+        if values is not None:  # else no seq values to compare yet
+            self.seq_values[:n] = values
+        if activity is not None:  # else activity counts from the next message
+            self.last_active[:n] = activity
+        self._candidates, self._scanned = [], -math.inf
         self.health = health
         skipped = []
         for det in self.detectors:
@@ -499,6 +732,18 @@ def _saved_list(
     if value and not all(isinstance(x, kind) and type(x) is not bool for x in value):
         raise StateFileError(f"saved state: {key} holds something else")
     return value
+
+
+def _saved_array(
+    state: Mapping[str, Any], key: str, shape: tuple[int, ...]
+) -> NDArray[np.float64] | None:
+    """An optional float array of the saved state (None when absent), checked for its shape."""
+    value = state.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype.kind not in "fiu":
+        raise StateFileError(f"saved state: {key} is not a numeric array of shape {shape}")
+    return value.astype(np.float64, copy=False)
 
 
 def _saved_dict(state: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -150,6 +150,8 @@ class DetectorService:
                 emit(f"[DATA] Received {r.value:.1f}°{r.unit} from {r.sensor_id}")
         if out.alerts:
             self._alerts(out.alerts)
+        if out.evicted:  # before health: an id evicted and back in one batch keeps its new
+            self._evicted(out.evicted)
         for sid, state in out.health:
             client.publish(self._health_topic.format(sid), state.encode(), qos=1, retain=True)
         if out.dead:
@@ -180,6 +182,22 @@ class DetectorService:
         lines = self.floods.lines
         while lines:
             self._line(lines.pop(0))
+
+    def _evicted(self, evicted: list[str]) -> None:
+        """Clear the retained health of sensors that lost their slot; one log line a burst."""
+        for sid in evicted:
+            self.client.publish(self._health_topic.format(sid), b"", qos=1, retain=True)
+        s = self.settings.service
+        self._ratelog.info(
+            "evicted",
+            "sensor table full (service.max_sensors = %d): forgot %d sensor(s) silent for over "
+            "service.evict_after = %gs, e.g. %s (%d in all)",
+            s.max_sensors,
+            len(evicted),
+            s.evict_after,
+            evicted[0],
+            self.pipeline.counters.sensors_evicted,
+        )
 
     def _dead_letters(self, out: Output) -> None:
         now = time.monotonic()

@@ -49,6 +49,9 @@ METRICS: Final[dict[str, str]] = {
     "readings_stale": "counter",
     "duplicates_dropped": "counter",
     "status_messages": "counter",
+    "seq_conflicts": "counter",
+    "sensors_evicted": "counter",
+    "sensors_rejected": "counter",
     "dead_letters": "counter",
     "dead_letters_suppressed": "counter",
     "alerts": "counter",
@@ -148,6 +151,13 @@ class ServiceMetrics(Collector):
         yield _counter("readings_stale", "Readings too far behind to place, dropped", c.stale)
         yield _counter("duplicates_dropped", "QoS 1 redeliveries dropped", c.duplicates)
         yield _counter("status_messages", "Sensor status (online/offline) messages", c.status)
+        yield _counter(
+            "seq_conflicts", "Repeated seqs with another value (dead letters)", c.seq_conflicts
+        )
+        yield _counter(
+            "sensors_evicted", "Silent sensors forgotten to make room", c.sensors_evicted
+        )
+        yield _counter("sensors_rejected", "Messages of sensors refused a slot", c.sensors_rejected)
         dead = CounterMetricFamily(
             P + "dead_letters", "Rejected messages by reason", labels=["reason"]
         )
