@@ -115,6 +115,7 @@ def test_generated_configuration(cert_broker: tuple[Bundle, Mosquitto]) -> None:
     assert "pattern write factory/%u/temperature" in acl
     assert "topic read factory/+/temperature" in acl
     assert "topic write mqtt-anomaly/deadletter" in acl
+    assert "topic write mqtt-anomaly/floods" in acl and "topic read mqtt-anomaly/floods" in acl
     keys = [bundle.directory / "ca.key", bundle.directory / "broker.key"]
     keys += [bundle.key(i) for i in bundle.client_certs]
     for key in keys:

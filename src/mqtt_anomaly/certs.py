@@ -84,14 +84,15 @@ def acl_text(
         f"pattern write {pat(topics.readings, '%u')}",
         f"pattern write {pat(topics.status, '%u')}",
         "",
-        "# the detector: reads the fleet, writes alerts, health and dead letters",
+        "# the detector: reads the fleet, writes alerts, health, flood alerts and dead letters",
         f"user {detector_id}",
         *_detector_rules(topics),
         "",
-        "# operators: read alerts, health and dead letters",
+        "# operators: read alerts, health, flood alerts and dead letters",
         f"user {OPERATOR_ID}",
         f"topic read {pat(topics.alerts, '+')}",
         f"topic read {pat(topics.health, '+')}",
+        f"topic read {topics.floods}",
         f"topic read {topics.deadletter}",
     ]
     if dev_identities:
@@ -115,6 +116,7 @@ def _detector_rules(topics: TopicSettings) -> list[str]:
     rules = [f"topic read {f}" for f in topics.filters]
     for template in (topics.alerts, topics.health):
         rules.append(f"topic write {template.replace('{sensor_id}', '+')}")
+    rules.append(f"topic write {topics.floods}")
     rules.append(f"topic write {topics.deadletter}")
     return rules
 
