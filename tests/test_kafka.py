@@ -306,7 +306,8 @@ async def test_broker_restart_mid_stream_loses_nothing_unconfirmed(
             marks.append((sink.mark(), seq))
 
     send(20)
-    await eventually(lambda: sink.stats.delivered >= 200, what="deliveries before the stop")
+    first = marks[-1][0]
+    await eventually(lambda: sink.wait_confirmed(first, 0), what="confirmed before the stop")
     send(20)  # in flight when the broker dies
     kafka.stop(signal.SIGKILL)
     send(20)  # while the broker is down
