@@ -94,7 +94,8 @@ async def outage(n: int, work: Path) -> None:
         print("   ", line)
     print(f"stderr: {len(errors)} lines")
     with sqlite3.connect(db) as conn:
-        (stored,) = conn.execute("select count(*) from alerts where detector = 'silence'").fetchone()
+        query = "select count(*) from alerts where detector = 'silence'"
+        (stored,) = conn.execute(query).fetchone()
     print(f"silence alerts in the store: {stored:,}")
     state = work / "state" / "detector-state.mqas"
     print(f"state file: {state.stat().st_size:,} bytes" if state.exists() else "no state file")
