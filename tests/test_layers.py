@@ -314,3 +314,33 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'replay',",
         "'simulate']",
     ]
+
+
+def _command_paths() -> list[list[str]]:
+    import typer
+
+    from mqtt_anomaly.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(cmd: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_every_command_of_the_assembled_app_has_help() -> None:
+    from typer.testing import CliRunner
+
+    from mqtt_anomaly.cli import app
+
+    paths = _command_paths()
+    assert len(paths) == 14  # the root, 9 commands and groups, config show, evaluate's three
+    runner = CliRunner()
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")
+        assert res.exit_code == 0, (path, res.output)
+        assert f"Usage: {' '.join(['mqtt-anomaly', *path])} [OPTIONS]" in res.output, path
