@@ -366,7 +366,7 @@ def certs(
             fail(f"invalid identity {ident!r}: no '/', '+', '#', blanks or control characters")
     topics = TopicSettings()
     if config is not None:
-        from .cli import settings_from_cli
+        from .cli.settings import settings_from_cli
 
         topics = settings_from_cli(config, {}).topics
     bundle = build_bundle(

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from ..options import ConfigOpt
+from ..cli.options import ConfigOpt
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -108,7 +108,7 @@ def replay(
     """
     from rich.markup import escape
 
-    from ..cli import settings_from_cli
+    from ..cli.settings import settings_from_cli
     from ..console import fail, setup_logging
     from ..errors import ConfigError, MqttAnomalyError
 

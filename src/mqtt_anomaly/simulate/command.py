@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..options import BrokerOpt, ConfigOpt
+from ..cli.options import BrokerOpt, ConfigOpt
 
 INJECT_HELP = (
     "Force a fault: KIND@SECONDS[+DURATION][:SENSOR] (repeatable). KIND: spike, level_shift, "
@@ -97,7 +97,7 @@ def simulate(
 
     Example: mqtt-anomaly simulate -n 3 --seed 42 --inject spike@5
     """
-    from ..cli import settings_from_cli
+    from ..cli.settings import settings_from_cli
     from ..console import fail, run, setup_logging
     from ..errors import ConfigError
     from .faults import NO_FAULTS, FaultKind, parse_injection

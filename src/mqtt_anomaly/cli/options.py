@@ -1,4 +1,8 @@
-"""Command-line options shared by several commands."""
+"""Command-line options shared by several commands.
+
+Imported by the command modules wherever they live (``cli/``, ``replay/``, ``simulate/``, ...);
+it imports nothing of the package, so a command never depends on the app that mounts it.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,90 @@
+"""``mqtt-anomaly detect``: the detector service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..console import run, setup_logging
+from .options import BrokerOpt, ConfigOpt
+from .settings import settings_from_cli
+
+
+def detect(
+    config: ConfigOpt = None,
+    broker: BrokerOpt = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="MQTT client id; keep it stable so the broker keeps the session."),
+    ] = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic",
+            "-t",
+            help="Topic filter to subscribe (repeatable); default: readings and status wildcards.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Critical threshold (°C).", show_default=False)
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="History store URL: sqlite:///PATH, postgresql://USER@HOST/DB or none://.",
+            show_default=False,
+        ),
+    ] = None,
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send readings, alerts and health to Kafka: kafka://HOST:PORT[,HOST:PORT].",
+            show_default=False,
+        ),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve the dashboard, REST API and /metrics on [HOST:]PORT "
+            "(host 127.0.0.1 when only a port is given).",
+            show_default=False,
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="File whose first line is the broker password.", show_default=False),
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where detector state is saved.", show_default=False)
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print every reading received.")
+    ] = False,
+) -> None:
+    """Subscribe to the fleet's readings, score every reading, publish alerts.
+
+    Prints `[ALERT]` lines, publishes alerts on `factory/{sensor_id}/alerts` and a retained
+    `factory/{sensor_id}/health`, and keeps history in the store (and Kafka, with `--kafka`).
+    A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
+    saving detector state for the next start.
+    """
+    settings = settings_from_cli(
+        config,
+        {
+            "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
+            "topics": {"subscribe": tuple(topic) if topic else None},
+            "http": {"listen": http},
+            "detector": {"threshold": threshold},
+            "store": {"url": store},
+            "kafka": {"url": kafka},
+            "service": {"state_dir": state_dir, "verbose": verbose or None},
+        },
+    )
+    from ..service import run_service
+
+    setup_logging(False)
+    run(lambda: run_service(settings))
