@@ -121,6 +121,13 @@ class MemoryBroker:
     def payloads(self, topic_filter: str) -> list[bytes]:
         return [m.payload for m in self.messages(topic_filter)]
 
+    def subscriptions(self, client_id: str) -> list[str]:
+        """The filters of ``client_id`` while it is connected (else none)."""
+        session = self._sessions.get(client_id)
+        if session is None or client_id not in self._clients:
+            return []
+        return list(session.filters)
+
     # ---- faults ------------------------------------------------------------------------
     def go_down(self) -> None:
         """Drop every connection (sessions are kept); connects wait until :meth:`come_back`."""
