@@ -207,32 +207,40 @@ async def test_sigkill_twice_loses_and_doubles_nothing(
         assert len(seen) == TOTAL
 
 
-async def test_acknowledgements_wait_for_the_store(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_acknowledgements_wait_for_the_store(tmp_path: Path) -> None:
     from mqtt_anomaly.store.sqlite import SqliteStore
+    from mqtt_anomaly.transport.memory import MemoryBroker
 
-    from .test_service import Running, settings_for
+    from .test_service import Running, memory_settings
 
     db = tmp_path / "history.db"
-    settings = settings_for(mosquitto, tmp_path)
+    settings = memory_settings(tmp_path)
+    broker = MemoryBroker()
+
+    def send(seq: int) -> None:
+        broker.send([("factory/S1/temperature", reading_payload("S1", 25.0, seq))])
+
     with SqliteStore(db, settings.store, busy_timeout=0.05) as store:
-        async with Running(settings, store=store) as run, publisher(mosquitto.url) as pub:
+        async with Running(settings, store=store, transport=broker.transport) as run:
             tracker = run.service.tracker
             assert tracker is not None
             processed = run.processed
-            pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 0))
+            send(0)
             await eventually(lambda: tracker.stats.acked == 1, what="first acknowledgement")
+            assert broker.acknowledged == 1
             lock = sqlite3.connect(db, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")
             errors = store.stats.errors
             for seq in range(1, 51):
-                pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+                send(seq)
             await eventually(lambda: len(processed) == 51, what="processed")
             await eventually(lambda: store.stats.errors > errors, what="a failed commit")
             assert tracker.stats.acked == 1  # processed, not stored: not acknowledged
+            assert broker.acknowledged == 1 and run.service.client.held_acks == 50
             lock.execute("ROLLBACK")
             lock.close()
             await eventually(lambda: tracker.stats.acked == 51, timeout=15, what="acks")
-            assert count_rows(db) == 51
+            assert count_rows(db) == 51 and broker.acknowledged == 51
 
 
 async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> None:
@@ -254,25 +262,28 @@ async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> Non
         broker.stop()
 
 
-async def test_a_state_that_cannot_be_saved_holds_the_acknowledgements(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
+async def test_a_state_that_cannot_be_saved_holds_the_acknowledgements(tmp_path: Path) -> None:
     """A round whose state cannot be written (here a directory is in the way, as a full
     disk would refuse it) acknowledges nothing; the next round that can write sends them."""
-    from .test_service import Running, settings_for
+    from mqtt_anomaly.transport.memory import MemoryBroker
 
-    settings = settings_for(mosquitto, tmp_path)
-    async with Running(settings) as run, publisher(mosquitto.url) as pub:
+    from .test_service import Running, memory_settings
+
+    settings = memory_settings(tmp_path)
+    broker = MemoryBroker()
+    async with Running(settings, transport=broker.transport) as run:
         tracker = run.service.tracker
         assert tracker is not None
-        pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 0))
+        broker.send([("factory/S1/temperature", reading_payload("S1", 25.0, 0))])
         await eventually(lambda: tracker.stats.acked == 1, what="first acknowledgement")
         blocker = run.service.state_path.with_name(run.service.state_path.name + ".tmp")
         blocker.mkdir()
-        for seq in range(1, 31):
-            pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
+        broker.send(
+            ("factory/S1/temperature", reading_payload("S1", 25.0, seq)) for seq in range(1, 31)
+        )
         await eventually(lambda: len(run.processed) == 31, what="processed")
         await eventually(lambda: tracker.stats.failed_rounds > 0, what="a failed round")
-        assert tracker.stats.acked == 1
+        assert tracker.stats.acked == 1 and broker.acknowledged == 1
         blocker.rmdir()
         await eventually(lambda: tracker.stats.acked == 31, timeout=15, what="acks")
+        assert broker.acknowledged == 31

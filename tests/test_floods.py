@@ -19,10 +19,11 @@ from mqtt_anomaly.bench import rawmqtt, wire
 from mqtt_anomaly.config import AlertSettings, load_settings
 from mqtt_anomaly.floods import FloodFilter
 from mqtt_anomaly.messages import Alert
+from mqtt_anomaly.transport.memory import MemoryBroker
 
 from .helpers import Observer, eventually, reading_payload
 from .mosquitto import Mosquitto
-from .test_service import Running, publisher, settings_for
+from .test_service import Running, memory_settings, publisher, settings_for
 
 
 def alert(sid: str, state: str = "raised", detector: str = "silence") -> Alert:
@@ -128,7 +129,7 @@ def test_bad_group_pattern_is_one_clear_line() -> None:
         load_settings(None, {"alerts": {"group_pattern": "line-"}})
 
 
-# ---- the service, against a real Mosquitto -------------------------------------------------
+# ---- the service, on an in-process broker (nothing here depends on the broker) ---------------
 FAST_SILENCE = {"interval": 0.2, "silence_factor": 2.0}
 
 
@@ -137,27 +138,30 @@ async def send_once(pub: object, sids: list[str]) -> None:
         pub.publish(f"factory/{sid}/temperature", reading_payload(sid, 24.0, 0))  # type: ignore[attr-defined]
 
 
-async def test_below_threshold_alerts_published_one_by_one(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    base = settings_for(mosquitto, tmp_path)
+def send_readings(broker: MemoryBroker, sids: list[str], seq: int = 0) -> None:
+    broker.send((f"factory/{sid}/temperature", reading_payload(sid, 24.0, seq)) for sid in sids)
+
+
+async def test_below_threshold_alerts_published_one_by_one(tmp_path: Path) -> None:
+    base = memory_settings(tmp_path)
     settings = base.model_copy(update={"detector": base.detector.model_copy(update=FAST_SILENCE)})
     sids = [f"S{i}" for i in range(5)]
-    async with (
-        Running(settings) as run,
-        Observer(mosquitto.url, ["factory/+/alerts", "mqtt-anomaly/floods"]) as obs,
-        publisher(mosquitto.url) as pub,
-    ):
-        await send_once(pub, sids)
-        await eventually(lambda: len(obs.on("/alerts")) == 5, timeout=10, what="5 silence alerts")
-        assert {a["sensor_id"] for a in obs.json("/alerts")} == set(sids)
-        assert obs.on("mqtt-anomaly/floods") == [] and run.service.floods.floods_raised == 0
+    broker = MemoryBroker()
+    async with Running(settings, transport=broker.transport) as run:
+        send_readings(broker, sids)
+        await eventually(
+            lambda: len(broker.payloads("factory/+/alerts")) == 5, timeout=10, what="5 alerts"
+        )
+        alerts = broker.payloads("factory/+/alerts")
+        assert {msgspec.json.decode(a)["sensor_id"] for a in alerts} == set(sids)
+        assert broker.messages("mqtt-anomaly/floods") == []
+        assert run.service.floods.floods_raised == 0
 
 
-async def test_flood_grouped_by_pattern(mosquitto: Mosquitto, tmp_path: Path) -> None:
+async def test_flood_grouped_by_pattern(tmp_path: Path) -> None:
     """30 sensors of line-1 and 5 of line-2 fall silent: one flood for factory/line-1, the
     5 of line-2 one by one; every alert reaches the listeners (the dashboard)."""
-    base = settings_for(mosquitto, tmp_path)
+    base = memory_settings(tmp_path)
     settings = base.model_copy(
         update={
             "detector": base.detector.model_copy(update=FAST_SILENCE),
@@ -168,42 +172,44 @@ async def test_flood_grouped_by_pattern(mosquitto: Mosquitto, tmp_path: Path) ->
     )
     line1 = [f"line-1-T{i:02d}" for i in range(30)]
     line2 = [f"line-2-T{i:02d}" for i in range(5)]
-    async with (
-        Running(settings) as run,
-        Observer(mosquitto.url, ["factory/+/alerts", "mqtt-anomaly/floods"]) as obs,
-        publisher(mosquitto.url) as pub,
-    ):
+    broker = MemoryBroker()
+
+    def floods() -> list[dict[str, object]]:
+        return [msgspec.json.decode(p) for p in broker.payloads("mqtt-anomaly/floods")]
+
+    def alerted() -> set[str]:
+        return {msgspec.json.decode(p)["sensor_id"] for p in broker.payloads("factory/+/alerts")}
+
+    async with Running(settings, transport=broker.transport) as run:
         listened: list[Alert] = []
         run.service.listeners.append(lambda out: listened.extend(out.alerts))
-        await send_once(pub, line1 + line2)
+        send_readings(broker, line1 + line2)
         await eventually(lambda: len(listened) == 35, timeout=10, what="35 silence alerts")
-        await eventually(lambda: bool(obs.on("mqtt-anomaly/floods")), what="flood alert")
-        await eventually(lambda: len(obs.on("/alerts")) == 5, what="line-2 alerts")
-        floods = obs.json("mqtt-anomaly/floods")
-        assert floods[0]["group"] == "factory/line-1" and floods[0]["detector"] == "silence"
-        assert floods[0]["state"] == "raised"
-        assert {a["sensor_id"] for a in obs.json("/alerts")} == set(line2)
+        await eventually(lambda: bool(floods()), what="flood alert")
+        await eventually(lambda: len(broker.payloads("factory/+/alerts")) == 5, what="line-2")
+        assert floods()[0]["group"] == "factory/line-1" and floods()[0]["detector"] == "silence"
+        assert floods()[0]["state"] == "raised"
+        assert alerted() == set(line2)
 
         # all of line-1 come back: the flood clears, its clears are not published one by one
         async def report() -> None:
             for seq in range(1, 1000):
-                for sid in line1:
-                    pub.publish(f"factory/{sid}/temperature", reading_payload(sid, 24.0, seq))
+                send_readings(broker, line1, seq)
                 await asyncio.sleep(0.1)
 
         reporting = asyncio.create_task(report())
         try:
             await eventually(
-                lambda: any(f["state"] == "cleared" for f in obs.json("mqtt-anomaly/floods")),
+                lambda: any(f["state"] == "cleared" for f in floods()),
                 timeout=10,
                 what="flood cleared",
             )
         finally:
             reporting.cancel()
-        last = obs.json("mqtt-anomaly/floods")[-1]
+        last = floods()[-1]
         assert last["state"] == "cleared" and last["cleared"] == 30 and last["active"] == 0
-        assert len({f["id"] for f in obs.json("mqtt-anomaly/floods")}) == 1
-        assert {a["sensor_id"] for a in obs.json("/alerts")} == set(line2)
+        assert len({f["id"] for f in floods()}) == 1
+        assert alerted() == set(line2)
 
 
 # ---- a gateway outage, through the real command ------------------------------------------

@@ -1,4 +1,5 @@
-"""The detector service against a real Mosquitto."""
+"""The detector service: against a real Mosquitto where the broker's behaviour matters (latency,
+retained messages, persistent sessions, restarts, the simulator), in process otherwise."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mqtt_anomaly.config import BrokerSettings, Settings, load_settings
 from mqtt_anomaly.pipeline import Output
 from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.transport.client import MqttClient
+from mqtt_anomaly.transport.memory import MemoryBroker
 
 from .helpers import Observer, eventually, reading_payload
 from .mosquitto import Mosquitto
@@ -27,6 +29,18 @@ def settings_for(broker: Mosquitto, tmp_path: Path, **service: Any) -> Settings:
         None,
         {
             "broker": {"url": broker.url, "client_id": "detector-under-test", "keepalive": 2},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state", **service},
+        },
+    )
+
+
+def memory_settings(tmp_path: Path, **service: Any) -> Settings:
+    """Settings for a service on a :class:`MemoryBroker` (the URL is never dialled)."""
+    return load_settings(
+        None,
+        {
+            "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
             "store": {"url": "none://"},
             "service": {"state_dir": tmp_path / "state", **service},
         },
@@ -158,35 +172,38 @@ HOSTILE = {
 }
 
 
-async def test_hostile_input_dead_lettered_detection_goes_on(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    async with (
-        Running(settings_for(mosquitto, tmp_path)),
-        Observer(mosquitto.url, ["mqtt-anomaly/deadletter", "factory/+/alerts"]) as obs,
-        publisher(mosquitto.url) as pub,
-    ):
-        for payload in HOSTILE:
-            pub.publish("factory/S1/temperature", payload)
-        pub.publish("factory/S1/pressure/extra", b"1")
-        pub.publish("factory/S1/temperature", reading_payload("S1", 98.2, 1))
-        await eventually(lambda: len(obs.on("deadletter")) >= len(HOSTILE), what="dead letters")
-        reasons = sorted(str(d["reason"]) for d in obs.json("deadletter"))
+async def test_hostile_input_dead_lettered_detection_goes_on(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    async with Running(memory_settings(tmp_path), transport=broker.transport):
+        broker.send([("factory/S1/temperature", payload) for payload in HOSTILE])
+        broker.send([("factory/S1/pressure/extra", b"1")])
+        broker.send([("factory/S1/temperature", reading_payload("S1", 98.2, 1))])
+        await eventually(
+            lambda: len(broker.messages("mqtt-anomaly/deadletter")) >= len(HOSTILE),
+            what="dead letters",
+        )
+        dead = broker.payloads("mqtt-anomaly/deadletter")
+        reasons = sorted(str(msgspec.json.decode(d)["reason"]) for d in dead)
         assert reasons == sorted(HOSTILE.values())
-        await eventually(lambda: bool(obs.on("/alerts")), what="alert after hostile input")
+        await eventually(
+            lambda: bool(broker.messages("factory/+/alerts")), what="alert after hostile input"
+        )
+        assert all(m.qos == 1 for m in broker.messages("#"))
 
 
-async def test_detector_state_survives_restart(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    settings = settings_for(mosquitto, tmp_path)
-    async with Running(settings) as run, publisher(mosquitto.url) as pub:
-        for seq in range(100):
-            pub.publish(
-                "factory/S1/temperature", reading_payload("S1", 25.0 + (seq % 3) * 0.1, seq)
-            )
+async def test_detector_state_survives_restart(tmp_path: Path) -> None:
+    settings = memory_settings(tmp_path)
+    broker = MemoryBroker()
+    async with Running(settings, transport=broker.transport) as run:
+        broker.send(
+            ("factory/S1/temperature", reading_payload("S1", 25.0 + (seq % 3) * 0.1, seq))
+            for seq in range(100)
+        )
         await eventually(lambda: len(run.processed) == 100)
         learned = run.service.pipeline.detectors[1].state_dict()
     assert (tmp_path / "state" / "detector-state.mqas").exists()
-    restarted = DetectorService(settings, console=False)
+    assert broker.acknowledged == 100
+    restarted = DetectorService(settings, console=False, transport=broker.transport)
     restarted.restore()
     assert restarted.pipeline.sensor_ids == ["S1"]
     again = restarted.pipeline.detectors[1].state_dict()
@@ -196,12 +213,15 @@ async def test_detector_state_survives_restart(mosquitto: Mosquitto, tmp_path: P
 
 
 @pytest.mark.parametrize("n", [1000])
-async def test_thousand_sensors_known(mosquitto: Mosquitto, tmp_path: Path, n: int) -> None:
-    async with Running(settings_for(mosquitto, tmp_path)) as run, publisher(mosquitto.url) as pub:
+async def test_thousand_sensors_known(tmp_path: Path, n: int) -> None:
+    broker = MemoryBroker()
+    async with Running(memory_settings(tmp_path), transport=broker.transport) as run:
         for i in range(n):
             sid = f"SENSOR-{i:04d}"
-            pub.publish(f"factory/{sid}/temperature", reading_payload(sid, 25.0, 0))
+            broker.send([(f"factory/{sid}/temperature", reading_payload(sid, 25.0, 0))])
         await eventually(lambda: len(run.service.pipeline.sensor_ids) == n, what=f"{n} sensors")
+        await eventually(lambda: broker.acknowledged == n, what=f"{n} acknowledged")
+        assert broker.messages("#") == []  # every sensor ok from the start: nothing to say
 
 
 async def test_fleet_of_thousand_sensors_all_known(mosquitto: Mosquitto, tmp_path: Path) -> None:

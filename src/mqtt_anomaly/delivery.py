@@ -19,14 +19,18 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from .console import RateLimitedLog
 
 if TYPE_CHECKING:
-    from .transport.lean import AckToken, LeanClient
+    from .transport.base import Transport
+    from .transport.lean import AckToken
 
 log = logging.getLogger(__name__)
 
 
 @runtime_checkable
 class DurableSink(Protocol):
-    """Something that must hold a reading before the broker may forget it."""
+    """Something that must hold a reading before the broker may forget it.
+
+    A sink declares it explicitly (:attr:`mqtt_anomaly.sinks.base.Sink.durable`); the service
+    does not look for it (``runtime_checkable`` serves tests that check a class has it all)."""
 
     @property
     def name(self) -> str:
@@ -73,7 +77,7 @@ class DeliveryTracker:
 
     def __init__(
         self,
-        client: LeanClient,
+        client: Transport,
         sinks: Sequence[DurableSink],
         snapshot: Callable[[], dict[str, Any]],
         save: Callable[[dict[str, Any]], None],

@@ -1,59 +1,78 @@
 """The detector service: MQTT in → :class:`~mqtt_anomaly.pipeline.Pipeline` → sinks.
 
-The MQTT connection (:mod:`.transport.lean`) hands over every message of one network read
-as a batch, so a burst costs one pipeline call, not one per message. Sinks: alerts and
-retained health published back over MQTT (QoS 1), dead letters to the dead-letter topic,
-readings and alerts to the history store and to Kafka, operator lines on the console, and any
-listeners (the dashboard, tests). Alerts reach the MQTT alert topic and the console through
-the flood filter (:mod:`.floods`): a flood of one kind from one group is one aggregated alert
-on ``topics.floods``; the store, Kafka and the listeners get every alert.
+The MQTT connection (a :class:`~.transport.base.Transport`: :mod:`.transport.lean` in
+production, given as ``transport=``) hands over every message of one network read as a batch,
+so a burst costs one pipeline call, not one per message. Each batch's output goes to the sinks
+(:mod:`.sinks`), one contract for all, in this order: the history store, Kafka, the console,
+MQTT (alerts through the flood filter, flood events, retained health, dead letters), any
+extra sinks given, and the listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
+applies to the MQTT alert topic and the console only: the store, Kafka and the listeners get
+every alert.
 
-Readings are acknowledged to the broker by delivery rounds (:mod:`.delivery`) once the store
-and Kafka hold them and the detector state that saw them is saved (``service.ack_after =
-"durable"``), or right after processing (``"processed"``).
+Readings are acknowledged to the broker by delivery rounds (:mod:`.delivery`) once the durable
+sinks (the store, Kafka) hold them and the detector state that saw them is saved
+(``service.ack_after = "durable"``), or right after processing (``"processed"``).
 
 Shutdown (SIGINT/SIGTERM → ``stop``): stop taking messages, run a last delivery round, wait
-for the broker to acknowledge what was published, disconnect, flush the store, save detector
-state. On start, the state dir is checked writable (else the service refuses to start) and
-saved state is restored, so a restart does not relearn. The state file is data only
-(:mod:`.statefile`); one that cannot be loaded is moved aside, never run or overwritten.
+for the broker to acknowledge what was published, disconnect, close the sinks (the store
+flushes), save detector state. On start, the state dir is checked writable (else the service
+refuses to start) and saved state is restored, so a restart does not relearn. The state file
+is data only (:mod:`.statefile`); one that cannot be loaded is moved aside, never run or
+overwritten.
+
+:func:`run_service` is the composition root of ``mqtt-anomaly detect``: the store, Kafka, the
+HTTP server and the service, started in that order and stopped in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from .config import Settings
-from .console import LineBudget, RateLimitedLog, emit
 from .delivery import DeliveryTracker, DurableSink
 from .detectors.river_adapter import RiverDetector
 from .errors import StateFileError
-from .floods import FloodEvent, FloodFilter
-from .messages import Alert, encode
 from .pipeline import Output, Pipeline
+from .sinks.base import Sink
+from .sinks.bridge import KafkaBridge
+from .sinks.console import ConsoleSink
+from .sinks.history import StoreSink
+from .sinks.listeners import Listener, ListenerSink
+from .sinks.mqtt import MqttSink
 from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
-from .topics import TopicTemplate
 from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
+    from .floods import FloodFilter
     from .sinks.kafka import KafkaSink
     from .store.base import Store
+    from .transport.base import Transport, TransportFactory
 
 log = logging.getLogger(__name__)
 STATE_FILE = "detector-state.mqas"
 LEGACY_STATE_FILE = "detector-state.pkl"  # pickles: never loaded, moved aside
 DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
-Listener = Callable[[Output], None]
+__all__ = ["DetectorService", "Listener", "run_service", "save_state", "write_state"]
 
 
 class DetectorService:
-    """Subscribe, detect, alert. ``await service.run(stop_event)`` until ``stop_event`` is set."""
+    """Subscribe, detect, alert. ``await service.run(stop_event)`` until ``stop_event`` is set,
+    or ``async with service:`` (start on entry, clean stop on exit).
+
+    ``store``, ``kafka``: the history store and the Kafka producer (their owner opens and
+    closes them; the service wraps them as sinks). ``console``: operator lines on stdout.
+    ``transport``: builds the MQTT connection (default :class:`~.transport.lean.LeanClient`;
+    :meth:`~.transport.memory.MemoryBroker.transport` for one in process). ``sinks``: more
+    sinks, written after MQTT and before the listeners.
+    """
 
     def __init__(
         self,
@@ -66,6 +85,8 @@ class DetectorService:
         checkpoint_every: float = 60.0,
         dead_letter_rate: float = 100.0,
         shutdown_timeout: float = 10.0,
+        transport: TransportFactory | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         self.settings = settings
         self.pipeline = Pipeline(settings)
@@ -75,9 +96,9 @@ class DetectorService:
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.shutdown_timeout = shutdown_timeout
-        self.listeners: list[Listener] = []
         tracked = settings.service.ack_after == "durable"
-        self.client = LeanClient(
+        connect: TransportFactory = transport if transport is not None else LeanClient
+        self.client: Transport = connect(
             settings.broker,
             settings.broker.client_id or DEFAULT_CLIENT_ID,
             on_batch=self._on_batch,
@@ -87,33 +108,66 @@ class DetectorService:
             name="detector",
             hold_acks=tracked,
         )
+        self._console = (
+            ConsoleSink(verbose=settings.service.verbose, rate=settings.alerts.console_rate)
+            if console
+            else None
+        )
+        counters = self.pipeline.counters
+        self.mqtt = MqttSink(
+            self.client,
+            settings,
+            clock=clock,
+            console=self._console,
+            dead_letter_rate=dead_letter_rate,
+            evicted_total=lambda: counters.sensors_evicted,
+        )
+        self._listeners = ListenerSink()
+        chain: list[Sink] = []
+        if store is not None:
+            chain.append(StoreSink(store))
+        if kafka is not None:
+            chain.append(KafkaBridge(kafka))
+        if self._console is not None:
+            chain.append(self._console)
+        chain += [self.mqtt, *sinks, self._listeners]
+        self.sinks: tuple[Sink, ...] = tuple(chain)
+        """Every output, in the order each batch is written to them."""
+        self._writes = tuple(sink.write for sink in self.sinks)
         self.tracker: DeliveryTracker | None = None
         if tracked:
-            sinks: list[DurableSink] = [s for s in (store, kafka) if isinstance(s, DurableSink)]
+            durable: list[DurableSink] = [s.durable for s in self.sinks if s.durable is not None]
             self.tracker = DeliveryTracker(
                 self.client,
-                sinks,
+                durable,
                 self.pipeline.state_dict,
                 self._save_round,
                 min_interval=settings.service.ack_interval,
             )
         self.ready = asyncio.Event()
-        self._alerts_topic = TopicTemplate(settings.topics.alerts)
-        self.floods = FloodFilter(settings.alerts, settings.topics.readings)
-        self._console_budget = LineBudget(settings.alerts.console_rate)
-        self._health_topic = TopicTemplate(settings.topics.health)
-        self._ratelog = RateLimitedLog(log)
-        self._dl_budget = dead_letter_rate
-        self._dl_rate = dead_letter_rate
-        self._dl_refill = time.monotonic()
-        self.dead_letters_suppressed = 0
         self.last_batch = 0  # messages in the last network read: large when behind
         self._connected_once = False
         self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def state_path(self) -> Path:
         return self.settings.service.state_dir / STATE_FILE
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """Callables given every batch's output, after every other sink (append to it)."""
+        return self._listeners.listeners
+
+    @property
+    def floods(self) -> FloodFilter:
+        """The flood filter in front of the MQTT alert topic and the console."""
+        return self.mqtt.floods
+
+    @property
+    def dead_letters_suppressed(self) -> int:
+        """Dead letters not republished (rate limit)."""
+        return self.mqtt.dead_letters_suppressed
 
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
@@ -134,106 +188,13 @@ class DetectorService:
 
     # ---- sinks ------------------------------------------------------------------------
     def _emit(self, out: Output) -> None:
-        client = self.client
-        if self.store is not None and out.readings:
-            rs = out.readings
-            self.store.add_readings(
-                [r.sensor_id for r in rs],
-                [r.ts for r in rs],
-                [r.value for r in rs],
-                [r.seq for r in rs],
-            )
-        if self.kafka is not None:
-            self.kafka.send(out)
-        if self.settings.service.verbose and self.console:
-            for r in out.readings:
-                emit(f"[DATA] Received {r.value:.1f}°{r.unit} from {r.sensor_id}")
-        if out.alerts:
-            self._alerts(out.alerts)
-        if out.evicted:  # before health: an id evicted and back in one batch keeps its new
-            self._evicted(out.evicted)
-        for sid, state in out.health:
-            client.publish(self._health_topic.format(sid), state.encode(), qos=1, retain=True)
-        if out.dead:
-            self._dead_letters(out)
-        for listener in self.listeners:
-            listener(out)
-
-    def _alerts(self, alerts: list[Alert]) -> None:
-        """Every alert to the store; to MQTT and the console one by one unless in a flood
-        (:mod:`.floods`), whose aggregated events go to ``topics.floods``."""
-        if self.store is not None:
-            for alert in alerts:
-                self.store.add_alert(alert)
-        shown, floods = self.floods.feed(alerts, self.clock())
-        self._publish_alerts(shown, floods)
-
-    def _publish_alerts(self, shown: list[Alert], floods: list[FloodEvent]) -> None:
-        publish, topic = self.client.publish, self._alerts_topic
-        for alert in shown:
-            publish(topic.format(alert.sensor_id), encode(alert), qos=1)
-        if self.console:
-            allow = self._console_budget.allow
-            for alert in shown:
-                if allow():
-                    self._print_alert(alert)
-        for event in floods:
-            publish(self.settings.topics.floods, encode(event), qos=1)
-        lines = self.floods.lines
-        while lines:
-            self._line(lines.pop(0))
-
-    def _evicted(self, evicted: list[str]) -> None:
-        """Clear the retained health of sensors that lost their slot; one log line a burst."""
-        for sid in evicted:
-            self.client.publish(self._health_topic.format(sid), b"", qos=1, retain=True)
-        s = self.settings.service
-        self._ratelog.info(
-            "evicted",
-            "sensor table full (service.max_sensors = %d): forgot %d sensor(s) silent for over "
-            "service.evict_after = %gs, e.g. %s (%d in all)",
-            s.max_sensors,
-            len(evicted),
-            s.evict_after,
-            evicted[0],
-            self.pipeline.counters.sensors_evicted,
-        )
-
-    def _dead_letters(self, out: Output) -> None:
-        now = time.monotonic()
-        self._dl_budget = min(
-            self._dl_rate, self._dl_budget + (now - self._dl_refill) * self._dl_rate
-        )
-        self._dl_refill = now
-        topic = self.settings.topics.deadletter
-        for d in out.dead:
-            self._ratelog.warning(
-                d.reason, "rejected message on %s: %s %s", d.topic, d.reason, d.detail
-            )
-            if self._dl_budget >= 1:
-                self._dl_budget -= 1
-                self.client.publish(topic, encode(d), qos=1)
-            else:
-                self.dead_letters_suppressed += 1
-
-    def _print_alert(self, a: Alert) -> None:
-        value = f"{a.value:.1f}°C" if a.value is not None else ""
-        if a.state == "cleared":
-            self._line(f"[CLEAR] {a.sensor_id} {a.detector} alert cleared {value}".rstrip())
-        elif a.detector == "offline":
-            self._line(f"[ALERT] 🔌 {a.sensor_id} OFFLINE (Last Will)")
-        elif a.detector == "silence":
-            self._line(f"[ALERT] ⏱️ {a.sensor_id} SILENT: {a.message}")
-        elif a.severity == "critical":
-            self._line(
-                f"[ALERT] 🚨 CRITICAL ANOMALY DETECTED: {value}! ({a.sensor_id}, {a.detector})"
-            )
-        else:
-            self._line(f"[ALERT] ⚠️ WARNING: anomaly on {a.sensor_id}: {value} ({a.detector})")
+        """One batch's output to every sink, in order."""
+        for write in self._writes:
+            write(out)
 
     def _line(self, text: str) -> None:
-        if self.console:
-            emit(text)
+        if self._console is not None:
+            self._console.line(text)
 
     # ---- state ----------------------------------------------------------------------
     def restore(self) -> None:
@@ -284,9 +245,12 @@ class DetectorService:
             raise OSError(str(exc)) from None
 
     # ---- lifecycle ------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event) -> None:
-        """Connect, subscribe and process until ``stop`` is set; then shut down cleanly."""
+    async def start(self) -> None:
+        """Restore state, start the sinks, connect and subscribe; then the periodic tasks
+        (silence checks, delivery rounds or checkpoints) run until :meth:`close`."""
         self.restore()
+        for sink in self.sinks:
+            await sink.start()
         s = self.settings
         await self.client.connect()
         self._line(f"[INFO] Connected to Broker at {s.broker.address}")
@@ -294,27 +258,45 @@ class DetectorService:
         await self.client.subscribe(filters, qos=max(1, s.broker.qos))
         self._line(f"[SYSTEM] Listening for topics: {', '.join(filters)}")
         self.ready.set()
-        tasks = [asyncio.create_task(self._silence_loop())]
+        self._tasks = [asyncio.create_task(self._silence_loop())]
         if self.tracker is None:
-            tasks.append(asyncio.create_task(self._checkpoint_loop()))
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         else:  # every delivery round saves the state
             self.tracker.start()
-        try:
+
+    async def close(self) -> None:
+        """Stop the periodic tasks, then shut down cleanly (:meth:`shutdown`)."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a failed task must not keep the state from being saved
+                log.exception("a service task had failed")
+        await self.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe and process until ``stop`` is set; then shut down cleanly."""
+        async with self:
             await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                try:
-                    await t
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # a failed task must not keep the state from being saved
-                    log.exception("a service task had failed")
-            await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Finish in-flight work, flush, save state, disconnect.
+        """Finish in-flight work, disconnect, close the sinks, save state.
 
         Never raises, whatever is in flight: each step waits a bounded time. When the last
         delivery round did not complete, the state of the last complete round stays (it
@@ -336,11 +318,11 @@ class DetectorService:
             await self.client.disconnect()
         except Exception:
             log.exception("disconnecting from the broker failed at shutdown")
-        if self.store is not None:
+        for sink in self.sinks:  # the store flushes (at most 10 s)
             try:
-                await asyncio.to_thread(self.store.flush, 10.0)
+                await sink.close(10.0)
             except Exception:
-                log.exception("flushing the store failed at shutdown")
+                log.exception("closing the %s sink failed at shutdown", sink.name)
         if complete:  # else the last complete round's state matches what the broker forgot
             self.save()
 
@@ -355,9 +337,8 @@ class DetectorService:
                     self._emit(out)
                     if self.tracker is not None:
                         self.tracker.touch()
-                self._publish_alerts(*self.floods.tick(now))
-                if self.console and (more := self._console_budget.summary()):
-                    self._line(more)
+                for sink in self.sinks:  # the flood filter's checks, the console's summary
+                    sink.tick(now)
             except Exception:  # like a failing batch: must never stop the checks or the service
                 log.exception("the periodic silence check failed")
 
@@ -382,27 +363,35 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
         log.error("could not save detector state to %s: %s", path, exc)
 
 
-async def run_service(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the service as ``mqtt-anomaly detect`` does: store, signals, clean stop."""
+async def run_service(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    transport: TransportFactory | None = None,
+) -> None:
+    """Run the service as ``mqtt-anomaly detect`` does, until ``stop`` (or SIGINT/SIGTERM).
+
+    The composition root: opens the history store, starts the Kafka producer (``kafka.url``),
+    builds the service on them, serves HTTP (``http.listen``), starts the service; stops them
+    in reverse order: the service (last delivery round, disconnect, store flush, state
+    saved), the HTTP server, Kafka (at most 10 s to confirm what it holds), the store."""
     from .store import open_store
+    from .web import http_server
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    from .web import http_server
-
-    with open_store(settings.store.url, settings.store) as store:
+    async with contextlib.AsyncExitStack() as stack:
+        store = stack.enter_context(open_store(settings.store.url, settings.store))
         kafka = None
         if settings.kafka.url:
             from .sinks.kafka import KafkaSink
 
             tracked = settings.service.ack_after == "durable"
             kafka = KafkaSink(settings.kafka, tracking=tracked)
-        try:
-            service = DetectorService(settings, store=store, kafka=kafka)
-            async with http_server(service, settings.http):  # nothing unless http.listen is set
-                await service.run(stop)
-        finally:
-            if kafka is not None:
-                await asyncio.to_thread(kafka.close, 10.0)
+            stack.push_async_callback(asyncio.to_thread, kafka.close, 10.0)
+        service = DetectorService(settings, store=store, kafka=kafka, transport=transport)
+        await stack.enter_async_context(http_server(service, settings.http))
+        await stack.enter_async_context(service)
+        await stop.wait()
