@@ -23,10 +23,10 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # no
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from mqtt_anomaly.config import KafkaSettings, load_settings, settings_as_toml  # noqa: E402
-from mqtt_anomaly.delivery import DurableSink  # noqa: E402
 from mqtt_anomaly.errors import ConfigError  # noqa: E402
 from mqtt_anomaly.messages import Alert, Reading, encode  # noqa: E402
 from mqtt_anomaly.pipeline import Output  # noqa: E402
+from mqtt_anomaly.sinks.base import DurableSink  # noqa: E402
 from mqtt_anomaly.sinks.kafka import KafkaSink, producer_config  # noqa: E402
 
 from .helpers import eventually  # noqa: E402

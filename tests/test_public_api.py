@@ -23,6 +23,7 @@ EXPECTED = {
     "Reading": "mqtt_anomaly.messages",
     "Scores": "mqtt_anomaly.detectors.base",
     "Settings": "mqtt_anomaly.config",
+    "Sink": "mqtt_anomaly.sinks.base",
     "StateFileError": "mqtt_anomaly.errors",
     "Store": "mqtt_anomaly.store.base",
     "StoreError": "mqtt_anomaly.errors",

@@ -696,7 +696,7 @@ def test_redelivered_readings_and_alerts_are_stored_once(backend: Backend) -> No
 
 
 def test_mark_and_wait_confirmed(backend: Backend) -> None:
-    from mqtt_anomaly.delivery import DurableSink
+    from mqtt_anomaly.sinks.base import DurableSink
 
     # neither the interval nor the batch size would write: mark() asks for a commit
     with backend.open(settings(flush_interval=3600, batch_size=1_000_000)) as st:

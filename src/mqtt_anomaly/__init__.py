@@ -4,7 +4,8 @@ The public surface is ``__all__``: what an extension or an embedding program bui
 
 - Detectors: :class:`Detector` (subclass it, declare ``fields`` and implement ``_update``),
   :class:`Scores` (what it returns for a batch), :class:`Field` (one per-sensor state array).
-- History: :class:`Store`, the protocol every history store implements.
+- Outputs: :class:`Sink`, the contract every output of the service implements;
+  :class:`Store`, the protocol every history store implements.
 - Messages: :class:`Reading`, :class:`Alert`, :class:`DeadLetter`.
 - Configuration: :class:`Settings`, :func:`load_settings`.
 - Errors: :class:`MqttAnomalyError` and its subclasses :class:`ConfigError`,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         StoreError,
     )
     from .messages import Alert, DeadLetter, Reading
+    from .sinks.base import Sink
     from .store.base import Store
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "Reading",
     "Scores",
     "Settings",
+    "Sink",
     "StateFileError",
     "Store",
     "StoreError",
@@ -69,6 +72,7 @@ _WHERE = {
     "Alert": "messages",
     "DeadLetter": "messages",
     "Reading": "messages",
+    "Sink": "sinks.base",
     "Store": "store.base",
 }
 

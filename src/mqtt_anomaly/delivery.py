@@ -14,48 +14,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from .console import RateLimitedLog
+from .sinks.base import DurableSink
 
 if TYPE_CHECKING:
     from .transport.base import Transport
     from .transport.lean import AckToken
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class DurableSink(Protocol):
-    """Something that must hold a reading before the broker may forget it.
-
-    A sink declares it explicitly (:attr:`mqtt_anomaly.sinks.base.Sink.durable`); the service
-    does not look for it (``runtime_checkable`` serves tests that check a class has it all)."""
-
-    @property
-    def name(self) -> str:
-        """Names the sink in logs and metrics (``store``, ``kafka``)."""
-        ...
-
-    def mark(self) -> int:
-        """A ticket covering everything given to the sink so far; asks for it to be made
-        durable soon (without waiting for a batch to fill). Never blocks."""
-        ...
-
-    def wait_confirmed(self, ticket: int, timeout: float) -> bool:
-        """Block until everything up to ``ticket`` is durable; False when ``timeout`` runs out.
-        Called from a worker thread."""
-        ...
-
-    @property
-    def backlog(self) -> int:
-        """Items given to the sink and not yet durable."""
-        ...
-
-    @property
-    def backlog_limit(self) -> int:
-        """Above this backlog the service stops reading from the broker until it falls."""
-        ...
 
 
 class DeliveryTracker:

@@ -37,11 +37,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from .config import Settings
-from .delivery import DeliveryTracker, DurableSink
+from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
 from .errors import StateFileError
 from .pipeline import Output, Pipeline
-from .sinks.base import Sink
+from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
 from .sinks.console import ConsoleSink
 from .sinks.history import StoreSink

@@ -8,21 +8,52 @@ flood filter's checks, a console summary). :meth:`Sink.start` runs before the fi
 :meth:`Sink.close` at shutdown, once the MQTT connection is closed (the store flushes there).
 
 A sink the broker must not forget readings before (the history store, Kafka) says so
-explicitly with :attr:`Sink.durable`: the :class:`~mqtt_anomaly.delivery.DurableSink` whose
+explicitly with :attr:`Sink.durable`: the :class:`DurableSink` whose
 tickets delivery rounds wait for, or None.
 """
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
-
-from ..delivery import DurableSink
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from ..pipeline import Output
 
 __all__ = ["BaseSink", "DurableSink", "Sink"]
+
+
+@runtime_checkable
+class DurableSink(Protocol):
+    """Something that must hold a reading before the broker may forget it.
+
+    A sink declares it explicitly (:attr:`mqtt_anomaly.sinks.base.Sink.durable`); the service
+    does not look for it (``runtime_checkable`` serves tests that check a class has it all)."""
+
+    @property
+    def name(self) -> str:
+        """Names the sink in logs and metrics (``store``, ``kafka``)."""
+        ...
+
+    def mark(self) -> int:
+        """A ticket covering everything given to the sink so far; asks for it to be made
+        durable soon (without waiting for a batch to fill). Never blocks."""
+        ...
+
+    def wait_confirmed(self, ticket: int, timeout: float) -> bool:
+        """Block until everything up to ``ticket`` is durable; False when ``timeout`` runs out.
+        Called from a worker thread."""
+        ...
+
+    @property
+    def backlog(self) -> int:
+        """Items given to the sink and not yet durable."""
+        ...
+
+    @property
+    def backlog_limit(self) -> int:
+        """Above this backlog the service stops reading from the broker until it falls."""
+        ...
 
 
 class Sink(Protocol):
