@@ -178,10 +178,11 @@ def test_silence_raised_and_cleared(pipe: Pipeline) -> None:
     pipe.process([reading("S2", 25.0, 20, ts=T0 + 24)])
     out = pipe.check_silence(T0 + 19 + 6)  # S1 silent for 6 s > 5 × 1 s
     assert raised(out) == [("S1", "silence", "warning")]
-    assert out.health == [("S1", "anomalous")]
+    assert out.health == [("S1", "silent")]  # only the silence alert: silent, not anomalous
     pipe.process([reading("S1", 25.0, 20, ts=T0 + 26)])
     out = pipe.check_silence(T0 + 26.5)
     assert [(a.sensor_id, a.state) for a in out.alerts] == [("S1", "cleared")]
+    assert out.health == [("S1", "ok")]
 
 
 def test_state_round_trip_continues_identically() -> None:
