@@ -47,6 +47,7 @@ from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError, StateFileError
 from .messages import (
     HEALTH_STATES,
+    MAX_TS_SKEW_S,
     NO_SEQ,
     Alert,
     DeadLetter,
@@ -439,6 +440,13 @@ class Pipeline:
         """:meth:`decode` for readings already decoded: each is checked (a valid sensor id,
         a finite value and time, a seq in range), given its sensor's slot and its seq
         checked, as if it had come in on its sensor's readings topic."""
+        recv: Iterable[float]
+        if isinstance(received_at, int | float):
+            recv = repeat(float(received_at), len(readings))
+        elif len(received_at) != len(readings):
+            raise ValueError(f"{len(received_at)} receive times for {len(readings)} readings")
+        else:
+            recv = received_at
         out = Output()
         rounds: list[list[tuple[int, Reading, float]]] = []
         late: list[tuple[int, int, float]] = []
@@ -447,13 +455,6 @@ class Pipeline:
         self._pending = depth
         self._firsts = {}
         self._indexed = 0
-        recv: Iterable[float]
-        if isinstance(received_at, int | float):
-            recv = repeat(float(received_at), len(readings))
-        elif len(received_at) != len(readings):
-            raise ValueError(f"{len(received_at)} receive times for {len(readings)} readings")
-        else:
-            recv = received_at
         c = self.counters
         sensors = self.sensors
         check = self.seq.check
@@ -467,8 +468,8 @@ class Pipeline:
                 if slot is None:
                     continue
             seq = reading.seq
-            if not (isfinite(reading.value) and isfinite(reading.ts)):
-                self._reject_reading(reading, PayloadError("non_finite"), at, out)
+            if not (isfinite(reading.value) and abs(reading.ts - at) < MAX_TS_SKEW_S):
+                self._reject_reading(reading, _invalid(reading), at, out)
                 continue
             if seq != NO_SEQ:
                 if not 0 <= seq < 2**62:
@@ -766,9 +767,7 @@ class Pipeline:
         """The sensor's health from its active alerts, the one place it is derived:
         ``offline`` (its Last Will, whatever else is active), ``anomalous`` (a detector's
         alert, silent or not), ``silent`` (only the silence alert), else ``ok``."""
-        active = [
-            name for name, b in self.books.items() if slot < len(b.active) and b.active[slot]
-        ]
+        active = [name for name, b in self.books.items() if slot < len(b.active) and b.active[slot]]
         if not active:
             return "ok"
         if OFFLINE in active:
@@ -873,6 +872,14 @@ class Pipeline:
             if name in book_states and name not in skipped:
                 book.load_state_dict(book_states[name])
         return skipped
+
+
+def _invalid(r: Reading) -> PayloadError:
+    """Why a reading that came decoded is refused: its value or its time (NaN, inf or more
+    than ``MAX_TS_SKEW_S`` from its receive time)."""
+    if not math.isfinite(r.value):
+        return PayloadError("non_finite", repr(r.value))
+    return PayloadError("bad_timestamp", repr(r.ts))
 
 
 def _saved_list(
