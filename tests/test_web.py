@@ -248,7 +248,7 @@ async def test_event_stream_delivers_alerts_health_and_watched_readings(
 
 async def test_slow_event_client_is_dropped_not_buffered() -> None:
     pl = Pipeline(load_settings())
-    hub = EventHub(pl, queue_size=10, heartbeat=60)
+    hub = EventHub(pl.view(), queue_size=10, heartbeat=60)
     stream = hub.stream(sensor="F-1")
     assert (await anext(stream)).startswith("retry:")
     assert len(hub) == 1
@@ -266,7 +266,7 @@ async def test_slow_event_client_is_dropped_not_buffered() -> None:
 
 
 async def test_hub_close_ends_streams() -> None:
-    hub = EventHub(Pipeline(load_settings()), heartbeat=60)
+    hub = EventHub(Pipeline(load_settings()).view(), heartbeat=60)
     stream = hub.stream()
     await anext(stream)
     hub.close()

@@ -59,6 +59,7 @@ from .messages import (
     encode,
 )
 from .topics import TopicTemplate, valid_sensor_id
+from .view import PipelineView
 
 SEQ_WINDOW = 1024
 NEW, LATE, DUPLICATE, STALE = "new", "late", "duplicate", "stale"
@@ -235,6 +236,12 @@ class Pipeline:
         self._firsts: dict[tuple[str, int], float] = {}
         self._indexed = 0
         self._open: Decoded | None = None  # decoded, not scored yet
+        self._view = PipelineView(self)
+
+    def view(self) -> PipelineView:
+        """Read-only access to the sensor table, health, alerts and counters (for dashboards
+        and metrics)."""
+        return self._view
 
     # ---- sensors -------------------------------------------------------------------
     def slot_of(self, sensor_id: str, out: Output, now: float = math.nan) -> int | None:
