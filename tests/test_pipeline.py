@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 
+from mqtt_anomaly import statefile
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.messages import Reading
 from mqtt_anomaly.pipeline import Output, Pipeline
@@ -307,3 +309,16 @@ def test_decode_places_readings_and_score_learns_from_them() -> None:
     with pytest.raises(RuntimeError):
         pipe.score(first)  # not the one decoded last
     pipe.score(second)
+
+
+def test_silent_health_survives_a_restart(tmp_path: Path) -> None:
+    a = Pipeline(load_settings())
+    a.process(normal("S1", 20) + normal("S2", 20))
+    a.process([reading("S2", 25.0, 20, ts=T0 + 24)])
+    assert a.check_silence(T0 + 25).health == [("S1", "silent")]
+    statefile.dump(tmp_path / "state.mqas", a.state_dict(), sync=False)
+    b = Pipeline(load_settings())
+    assert b.load_state_dict(statefile.load(tmp_path / "state.mqas")) == []
+    assert b.view().healths() == ("silent", "ok")
+    b.process([reading("S1", 25.0, 20, ts=T0 + 26)])
+    assert b.check_silence(T0 + 26.5).health == [("S1", "ok")]
