@@ -231,7 +231,7 @@ class Pipeline:
         self._candidates: list[int] = []  # slots silent for evict_after, the oldest last
         self._scanned = -math.inf  # message time of the last scan for them
         self._scan_more = False  # the last scan found more than it kept
-        # per batch: slots with readings in it, late readings to record, first values by seq
+        # per batch being decoded: slots with readings in it, first values by seq
         self._pending: dict[int, int] = {}
         self._firsts: dict[tuple[str, int], float] = {}
         self._indexed = 0
