@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 
+from mqtt_anomaly import statefile
 from mqtt_anomaly.config import load_settings
+from mqtt_anomaly.messages import Reading
 from mqtt_anomaly.pipeline import Output, Pipeline
 
 T0 = 1_800_000_000.0
@@ -178,10 +181,11 @@ def test_silence_raised_and_cleared(pipe: Pipeline) -> None:
     pipe.process([reading("S2", 25.0, 20, ts=T0 + 24)])
     out = pipe.check_silence(T0 + 19 + 6)  # S1 silent for 6 s > 5 × 1 s
     assert raised(out) == [("S1", "silence", "warning")]
-    assert out.health == [("S1", "anomalous")]
+    assert out.health == [("S1", "silent")]  # only the silence alert: silent, not anomalous
     pipe.process([reading("S1", 25.0, 20, ts=T0 + 26)])
     out = pipe.check_silence(T0 + 26.5)
     assert [(a.sensor_id, a.state) for a in out.alerts] == [("S1", "cleared")]
+    assert out.health == [("S1", "ok")]
 
 
 def test_state_round_trip_continues_identically() -> None:
@@ -215,3 +219,106 @@ def test_no_exception_escapes_for_any_bytes(pipe: Pipeline) -> None:
     out = pipe.process(batch)
     assert len(out.dead) + pipe.counters.processed + pipe.counters.duplicates == 2000
     assert all(math.isfinite(r.value) for r in out.readings)
+
+
+# ---- entry points: decode, score, readings already decoded ----------------------------------
+def as_reading(sid: str, value: float, seq: int, ts: float | None = None) -> Reading:
+    return Reading(sid, T0 + seq if ts is None else ts, value, "C", seq)
+
+
+def payload(r: Reading) -> bytes:
+    """A reading as a sensor publishes it (no seq: the key left out)."""
+    fields = {"ts": r.ts, "value": r.value} | ({"seq": r.seq} if r.seq >= 0 else {})
+    return msgspec.json.encode(fields)
+
+
+def mixed_batches() -> list[list[Reading]]:
+    """Steady readings, a spike, a redelivery, a seq conflict, a late one, one without seq."""
+    rng = np.random.default_rng(5)
+    steady = [as_reading(s, 25 + rng.normal(0, 0.3), i) for i in range(60) for s in ("A", "B")]
+    spike = [as_reading("A", 98.2, 60), as_reading("B", 25.1, 62)]
+    again = [
+        as_reading("A", 98.2, 60),  # a redelivery: a duplicate
+        as_reading("B", 30.0, 62),  # seq 62 again with another value: a conflict
+        as_reading("B", 25.2, 61),  # late
+        Reading("C", T0 + 61, 24.0),  # no seq
+    ]
+    return [steady[:50], steady[50:], spike, again]
+
+
+def test_readings_already_decoded_give_what_their_payloads_give() -> None:
+    by_payload, by_reading = Pipeline(load_settings()), Pipeline(load_settings())
+    for batch in mixed_batches():
+        raw = [(f"factory/{r.sensor_id}/temperature", payload(r), r.ts) for r in batch]
+        a = by_payload.process(raw)
+        b = by_reading.score_readings(batch, [r.ts for r in batch])
+        assert a.alerts == b.alerts and a.health == b.health and a.readings == b.readings
+        assert [(d.topic, d.reason, d.detail) for d in a.dead] == [
+            (d.topic, d.reason, d.detail) for d in b.dead
+        ]
+        assert a.new_sensors == b.new_sensors
+    assert by_payload.counters == by_reading.counters
+    c = by_reading.counters
+    assert (c.duplicates, c.seq_conflicts, c.late, c.alerts_raised) == (1, 1, 1, 2)
+    for det_a, det_b in zip(by_payload.detectors, by_reading.detectors, strict=True):
+        for k, v in det_a.state.items():
+            np.testing.assert_array_equal(v, det_b.state[k])
+
+
+def test_readings_already_decoded_are_checked() -> None:
+    pipe = Pipeline(load_settings())
+    bad = [
+        Reading("S1", T0, math.nan),
+        Reading("S1", T0 + 1e9, 25.0),  # 30 years from when it came
+        Reading("S1", T0, 25.0, "C", 2**62),
+        Reading("a/b", T0, 25.0),
+        Reading("", T0, 25.0),
+    ]
+    out = pipe.score_readings(bad, T0)
+    assert [d.reason for d in out.dead] == [
+        "non_finite", "bad_timestamp", "invalid_field", "invalid_field", "invalid_field",
+    ]  # fmt: skip
+    assert out.readings == [] and pipe.counters.processed == 0
+    assert out.dead[0].topic == "factory/S1/temperature"
+    assert msgspec.json.decode(out.dead[0].payload)["sensor_id"] == "S1"
+    assert pipe.sensor_ids == ["S1"]
+    with pytest.raises(ValueError, match="2 receive times for 1 readings"):
+        pipe.score_readings([Reading("S1", T0, 25.0)], [T0, T0])
+
+
+def test_decode_places_readings_and_score_learns_from_them() -> None:
+    pipe = Pipeline(load_settings())
+    pipe.process(normal("S1", 40))
+    before = {k: v.copy() for k, v in pipe.detectors[1].state.items()}
+    decoded = pipe.decode(
+        [reading("S1", 98.2, 40), reading("S1", 25.0, 41), reading("S1", 98.2, 40)]
+        + [("factory/S1/status", b"offline", T0 + 42), ("junk", b"", T0)]
+    )
+    assert [len(r) for r in decoded.rounds] == [1, 1] and decoded.scored == 2  # in order
+    assert [d.reason for d in decoded.out.dead] == ["unexpected_topic"]
+    assert [a.detector for a in decoded.out.alerts] == ["offline"]  # the status is applied
+    for k, v in pipe.detectors[1].state.items():  # nothing scored or learned yet
+        np.testing.assert_array_equal(v, before[k])
+    out = pipe.score(decoded)
+    assert out is decoded.out
+    assert ("S1", "threshold", "critical") in raised(out)
+    assert pipe.counters.processed == 42 and pipe.counters.duplicates == 1
+    with pytest.raises(RuntimeError):
+        pipe.score(decoded)  # once
+    first, second = pipe.decode([reading("S1", 25.0, 43)]), pipe.decode([])
+    with pytest.raises(RuntimeError):
+        pipe.score(first)  # not the one decoded last
+    pipe.score(second)
+
+
+def test_silent_health_survives_a_restart(tmp_path: Path) -> None:
+    a = Pipeline(load_settings())
+    a.process(normal("S1", 20) + normal("S2", 20))
+    a.process([reading("S2", 25.0, 20, ts=T0 + 24)])
+    assert a.check_silence(T0 + 25).health == [("S1", "silent")]
+    statefile.dump(tmp_path / "state.mqas", a.state_dict(), sync=False)
+    b = Pipeline(load_settings())
+    assert b.load_state_dict(statefile.load(tmp_path / "state.mqas")) == []
+    assert b.view().healths() == ("silent", "ok")
+    b.process([reading("S1", 25.0, 20, ts=T0 + 26)])
+    assert b.check_silence(T0 + 26.5).health == [("S1", "ok")]

@@ -109,6 +109,28 @@ async def test_spike_alert_on_mqtt_within_one_second(mosquitto: Mosquitto, tmp_p
         await eventually(lambda: b"anomalous" in obs.on("/health"), timeout=2, what="health")
 
 
+async def test_retained_health_says_silent_while_a_sensor_is_quiet(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    s = settings_for(mosquitto, tmp_path)
+    s = s.model_copy(update={"detector": s.detector.model_copy(update={"interval": 0.2})})
+    async with (
+        Running(s) as running,
+        Observer(mosquitto.url, ["factory/+/health"]) as obs,
+        publisher(mosquitto.url) as pub,
+    ):
+        for seq in range(20):
+            pub.publish("factory/QUIET-1/temperature", reading_payload("QUIET-1", 24.5, seq))
+        # then nothing: silent after 5 x the learned interval, checked every 0.2 s
+        await eventually(lambda: obs.on("/health") == [b"silent"], timeout=5, what="silent")
+        view = running.service.pipeline.view()
+        slot = view.slot("QUIET-1")
+        assert slot is not None and view.health(slot) == "silent"
+        pub.publish("factory/QUIET-1/temperature", reading_payload("QUIET-1", 24.5, 20))
+        await eventually(lambda: obs.on("/health")[-1:] == [b"ok"], timeout=5, what="ok again")
+        assert obs.on("/health") == [b"silent", b"ok"]
+
+
 async def test_retained_status_known_at_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async with publisher(mosquitto.url) as pub:
         for i in range(50):

@@ -19,6 +19,7 @@ from mqtt_anomaly.pipeline import Pipeline
 from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.store import Store, open_store
 from mqtt_anomaly.web import HttpSettings, http_server, parse_listen, serve_http
+from mqtt_anomaly.web.alerts import AlertDesk
 from mqtt_anomaly.web.events import EventHub, sse
 from mqtt_anomaly.web.metrics import METRIC_NAMES, ServiceMetrics
 
@@ -248,7 +249,7 @@ async def test_event_stream_delivers_alerts_health_and_watched_readings(
 
 async def test_slow_event_client_is_dropped_not_buffered() -> None:
     pl = Pipeline(load_settings())
-    hub = EventHub(pl, queue_size=10, heartbeat=60)
+    hub = EventHub(pl.view(), queue_size=10, heartbeat=60)
     stream = hub.stream(sensor="F-1")
     assert (await anext(stream)).startswith("retry:")
     assert len(hub) == 1
@@ -265,8 +266,35 @@ async def test_slow_event_client_is_dropped_not_buffered() -> None:
     assert len(hub) == 0
 
 
+async def test_web_shows_the_pipeline_s_health_silent_included() -> None:
+    """Live events carry the health the pipeline publishes; the alert desk of a restarted
+    service starts from the alerts active in the restored state."""
+    pl = Pipeline(load_settings())
+    hub = EventHub(pl.view(), heartbeat=60)
+    stream = hub.stream()
+    await anext(stream)
+    t0 = time.time() - 100
+    for sid in ("Q-1", "Q-2"):
+        pl.process(
+            [(f"factory/{sid}/temperature", reading_payload(sid, 24.5, i, t0 + i), t0 + i)
+             for i in range(20)]
+        )  # fmt: skip
+    pl.process([("factory/Q-2/temperature", reading_payload("Q-2", SPIKE, 20, t0 + 20), t0 + 20)])
+    out = pl.check_silence(t0 + 30)
+    hub.publish(out)
+    chunk = await anext(stream)
+    assert sse("health", {"sensor_id": "Q-1", "health": "silent"}) in chunk
+    assert '"health":"anomalous"' not in chunk  # Q-2: anomalous already, no change
+    restored = Pipeline(load_settings())
+    restored.load_state_dict(pl.state_dict())
+    desk = AlertDesk(restored.view(), time.time)
+    active = {(a["sensor_id"], a["detector"]) for a in desk.list_active()}
+    assert active == {("Q-1", "silence"), ("Q-2", "silence"), ("Q-2", "threshold")}
+    hub.close()
+
+
 async def test_hub_close_ends_streams() -> None:
-    hub = EventHub(Pipeline(load_settings()), heartbeat=60)
+    hub = EventHub(Pipeline(load_settings()).view(), heartbeat=60)
     stream = hub.stream()
     await anext(stream)
     hub.close()

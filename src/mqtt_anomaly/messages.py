@@ -14,7 +14,7 @@ Nothing else escapes from it, whatever the input.
 from __future__ import annotations
 
 import math
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import msgspec
 
@@ -25,6 +25,10 @@ NO_SEQ: Final = -1
 Severity = Literal["warning", "critical"]
 AlertState = Literal["raised", "cleared"]
 HealthState = Literal["ok", "anomalous", "offline", "silent"]
+"""A sensor's health, as the pipeline derives it from its active alerts and the service
+publishes it (retained) on the sensor's health topic: ``offline`` after its Last Will,
+``anomalous`` while a detector's alert is active, ``silent`` while only the silence alert is."""
+HEALTH_STATES: Final[tuple[HealthState, ...]] = get_args(HealthState)
 
 
 class Reading(msgspec.Struct, frozen=True, gc=False):

@@ -9,9 +9,14 @@ One batch of raw messages takes one straight path:
    at most one reading per sensor, so a batch with several readings of one sensor keeps their
    order);
 4. **alert**: each detector's :class:`~mqtt_anomaly.alerting.AlertBook` turns scores into
-   raised/cleared events, and the sensor's health is derived from its active alerts.
+   raised/cleared events, and the sensor's health is derived from its active alerts
+   (:meth:`Pipeline.health_of`: ``ok``, ``anomalous``, ``offline``, ``silent``).
 
-The service (``service.py``) feeds batches in and hands :class:`Output` to the sinks.
+Steps 1–2 are :meth:`Pipeline.decode` (a :class:`Decoded`), steps 3–4 :meth:`Pipeline.score`;
+:meth:`Pipeline.process` is both. Readings decoded elsewhere (a replay, another intake) enter
+at step 2 through :meth:`Pipeline.score_readings`. The service (``service.py``) feeds batches
+in and hands :class:`Output` to the sinks; dashboards and metrics read the state through
+:meth:`Pipeline.view` (:class:`~mqtt_anomaly.view.PipelineView`), never its arrays.
 
 **The sensor table.** A sensor gets a slot on its first message, up to
 ``service.max_sensors``. Once the table is full, a new sensor takes the slot of the sensor
@@ -28,6 +33,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -40,6 +46,8 @@ from .detectors import Detector, create
 from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError, StateFileError
 from .messages import (
+    HEALTH_STATES,
+    MAX_TS_SKEW_S,
     NO_SEQ,
     Alert,
     DeadLetter,
@@ -48,8 +56,10 @@ from .messages import (
     Severity,
     dead_letter,
     decode_reading,
+    encode,
 )
-from .topics import TopicTemplate
+from .topics import TopicTemplate, valid_sensor_id
+from .view import PipelineView
 
 SEQ_WINDOW = 1024
 NEW, LATE, DUPLICATE, STALE = "new", "late", "duplicate", "stale"
@@ -155,6 +165,27 @@ class Output:
         return bool(self.readings or self.alerts or self.health or self.dead or self.evicted)
 
 
+@dataclass(slots=True, eq=False)
+class Decoded:
+    """One batch decoded and placed, not scored yet (:meth:`Pipeline.decode`).
+
+    ``out`` already holds what decoding produced: every reading to store (in arrival order,
+    late ones included), dead letters, new and evicted sensors, and the alerts and health
+    changes of status messages and evictions. ``rounds`` are the readings to score with their
+    slot and receive time, the k-th reading of each sensor in round k; ``late`` the
+    ``(slot, seq, value)`` of late readings, recorded once the rounds are.
+    """
+
+    out: Output
+    rounds: list[list[tuple[int, Reading, float]]]
+    late: list[tuple[int, int, float]]
+
+    @property
+    def scored(self) -> int:
+        """How many readings :meth:`Pipeline.score` will score."""
+        return sum(len(r) for r in self.rounds)
+
+
 class Pipeline:
     """Decode → dedup → detect → alert for many sensors; state is per sensor slot."""
 
@@ -200,11 +231,17 @@ class Pipeline:
         self._candidates: list[int] = []  # slots silent for evict_after, the oldest last
         self._scanned = -math.inf  # message time of the last scan for them
         self._scan_more = False  # the last scan found more than it kept
-        # per batch: slots with readings in it, late readings to record, first values by seq
+        # per batch being decoded: slots with readings in it, first values by seq
         self._pending: dict[int, int] = {}
-        self._late: list[tuple[int, int, float]] = []
         self._firsts: dict[tuple[str, int], float] = {}
         self._indexed = 0
+        self._open: Decoded | None = None  # decoded, not scored yet
+        self._view = PipelineView(self)
+
+    def view(self) -> PipelineView:
+        """Read-only access to the sensor table, health, alerts and counters (for dashboards
+        and metrics)."""
+        return self._view
 
     # ---- sensors -------------------------------------------------------------------
     def slot_of(self, sensor_id: str, out: Output, now: float = math.nan) -> int | None:
@@ -246,6 +283,15 @@ class Pipeline:
         self.counters.sensors_rejected += 1  # logged (rate-limited) by the dead-letter sink
         self._reject(topic, payload, exc, received_at, out)
         return None
+
+    def _admit_reading(self, r: Reading, received_at: float, out: Output) -> int | None:
+        """:meth:`_admit` for a reading that came without a topic."""
+        topic = self.readings_topic.format(r.sensor_id)
+        if not valid_sensor_id(r.sensor_id):
+            exc = PayloadError("invalid_field", "sensor_id is not a valid sensor id")
+            self._reject(topic, encode(r), exc, received_at, out)
+            return None
+        return self._admit(r.sensor_id, topic, encode(r), received_at, out)
 
     def _evict_for(self, sid: str, now: float, out: Output) -> int | None:
         """Give ``sid`` the slot of the sensor silent longest, if silent for evict_after."""
@@ -340,10 +386,28 @@ class Pipeline:
 
     # ---- one batch -----------------------------------------------------------------
     def process(self, batch: Iterable[tuple[str, bytes, float]]) -> Output:
-        """Process raw ``(topic, payload, received_at)`` messages in arrival order."""
+        """Process raw ``(topic, payload, received_at)`` messages in arrival order:
+        :meth:`decode` then :meth:`score`."""
+        return self.score(self.decode(batch))
+
+    def score_readings(
+        self, readings: Sequence[Reading], received_at: float | Sequence[float]
+    ) -> Output:
+        """Process readings already decoded (a replay, another intake) in arrival order:
+        :meth:`decode_readings` then :meth:`score`. ``received_at`` is one time for all of
+        them or one per reading."""
+        return self.score(self.decode_readings(readings, received_at))
+
+    def decode(self, batch: Iterable[tuple[str, bytes, float]]) -> Decoded:
+        """Decode raw messages and place them, without scoring: topics are classified (a
+        status is applied), payloads decoded, sensors given slots (the sensor table), seqs
+        checked (duplicates, late readings, seq conflicts). Pass the result to :meth:`score`
+        before the next batch is decoded."""
         out = Output()
         rounds: list[list[tuple[int, Reading, float]]] = []
+        late: list[tuple[int, int, float]] = []
         depth: dict[int, int] = {}  # slot → readings of it in this batch's rounds
+        self._open = decoded = Decoded(out, rounds, late)
         self._pending = depth
         self._firsts = {}
         self._indexed = 0
@@ -367,17 +431,7 @@ class Pipeline:
             if reading.seq != NO_SEQ:
                 verdict = check(slot, reading.seq)
                 if verdict is not NEW:
-                    if verdict is DUPLICATE:
-                        if not self._conflict(topic, payload, slot, reading, received_at, out):
-                            c.duplicates += 1
-                    elif verdict is STALE:
-                        c.stale += 1
-                    else:
-                        c.late += 1
-                        out.readings.append(reading)
-                        self._late.append((slot, reading.seq, reading.value))
-                        self.last_active[slot] = received_at
-                        depth.setdefault(slot, 0)  # heard in this batch: not to be evicted
+                    self._out_of_order(verdict, slot, reading, received_at, decoded, topic, payload)
                     continue
             r = depth.get(slot, 0)
             depth[slot] = r + 1
@@ -385,15 +439,111 @@ class Pipeline:
                 rounds.append([])
             rounds[r].append((slot, reading, received_at))
             out.readings.append(reading)
+        return decoded
+
+    def decode_readings(
+        self, readings: Sequence[Reading], received_at: float | Sequence[float]
+    ) -> Decoded:
+        """:meth:`decode` for readings already decoded: each is checked (a valid sensor id,
+        a finite value and time, a seq in range), given its sensor's slot and its seq
+        checked, as if it had come in on its sensor's readings topic."""
+        recv: Iterable[float]
+        if isinstance(received_at, int | float):
+            recv = repeat(float(received_at), len(readings))
+        elif len(received_at) != len(readings):
+            raise ValueError(f"{len(received_at)} receive times for {len(readings)} readings")
+        else:
+            recv = received_at
+        out = Output()
+        rounds: list[list[tuple[int, Reading, float]]] = []
+        late: list[tuple[int, int, float]] = []
+        depth: dict[int, int] = {}
+        self._open = decoded = Decoded(out, rounds, late)
+        self._pending = depth
+        self._firsts = {}
+        self._indexed = 0
+        c = self.counters
+        sensors = self.sensors
+        check = self.seq.check
+        isfinite = math.isfinite
+        for reading, at in zip(readings, recv, strict=True):
+            c.received += 1
+            sid = reading.sensor_id
+            slot = sensors.get(sid)
+            if slot is None:
+                slot = self._admit_reading(reading, at, out)
+                if slot is None:
+                    continue
+            seq = reading.seq
+            if not (isfinite(reading.value) and abs(reading.ts - at) < MAX_TS_SKEW_S):
+                self._reject_reading(reading, _invalid(reading), at, out)
+                continue
+            if seq != NO_SEQ:
+                if not 0 <= seq < 2**62:
+                    exc = PayloadError("invalid_field", f"seq out of range: {seq}")
+                    self._reject_reading(reading, exc, at, out)
+                    continue
+                verdict = check(slot, seq)
+                if verdict is not NEW:
+                    self._out_of_order(verdict, slot, reading, at, decoded)
+                    continue
+            r = depth.get(slot, 0)
+            depth[slot] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append((slot, reading, at))
+            out.readings.append(reading)
+        return decoded
+
+    def score(self, decoded: Decoded) -> Output:
+        """Score a decoded batch round by round: detectors, alert books, health. Every
+        :class:`Decoded` is scored once, in the order decoded, before the next decode."""
+        if decoded is not self._open:
+            raise RuntimeError("score the batch decoded last, once")
+        self._open = None
+        out = decoded.out
+        rounds = decoded.rounds
         for rnd in rounds:
             self._score(rnd, out)
-        if self._late:
-            self._record_late()
-        c.processed += sum(len(r) for r in rounds)
+        if decoded.late:
+            self._record_late(decoded.late)
+        self.counters.processed += decoded.scored
         return out
 
+    def _out_of_order(
+        self,
+        verdict: str,
+        slot: int,
+        reading: Reading,
+        received_at: float,
+        decoded: Decoded,
+        topic: str | None = None,
+        payload: bytes | None = None,
+    ) -> None:
+        """A reading whose seq is not the next of its sensor: a duplicate (or a seq conflict),
+        stale (dropped) or late (kept, not scored)."""
+        c = self.counters
+        out = decoded.out
+        if verdict is DUPLICATE:
+            if not self._conflict(slot, reading, received_at, out, topic, payload):
+                c.duplicates += 1
+        elif verdict is STALE:
+            c.stale += 1
+        else:
+            c.late += 1
+            out.readings.append(reading)
+            decoded.late.append((slot, reading.seq, reading.value))
+            self.last_active[slot] = received_at
+            self._pending.setdefault(slot, 0)  # heard in this batch: not to be evicted
+
     def _conflict(
-        self, topic: str, payload: bytes, slot: int, r: Reading, received_at: float, out: Output
+        self,
+        slot: int,
+        r: Reading,
+        received_at: float,
+        out: Output,
+        topic: str | None,
+        payload: bytes | None,
     ) -> bool:
         """A repeated seq: a dead letter if its value differs from the first one's. The first
         value is this batch's (not recorded yet) or in the slot's ring if the seq is among the
@@ -415,18 +565,21 @@ class Pipeline:
             return False
         self.counters.seq_conflicts += 1
         detail = f"seq {r.seq}: first value {first!r}, now {r.value!r}"
-        self._reject(topic, payload, PayloadError("seq_conflict", detail), received_at, out)
+        exc = PayloadError("seq_conflict", detail)
+        if topic is None or payload is None:
+            self._reject_reading(r, exc, received_at, out)
+        else:
+            self._reject(topic, payload, exc, received_at, out)
         return True
 
-    def _record_late(self) -> None:
+    def _record_late(self, late: list[tuple[int, int, float]]) -> None:
         """Record the values of this batch's late readings, once its new ones are recorded:
         only those among their sensor's last SEQ_VALUES seqs (else a newer one's place)."""
         top = self.seq.top
         ring = self.seq_values
-        for slot, seq, value in self._late:
+        for slot, seq, value in late:
             if top[slot] - seq < SEQ_VALUES:
                 ring[slot, seq & _RING] = value
-        self._late = []
 
     def _grow_columns(self, cap: int) -> None:
         def grown(old: FloatArray, fill: float) -> FloatArray:
@@ -618,15 +771,15 @@ class Pipeline:
                 out.health.append((self.sensor_ids[slot], new))
 
     def health_of(self, slot: int) -> HealthState:
-        def on(book: str) -> bool:
-            b = self.books[book]
-            return slot < len(b.active) and bool(b.active[slot])
-
-        if on(OFFLINE):
+        """The sensor's health from its active alerts, the one place it is derived:
+        ``offline`` (its Last Will, whatever else is active), ``anomalous`` (a detector's
+        alert, silent or not), ``silent`` (only the silence alert), else ``ok``."""
+        active = [name for name, b in self.books.items() if slot < len(b.active) and b.active[slot]]
+        if not active:
+            return "ok"
+        if OFFLINE in active:
             return "offline"
-        if any(on(name) for name in self.books):
-            return "anomalous"
-        return "ok"
+        return "silent" if active == [SILENCE] else "anomalous"
 
     def _reject(
         self, topic: str, payload: bytes, exc: PayloadError, received_at: float, out: Output
@@ -635,6 +788,13 @@ class Pipeline:
         c.dead_letters += 1
         c.dead_by_reason[exc.reason] = c.dead_by_reason.get(exc.reason, 0) + 1
         out.dead.append(dead_letter(topic, payload, exc, received_at))
+
+    def _reject_reading(
+        self, r: Reading, exc: PayloadError, received_at: float, out: Output
+    ) -> None:
+        """A dead letter for a reading that came without a topic and payload: its sensor's
+        readings topic, the reading as JSON."""
+        self._reject(self.readings_topic.format(r.sensor_id), encode(r), exc, received_at, out)
 
     # ---- saved state ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -686,7 +846,7 @@ class Pipeline:
         if not np.all(np.isfinite(interval) & (interval > 0)):
             raise StateFileError("saved state: interval not finite and positive")
         health = _saved_list(state, "health", str, n)
-        if not set(health) <= {"ok", "anomalous", "offline"}:
+        if not set(health) <= set(HEALTH_STATES):
             raise StateFileError("saved state: unknown health")
         detectors = _saved_dict(state, "detectors")
         books = _saved_dict(state, "books")
@@ -719,6 +879,14 @@ class Pipeline:
             if name in book_states and name not in skipped:
                 book.load_state_dict(book_states[name])
         return skipped
+
+
+def _invalid(r: Reading) -> PayloadError:
+    """Why a reading that came decoded is refused: its value or its time (NaN, inf or more
+    than ``MAX_TS_SKEW_S`` from its receive time)."""
+    if not math.isfinite(r.value):
+        return PayloadError("non_finite", repr(r.value))
+    return PayloadError("bad_timestamp", repr(r.ts))
 
 
 def _saved_list(

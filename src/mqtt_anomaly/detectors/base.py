@@ -141,6 +141,13 @@ class Detector(ABC):
         for k, a in arrays.items():
             self.state[k][: len(a)] = a
 
+    def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
+        """``(low, high)``: the values this detector expects next for each of ``slots``, as it
+        stands now (reading it learns nothing); NaN where it gives no bound (a detector without
+        a band, a slot not warmed up, no bound on that side). A detector whose band depends on
+        the next reading's time (a rate, a season) gives none here."""
+        return nan_band(len(slots)), nan_band(len(slots))
+
     def score_series(self, values: FloatArray, ts: FloatArray | None = None) -> FloatArray:
         """Score one series point by point in slot 0 (for examples and evaluation)."""
         if ts is None:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Detector, Field, FloatArray, IntArray, Scores
+from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
 
 _MAD_TO_STD = 1.4826
 
@@ -101,3 +101,17 @@ class RobustDetector(Detector):
         st["mad"][slots] = np.maximum(np.where(ready, track_mad, seed_mad), 0.0)
         st["n"][slots] = n + 1
         return Scores(score, low, high)
+
+    def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
+        """median ± ``z_alert`` robust standard deviations (the alert level) once warmed up."""
+        low, high = nan_band(len(slots)), nan_band(len(slots))
+        known = slots < self.capacity
+        idx = slots[known]
+        st = self.state
+        med = st["median"][idx]
+        floor = self.min_scale + self.rel_scale * np.abs(med)
+        half = self.z_alert * (_MAD_TO_STD * np.maximum(st["mad"][idx], floor))
+        ready = st["n"][idx] >= self.warmup
+        low[known] = np.where(ready, med - half, np.nan)
+        high[known] = np.where(ready, med + half, np.nan)
+        return low, high

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import DetectorSettings
-from .base import Detector, Field, FloatArray, IntArray, Scores, check_params
+from .base import Detector, Field, FloatArray, IntArray, Scores, check_params, nan_band
 
 
 class ThresholdDetector(Detector):
@@ -54,3 +54,7 @@ class ThresholdDetector(Detector):
         score = np.clip(0.5 + 0.2 * (values - self.threshold) / span, 0.0, 1.0)
         n = len(values)
         return Scores(score, np.full(n, -np.inf), np.full(n, self.threshold))
+
+    def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
+        """No lower bound; at most ``threshold``."""
+        return nan_band(len(slots)), np.full(len(slots), self.threshold)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Detector, Field, FloatArray, IntArray, Scores
+from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
 
 
 class ZScoreDetector(Detector):
@@ -99,3 +99,18 @@ class ZScoreDetector(Detector):
         st["var"][slots] = new_var
         st["n"][slots] = n + 1
         return Scores(score, low, high)
+
+    def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
+        """mean ± ``z_alert`` standard deviations (the score's alert level) once warmed up."""
+        low, high = nan_band(len(slots)), nan_band(len(slots))
+        known = slots < self.capacity
+        idx = slots[known]
+        st = self.state
+        mean = st["mean"][idx]
+        half = self.z_alert * np.sqrt(
+            st["var"][idx] + (self.min_std + self.rel_std * np.abs(mean)) ** 2
+        )
+        ready = st["n"][idx] >= self.warmup
+        low[known] = np.where(ready, mean - half, np.nan)
+        high[known] = np.where(ready, mean + half, np.nan)
+        return low, high

@@ -1,9 +1,11 @@
 """Feed recorded readings through the service's own :class:`~mqtt_anomaly.pipeline.Pipeline`.
 
-The readings go in as the service receives them: one MQTT payload per reading on the sensor's
-readings topic, through :meth:`Pipeline.process <mqtt_anomaly.pipeline.Pipeline.process>`, so
-decoding, ``(sensor, seq)`` dedup, the vectorised detector rounds and every detector's alert
-book are the service's own code. Only the clock differs: a reading "arrives" at its own ``ts``,
+The readings go in as typed readings through :meth:`Pipeline.score_readings
+<mqtt_anomaly.pipeline.Pipeline.score_readings>`, the pipeline's entry point after decoding,
+so the sensor table, ``(sensor, seq)`` dedup, the vectorised detector rounds and every
+detector's alert book are the service's own code (only the JSON decoding of a payload is not
+run: the readings were decoded when they were stored). Only the clock differs: a reading
+"arrives" at its own ``ts``,
 and the silence check the service runs every ``min(1 s, detector.interval)`` of wall time runs
 at those instants of the readings' time.
 
@@ -27,27 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import msgspec
 import numpy as np
 
 from ..config import Settings
 from ..detectors.base import FloatArray, IntArray
-from ..messages import NO_SEQ, Alert
+from ..messages import Alert, Reading
 from ..pipeline import SILENCE, Output, Pipeline
-from ..topics import TopicTemplate
 
 AlertSink = Callable[[Alert], None]
-
-
-class _Payload(msgspec.Struct, omit_defaults=True, gc=False):
-    """A reading as a sensor publishes it (the sensor id is in the topic)."""
-
-    value: float
-    ts: float
-    seq: int | None = None
-
-
-_encode: Final = msgspec.json.Encoder().encode
 _WINDOW: Final = 4096  # readings planned at a time (at least 4 per known sensor)
 
 
@@ -74,7 +63,7 @@ class ReplayStats:
     raised: Counter[tuple[str, str]] = field(default_factory=Counter)  # (detector, severity)
     cleared: Counter[str] = field(default_factory=Counter)
     silence_checks: int = 0
-    seconds: float = 0.0  # spent re-scoring: payloads, pipeline, silence checks
+    seconds: float = 0.0  # spent re-scoring: readings, pipeline, silence checks
 
 
 class Replayer:
@@ -88,8 +77,6 @@ class Replayer:
         self.period = min(1.0, ds.interval)  # the service's silence-check period
         self._factor = ds.silence_factor
         self._interval = ds.interval
-        self._template = TopicTemplate(settings.topics.readings)
-        self._topics: dict[str, str] = {}
         self._checked = -math.inf  # the last silence check
 
     # ---- input ---------------------------------------------------------------------------
@@ -138,20 +125,13 @@ class Replayer:
     def _process(self, batch: Columns, ts: FloatArray, start: int, stop: int) -> None:
         if start >= stop:
             return
-        topics = self._topics
-        template = self._template
-        messages: list[tuple[str, bytes, float]] = []
-        add = messages.append
+        stamps = ts[start:stop].tolist()
         ids, values, seqs = batch.sensor_ids, batch.values, batch.seqs
-        for i, t in enumerate(ts[start:stop].tolist(), start):
-            sid = ids[i]
-            topic = topics.get(sid)
-            if topic is None:
-                topic = topics[sid] = template.format(sid)
-            seq = seqs[i]
-            payload = _encode(_Payload(values[i], t, None if seq == NO_SEQ else seq))
-            add((topic, payload, t))
-        self._emit(self.pipeline.process(messages))
+        readings = [
+            Reading(ids[i], t, float(values[i]), "C", int(seqs[i]))
+            for i, t in enumerate(stamps, start)
+        ]
+        self._emit(self.pipeline.score_readings(readings, stamps))
 
     def _check(self, now: float) -> None:
         self._checked = now

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..messages import Alert
-from ..pipeline import Output, Pipeline
+from ..pipeline import Output
+from ..view import PipelineView
 from .events import alert_json
 
 
@@ -52,16 +53,14 @@ class ActiveAlert:
 class AlertDesk:
     """Active alerts by ``(sensor_id, detector)`` plus a ring of recent alert events."""
 
-    def __init__(self, pipeline: Pipeline, clock: Callable[[], float], history: int = 10_000):
+    def __init__(self, view: PipelineView, clock: Callable[[], float], history: int = 10_000):
         self.clock = clock
         self.active: dict[tuple[str, str], ActiveAlert] = {}
         self.recent: deque[Alert] = deque(maxlen=history)
-        for name, book in pipeline.books.items():  # alerts active in restored state
-            for slot in book.active.nonzero()[0].tolist():
-                if slot < len(pipeline.sensor_ids):
-                    sid = pipeline.sensor_ids[slot]
-                    sev = "critical" if book.critical[slot] else "warning"
-                    self.active[(sid, name)] = ActiveAlert(sid, name, sev, None)
+        for a in view.all_active_alerts():  # alerts active in restored state
+            self.active[(a.sensor_id, a.detector)] = ActiveAlert(
+                a.sensor_id, a.detector, a.severity, None
+            )
 
     def observe(self, out: Output) -> None:
         """Track one batch's raised and cleared alerts."""

@@ -19,7 +19,7 @@ from ..topics import MAX_SENSOR_ID_LENGTH
 from . import models
 from .events import EventHub, alert_json
 from .history import downsample
-from .sensors import HEALTH_ORDER, display_health, expected_band, sensor_row
+from .sensors import HEALTH_ORDER, expected_band, sensor_row
 from .state import WebState
 
 router = APIRouter()
@@ -95,31 +95,32 @@ def list_sensors(
     limit: Annotated[int, Query(ge=1, le=5000)] = 200,
 ) -> dict[str, Any]:
     """The fleet, filtered, sorted and paginated (health sorts anomalous first)."""
-    pl = web(request).service.pipeline
-    shown = [display_health(pl, s) for s in range(len(pl.sensor_ids))]
+    view = web(request).service.pipeline.view()
+    shown = view.healths()
+    ids = view.sensor_ids()
     counts = dict.fromkeys(HEALTH_ORDER, 0)
     for h in shown:
         counts[h] += 1
-    slots = range(len(pl.sensor_ids))
+    slots = range(len(ids))
     if health is not None:
         slots = [s for s in slots if shown[s] == health]  # type: ignore[assignment]
     if q:
         needle = q.lower()
-        slots = [s for s in slots if needle in pl.sensor_ids[s].lower()]  # type: ignore[assignment]
+        slots = [s for s in slots if needle in ids[s].lower()]  # type: ignore[assignment]
     key: Any
     if sort == "health":
-        key = lambda s: (HEALTH_ORDER[shown[s]], pl.sensor_ids[s])  # noqa: E731
+        key = lambda s: (HEALTH_ORDER[shown[s]], ids[s])  # noqa: E731
     elif sort == "sensor_id":
-        key = lambda s: pl.sensor_ids[s]  # noqa: E731
+        key = lambda s: ids[s]  # noqa: E731
     else:
-        column = pl.last_value if sort == "last_value" else pl.last_seen
+        column = view.last_values() if sort == "last_value" else view.last_seen()
         key = lambda s: (column[s] != column[s], column[s] if column[s] == column[s] else 0.0)  # noqa: E731
     ordered = sorted(slots, key=key, reverse=desc)
     page = ordered[offset : offset + limit]
     return {
         "total": len(ordered),
         "offset": offset,
-        "items": [sensor_row(pl, s) for s in page],
+        "items": [sensor_row(view, s) for s in page],
         "counts": counts,
     }
 
@@ -132,11 +133,11 @@ def list_sensors(
 )
 def get_sensor(request: Request, sensor_id: SensorPath) -> dict[str, Any]:
     """One sensor, with the range its detectors expect next."""
-    pl = web(request).service.pipeline
-    slot = pl.sensors.get(sensor_id)
+    view = web(request).service.pipeline.view()
+    slot = view.slot(sensor_id)
     if slot is None:
         raise HTTPException(404, f"unknown sensor {sensor_id!r}")
-    return {**sensor_row(pl, slot), "band": expected_band(pl, slot)}
+    return {**sensor_row(view, slot), "band": expected_band(view, slot)}
 
 
 @router.get(

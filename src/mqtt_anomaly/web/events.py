@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..messages import Alert
-from ..pipeline import Output, Pipeline
-from .sensors import display_health
+from ..pipeline import Output
+from ..view import PipelineView
 
 _CLOSE = "close"
 
@@ -61,12 +61,12 @@ class EventHub:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        view: PipelineView,
         queue_size: int = 1000,
         heartbeat: float = 15.0,
         max_clients: int = 32,
     ):
-        self.pipeline = pipeline
+        self.view = view
         self.queue_size = queue_size
         self.heartbeat = heartbeat
         self.max_clients = max_clients
@@ -94,11 +94,10 @@ class EventHub:
         if not self.clients:
             return
         common: list[str] = [sse("alert", alert_json(a)) for a in out.alerts]
-        pl = self.pipeline
-        for sid, _state in out.health:
-            slot = pl.sensors.get(sid)
-            if slot is not None:
-                common.append(sse("health", {"sensor_id": sid, "health": display_health(pl, slot)}))
+        view = self.view
+        for sid, state in out.health:  # the pipeline's health, as published on MQTT
+            if sid in view:  # not forgotten since
+                common.append(sse("health", {"sensor_id": sid, "health": state}))
         if out.new_sensors:
             common.append(sse("sensors", {"added": out.new_sensors}))
         readings: dict[str, list[str]] = {}

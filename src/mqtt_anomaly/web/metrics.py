@@ -1,6 +1,6 @@
 """Prometheus metrics of a running :class:`~mqtt_anomaly.service.DetectorService`.
 
-Nothing here runs per message. Counts the pipeline keeps anyway (``pipeline.counters``), the
+Nothing here runs per message. Counts the pipeline keeps anyway (its view's counters), the
 store's and the Kafka sink's counters, the last batch and the broker connection are read
 when Prometheus scrapes, by a custom collector. What the pipeline does not count is updated
 once per batch by :meth:`ServiceMetrics.observe` (a service listener): alerts by detector,
@@ -29,7 +29,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..pipeline import Output
-from .sensors import display_health
 
 if TYPE_CHECKING:
     from ..service import DetectorService
@@ -141,8 +140,7 @@ class ServiceMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
-        pl = svc.pipeline
-        c = pl.counters
+        c = svc.pipeline.view().counters()
         yield _counter(
             "messages_received", "MQTT messages received (readings and status)", c.received
         )
@@ -249,22 +247,12 @@ class ServiceMetrics(Collector):
         return h
 
     def _sensors(self) -> Iterator[Metric]:
-        pl = self.service.pipeline
-        n = len(pl.sensor_ids)
-        by_health: dict[str, int] = dict.fromkeys(("ok", "anomalous", "offline", "silent"), 0)
-        for slot, state in enumerate(pl.health):
-            shown = display_health(pl, slot) if state == "anomalous" else state
-            by_health[shown] = by_health.get(shown, 0) + 1
+        view = self.service.pipeline.view()
         g = GaugeMetricFamily(P + "sensors", "Known sensors by health", labels=["health"])
-        for health, count in by_health.items():
+        for health, count in view.health_counts().items():
             g.add_metric([health], count)
         yield g
-        active = 0
-        if n:
-            seen = np.asarray(pl.last_seen[:n], dtype=np.float64)
-            limit = pl.settings.detector.silence_factor * np.asarray(pl.interval[:n])
-            with np.errstate(invalid="ignore"):
-                active = int(np.count_nonzero(self.service.clock() - seen <= limit))
+        active = view.sensors_active(self.service.clock())
         yield _gauge("sensors_active", "Sensors that sent a reading recently", active)
 
     def _store(self) -> Iterator[Metric]:

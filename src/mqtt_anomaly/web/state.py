@@ -31,13 +31,13 @@ class WebState:
     @classmethod
     def attach(cls, service: DetectorService, settings: HttpSettings) -> WebState:
         """Create the state and register it as a listener of ``service``."""
-        pl = service.pipeline
+        view = service.pipeline.view()
         state = cls(
             service,
             settings,
             ServiceMetrics(service),
-            AlertDesk(pl, service.clock, settings.alert_history),
-            EventHub(pl, settings.sse_queue, settings.sse_heartbeat, settings.max_event_clients),
+            AlertDesk(view, service.clock, settings.alert_history),
+            EventHub(view, settings.sse_queue, settings.sse_heartbeat, settings.max_event_clients),
         )
         state.metrics.sse_clients = lambda: state.hub.slots  # streams admitted, not yet ended
         state.metrics.http_refused = lambda: state.refused
