@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("errors", "config", "web.settings", "messages", "topics", "console", "statefile", "pki"),
     ),
     ("detection", ("detectors", "alerting", "floods")),
-    ("pipeline", ("pipeline",)),
+    ("pipeline", ("pipeline", "view")),
     ("io", ("transport", "store", "sinks")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
