@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_anomaly.bench import wire
 from mqtt_anomaly.config import BrokerSettings
 from mqtt_anomaly.errors import BrokerError
+from mqtt_anomaly.transport import codec
 from mqtt_anomaly.transport.lean import Batch, LeanClient, _Protocol
 
 from .helpers import eventually
@@ -41,9 +41,9 @@ def test_packets_split_anywhere_are_reassembled() -> None:
     _, proto, transport, batches = make()
     big = b"x" * 300  # two-byte remaining length
     stream = (
-        wire.publish("factory/S1/temperature", b"24.5", qos=1, mid=7)
-        + wire.publish("factory/S2/temperature", big, qos=0)
-        + wire.publish("factory/S3/temperature", b"{}", qos=2, mid=9)
+        codec.publish("factory/S1/temperature", b"24.5", qos=1, packet_id=7)
+        + codec.publish("factory/S2/temperature", big, qos=0)
+        + codec.publish("factory/S3/temperature", b"{}", qos=2, packet_id=9)
     )
     for cut in range(1, len(stream)):
         batches.clear()
@@ -58,7 +58,7 @@ def test_packets_split_anywhere_are_reassembled() -> None:
             ("factory/S3/temperature", b"{}"),
         ]
         acks = b"".join(transport.written)
-        assert acks == wire.puback(7) + b"\x50\x02\x00\x09"  # PUBACK 7, PUBREC 9
+        assert acks == codec.puback(7) + codec.pubrec(9)
 
 
 def test_acks_written_once_per_read_after_the_batch() -> None:
@@ -66,7 +66,9 @@ def test_acks_written_once_per_read_after_the_batch() -> None:
     client, proto, transport, _ = make()
     client._on_batch = lambda b: order.append(f"batch {len(b)}")
     transport.write = lambda data: order.append(f"write {len(data)}")  # type: ignore[method-assign]
-    proto.data_received(b"".join(wire.publish("a/S/b", b"1", qos=1, mid=m) for m in range(1, 101)))
+    proto.data_received(
+        b"".join(codec.publish("a/S/b", b"1", qos=1, packet_id=m) for m in range(1, 101))
+    )
     assert order == ["batch 100", "write 400"]
 
 
@@ -77,8 +79,8 @@ def test_a_failing_batch_does_not_stop_acks() -> None:
         raise RuntimeError("bug")
 
     client._on_batch = boom
-    proto.data_received(wire.publish("a/S/b", b"1", qos=1, mid=5))
-    assert transport.written == [wire.puback(5)]
+    proto.data_received(codec.publish("a/S/b", b"1", qos=1, packet_id=5))
+    assert transport.written == [codec.puback(5)]
 
 
 async def test_refused_and_unreachable_broker(mosquitto: Mosquitto) -> None:
