@@ -211,6 +211,8 @@ class LeanClient:
                         mid = data[p : p + 2]
                         p += 2
                         acks.append((PUBACK_HEAD if qos == 1 else PUBREC_HEAD) + mid)
+                    if p > end:  # the topic (or packet id) runs past the packet
+                        raise MalformedPacketError(f"PUBLISH packet truncated ({length} bytes)")
                     batch.append((topic, data[p:end], now))
                 elif kind == PUBACK:  # of our QoS 1 publish
                     out = self._inflight.pop((data[i] << 8) | data[i + 1], None)
