@@ -410,16 +410,23 @@ def publish(
     '32 07 00 01 74 01 02 68 69'
     """
     head = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
+    # the packet every outgoing message takes: the common case without helper calls
+    t = topic.encode()
+    if len(t) > 0xFFFF:
+        raise ValueError(f"string field of {len(t)} bytes (at most 65,535)")
     if qos == 0:
-        var = encode_string(topic)
+        var = _U16.pack(len(t)) + t
     elif 0 < qos < 3 and 0 < packet_id <= 0xFFFF:
-        var = encode_string(topic) + _U16.pack(packet_id)
+        var = _U16.pack(len(t)) + t + _U16.pack(packet_id)
     else:
         raise ValueError(f"PUBLISH with QoS {qos} and packet id {packet_id}")
-    if level != MQTT_311 or properties:
+    if level != 4 or properties:
         _check_level(level)
         var += _properties(level, properties)
-    return bytes((head,)) + encode_varint(len(var) + len(payload)) + var + payload
+    n = len(var) + len(payload)
+    if n < 0x80:
+        return bytes((head, n)) + var + payload
+    return bytes((head,)) + encode_varint(n) + var + payload
 
 
 def decode_publish(flags: int, body: bytes, level: int = MQTT_311) -> Publish:

@@ -178,8 +178,8 @@ class LeanClient:
         This is :func:`.codec.split` and :func:`.codec.decode_publish` inlined for PUBLISH: it
         is the service's receive loop, and a packet object, a decoded message and their calls
         per message cost five times the whole loop (1,000 QoS 1 PUBLISH packets of 120 bytes
-        in one read: 0.42 ms inlined, 2.1 ms with ``split`` and ``decode_publish``; best of
-        12 interleaved runs on 2 shared cores). Everything else (packet types, acknowledgement
+        in one read: 0.43 ms inlined, 2.15 ms with ``split`` and ``decode_publish``; best of
+        15 interleaved runs on 2 shared cores). Everything else (packet types, acknowledgement
         headers, remaining lengths of more than one byte, CONNACK and SUBACK) is the codec's.
         A malformed packet drops the connection with one error line.
         """
