@@ -13,11 +13,12 @@ Every MQTT packet of the project is built and parsed here: the service's connect
   A body that does not parse raises :class:`MalformedPacketError` (a :class:`ValueError` with a
   one-line message), never an :class:`IndexError`.
 
-MQTT 3.1.1 (protocol level 4) is what is implemented and tested. Every function takes a
-``level`` and the packets that carry them in MQTT 5 take ``properties`` (the encoded property
-block, written only for level 5) and return reason codes, so that MQTT 5 can be added here
-without a second codec; for level 5 only the framing of the property block is done (its
-length prefix), not the properties themselves.
+MQTT 3.1.1 (protocol level 4) is what is implemented and tested. The functions of every
+packet that MQTT 5 changes take a ``level``; those of packets that carry properties in MQTT 5
+take ``properties`` (the encoded property block, written only for level 5), and the decoded
+acknowledgements hold reason codes, so that MQTT 5 can be added here without a second codec.
+For level 5 only the framing of the property block is done (its length prefix), not the
+properties themselves.
 
 >>> packets, rest = split(puback(7) + pingreq() + puback(8)[:3])
 >>> [(p.kind, p.body) for p in packets], rest
