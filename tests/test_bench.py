@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mqtt_anomaly.bench import wire
 from mqtt_anomaly.bench.broker import mosquitto_binary
 from mqtt_anomaly.bench.command import bench
 from mqtt_anomaly.bench.rawmqtt import count_messages
+from mqtt_anomaly.transport import codec
 
 app = typer.Typer()
 app.command("bench")(bench)
@@ -171,9 +171,10 @@ def test_quick_json_run_has_every_field() -> None:
 def test_counting_subscriber_parses_any_packet_size_and_acks_qos1() -> None:
     sizes = [0, 10, 120, 200, 20_000, 3]
     packets = [
-        wire.publish("t/x", b"p" * size, qos=i % 2, mid=100 + i) for i, size in enumerate(sizes)
+        codec.publish("t/x", b"p" * size, qos=i % 2, packet_id=100 + i)
+        for i, size in enumerate(sizes)
     ]
-    stream = b"".join(packets) + wire.puback(9)  # not a PUBLISH: not counted
+    stream = b"".join(packets) + codec.puback(9)  # not a PUBLISH: not counted
     ours, theirs = socket.socketpair()
     received = bytearray()
 
@@ -190,10 +191,10 @@ def test_counting_subscriber_parses_any_packet_size_and_acks_qos1() -> None:
     ours.close()
     theirs.close()
     assert res.count == len(sizes)
-    acks, used = wire.split(bytes(received))
-    assert used == len(received) == 12
-    assert [received[s : s + 2] for _, _, s, _ in acks] == [
-        (100 + i).to_bytes(2, "big") for i in (1, 3, 5)
+    acks, rest = codec.split(received)
+    assert rest == b"" and len(received) == 12
+    assert [(a.kind, codec.decode_ack(a.body).packet_id) for a in acks] == [
+        (codec.PUBACK, 100 + i) for i in (1, 3, 5)
     ]
 
 

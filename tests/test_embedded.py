@@ -18,7 +18,8 @@ import pytest
 from gmqtt.mqtt.constants import MQTTv311
 
 from mqtt_anomaly.errors import BrokerError
-from mqtt_anomaly.transport.embedded import EmbeddedBroker, _connect_packet, broker_answers
+from mqtt_anomaly.transport import codec
+from mqtt_anomaly.transport.embedded import EmbeddedBroker, broker_answers
 
 from .helpers import eventually
 from .mosquitto import Mosquitto, free_port
@@ -181,7 +182,7 @@ async def test_late_acknowledgement_is_quiet(
     logged by amqtt at WARNING, once per message; it must not reach the operator."""
     caplog.set_level(logging.DEBUG)
     reader, writer = await asyncio.open_connection(HOST, broker.port)
-    writer.write(_connect_packet("late-acker"))
+    writer.write(codec.connect("late-acker", keepalive=5))
     assert (await reader.readexactly(4))[:2] == b"\x20\x02"
     for packet_id in (4242, 4243):
         writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK

@@ -15,10 +15,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mqtt_anomaly.bench import rawmqtt, wire
+from mqtt_anomaly.bench import rawmqtt
 from mqtt_anomaly.config import AlertSettings, load_settings
 from mqtt_anomaly.floods import FloodFilter
 from mqtt_anomaly.messages import Alert
+from mqtt_anomaly.transport import codec
 from mqtt_anomaly.transport.memory import MemoryBroker
 
 from .helpers import Observer, eventually, reading_payload
@@ -223,11 +224,11 @@ def raw_publish(url: str, sids: list[str], seq: int) -> None:
     drain.start()
     now = time.time()
     packets = [
-        wire.publish(
+        codec.publish(
             f"factory/{sid}/temperature",
             reading_payload(sid, 24.0, seq, now),
             qos=1,
-            mid=i % 65535 + 1,
+            packet_id=i % 65535 + 1,
         )
         for i, sid in enumerate(sids)
     ]
@@ -235,7 +236,7 @@ def raw_publish(url: str, sids: list[str], seq: int) -> None:
         sock.sendall(b"".join(packets[i : i + 2000]))
         drain.wait(min(i + 2000, len(packets)) - 1000, 30)  # at most ~3,000 unacknowledged
     assert drain.wait(len(packets), 30), "the broker did not acknowledge every reading"
-    sock.sendall(wire.disconnect())
+    sock.sendall(codec.disconnect())
     sock.close()
 
 

@@ -7,25 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_anomaly.bench import wire
 from mqtt_anomaly.config import BrokerSettings
 from mqtt_anomaly.errors import BrokerError
+from mqtt_anomaly.pki import mosquitto_hash
+from mqtt_anomaly.transport import codec
 from mqtt_anomaly.transport.lean import Batch, LeanClient, _Protocol
 
 from .helpers import eventually
-from .mosquitto import Mosquitto
+from .mosquitto import Mosquitto, free_port
 
 
 class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written: list[bytes] = []
+        self.aborted = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written.append(bytes(data))
 
     def is_closing(self) -> bool:
         return False
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 def make() -> tuple[LeanClient, _Protocol, FakeTransport, list[Batch]]:
@@ -41,9 +46,9 @@ def test_packets_split_anywhere_are_reassembled() -> None:
     _, proto, transport, batches = make()
     big = b"x" * 300  # two-byte remaining length
     stream = (
-        wire.publish("factory/S1/temperature", b"24.5", qos=1, mid=7)
-        + wire.publish("factory/S2/temperature", big, qos=0)
-        + wire.publish("factory/S3/temperature", b"{}", qos=2, mid=9)
+        codec.publish("factory/S1/temperature", b"24.5", qos=1, packet_id=7)
+        + codec.publish("factory/S2/temperature", big, qos=0)
+        + codec.publish("factory/S3/temperature", b"{}", qos=2, packet_id=9)
     )
     for cut in range(1, len(stream)):
         batches.clear()
@@ -58,7 +63,7 @@ def test_packets_split_anywhere_are_reassembled() -> None:
             ("factory/S3/temperature", b"{}"),
         ]
         acks = b"".join(transport.written)
-        assert acks == wire.puback(7) + b"\x50\x02\x00\x09"  # PUBACK 7, PUBREC 9
+        assert acks == codec.puback(7) + codec.pubrec(9)
 
 
 def test_acks_written_once_per_read_after_the_batch() -> None:
@@ -66,7 +71,9 @@ def test_acks_written_once_per_read_after_the_batch() -> None:
     client, proto, transport, _ = make()
     client._on_batch = lambda b: order.append(f"batch {len(b)}")
     transport.write = lambda data: order.append(f"write {len(data)}")  # type: ignore[method-assign]
-    proto.data_received(b"".join(wire.publish("a/S/b", b"1", qos=1, mid=m) for m in range(1, 101)))
+    proto.data_received(
+        b"".join(codec.publish("a/S/b", b"1", qos=1, packet_id=m) for m in range(1, 101))
+    )
     assert order == ["batch 100", "write 400"]
 
 
@@ -77,15 +84,70 @@ def test_a_failing_batch_does_not_stop_acks() -> None:
         raise RuntimeError("bug")
 
     client._on_batch = boom
-    proto.data_received(wire.publish("a/S/b", b"1", qos=1, mid=5))
-    assert transport.written == [wire.puback(5)]
+    proto.data_received(codec.publish("a/S/b", b"1", qos=1, packet_id=5))
+    assert transport.written == [codec.puback(5)]
 
 
-async def test_refused_and_unreachable_broker(mosquitto: Mosquitto) -> None:
-    with pytest.raises(BrokerError, match="cannot reach"):
-        await LeanClient(
-            BrokerSettings(url="mqtt://127.0.0.1:1"), "x", on_batch=lambda b: None
-        ).connect(timeout=0.5)
+async def test_refused_and_unreachable_broker(tmp_path: Path) -> None:
+    """A broker that refuses our credentials fails the first connect at once with its
+    reason; a closed port is "cannot reach" once the timeout is over; the right password
+    connects (so the refusals are about the credentials)."""
+    passwords = tmp_path / "passwd"
+    passwords.write_text(f"detector:{mosquitto_hash('right')}\n")
+    port = free_port()
+    broker = Mosquitto(
+        tmp_path / "auth",
+        port=port,
+        plaintext=False,
+        extra_config=f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {passwords}\n",
+    ).start()
+    try:
+        for credentials in ({}, {"username": "detector", "password": "wrong"}):
+            client = LeanClient(
+                BrokerSettings(url=broker.url, **credentials), "x", on_batch=lambda b: None
+            )
+            with pytest.raises(BrokerError) as refused:
+                await asyncio.wait_for(client.connect(timeout=30), 5)  # no retry: at once
+            assert str(refused.value) == f"broker 127.0.0.1:{port} refused x: not authorised"
+            assert not client.connected
+        ok = LeanClient(
+            BrokerSettings(url=broker.url, username="detector", password="right"),
+            "x",
+            on_batch=lambda b: None,
+        )
+        await ok.connect(timeout=5)
+        assert ok.connected
+        await ok.disconnect()
+    finally:
+        broker.stop()
+    closed = free_port()  # nothing listens there
+    unreachable = LeanClient(
+        BrokerSettings(url=f"mqtt://127.0.0.1:{closed}"), "x", on_batch=lambda b: None
+    )
+    with pytest.raises(BrokerError, match=f"^cannot reach broker at 127.0.0.1:{closed}: "):
+        await unreachable.connect(timeout=0.5)
+    assert not unreachable.connected
+
+
+async def test_a_malformed_packet_drops_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    """One error line and an aborted connection; nothing of that read is processed or
+    acknowledged (the broker sends it again on the next connection)."""
+    following = codec.pingresp()
+    for bad, why in [
+        (b"\x30\xff\xff\xff\xff\x01", "remaining length longer than four bytes"),
+        (b"\x90\x02\x00\x01", "SUBACK packet without a return code"),
+        (b"\x20\x02\x02\x00", "CONNACK packet: reserved flags set"),
+        (b"\x32\x03\x00\x05t" + following, "PUBLISH packet truncated (3 bytes)"),
+        (b"\x32\x01\x00", "truncated packet"),  # too short for its topic, at the end
+    ]:
+        client, proto, transport, batches = make()
+        client._connack = asyncio.get_running_loop().create_future()
+        caplog.clear()
+        proto.data_received(codec.publish("a/S/b", b"1", qos=1, packet_id=5) + bad)
+        assert transport.aborted and batches == [] and transport.written == []
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert errors == [f"broker localhost:1883 sent a malformed packet ({why}): reconnecting"]
 
 
 async def test_publish_buffered_while_down_then_delivered(tmp_path: Path) -> None:

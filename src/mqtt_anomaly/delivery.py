@@ -21,7 +21,7 @@ from .sinks.base import DurableSink
 
 if TYPE_CHECKING:
     from .transport.base import Transport
-    from .transport.lean import AckToken
+    from .transport.lean import HeldAcks
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +161,21 @@ class DeliveryTracker:
             return False
         return True
 
-    async def _round(self, token: AckToken) -> None:
+    async def _round(self, token: HeldAcks) -> None:
         client = self.client
         tickets = [(sink, sink.mark()) for sink in self.sinks]
         outgoing = client.outgoing_mark()
         state = self._snapshot()
         started = time.monotonic()
         await asyncio.gather(
-            client.wait_outgoing(outgoing), self._wait_sinks(tickets, started, token[2])
+            client.wait_outgoing(outgoing), self._wait_sinks(tickets, started, token.count)
         )
         saving = time.monotonic()
         await asyncio.to_thread(self._save, state)
         self._last_round_end = time.monotonic()
         self.stats.last_save = self._last_round_end - saving
         if client.send_acks(token):
-            self.stats.acked += token[2]
+            self.stats.acked += token.count
         self.stats.rounds += 1
         self.stats.last_round = self._last_round_end - started
         if client.paused and all(s.backlog <= s.backlog_limit // 2 for s in self.sinks):

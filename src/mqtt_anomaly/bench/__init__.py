@@ -5,7 +5,8 @@
 - :mod:`.throughput`, :mod:`.latency`, :mod:`.memory`, :mod:`.httpcompare` — the measurements;
 - :mod:`.loadgen` (publisher), :mod:`.consumers` (baseline and service), :mod:`.children`
   (processes), :mod:`.broker` (private Mosquitto);
-- :mod:`.wire`, :mod:`.rawmqtt` — raw MQTT 3.1.1 for the load generator and the baseline;
+- :mod:`.rawmqtt` — raw-socket MQTT 3.1.1 clients for the load generator and the baseline
+  (packets from :mod:`mqtt_anomaly.transport.codec`);
   :mod:`.sysinfo` — CPU, RSS and TCP counters from the kernel; :mod:`.profile` — py-spy.
 
 See ``docs/benchmarks.md`` for the method and the figures.

@@ -46,7 +46,7 @@ def baseline_main(conn: Connection, spec: ConsumerSpec) -> None:
 
 
 def _count(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
-    from . import wire
+    from ..transport import codec
     from .rawmqtt import count_messages, open_client, subscribe
 
     sock = open_client(spec.url, f"bench-baseline-{os.getpid()}")
@@ -55,7 +55,7 @@ def _count(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
     conn.send(("ready", {"pid": os.getpid()}))
     res = count_messages(sock, spec.expected or 1 << 62, mark=spec.mark, idle=spec.idle)
     cpu1 = cpu_seconds()
-    sock.sendall(wire.disconnect())
+    sock.sendall(codec.disconnect())
     sock.close()
     return {
         "count": res.count,

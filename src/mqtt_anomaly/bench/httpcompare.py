@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..messages import Reading, encode
-from . import wire
+from ..transport import codec
 from .children import quiet_child, report_errors
 from .latency import percentiles_ms
 from .loadgen import SPIKE, Encoder, Fleet, spike_period
@@ -217,7 +217,7 @@ async def _mqtt_fleet(url: str, sched: _Schedule) -> dict[str, Any]:
     conns = []
     for s in range(sched.fleet.sensors):
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(wire.connect(f"bench-{sched.fleet.sensor_id(s)}", keepalive=60))
+        writer.write(codec.connect(f"bench-{sched.fleet.sensor_id(s)}", keepalive=60))
         await reader.readexactly(4)
         conns.append((reader, writer))
     topic = sched.fleet.readings_topic
@@ -232,7 +232,7 @@ async def _mqtt_fleet(url: str, sched: _Schedule) -> dict[str, Any]:
     async def send(s: int, payload: bytes) -> None:
         mids[s] = mids[s] % 65535 + 1
         t = topic.replace("{sensor_id}", sched.fleet.sensor_id(s))
-        conns[s][1].write(wire.publish(t, payload, qos=1, mid=mids[s]))
+        conns[s][1].write(codec.publish(t, payload, qos=1, packet_id=mids[s]))
 
     result = await _run_fleet(conns, sched, send)
     for d in drains:

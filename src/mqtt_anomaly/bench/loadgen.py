@@ -33,7 +33,7 @@ import numpy as np
 
 from ..messages import Reading, encode
 from ..topics import TopicTemplate
-from . import wire
+from ..transport import codec
 from .rawmqtt import AckDrain, open_client, subscribe
 
 BATCH = 2000
@@ -72,7 +72,7 @@ class Encoder:
         v = self.values[i % len(self.values)] if value is None else value
         payload = encode(Reading(self.ids[s], ts, v, "C", i // self.fleet.sensors + 1))
         self.mid = self.mid % 65535 + 1
-        return wire.publish(self.topics[s], payload, qos=self.qos, mid=self.mid)
+        return codec.publish(self.topics[s], payload, qos=self.qos, packet_id=self.mid)
 
     def batches(self, n: int, size: int = BATCH) -> list[bytes]:
         ts = time.time()
@@ -112,7 +112,7 @@ def flat_out(url: str, batches: list[bytes], n: int, qos: int, rate: float = 0.0
     t_sent = time.monotonic()
     acked = drain.wait(n, 60.0) if qos else True
     t_acked = time.monotonic()
-    sock.sendall(wire.disconnect())
+    sock.sendall(codec.disconnect())
     sock.close()
     return {
         "sent": n,
@@ -142,7 +142,7 @@ class AlertWatch(threading.Thread):
         self._decode: Callable[[bytes], _AlertKey] = msgspec.json.Decoder(_AlertKey).decode
 
     def run(self) -> None:
-        pending = bytearray()
+        pending = b""
         clock = time.time
         try:
             while True:
@@ -150,23 +150,18 @@ class AlertWatch(threading.Thread):
                 now = clock()
                 if not data:
                     return
-                pending += data
-                view = bytes(pending)
-                pkts, used = wire.split(view)
-                del pending[:used]
+                packets, pending = codec.split(pending + data)
                 acks = bytearray()
-                for ptype, flags, start, end in pkts:
-                    if ptype != wire.PUBLISH:
+                for kind, flags, body in packets:
+                    if kind != codec.PUBLISH:
                         continue
-                    tlen = view[start] << 8 | view[start + 1]
-                    body = start + 2 + tlen
-                    if flags & 0x06:
-                        acks += wire.puback(view[body] << 8 | view[body + 1])
-                        body += 2
-                    self._record(view[body:end], now)
+                    message = codec.decode_publish(flags, body)
+                    if message.qos:
+                        acks += codec.puback(message.packet_id)
+                    self._record(message.payload, now)
                 if acks:
                     self.sock.sendall(acks)
-        except OSError:
+        except (OSError, codec.MalformedPacketError):
             return
 
     def _record(self, payload: bytes, now: float) -> None:
@@ -236,7 +231,7 @@ def paced(
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline and sum(k in watch.first for k in spikes) < len(spikes):
         time.sleep(0.05)
-    sock.sendall(wire.disconnect())
+    sock.sendall(codec.disconnect())
     sock.close()
     watch.close()
     latencies = [watch.first[k] - k[1] for k in spikes if k in watch.first]

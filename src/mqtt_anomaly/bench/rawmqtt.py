@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import BrokerError
-from . import wire
+from ..transport import codec
 
 BUFFER = 1 << 22
-_PUBACK_HEAD = bytes([wire.PUBACK << 4, 2])
+_PUBACK_HEAD = codec.PUBACK_HEAD
 _DONTWAIT = socket.MSG_DONTWAIT
 COALESCE = 0.001
 """Seconds to sleep after a short read: on a busy machine, waking up for every few packets
@@ -32,15 +32,17 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 1883
 
 
-def _read_packet(sock: socket.socket, pending: bytearray) -> tuple[int, bytes]:
-    """Read one whole packet (type, body) from ``sock``; keeps extra bytes in ``pending``."""
+def _read_packet(sock: socket.socket) -> codec.Packet:
+    """Read the next whole packet from ``sock`` (the first answer to a request: nothing is
+    expected after it until the next request)."""
+    pending = b""
     while True:
-        pkts, _ = wire.split(bytes(pending))
-        if pkts:
-            ptype, _flags, start, end = pkts[0]
-            body = bytes(pending[start:end])
-            del pending[:end]
-            return ptype, body
+        try:
+            packets, _ = codec.split(pending)
+        except codec.MalformedPacketError as exc:
+            raise BrokerError(f"the broker sent a malformed packet: {exc}") from None
+        if packets:
+            return packets[0]
         data = sock.recv(65536)
         if not data:
             raise BrokerError("the broker closed the connection")
@@ -55,19 +57,31 @@ def open_client(url: str, client_id: str, *, timeout: float = 10.0) -> socket.so
     except OSError as exc:
         raise BrokerError(f"cannot reach broker at {host}:{port}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(wire.connect(client_id, clean=True, keepalive=0))
-    ptype, body = _read_packet(sock, bytearray())
-    if ptype != wire.CONNACK or len(body) < 2 or body[1] != 0:
-        sock.close()
-        raise BrokerError(f"broker {host}:{port} refused the benchmark client {client_id}")
-    return sock
+    sock.sendall(codec.connect(client_id, clean_session=True, keepalive=0))
+    packet = _read_packet(sock)
+    why = "no CONNACK"
+    if packet.kind == codec.CONNACK:
+        try:
+            connack = codec.decode_connack(packet.body)
+        except codec.MalformedPacketError as exc:
+            why = str(exc)
+        else:
+            if connack.accepted:
+                return sock
+            why = connack.reason
+    sock.close()
+    raise BrokerError(f"broker {host}:{port} refused the benchmark client {client_id}: {why}")
 
 
 def subscribe(sock: socket.socket, filters: Sequence[str], qos: int = 1) -> None:
     """Subscribe to ``filters`` and wait for the SUBACK (nothing else is expected before it)."""
-    sock.sendall(wire.subscribe(1, filters, qos))
-    ptype, body = _read_packet(sock, bytearray())
-    if ptype != wire.SUBACK or any(code >= 0x80 for code in body[2:]):
+    sock.sendall(codec.subscribe(1, [(f, qos) for f in filters]))
+    packet = _read_packet(sock)
+    try:
+        refused = packet.kind != codec.SUBACK or bool(codec.decode_suback(packet.body).refused)
+    except codec.MalformedPacketError:
+        refused = True
+    if refused:
         raise BrokerError(f"broker refused the subscription to {', '.join(filters)}")
 
 

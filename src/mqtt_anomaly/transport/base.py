@@ -13,9 +13,9 @@ from typing import Protocol
 
 from ..config import BrokerSettings
 from .client import ClientStats
-from .lean import AckToken, Batch
+from .lean import Batch, HeldAcks
 
-__all__ = ["AckToken", "Batch", "Transport", "TransportFactory"]
+__all__ = ["Batch", "HeldAcks", "Transport", "TransportFactory"]
 
 
 class Transport(Protocol):
@@ -70,11 +70,11 @@ class Transport(Protocol):
     @property
     def held_acks(self) -> int: ...
 
-    def take_acks(self) -> AckToken: ...
+    def take_acks(self) -> HeldAcks: ...
 
-    def return_acks(self, token: AckToken) -> None: ...
+    def return_acks(self, held: HeldAcks) -> None: ...
 
-    def send_acks(self, token: AckToken) -> bool: ...
+    def send_acks(self, held: HeldAcks) -> bool: ...
 
     def stop_intake(self) -> None:
         """Ignore incoming messages from now on without acknowledging them (shutdown)."""

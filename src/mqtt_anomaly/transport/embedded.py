@@ -25,7 +25,6 @@ import contextlib
 import logging
 import re
 import secrets
-import struct
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +34,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from ..errors import BrokerError
+from . import codec
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +263,6 @@ class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
 
 
 # ---- probing -----------------------------------------------------------------------------
-def _connect_packet(client_id: str, keepalive: int = 5) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session and no credentials."""
-    cid = client_id.encode()
-    variable = b"\x00\x04MQTT" + bytes([4, 0x02]) + struct.pack("!H", keepalive)
-    payload = struct.pack("!H", len(cid)) + cid
-    body = variable + payload
-    return bytes([0x10, len(body)]) + body  # short enough for a one-byte remaining length
-
-
 async def broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when an MQTT broker answers a CONNECT on ``host:port`` within ``timeout``.
 
@@ -282,15 +273,18 @@ async def broker_answers(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(_connect_packet(f"mqtt-anomaly-probe-{secrets.token_hex(4)}"))
+            client_id = f"mqtt-anomaly-probe-{secrets.token_hex(4)}"
+            writer.write(codec.connect(client_id, clean_session=True, keepalive=5))
             await writer.drain()
-            connack = await reader.readexactly(4)
-            ok = connack[:2] == b"\x20\x02" and connack[2] in (0, 1) and connack[3] <= 5
-            if ok and connack[3] == 0:
-                writer.write(b"\xe0\x00")  # DISCONNECT: leave cleanly
+            packets, _ = codec.split(await reader.readexactly(4))  # a CONNACK has 4 bytes
+            if not packets or packets[0].kind != codec.CONNACK or packets[0].flags:
+                return False
+            connack = codec.decode_connack(packets[0].body)
+            if connack.accepted:
+                writer.write(codec.disconnect())  # leave cleanly
                 await writer.drain()
-            return ok
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return connack.accepted or connack.return_code in codec.CONNACK_REASONS
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, codec.MalformedPacketError):
         return False
     finally:
         if writer is not None:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from ..config import BrokerSettings
 from .client import ClientStats
-from .lean import AckToken, Batch
+from .lean import Batch, HeldAcks
 
 log = logging.getLogger(__name__)
 
@@ -365,22 +365,21 @@ class MemoryTransport:
     def held_acks(self) -> int:
         return self._held_count
 
-    def take_acks(self) -> AckToken:
-        held, count = b"".join(self._held), self._held_count
+    def take_acks(self) -> HeldAcks:
+        held = HeldAcks(b"".join(self._held), self._held_count, self._held_conn)
         self._held, self._held_count = [], 0
-        return self._held_conn, held, count
+        return held
 
-    def return_acks(self, token: AckToken) -> None:
-        conn, data, count = token
-        if data and conn is self._held_conn and conn is self._conn:
-            self._held.insert(0, data)
-            self._held_count += count
+    def return_acks(self, held: HeldAcks) -> None:
+        conn = held.connection
+        if held.packets and conn is self._held_conn and conn is self._conn:
+            self._held.insert(0, held.packets)
+            self._held_count += held.count
 
-    def send_acks(self, token: AckToken) -> bool:
-        conn, data, _ = token
-        if not data or conn is not self._conn:
+    def send_acks(self, held: HeldAcks) -> bool:
+        if not held.packets or held.connection is not self._conn:
             return False
-        self.broker._puback(self.client_id, _mids(data))
+        self.broker._puback(self.client_id, _mids(held.packets))
         return True
 
     def stop_intake(self) -> None:
