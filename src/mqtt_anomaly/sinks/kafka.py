@@ -23,7 +23,8 @@ Tickets and the buffer
     Every message accepted takes a ticket (a running count) and its copy is kept until Kafka
     confirms it. :meth:`KafkaSink.mark` is the latest ticket; :meth:`KafkaSink.wait_confirmed`
     returns once every message up to a ticket is confirmed (confirmations arrive out of order
-    across partitions: the *lowest unconfirmed* ticket decides). ``backlog`` counts the kept
+    across partitions: the *lowest unconfirmed* ticket decides; the mark is the shared
+    :class:`~mqtt_anomaly.writebehind.Confirmations`). ``backlog`` counts the kept
     copies; ``backlog_limit`` is ``kafka.max_buffered``. Past the limit, or when
     librdkafka's own queue is full, a sink made with ``tracking=False`` drops what does not
     fit (``stats.dropped``, one log line per 10 s at most); with ``tracking=True`` it never
@@ -36,8 +37,10 @@ Recovery
     bumps its epoch again and again without a single delivery (what librdkafka does against
     a broker that restarted without its data and does not know the producer id any more),
     makes it build a new producer and produce again *every unconfirmed message*, in ticket
-    order. Messages Kafka had stored but not yet confirmed are then stored twice: delivery
-    is at-least-once, duplicates are told apart by ``(sensor_id, seq, ts)``.
+    order; rebuilds (and attempts that fail) are spaced by the pauses of
+    :data:`REBUILD_RETRY` (0.5 s doubling to 30 s, reset by a confirmation). Messages Kafka
+    had stored but not yet confirmed are then stored twice: delivery is at-least-once,
+    duplicates are told apart by ``(sensor_id, seq, ts)``.
 
 Per message, the caller's thread pays for the JSON encoding, one dict insert and
 librdkafka's ``produce``; the background thread for one delivery callback.
