@@ -492,8 +492,10 @@ def test_producer_config_mapping(tmp_path: Path) -> None:
 
 
 def test_a_bad_librdkafka_option_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"no\.such\.option"):
+    with pytest.raises(ConfigError, match=r"no\.such\.option") as info:
         KafkaSink(KafkaSettings(url="kafka://127.0.0.1:1", options={"no.such.option": "1"}))
+    assert isinstance(info.value.__cause__, confluent_kafka.KafkaException)  # chained
+    assert "\n" not in str(info.value)
 
 
 def test_missing_client_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -269,8 +269,10 @@ def test_path_is_a_directory(tmp_path: Path) -> None:
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"this is not SQLite\n" * 100)
-    with pytest.raises(StoreError, match="not a SQLite database"):
+    with pytest.raises(StoreError, match="not a SQLite database") as info:
         open_store(f"sqlite:///{path}", StoreSettings())
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)  # chained, not hidden
+    assert "\n" not in str(info.value)
     assert path.read_bytes().startswith(b"this is not SQLite")
 
 
@@ -649,8 +651,10 @@ def test_postgres_schema_and_open_store(pg: PostgresBackend) -> None:
 
 def test_postgres_unreachable_is_one_clear_error() -> None:
     port = 1  # nothing listens there
-    with pytest.raises(StoreError, match=r"cannot open history store postgresql://.*:1/"):
+    with pytest.raises(StoreError, match=r"cannot open history store postgresql://.*:1/") as info:
         open_store(f"postgresql://postgres@127.0.0.1:{port}/x?connect_timeout=2", StoreSettings())
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

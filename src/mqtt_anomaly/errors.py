@@ -8,6 +8,7 @@ one type. Third-party errors are translated at the boundary with ``raise ... fro
     ├── PayloadError       an MQTT payload that cannot become a reading (carries ``reason``)
     ├── BrokerError        the broker cannot be reached or refused us
     ├── StoreError         the history store failed
+    ├── SinkError          a sink's client (Kafka) refused or failed
     └── StateFileError     saved state that cannot be written or read back (also a ValueError)
 """
 
@@ -41,3 +42,7 @@ class StoreError(MqttAnomalyError):
 
 class StateFileError(MqttAnomalyError, ValueError):
     """Saved detector state could not be written, read, or does not fit: one line."""
+
+
+class SinkError(MqttAnomalyError):
+    """A sink's client library (Kafka's) refused or failed what the sink asked of it."""

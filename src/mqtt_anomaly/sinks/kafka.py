@@ -23,7 +23,8 @@ Tickets and the buffer
     Every message accepted takes a ticket (a running count) and its copy is kept until Kafka
     confirms it. :meth:`KafkaSink.mark` is the latest ticket; :meth:`KafkaSink.wait_confirmed`
     returns once every message up to a ticket is confirmed (confirmations arrive out of order
-    across partitions: the *lowest unconfirmed* ticket decides). ``backlog`` counts the kept
+    across partitions: the *lowest unconfirmed* ticket decides; the mark is the shared
+    :class:`~mqtt_anomaly.writebehind.Confirmations`). ``backlog`` counts the kept
     copies; ``backlog_limit`` is ``kafka.max_buffered``. Past the limit, or when
     librdkafka's own queue is full, a sink made with ``tracking=False`` drops what does not
     fit (``stats.dropped``, one log line per 10 s at most); with ``tracking=True`` it never
@@ -36,8 +37,10 @@ Recovery
     bumps its epoch again and again without a single delivery (what librdkafka does against
     a broker that restarted without its data and does not know the producer id any more),
     makes it build a new producer and produce again *every unconfirmed message*, in ticket
-    order. Messages Kafka had stored but not yet confirmed are then stored twice: delivery
-    is at-least-once, duplicates are told apart by ``(sensor_id, seq, ts)``.
+    order; rebuilds (and attempts that fail) are spaced by the pauses of
+    :data:`REBUILD_RETRY` (0.5 s doubling to 30 s, reset by a confirmation). Messages Kafka
+    had stored but not yet confirmed are then stored twice: delivery is at-least-once,
+    duplicates are told apart by ``(sensor_id, seq, ts)``.
 
 Per message, the caller's thread pays for the JSON encoding, one dict insert and
 librdkafka's ``produce``; the background thread for one delivery callback.
@@ -59,8 +62,10 @@ import msgspec
 
 from ..config import KafkaSettings
 from ..console import RateLimitedLog
-from ..errors import ConfigError
+from ..errors import ConfigError, MqttAnomalyError, SinkError
 from ..messages import encode
+from ..retry import Backoff
+from ..writebehind import Confirmations
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message, Producer
@@ -76,8 +81,10 @@ STATS_INTERVAL_MS: Final = 1000
 DRAIN_CHUNK: Final = 2000  # waiting messages handed over per lock hold
 STUCK_EPOCH_BUMPS: Final = 3  # epoch bumps without a delivery that mean "stuck"
 STUCK_AFTER: Final = 2.0  # ... and for at least this long (seconds)
-_REBUILD_BACKOFF_MIN: Final = 0.5
-_REBUILD_BACKOFF_MAX: Final = 30.0
+REBUILD_RETRY: Final = Backoff(initial=0.5, factor=2.0, max=30.0)
+"""The pause before the next producer rebuild (reset by a confirmation)."""
+THREAD_ERROR_PAUSE: Final = Backoff(initial=0.1, factor=1.0, max=0.1)
+"""The background thread's pause after an unexpected error (fixed)."""
 _TROUBLE_LOG_PERIOD: Final = 30.0  # at most one "unreachable" line (and its "again") per period
 _UNBOUNDED: Final = 1 << 62
 
@@ -168,6 +175,18 @@ def security_config(settings: KafkaSettings, *, tls: bool | None = None) -> dict
     return conf
 
 
+def kafka_error(exc: BaseException, *, config: bool = False) -> MqttAnomalyError:
+    """The one place confluent-kafka's errors become the package's; raise it ``from exc``.
+
+    ``config``: the error came from building a producer out of the settings, so it is a
+    :class:`ConfigError` (a bad option); otherwise a :class:`SinkError`. The message is
+    librdkafka's own text of the error, after ``kafka:``.
+    """
+    err: Any = exc.args[0] if exc.args else None
+    text = str(err.str()) if callable(getattr(err, "str", None)) else str(exc)
+    return ConfigError(f"kafka: {text}") if config else SinkError(f"kafka: {text}")
+
+
 class _ClientLog:
     """librdkafka's own log lines, at DEBUG: the sink logs the operator's lines itself."""
 
@@ -229,11 +248,10 @@ class KafkaSink:
         }
 
         self._lock = threading.Lock()  # send() and the thread's hand-over / producer swap
-        self._cond = threading.Condition(threading.Lock())  # wait_confirmed() sleeps on it
         self._pending: dict[int, Kept] = {}  # ticket → copy, insertion (= ticket) order
         self._waiting: deque[int] = deque()  # tickets not yet handed to librdkafka
         self._issued = 0  # the latest ticket
-        self._confirmed = 0  # every ticket up to this one is confirmed
+        self._confirmed = Confirmations()  # every ticket up to this one is confirmed
         self._closing = False
         self._closed = False
         self._stop = False
@@ -251,7 +269,7 @@ class KafkaSink:
         self._down: str | None = None  # why librdkafka says every broker is down
         self._rebuild_reason: str | None = None
         self._rebuild_at = 0.0
-        self._rebuild_backoff = _REBUILD_BACKOFF_MIN
+        self._rebuild_delays = REBUILD_RETRY.delays()
         self._epoch = 0  # the idempotent producer's epoch (statistics)
         self._epoch_at_progress = 0
         self._progress_at = time.monotonic()  # the last confirmation, or nothing waiting
@@ -268,10 +286,8 @@ class KafkaSink:
     def _new_producer(self) -> Producer:
         try:
             producer: Producer = self._ck.Producer(self._conf)
-        except self._ck.KafkaException as exc:
-            raise ConfigError(f"kafka: {exc.args[0].str() if exc.args else exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"kafka: {exc}") from None
+        except (self._ck.KafkaException, TypeError, ValueError) as exc:
+            raise kafka_error(exc, config=True) from exc
         return producer
 
     # ---- the caller's side ---------------------------------------------------------------
@@ -312,16 +328,7 @@ class KafkaSink:
     def wait_confirmed(self, ticket: int, timeout: float) -> bool:
         """Block until every message up to ``ticket`` is confirmed by Kafka (``acks=all``);
         False when ``timeout`` runs out first."""
-        if self._confirmed >= ticket:
-            return True
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._confirmed < ticket:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._cond.wait(min(remaining, 1.0))
-        return True
+        return self._confirmed.wait(ticket, timeout, self._thread.is_alive)
 
     def send(self, out: Output) -> None:
         """Accept one batch's readings, alerts and health; never waits for Kafka."""
@@ -517,6 +524,7 @@ class KafkaSink:
 
     # ---- the background thread -----------------------------------------------------------
     def _run(self) -> None:
+        pause = THREAD_ERROR_PAUSE.delays()
         while not self._stop:
             try:
                 self._producer.poll(0.01 if self._waiting else 0.1)
@@ -527,7 +535,7 @@ class KafkaSink:
                 self._advance()
             except Exception:  # never let the thread die: the service would stall
                 log.exception("kafka: background thread error")
-                time.sleep(0.1)
+                time.sleep(next(pause))
 
     def _advance(self) -> None:
         """Move the confirmed mark to just below the lowest unconfirmed ticket; watch health."""
@@ -541,13 +549,11 @@ class KafkaSink:
                 continue
         confirmed = issued if first is None else min(first - 1, issued)
         now = time.monotonic()
-        if confirmed > self._confirmed:
-            with self._cond:
-                self._confirmed = confirmed
-                self._cond.notify_all()
+        if confirmed > self._confirmed.value:
+            self._confirmed.confirm(confirmed)
             self._progress_at = now
             self._epoch_at_progress = self._epoch
-            self._rebuild_backoff = _REBUILD_BACKOFF_MIN
+            self._rebuild_delays.reset()
             self._connected = True
             self._down = None
         elif first is None:
@@ -614,9 +620,8 @@ class KafkaSink:
         try:
             new = self._ck.Producer(self._conf)
         except Exception as exc:
-            self._rebuild_at = now + self._rebuild_backoff
-            self._rebuild_backoff = min(self._rebuild_backoff * 2, _REBUILD_BACKOFF_MAX)
-            self._rl.warning("rebuild", "kafka: cannot create a new producer: %s", exc)
+            self._rebuild_at = now + next(self._rebuild_delays)
+            self._rl.warning("rebuild", "kafka: cannot create a new producer: %s", kafka_error(exc))
             return
         with self._lock:
             old = self._producer
@@ -628,8 +633,7 @@ class KafkaSink:
             self._recoveries += 1
             self._epoch = self._epoch_at_progress = 0
             self._progress_at = now
-        self._rebuild_at = now + self._rebuild_backoff
-        self._rebuild_backoff = min(self._rebuild_backoff * 2, _REBUILD_BACKOFF_MAX)
+        self._rebuild_at = now + next(self._rebuild_delays)
         log.warning(
             "kafka: %s; new producer, producing again %d unconfirmed messages "
             "(those Kafka already had are duplicated)",

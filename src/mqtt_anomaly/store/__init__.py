@@ -8,6 +8,13 @@
   (:class:`~.postgres.PostgresStore`), its schema created when missing;
 - ``none://``: keep nothing (:class:`~.base.NullStore`).
 
+The package: :mod:`.base` (the :class:`~.base.Store` protocol, counters, the null store),
+:mod:`.queued` (the front-end both SQL backends share: a
+:class:`~mqtt_anomaly.writebehind.WriteBehind` queue and the error policy of the writer),
+:mod:`.queries` (the SQL reads), :mod:`.rows` (row ↔ alert mapping), and the backends
+:mod:`.sqlite` and :mod:`.postgres` (connect, schema, commit, retention, and the one place
+their driver's errors become :class:`~mqtt_anomaly.errors.StoreError`).
+
 >>> with open_store("none://", StoreSettings()) as st:
 ...     st.recent_alerts()
 []

@@ -42,7 +42,8 @@ from psycopg import sql
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .queued import Batch, QueuedStore, alert_row
+from .queued import QueuedStore
+from .rows import Batch, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
         try:
             self._conn = self._connect(schema=True)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open history store {self.name}: {_reason(exc)}") from None
+            raise store_error(self.name, exc) from exc
         self._start_writer("store-writer:pg")
 
     # ---- reads (recent_alerts and readings come from QueuedStore) ------------------------
@@ -188,7 +189,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
                 if pooled and isinstance(exc, psycopg.OperationalError):
                     pooled = False  # a pooled connection the server closed: once more
                     continue
-                raise StoreError(f"history store {self.name}: read failed: {_reason(exc)}") from exc
+                raise store_error(self.name, exc, "read") from exc
         with self._readers_lock:
             if len(self._idle_readers) < _POOL and not self._closed:
                 self._idle_readers.append(conn)
@@ -298,6 +299,16 @@ def _copy_rows(copy: psycopg.Copy, batch: Batch) -> int:
         else:
             bad += 1
     return bad
+
+
+def store_error(name: str, exc: psycopg.Error, action: str = "open") -> StoreError:
+    """The one place psycopg's errors become :class:`StoreError`; raise it ``from exc``.
+
+    ``name`` is the URL without its password; ``action`` is ``"open"`` or what failed
+    (``"read"``). The message is the error's first line, without libpq's details."""
+    if action == "open":
+        return StoreError(f"cannot open history store {name}: {_reason(exc)}")
+    return StoreError(f"history store {name}: {action} failed: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

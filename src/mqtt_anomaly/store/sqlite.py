@@ -40,7 +40,8 @@ import numpy as np
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .queued import ALERT_COLUMNS, Batch, QueuedStore, alert_row
+from .queued import QueuedStore
+from .rows import ALERT_COLUMNS, Batch, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
         try:
             return conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"history store {self.path}: read failed: {exc}") from exc
+            raise store_error(self.path, exc, "read") from exc
         finally:
             self._release_reader(conn)
 
@@ -196,7 +197,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             )
             conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
-            raise StoreError(_open_message(self.path, exc)) from None
+            raise store_error(self.path, exc) from exc
         return conn
 
     # ---- opening ---------------------------------------------------------------------
@@ -204,20 +205,18 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
         """Open the file, set it up, create the schema; StoreError with one clear line."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
+        except (FileExistsError, NotADirectoryError) as exc:
             reason = f"{self.path.parent} is not a directory (a file is in the way)"
-            raise StoreError(f"cannot open history store {self.path}: {reason}") from None
+            raise StoreError(f"cannot open history store {self.path}: {reason}") from exc
         except OSError as exc:
             reason = f"cannot create directory {self.path.parent}: {exc.strerror}"
-            raise StoreError(f"cannot open history store {self.path}: {reason}") from None
+            raise StoreError(f"cannot open history store {self.path}: {reason}") from exc
         if self.path.is_dir():
             raise StoreError(f"cannot open history store {self.path}: is a directory")
         try:
             return self._connect()
-        except (sqlite3.Error, StoreError) as exc:
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(_open_message(self.path, exc)) from None
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -302,8 +301,8 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
     def _reconnect(self) -> sqlite3.Connection:
         try:
             self._conn = self._connect()
-        except StoreError as exc:
-            raise sqlite3.OperationalError(str(exc)) from None
+        except StoreError as exc:  # to the writer, a failed reconnect is a failed write
+            raise sqlite3.OperationalError(str(exc)) from exc
         return self._conn
 
     def _delete_expired(self, conn: sqlite3.Connection, cutoff: float) -> int:
@@ -337,6 +336,16 @@ def _pragma_value(value: int | str) -> str:
     if not _PRAGMA_NAME.fullmatch(value.lower()):
         raise StoreError(f"history store: invalid pragma value {value!r}")
     return value
+
+
+def store_error(path: Path, exc: sqlite3.Error, action: str = "open") -> StoreError:
+    """The one place sqlite3's errors become :class:`StoreError`; raise it ``from exc``.
+
+    ``action`` is ``"open"`` (the message says why the file cannot be used) or what failed
+    (``"read"``)."""
+    if action == "open":
+        return StoreError(_open_message(path, exc))
+    return StoreError(f"history store {path}: {action} failed: {exc}")
 
 
 def _open_message(path: Path, exc: sqlite3.Error) -> str:

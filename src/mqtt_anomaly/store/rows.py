@@ -1,0 +1,66 @@
+"""Row mapping between the package's types and the history tables, shared by both backends.
+
+An :class:`~mqtt_anomaly.messages.Alert` becomes one ``alerts`` row (:func:`alert_row`, in
+:data:`ALERT_COLUMNS` order) and comes back with :func:`alert_from_row`; readings travel as
+:data:`Batch` column tuples, written as they are and read back as
+:data:`~.base.ReadingRow` / :data:`~.base.StoredReading` tuples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ..messages import Alert
+from .base import FloatColumn, IntColumn
+
+Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
+"""One ``add_readings`` call as given: sensor ids, timestamps, values, sequence numbers."""
+
+
+def batch_rows(batch: Batch) -> int:
+    """How many readings ``batch`` holds."""
+    return len(batch[0])
+
+
+ALERT_COLUMNS: Final = (
+    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
+    "expected_high, reading_ts, alert_ts, message"
+)
+
+
+def alert_row(a: Alert) -> tuple[Any, ...]:
+    """An alert as the row both backends store (columns in the schema's order)."""
+    return (
+        a.sensor_id,
+        a.detector,
+        a.severity,
+        a.state,
+        a.value,
+        a.score,
+        a.threshold,
+        a.expected_low,
+        a.expected_high,
+        a.reading_ts,
+        a.alert_ts,
+        a.message,
+    )
+
+
+def alert_from_row(r: Sequence[Any]) -> Alert:
+    """The alert of a stored row (a NaN score comes back from SQLite as NULL)."""
+    return Alert(
+        sensor_id=r[0],
+        detector=r[1],
+        severity=r[2],
+        state=r[3],
+        value=r[4],
+        score=math.nan if r[5] is None else r[5],
+        threshold=r[6],
+        expected_low=r[7],
+        expected_high=r[8],
+        reading_ts=r[9],
+        alert_ts=r[10],
+        message=r[11],
+    )
