@@ -17,6 +17,8 @@ so a restarted service does not relearn.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -29,6 +31,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..config import DetectorSettings
 
+_MISSING = object()
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
 
@@ -49,7 +52,9 @@ class Field(NamedTuple):
 
 
 class Detector(ABC):
-    """Base of every detector. Subclasses declare ``fields`` and implement ``_update``."""
+    """Base of every detector. Subclasses declare ``fields`` and implement ``_update``; their
+    constructor takes keyword-only parameters and keeps each as an attribute of the same name
+    (that is where :meth:`params` reads them)."""
 
     name: ClassVar[str]
     raise_level: ClassVar[float] = 0.5
@@ -72,8 +77,20 @@ class Detector(ABC):
         return check_params(cls.name, cls, settings.params.get(cls.name, {}))
 
     def params(self) -> dict[str, Any]:
-        """Constructor parameters (saved with the state, checked on restore)."""
-        return {}
+        """Constructor parameters (saved with the state, checked on restore).
+
+        Read from the attributes named like the parameters of ``__init__``, in their order:
+        a detector stores each (converted) parameter as ``self.<parameter>``."""
+        out: dict[str, Any] = {}
+        for k in init_params(type(self)):
+            v = getattr(self, k, _MISSING)
+            if v is _MISSING:
+                raise TypeError(
+                    f"{type(self).__name__} takes {k!r} but has no attribute {k!r}: store each "
+                    "constructor parameter as an attribute of the same name"
+                )
+            out[k] = v
+        return out
 
     @abstractmethod
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
@@ -154,6 +171,15 @@ class Detector(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+@functools.cache
+def init_params(cls: type[Detector]) -> tuple[str, ...]:
+    """The names of the parameters of ``cls.__init__`` (without ``self``, ``*args``,
+    ``**kwargs``); an attribute of each name must hold its value."""
+    sig = inspect.signature(cls.__init__)
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return tuple(p.name for p in list(sig.parameters.values())[1:] if p.kind not in skip)
 
 
 def nan_band(n: int) -> FloatArray:

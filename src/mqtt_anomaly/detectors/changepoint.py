@@ -22,7 +22,7 @@ so once the new level or spread has been adopted the sums drain and the alert cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -67,17 +67,6 @@ class ChangePointDetector(Detector):
             "up": Field(np.float64, 0.0),
             "down": Field(np.float64, 0.0),
             "spread": Field(np.float64, 0.0),
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "drift": self.drift,
-            "h": self.h,
-            "warmup": self.warmup,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
         }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:

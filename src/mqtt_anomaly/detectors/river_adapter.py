@@ -80,9 +80,6 @@ class RiverDetector(Detector):
     def fields(self) -> Mapping[str, Field]:
         return {"n": Field(np.int64, 0)}
 
-    def params(self) -> dict[str, Any]:
-        return {"model": self.model, "seed": self.seed, "scale": self.scale, "alert": self.alert}
-
     def _new_model(self) -> Any:
         kwargs = {"seed": self.seed} if "seed" in inspect.signature(self._cls).parameters else {}
         model = self._cls(**kwargs)

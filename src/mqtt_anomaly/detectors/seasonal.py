@@ -24,7 +24,7 @@ scores nothing until it has seen ``min_count`` readings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -73,18 +73,6 @@ class SeasonalDetector(TableDetector):
 
     def shapes(self) -> Mapping[str, tuple[int, ...]]:
         return {"count": (self.bins,), "mean": (self.bins,), "var": (self.bins,)}
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "period": self.period,
-            "bins": self.bins,
-            "alpha": self.alpha,
-            "z_alert": self.z_alert,
-            "min_count": self.min_count,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
-        }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state

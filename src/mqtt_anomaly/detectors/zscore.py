@@ -23,7 +23,7 @@ No score during the first ``warmup`` readings of a sensor.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -63,16 +63,6 @@ class ZScoreDetector(Detector):
             "n": Field(np.int64, 0),
             "mean": Field(np.float64, 0.0),
             "var": Field(np.float64, 0.0),
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "z_alert": self.z_alert,
-            "warmup": self.warmup,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
         }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
