@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._stats import ewma_update, floored_std, warmup_rate
 from .base import Detector, Field, FloatArray, IntArray, Scores
 
 
@@ -70,7 +71,7 @@ class ZScoreDetector(Detector):
         n = st["n"][slots]
         mean = st["mean"][slots]
         var = st["var"][slots]
-        std = np.sqrt(var + (self.min_std + self.rel_std * np.abs(mean)) ** 2)
+        std = floored_std(var, mean, self.min_std, self.rel_std)
         dev = values - mean
         z = np.abs(dev) / std
         ready = n >= self.warmup
@@ -80,12 +81,7 @@ class ZScoreDetector(Detector):
         low = np.where(ready, mean - half, np.nan)
         high = np.where(ready, mean + half, np.nan)
         # learn: plain running mean/variance while warming up, then winsorised EWMA
-        a = np.where(ready, self.alpha, 1.0 / (n + 1.0))
-        lim = self.clip * std
-        step = np.where(ready, np.clip(dev, -lim, lim), dev)
-        new_mean = mean + a * step
-        new_var = (1.0 - a) * (var + a * step * step)
-        st["mean"][slots] = new_mean
-        st["var"][slots] = new_var
+        a = warmup_rate(n, self.alpha, ready)
+        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
         st["n"][slots] = n + 1
         return Scores(score, low, high)
