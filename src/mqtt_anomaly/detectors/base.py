@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError
+from ._grow import capacity_for, grown
 
 if TYPE_CHECKING:
     from ..config import DetectorSettings
@@ -108,13 +109,10 @@ class Detector(ABC):
         """Make room for slots ``0 .. n-1`` (amortised doubling)."""
         if n <= self.capacity:
             return
-        new_cap = max(n, 2 * self.capacity, 16)
+        cap = capacity_for(n, self.capacity)
         for k, f in self.fields().items():
-            old = self.state[k]
-            arr = np.full(new_cap, f.fill, dtype=f.dtype)
-            arr[: len(old)] = old
-            self.state[k] = arr
-        self.capacity = new_cap
+            self.state[k] = grown(self.state[k], cap, f.fill, shape=())
+        self.capacity = cap
 
     def reset(self, slots: IntArray) -> None:
         """Forget what was learned for ``slots``."""
