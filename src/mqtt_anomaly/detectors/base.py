@@ -73,6 +73,12 @@ class Detector(ABC):
         """The per-slot state arrays this detector keeps."""
 
     @classmethod
+    def installed(cls) -> bool:
+        """Whether what this detector needs is installed (an optional extra, say); the
+        registry leaves out a detector that is not."""
+        return True
+
+    @classmethod
     def from_settings(cls, settings: DetectorSettings) -> Detector:
         """Build from configuration: ``[detector.params.<name>]`` are keyword arguments."""
         return check_params(cls.name, cls, settings.params.get(cls.name, {}))

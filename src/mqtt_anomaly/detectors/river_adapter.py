@@ -77,6 +77,10 @@ class RiverDetector(Detector):
         self.state_key: bytes = _PROCESS_KEY
         super().__init__()
 
+    @classmethod
+    def installed(cls) -> bool:
+        return river_available()
+
     def fields(self) -> Mapping[str, Field]:
         return {"n": Field(np.int64, 0)}
 
