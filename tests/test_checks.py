@@ -251,6 +251,7 @@ def site(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_plugin_is_discovered_and_keeps_the_contract(site: Path) -> None:
+    registry.refresh()
     _install(site, "jump_detectors", {"jump": "jump_plugin:Jump"}, {"jump_plugin": PLUGIN})
     assert "jump" not in available()  # read once: a new plug-in needs a refresh
     registry.refresh()
