@@ -314,3 +314,44 @@ def test_the_cli_reports_a_broken_plugin_in_one_line(site: Path, tmp_path: Path)
         "bad_detectors 1.0) cannot be imported: ModuleNotFoundError: No module named "
         "'missing_module'"
     ]
+
+
+# ---- docs/detectors.md: "Write your own detector" runs as written ---------------------------
+def _doc_blocks() -> dict[str, list[str]]:
+    """The fenced code blocks of the section, by language."""
+    text = (ROOT / "docs" / "detectors.md").read_text()
+    section = text.split("## Write your own detector", 1)[1].split("\n## ", 1)[0]
+    blocks: dict[str, list[str]] = {}
+    for part in section.split("```")[1::2]:
+        lang, _, code = part.partition("\n")
+        blocks.setdefault(lang.strip(), []).append(code)
+    return blocks
+
+
+def test_the_documented_plugin_works_as_written(site: Path) -> None:
+    blocks = _doc_blocks()
+    assert len(blocks["python"]) == 2 and len(blocks["toml"]) == 1
+    detector, test = blocks["python"]
+    entries = tomllib.loads(blocks["toml"][0])["project"]["entry-points"]["mqtt_anomaly.detectors"]
+    assert entries == {"band": "my_detectors.band:BandDetector"}
+    package = site / "my_detectors"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "band.py").write_text(detector)
+    (package / "test_band.py").write_text("from my_detectors.band import BandDetector\n" + test)
+    _install(site, "my_detectors", entries, {})
+    try:
+        registry.refresh()
+        assert "band" in available()
+        from mqtt_anomaly.config import DetectorSettings
+
+        det = create("band", DetectorSettings(params={"band": {"width": 3}}))
+        assert det.params() == {"alpha": 0.05, "width": 3.0, "warmup": 20}
+        x = np.r_[10.0 + np.sin(np.arange(200)), 40.0]
+        s = det.score_series(x)
+        assert s[-1] >= 0.5 and s[:200].max() < 0.5  # the documented band catches the jump
+        tests = importlib.import_module("my_detectors.test_band")
+        tests.test_band_keeps_the_detector_contract()  # the documented test, check_detector
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("my_detectors")]:
+            del sys.modules[mod]
