@@ -60,3 +60,20 @@ def test_nan_score_neither_raises_nor_clears() -> None:
 def test_levels_validated() -> None:
     with pytest.raises(ValueError):
         AlertBook("d", raise_level=0.3, clear_level=0.5)
+
+
+def test_growing_keeps_state_and_doubles() -> None:
+    book = AlertBook("d", debounce=1, clear_after=2)
+    book.step(np.array([3], dtype=np.intp), np.array([0.9]))
+    assert len(book.active) == 16  # the first slots come 16 at a time
+    book.step(np.array([3], dtype=np.intp), np.array([0.1]))  # one low score of two
+    book.step(np.array([16], dtype=np.intp), np.array([0.2]))
+    assert len(book.active) == 32  # doubled, not one more
+    for name, dtype in (("active", bool), ("critical", bool), ("above", np.int32)):
+        assert getattr(book, name).dtype == dtype
+    assert book.active.tolist() == [i == 3 for i in range(32)]
+    assert book.below[3] == 1  # the run of low scores survived the growth
+    tr = book.step(np.array([3, 16], dtype=np.intp), np.array([0.1, 0.1]))
+    assert tr.cleared.tolist() == [0]
+    book.reserve(100)
+    assert len(book.active) == 100  # beyond double: exactly what was asked

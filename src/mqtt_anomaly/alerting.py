@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 
 
@@ -75,12 +76,9 @@ class AlertBook:
     def reserve(self, n: int) -> None:
         if n <= len(self.active):
             return
-        cap = max(n, 2 * len(self.active), 16)
+        cap = capacity_for(n, len(self.active))
         for name in ("active", "critical", "above", "below"):
-            old = getattr(self, name)
-            new = np.zeros(cap, dtype=old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
+            setattr(self, name, grown(getattr(self, name), cap, 0))
 
     def step(self, slots: IntArray, scores: FloatArray) -> Transitions:
         """Advance the slots' state with one score each (slots distinct)."""

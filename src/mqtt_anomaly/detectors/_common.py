@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._grow import capacity_for, grown
 from .base import Detector, FloatArray
 
 _LN10 = float(np.log(10.0))
@@ -67,12 +68,8 @@ class TableDetector(Detector):
     def reserve(self, n: int) -> None:
         if n <= self.capacity:
             return
-        new_cap = max(n, 2 * self.capacity, 16)
+        cap = capacity_for(n, self.capacity)
         shapes = self.shapes()
         for k, f in self.fields().items():
-            old = self.state[k]
-            arr = np.full((new_cap, *shapes.get(k, ())), f.fill, dtype=f.dtype)
-            if len(old):
-                arr[: len(old)] = old
-            self.state[k] = arr
-        self.capacity = new_cap
+            self.state[k] = grown(self.state[k], cap, f.fill, shape=shapes.get(k, ()))
+        self.capacity = cap

@@ -22,7 +22,7 @@ what the NAB cost model rewards. Readings that raise no alert score below 0.5.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -68,16 +68,6 @@ class ArtDetector(TableDetector):
         self.scale = float(scale)
         self._blocks = _block_matrix()
         super().__init__()
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "warmup": self.warmup,
-            "categories": self.categories,
-            "size": self.size,
-            "gap": self.gap,
-            "hold": self.hold,
-            "scale": self.scale,
-        }
 
     def fields(self) -> Mapping[str, Field]:
         return {

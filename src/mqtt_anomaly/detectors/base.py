@@ -17,6 +17,8 @@ so a restarted service does not relearn.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -25,10 +27,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError
+from ._grow import capacity_for, grown
 
 if TYPE_CHECKING:
     from ..config import DetectorSettings
 
+_MISSING = object()
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
 
@@ -49,7 +53,9 @@ class Field(NamedTuple):
 
 
 class Detector(ABC):
-    """Base of every detector. Subclasses declare ``fields`` and implement ``_update``."""
+    """Base of every detector. Subclasses declare ``fields`` and implement ``_update``; their
+    constructor takes keyword-only parameters and keeps each as an attribute of the same name
+    (that is where :meth:`params` reads them)."""
 
     name: ClassVar[str]
     raise_level: ClassVar[float] = 0.5
@@ -67,13 +73,31 @@ class Detector(ABC):
         """The per-slot state arrays this detector keeps."""
 
     @classmethod
+    def installed(cls) -> bool:
+        """Whether what this detector needs is installed (an optional extra, say); the
+        registry leaves out a detector that is not."""
+        return True
+
+    @classmethod
     def from_settings(cls, settings: DetectorSettings) -> Detector:
         """Build from configuration: ``[detector.params.<name>]`` are keyword arguments."""
         return check_params(cls.name, cls, settings.params.get(cls.name, {}))
 
     def params(self) -> dict[str, Any]:
-        """Constructor parameters (saved with the state, checked on restore)."""
-        return {}
+        """Constructor parameters (saved with the state, checked on restore).
+
+        Read from the attributes named like the parameters of ``__init__``, in their order:
+        a detector stores each (converted) parameter as ``self.<parameter>``."""
+        out: dict[str, Any] = {}
+        for k in init_params(type(self)):
+            v = getattr(self, k, _MISSING)
+            if v is _MISSING:
+                raise TypeError(
+                    f"{type(self).__name__} takes {k!r} but has no attribute {k!r}: store each "
+                    "constructor parameter as an attribute of the same name"
+                )
+            out[k] = v
+        return out
 
     @abstractmethod
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
@@ -91,13 +115,10 @@ class Detector(ABC):
         """Make room for slots ``0 .. n-1`` (amortised doubling)."""
         if n <= self.capacity:
             return
-        new_cap = max(n, 2 * self.capacity, 16)
+        cap = capacity_for(n, self.capacity)
         for k, f in self.fields().items():
-            old = self.state[k]
-            arr = np.full(new_cap, f.fill, dtype=f.dtype)
-            arr[: len(old)] = old
-            self.state[k] = arr
-        self.capacity = new_cap
+            self.state[k] = grown(self.state[k], cap, f.fill, shape=())
+        self.capacity = cap
 
     def reset(self, slots: IntArray) -> None:
         """Forget what was learned for ``slots``."""
@@ -161,6 +182,15 @@ class Detector(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+@functools.cache
+def init_params(cls: type[Detector]) -> tuple[str, ...]:
+    """The names of the parameters of ``cls.__init__`` (without ``self``, ``*args``,
+    ``**kwargs``); an attribute of each name must hold its value."""
+    sig = inspect.signature(cls.__init__)
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return tuple(p.name for p in list(sig.parameters.values())[1:] if p.kind not in skip)
 
 
 def nan_band(n: int) -> FloatArray:

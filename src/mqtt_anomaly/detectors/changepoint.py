@@ -22,10 +22,11 @@ so once the new level or spread has been adopted the sums drain and the alert cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from ._stats import ewma_update, floored_std, warmup_rate
 from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
 
 
@@ -69,23 +70,12 @@ class ChangePointDetector(Detector):
             "spread": Field(np.float64, 0.0),
         }
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "drift": self.drift,
-            "h": self.h,
-            "warmup": self.warmup,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
-        }
-
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state
         n = st["n"][slots]
         mean = st["mean"][slots]
         var = st["var"][slots]
-        std = np.sqrt(var + (self.min_std + self.rel_std * np.abs(mean)) ** 2)
+        std = floored_std(var, mean, self.min_std, self.rel_std)
         dev = values - mean
         z = np.clip(dev / std, -50.0, 50.0)
         ready = n >= self.warmup
@@ -99,11 +89,8 @@ class ChangePointDetector(Detector):
         st["down"][slots] = down
         st["spread"][slots] = spread
         # learn the reference: running mean/variance while warming up, then winsorised EWMA
-        a = np.where(ready, self.alpha, 1.0 / (n + 1.0))
-        lim = self.clip * std
-        step = np.where(ready, np.clip(dev, -lim, lim), dev)
-        st["mean"][slots] = mean + a * step
-        st["var"][slots] = (1.0 - a) * (var + a * step * step)
+        a = warmup_rate(n, self.alpha, ready)
+        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
         st["n"][slots] = n + 1
         k = len(values)
         return Scores(score, nan_band(k), nan_band(k))

@@ -52,7 +52,7 @@ of a sensor, which are used to learn. Finally the score is mapped piecewise line
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -141,31 +141,6 @@ class EnsembleDetector(TableDetector):
         self._is_vol = np.arange(len(self._rates)) >= 3
         self._k = np.where(self._is_vol, self.kvol, self.k)
         super().__init__()
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "warmup": self.warmup,
-            "smooth": self.smooth,
-            "slow": self.slow,
-            "k": self.k,
-            "c": self.c,
-            "alpha": self.alpha,
-            "short": self.short,
-            "long": self.long,
-            "levels": self.levels,
-            "order": self.order,
-            "table": self.table,
-            "hold": self.hold,
-            "level": self.level,
-            "lock": self.lock,
-            "vol_fast": self.vol_fast,
-            "vol_slow": self.vol_slow,
-            "kvol": self.kvol,
-            "profile": self.profile,
-            "c_profile": self.c_profile,
-            "prof_rate": self.prof_rate,
-            "prof_min": self.prof_min,
-        }
 
     def fields(self) -> Mapping[str, Field]:
         return {

@@ -18,7 +18,7 @@ miss. Repeated or backward timestamps are treated as half the typical interval.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -60,16 +60,6 @@ class RateDetector(Detector):
             "last_ts": Field(np.float64, np.nan),
             "dt": Field(np.float64, 0.0),
             "rate": Field(np.float64, 0.0),
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "z_alert": self.z_alert,
-            "warmup": self.warmup,
-            "clip": self.clip,
-            "max_rate": self.max_rate,
-            "min_rate": self.min_rate,
         }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:

@@ -77,11 +77,12 @@ class RiverDetector(Detector):
         self.state_key: bytes = _PROCESS_KEY
         super().__init__()
 
+    @classmethod
+    def installed(cls) -> bool:
+        return river_available()
+
     def fields(self) -> Mapping[str, Field]:
         return {"n": Field(np.int64, 0)}
-
-    def params(self) -> dict[str, Any]:
-        return {"model": self.model, "seed": self.seed, "scale": self.scale, "alert": self.alert}
 
     def _new_model(self) -> Any:
         kwargs = {"seed": self.seed} if "seed" in inspect.signature(self._cls).parameters else {}

@@ -25,7 +25,7 @@ data): 0.5 at ``z_alert``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -65,15 +65,6 @@ class RobustDetector(Detector):
             "n": Field(np.int64, 0),
             "median": Field(np.float64, 0.0),
             "mad": Field(np.float64, 0.0),
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "rate": self.rate,
-            "z_alert": self.z_alert,
-            "warmup": self.warmup,
-            "min_scale": self.min_scale,
-            "rel_scale": self.rel_scale,
         }
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:

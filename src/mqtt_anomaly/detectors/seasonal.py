@@ -24,11 +24,12 @@ scores nothing until it has seen ``min_count`` readings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ._common import TableDetector
+from ._stats import ewma_update, floor_rate, floored_std
 from .base import Field, FloatArray, IntArray, Scores
 
 
@@ -74,18 +75,6 @@ class SeasonalDetector(TableDetector):
     def shapes(self) -> Mapping[str, tuple[int, ...]]:
         return {"count": (self.bins,), "mean": (self.bins,), "var": (self.bins,)}
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "period": self.period,
-            "bins": self.bins,
-            "alpha": self.alpha,
-            "z_alert": self.z_alert,
-            "min_count": self.min_count,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
-        }
-
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state
         phase = np.mod(ts, self.period) / self.period
@@ -93,7 +82,7 @@ class SeasonalDetector(TableDetector):
         n = st["count"][slots, b]
         mean = st["mean"][slots, b]
         var = st["var"][slots, b]
-        std = np.sqrt(var + (self.min_std + self.rel_std * np.abs(mean)) ** 2)
+        std = floored_std(var, mean, self.min_std, self.rel_std)
         dev = values - mean
         ready = n >= self.min_count
         score = np.where(ready, np.clip(np.abs(dev) / std / (2 * self.z_alert), 0.0, 1.0), 0.0)
@@ -101,10 +90,9 @@ class SeasonalDetector(TableDetector):
         low = np.where(ready, mean - half, np.nan)
         high = np.where(ready, mean + half, np.nan)
         # learn: running mean/variance for a new bin, then winsorised EWMA
-        a = np.maximum(self.alpha, 1.0 / (n + 1.0))
-        lim = self.clip * std
-        step = np.where(ready, np.clip(dev, -lim, lim), dev)
-        st["mean"][slots, b] = mean + a * step
-        st["var"][slots, b] = (1.0 - a) * (var + a * step * step)
+        a = floor_rate(n, self.alpha)
+        st["mean"][slots, b], st["var"][slots, b] = ewma_update(
+            mean, var, dev, a, self.clip * std, ready
+        )
         st["count"][slots, b] = n + 1
         return Scores(score, low, high)

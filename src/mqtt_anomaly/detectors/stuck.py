@@ -13,7 +13,7 @@ alert is raised after ``readings`` repeats and clears at the first real change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,9 +34,6 @@ class StuckDetector(Detector):
 
     def fields(self) -> Mapping[str, Field]:
         return {"last": Field(np.float64, np.nan), "run": Field(np.int64, 0)}
-
-    def params(self) -> dict[str, Any]:
-        return {"readings": self.readings, "tolerance": self.tolerance}
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state

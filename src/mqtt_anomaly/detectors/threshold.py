@@ -46,9 +46,6 @@ class ThresholdDetector(Detector):
     def fields(self) -> Mapping[str, Field]:
         return {}
 
-    def params(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "clear": self.clear}
-
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         span = self.threshold - self.clear
         score = np.clip(0.5 + 0.2 * (values - self.threshold) / span, 0.0, 1.0)

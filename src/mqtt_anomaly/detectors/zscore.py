@@ -23,10 +23,11 @@ No score during the first ``warmup`` readings of a sensor.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from ._stats import ewma_update, floored_std, warmup_rate
 from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
 
 
@@ -65,22 +66,12 @@ class ZScoreDetector(Detector):
             "var": Field(np.float64, 0.0),
         }
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "z_alert": self.z_alert,
-            "warmup": self.warmup,
-            "clip": self.clip,
-            "min_std": self.min_std,
-            "rel_std": self.rel_std,
-        }
-
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state
         n = st["n"][slots]
         mean = st["mean"][slots]
         var = st["var"][slots]
-        std = np.sqrt(var + (self.min_std + self.rel_std * np.abs(mean)) ** 2)
+        std = floored_std(var, mean, self.min_std, self.rel_std)
         dev = values - mean
         z = np.abs(dev) / std
         ready = n >= self.warmup
@@ -90,13 +81,8 @@ class ZScoreDetector(Detector):
         low = np.where(ready, mean - half, np.nan)
         high = np.where(ready, mean + half, np.nan)
         # learn: plain running mean/variance while warming up, then winsorised EWMA
-        a = np.where(ready, self.alpha, 1.0 / (n + 1.0))
-        lim = self.clip * std
-        step = np.where(ready, np.clip(dev, -lim, lim), dev)
-        new_mean = mean + a * step
-        new_var = (1.0 - a) * (var + a * step * step)
-        st["mean"][slots] = new_mean
-        st["var"][slots] = new_var
+        a = warmup_rate(n, self.alpha, ready)
+        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
         st["n"][slots] = n + 1
         return Scores(score, low, high)
 
@@ -107,9 +93,7 @@ class ZScoreDetector(Detector):
         idx = slots[known]
         st = self.state
         mean = st["mean"][idx]
-        half = self.z_alert * np.sqrt(
-            st["var"][idx] + (self.min_std + self.rel_std * np.abs(mean)) ** 2
-        )
+        half = self.z_alert * floored_std(st["var"][idx], mean, self.min_std, self.rel_std)
         ready = st["n"][idx] >= self.warmup
         low[known] = np.where(ready, mean - half, np.nan)
         high[known] = np.where(ready, mean + half, np.nan)
