@@ -31,11 +31,21 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "foundation",
         # web.settings is the [http] section of the configuration.
-        ("errors", "config", "web.settings", "messages", "topics", "console", "statefile", "pki"),
+        (
+            "errors",
+            "config",
+            "web.settings",
+            "messages",
+            "topics",
+            "console",
+            "statefile",
+            "pki",
+            "retry",
+        ),
     ),
     ("detection", ("detectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view")),
-    ("io", ("transport", "store", "sinks")),
+    ("io", ("transport", "store", "sinks", "writebehind")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
