@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,12 @@ def test_bad_values_name_the_key(overrides: dict[str, object], key: str) -> None
 def test_bad_toml_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[broker\nurl=")
-    with pytest.raises(ConfigError, match="invalid TOML"):
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
         load_settings(bad)
-    with pytest.raises(ConfigError, match="not found"):
+    assert isinstance(info.value.__cause__, tomllib.TOMLDecodeError)  # the cause is chained
+    with pytest.raises(ConfigError, match="not found") as missing:
         load_settings(tmp_path / "missing.toml")
+    assert isinstance(missing.value.__cause__, FileNotFoundError)
 
 
 def test_secrets_masked() -> None:

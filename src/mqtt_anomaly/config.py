@@ -86,7 +86,7 @@ class BrokerSettings(_Section):
         try:
             port = parts.port
         except ValueError as exc:
-            raise ValueError(f"bad port in broker URL: {exc}") from None
+            raise ValueError(f"bad port in broker URL: {exc}") from exc
         if port is not None and not 0 < port < 65536:
             raise ValueError("port out of range")
         return v
@@ -137,7 +137,7 @@ class TopicSettings(_Section):
         try:
             return validate_template(v, key="template")
         except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("template: ")) from None
+            raise ValueError(str(exc).removeprefix("template: ")) from exc
 
     @field_validator("floods")
     @classmethod
@@ -153,7 +153,7 @@ class TopicSettings(_Section):
             try:
                 validate_filter(f, key="filter")
             except ConfigError as exc:
-                raise ValueError(str(exc).removeprefix("filter: ")) from None
+                raise ValueError(str(exc).removeprefix("filter: ")) from exc
         return v
 
     @property
@@ -198,7 +198,7 @@ class SimulatorSettings(_Section):
         try:
             v.format(n=1)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"must format with {{n}}: {exc}") from None
+            raise ValueError(f"must format with {{n}}: {exc}") from exc
         return v
 
 
@@ -254,7 +254,7 @@ class AlertSettings(_Section):
         try:
             compiled = re.compile(v)
         except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
+            raise ValueError(f"not a regular expression: {exc}") from exc
         if "group" not in compiled.groupindex:
             raise ValueError("needs a named group 'group', e.g. ^(?P<group>line-\\d+)-")
         return v
@@ -354,7 +354,7 @@ class KafkaSettings(_Section):
             try:
                 port = parts.port
             except ValueError as exc:
-                raise ValueError(f"bad port in {part.strip()!r}: {exc}") from None
+                raise ValueError(f"bad port in {part.strip()!r}: {exc}") from exc
             if port is not None and not 0 < port < 65536:
                 raise ValueError(f"port out of range in {part.strip()!r}")
         return v
@@ -459,7 +459,7 @@ class ServiceSettings(_Section):
         try:
             re.compile(v)
         except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
         return v
 
 
@@ -503,12 +503,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
 
 
 def _describe(exc: ValidationError) -> str:
@@ -529,7 +529,7 @@ def load_settings(
     try:
         return Settings(**_drop_none(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc)) from exc
     finally:
         _config_file.reset(token)
 

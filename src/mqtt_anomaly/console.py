@@ -48,8 +48,8 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(main())
     except MqttAnomalyError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        raise SystemExit(130) from exc
 
 
 class RateLimitedLog:

@@ -105,16 +105,16 @@ def decode_reading(
     try:
         wire = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise PayloadError("invalid_field", str(exc)) from None
-    except RecursionError:
-        raise PayloadError("not_json", "nested too deeply") from None
+        raise PayloadError("invalid_field", str(exc)) from exc
+    except RecursionError as exc:
+        raise PayloadError("not_json", "nested too deeply") from exc
     except msgspec.DecodeError as exc:
         try:  # a bare number with surrounding blanks, or inf/nan spelled out
             return _bare_number(payload, topic_sensor_id, received_at)
         except PayloadError as bare:
             if bare.reason == "non_finite":
                 raise
-        raise PayloadError("not_json", str(exc)) from None
+        raise PayloadError("not_json", str(exc)) from exc
     # msgspec refuses numbers out of float range, and JSON has no NaN: value and ts are finite
     sid = wire.sensor_id
     if sid is not None and sid != topic_sensor_id:
@@ -136,8 +136,8 @@ def decode_reading(
 def _bare_number(payload: bytes, sensor_id: str, received_at: float) -> Reading:
     try:
         value = float(payload)
-    except ValueError:
-        raise PayloadError("not_json", "not a number or a JSON object") from None
+    except ValueError as exc:
+        raise PayloadError("not_json", "not a number or a JSON object") from exc
     if not math.isfinite(value):
         raise PayloadError("non_finite", payload[:32].decode("ascii", "replace"))
     return Reading(sensor_id, received_at, value)

@@ -242,7 +242,7 @@ class DetectorService:
         try:
             save_state(self.state_path, state, sync=False)
         except StateFileError as exc:  # not data: the round acknowledges nothing
-            raise OSError(str(exc)) from None
+            raise OSError(str(exc)) from exc
 
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:

@@ -342,7 +342,7 @@ def decode(data: bytes | bytearray) -> dict[str, Any]:
     try:
         manifest = msgspec.json.decode(body[_PREFIX.size : start])
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise _fail(f"manifest is not JSON: {exc}") from None
+        raise _fail(f"manifest is not JSON: {exc}") from exc
     if type(manifest) is not dict or manifest.get("format") != FORMAT:
         raise _fail("manifest does not name the mqtt-anomaly-state format")
     if manifest.get("version") != VERSION:
@@ -350,8 +350,8 @@ def decode(data: bytes | bytearray) -> dict[str, Any]:
     arrays = _arrays(manifest.get("arrays"), data, start, len(body))
     try:
         tree = _Decoder(arrays).node(manifest.get("tree"))
-    except RecursionError:
-        raise _fail("tree nested too deeply") from None
+    except RecursionError as exc:
+        raise _fail("tree nested too deeply") from exc
     if type(tree) is not dict:
         raise _fail("the saved state is not a dict")
     return tree
@@ -423,7 +423,7 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise _fail(f"cannot read: {exc.strerror or exc}") from None
+        raise _fail(f"cannot read: {exc.strerror or exc}") from exc
     if got != size:
         raise _fail("the file changed while it was read")
     return decode(data)
@@ -445,7 +445,7 @@ def prepare_dir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         st = path.stat()
     except OSError as exc:
-        raise _fail(f"state dir {path}: cannot create it: {exc.strerror or exc}") from None
+        raise _fail(f"state dir {path}: cannot create it: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise _fail(f"state dir {path} is not a directory")
     mode = stat.S_IMODE(st.st_mode)
@@ -469,7 +469,7 @@ def prepare_dir(path: Path) -> None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise _fail(f"state dir {path} is not writable: {exc.strerror or exc}") from None
+        raise _fail(f"state dir {path} is not writable: {exc.strerror or exc}") from exc
 
 
 def utc_stamp() -> str:
@@ -498,7 +498,7 @@ def load_or_create_key(state_dir: Path) -> bytes:
     except FileNotFoundError:
         return _new_key(path)
     except OSError as exc:
-        raise _fail(f"state key {path}: cannot read it: {exc.strerror or exc}") from None
+        raise _fail(f"state key {path}: cannot read it: {exc.strerror or exc}") from exc
     try:
         st = os.fstat(fd)
         key = os.read(fd, KEY_BYTES + 1)
@@ -524,7 +524,7 @@ def _new_key(path: Path) -> bytes:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise _fail(f"state key {path}: cannot create it: {exc.strerror or exc}") from None
+        raise _fail(f"state key {path}: cannot create it: {exc.strerror or exc}") from exc
     return key
 
 

@@ -58,8 +58,8 @@ class Child:
                 raise BenchError(f"{self.name}: no {kind!r} within {timeout:.0f}s")
         try:
             got, data = self.conn.recv()
-        except EOFError:
-            raise BenchError(f"{self.name} process exited ({self.proc.exitcode})") from None
+        except EOFError as exc:
+            raise BenchError(f"{self.name} process exited ({self.proc.exitcode})") from exc
         if got == "error":
             raise BenchError(str(data))
         if got != kind:

@@ -183,8 +183,8 @@ def bench(
             result = run_bench(opts, step)
     except MqttAnomalyError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        raise SystemExit(130) from exc
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         sys.stdout.flush()
@@ -208,7 +208,7 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
         try:
             changes["broker"] = BrokerSettings(url=o["broker"]).url
         except ValueError as exc:
-            raise bad("--broker", str(exc).splitlines()[-1].strip()) from None
+            raise bad("--broker", str(exc).splitlines()[-1].strip()) from exc
     for name, low in (("sensors", 1), ("readings", 1), ("trials", 1), ("http_sensors", 1)):
         value = o[name]
         if value is not None:
@@ -235,9 +235,9 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     if store not in ("sqlite", "none"):
         try:
             StoreSettings(url=store)
-        except ValueError:
+        except ValueError as exc:
             wanted = "sqlite, none, sqlite:///PATH, postgresql://… or none://"
-            raise bad("--store", wanted) from None
+            raise bad("--store", wanted) from exc
     changes["store"] = "none://" if store == "none" else store
     if o["fleet_size"]:
         if any(not 1 <= n <= 1_000_000 for n in o["fleet_size"]):

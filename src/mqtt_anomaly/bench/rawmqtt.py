@@ -40,7 +40,7 @@ def _read_packet(sock: socket.socket) -> codec.Packet:
         try:
             packets, _ = codec.split(pending)
         except codec.MalformedPacketError as exc:
-            raise BrokerError(f"the broker sent a malformed packet: {exc}") from None
+            raise BrokerError(f"the broker sent a malformed packet: {exc}") from exc
         if packets:
             return packets[0]
         data = sock.recv(65536)
@@ -55,7 +55,7 @@ def open_client(url: str, client_id: str, *, timeout: float = 10.0) -> socket.so
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise BrokerError(f"cannot reach broker at {host}:{port}: {exc}") from None
+        raise BrokerError(f"cannot reach broker at {host}:{port}: {exc}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(codec.connect(client_id, clean_session=True, keepalive=0))
     packet = _read_packet(sock)

@@ -203,6 +203,6 @@ def check_params(name: str, cls: type[Detector], params: Mapping[str, Any]) -> D
     try:
         return cls(**params)
     except TypeError as exc:
-        raise ConfigError(f"detector.params.{name}: {exc}") from None
+        raise ConfigError(f"detector.params.{name}: {exc}") from exc
     except ValueError as exc:
-        raise ConfigError(f"detector.params.{name}: {exc}") from None
+        raise ConfigError(f"detector.params.{name}: {exc}") from exc

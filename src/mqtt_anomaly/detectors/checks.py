@@ -277,7 +277,7 @@ def check_params(factory: Factory) -> None:
     try:
         params = det.params()
     except TypeError as exc:  # a parameter not kept as an attribute of its name
-        raise AssertionError(str(exc)) from None
+        raise AssertionError(str(exc)) from exc
     for k, v in params.items():
         assert v is None or isinstance(v, str | int | float | bool), f"{k}: {v!r} is not a scalar"
     cls = type(det)

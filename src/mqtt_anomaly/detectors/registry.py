@@ -122,7 +122,7 @@ def _load(ep: EntryPoint) -> type[Detector]:
     try:
         obj = ep.load()
     except Exception as exc:  # a plug-in's import can fail in any way
-        raise ValueError(f"cannot be imported: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot be imported: {type(exc).__name__}: {exc}") from exc
     if not (isinstance(obj, type) and issubclass(obj, Detector)):
         raise ValueError(f"{obj!r} is not a subclass of mqtt_anomaly.detectors.Detector")
     name = getattr(obj, "name", None)

@@ -63,8 +63,8 @@ class RiverDetector(Detector):
             raise ValueError("alert must be positive")
         try:
             anomaly = importlib.import_module("river.anomaly")
-        except ImportError:
-            raise ValueError("the river detector needs River: pip install river") from None
+        except ImportError as exc:
+            raise ValueError("the river detector needs River: pip install river") from exc
         cls = getattr(anomaly, model, None)
         if not isinstance(cls, type):
             raise ValueError(f"river.anomaly has no model {model!r}")
@@ -129,7 +129,7 @@ class RiverDetector(Detector):
             blobs = verify_all(self.state_key, signed)
         except StateFileError as exc:
             log.warning("refusing saved River models (%s): relearning", exc)
-            raise ValueError(f"saved River models refused: {exc}") from None
+            raise ValueError(f"saved River models refused: {exc}") from exc
         saved = [pickle.loads(b) for b in blobs]  # signed by this service: our own pickles
         old = self.capacity, self.state
         super().load_state_dict(state)

@@ -137,7 +137,7 @@ def nab(
                     try:
                         write_results(corpus, run, results_dir)
                     except OSError as exc:
-                        raise ConfigError(f"{results_dir}: cannot write results ({exc})") from None
+                        raise ConfigError(f"{results_dir}: cannot write results ({exc})") from exc
     except MqttAnomalyError as exc:
         fail(str(exc))
     rows = leaderboard.build(reports)

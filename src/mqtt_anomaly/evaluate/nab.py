@@ -190,8 +190,8 @@ class Corpus:
     def profile(self, name: str) -> Profile:
         try:
             return self.profiles[name]
-        except KeyError:
-            raise ConfigError(f"unknown NAB profile {name!r}") from None
+        except KeyError as exc:
+            raise ConfigError(f"unknown NAB profile {name!r}") from exc
 
     def pool(self, profile: str) -> tuple[FloatArray, IntArray]:
         """Post-probation weights and corpus-wide window ids (-1 outside), file after file."""
@@ -359,7 +359,7 @@ def _read_data_file(path: Path) -> tuple[TimeArray, FloatArray]:
         ts = np.array([c[0].strip() for c in cells], dtype="datetime64[us]")
         values = np.array([c[1] for c in cells], dtype=np.float64)
     except (OSError, ValueError, IndexError) as exc:
-        raise ConfigError(f"{path}: not a NAB data file ({exc})") from None
+        raise ConfigError(f"{path}: not a NAB data file ({exc})") from exc
     return ts, values
 
 
@@ -370,7 +370,7 @@ def _locate(name: str, ts: TimeArray, limits: Sequence[Sequence[str]]) -> tuple[
         try:
             start, end = (np.datetime64(str(t).strip().replace(" ", "T"), "us") for t in pair)
         except ValueError as exc:
-            raise ConfigError(f"{name}: bad window {pair!r} ({exc})") from None
+            raise ConfigError(f"{name}: bad window {pair!r} ({exc})") from exc
         first_s, first_e = np.flatnonzero(ts == start), np.flatnonzero(ts == end)
         entry = first_s[first_s >= pos]
         if not len(entry):
@@ -388,7 +388,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
 
 
 def load_profiles(path: Path) -> dict[str, Profile]:
@@ -405,7 +405,7 @@ def load_profiles(path: Path) -> dict[str, Profile]:
             for name, p in doc.items()
         }
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a NAB profiles file ({exc})") from None
+        raise ConfigError(f"{path}: not a NAB profiles file ({exc})") from exc
 
 
 def load_corpus(root: Path | str, windows_file: Path | str | None = None) -> Corpus:
@@ -454,7 +454,7 @@ def load_results(results_dir: Path | str, detector: str, corpus: Corpus) -> dict
             col = rows[0].index("anomaly_score")
             out[s.name] = np.array([r[col] for r in rows[1:] if r], dtype=np.float64)
         except (OSError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{path}: not a NAB results file ({exc})") from None
+            raise ConfigError(f"{path}: not a NAB results file ({exc})") from exc
     return out
 
 
@@ -465,7 +465,7 @@ def load_score_table(path: Path | str) -> dict[str, FloatArray]:
         raw = path.read_bytes()
         text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode()
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
     lines = text.splitlines()
     # plain split is several times faster than the csv module; quoted files take the slow road
     rows = [ln.split(",") for ln in lines] if '"' not in text else list(csv.reader(lines))
@@ -477,4 +477,4 @@ def load_score_table(path: Path | str) -> dict[str, FloatArray]:
             grouped.setdefault(name, []).extend(r[si] for r in group)
         return {k: np.array(v, dtype=np.float64) for k, v in grouped.items()}
     except (IndexError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a file,timestamp,anomaly_score table ({exc})") from None
+        raise ConfigError(f"{path}: not a file,timestamp,anomaly_score table ({exc})") from exc

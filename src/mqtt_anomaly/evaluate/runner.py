@@ -191,8 +191,8 @@ class LabelledCsv:
 def _number(path: Path, line: int, col: str, cell: str) -> float:
     try:
         return float(cell) if cell.strip() else float("nan")
-    except ValueError:
-        raise ConfigError(f"{path}:{line}: column {col!r}: {cell!r} is not a number") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}:{line}: column {col!r}: {cell!r} is not a number") from exc
 
 
 def _label(path: Path, line: int, col: str, cell: str) -> bool:
@@ -209,8 +209,8 @@ def _epoch(path: Path, col: str, cells: list[str]) -> FloatArray:
         pass
     try:
         stamps = np.array([c.strip().replace(" ", "T") for c in cells], dtype="datetime64[us]")
-    except ValueError:
-        raise ConfigError(f"{path}: column {col!r} holds neither numbers nor timestamps") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: column {col!r} holds neither numbers nor timestamps") from exc
     return stamps.astype(np.int64).astype(np.float64) / 1e6
 
 
@@ -229,7 +229,7 @@ def read_labelled_csv(
         with path.open(newline="") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
     if len(rows) < 2:
         raise ConfigError(f"{path}: needs a header and at least one row")
     header = [h.strip() for h in rows[0]]

@@ -160,7 +160,7 @@ def _detector_names(text: str | None) -> tuple[str, ...] | None:
         try:
             create(name)
         except ConfigError as exc:
-            raise ConfigError(str(exc).replace("detector.detectors", "--detectors")) from None
+            raise ConfigError(str(exc).replace("detector.detectors", "--detectors")) from exc
     return names
 
 
@@ -174,8 +174,8 @@ def _time(text: str | None, flag: str) -> float | None:
     except ValueError:
         try:
             when = datetime.fromisoformat(text)
-        except ValueError:
-            raise ConfigError(f"{flag} {text!r}: expected {TIME_HELP}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{flag} {text!r}: expected {TIME_HELP}") from exc
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         value = when.timestamp()
@@ -233,7 +233,7 @@ def _run(
             try:
                 file = stack.enter_context(output.open("wb"))
             except OSError as exc:
-                raise ConfigError(f"--output {output}: {exc.strerror}") from None
+                raise ConfigError(f"--output {output}: {exc.strerror}") from exc
         sink = _Alerts(show, as_json, file)
         replayer = Replayer(settings, sink)
         reader: KafkaReader | None = None

@@ -145,10 +145,10 @@ def decode_message(key: bytes | None, value: bytes | None) -> tuple[str, float, 
         raise ValueError("empty")
     try:
         rec = _decode_record(value)
-    except msgspec.ValidationError:
-        raise ValueError("invalid_field") from None
-    except (msgspec.DecodeError, RecursionError):
-        raise ValueError("not_json") from None
+    except msgspec.ValidationError as exc:
+        raise ValueError("invalid_field") from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError("not_json") from exc
     sid = rec.sensor_id
     if key:
         named = key.decode("utf-8", "replace")
@@ -190,10 +190,10 @@ class KafkaReader:
     def __iter__(self) -> Iterator[Columns]:
         try:
             import confluent_kafka as ck
-        except ImportError:
+        except ImportError as exc:
             raise MqttAnomalyError(
                 "replaying from Kafka needs confluent-kafka: pip install 'mqtt-anomaly[kafka]'"
-            ) from None
+            ) from exc
         consumer = ck.Consumer(
             {
                 "bootstrap.servers": self.source.bootstrap,
@@ -227,7 +227,7 @@ class KafkaReader:
         except ck.KafkaException as exc:
             raise MqttAnomalyError(
                 f"cannot reach {where} within {self.timeout:g} s ({exc.args[0].str()})"
-            ) from None
+            ) from exc
         topic = meta.topics.get(self.source.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             reason = topic.error.str() if topic is not None and topic.error else "no partitions"

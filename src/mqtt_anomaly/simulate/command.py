@@ -116,10 +116,10 @@ def simulate(
                 raise ConfigError(f"--rate {item!r}: expected KIND=RATE, e.g. spike=10")
             try:
                 rates[str(FaultKind.parse(kind))] = float(value)
-            except ValueError:
-                raise ConfigError(f"--rate {item!r}: {value!r} is not a number") from None
+            except ValueError as exc:
+                raise ConfigError(f"--rate {item!r}: {value!r} is not a number") from exc
             except ConfigError as exc:
-                raise ConfigError(f"--rate {item!r}: {exc}") from None
+                raise ConfigError(f"--rate {item!r}: {exc}") from exc
     except ConfigError as exc:
         fail(str(exc))
     settings = settings_from_cli(

@@ -73,9 +73,9 @@ class FaultKind(IntEnum):
         """``"level-shift"``, ``"level_shift"`` or ``"LEVEL_SHIFT"`` → LEVEL_SHIFT."""
         try:
             return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
+        except KeyError as exc:
             names = ", ".join(str(k) for k in cls)
-            raise ConfigError(f"unknown fault kind {text!r} (one of: {names})") from None
+            raise ConfigError(f"unknown fault kind {text!r} (one of: {names})") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ class LabelWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[bytes] | None = path.open("ab")
         except OSError as exc:
-            raise ConfigError(f"labels file {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"labels file {path}: {exc.strerror or exc}") from exc
 
     def write(self, label: Label) -> None:
         if self._fh is None:

@@ -118,11 +118,11 @@ class KafkaStats:
 def _client() -> ModuleType:
     try:
         import confluent_kafka
-    except ImportError:
+    except ImportError as exc:
         raise ConfigError(
             "kafka.url is set but the Kafka client is not installed: "
             "pip install 'mqtt-anomaly[kafka]'"
-        ) from None
+        ) from exc
     return confluent_kafka
 
 

@@ -175,9 +175,9 @@ class MqttClient:
             reason = CONNACK_REASONS.get(code or 0, str(exc))
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
-            raise BrokerError(f"broker {s.address} refused {self.name}: {reason}") from None
+            raise BrokerError(f"broker {s.address} refused {self.name}: {reason}") from exc
         except ssl.SSLError as exc:
-            raise BrokerError(tls_failure(s.address, exc)) from None
+            raise BrokerError(tls_failure(s.address, exc)) from exc
 
     async def _connect_once(self) -> None:
         """One attempt; a connection closed before CONNACK is a refusal (e.g. a rejected

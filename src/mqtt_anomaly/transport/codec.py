@@ -170,8 +170,8 @@ class _Reader:
     def text(self) -> str:
         try:
             return self.binary().decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedPacketError(f"{self.kind} packet: a string is not UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise MalformedPacketError(f"{self.kind} packet: a string is not UTF-8") from exc
 
     def properties(self, level: int) -> bytes:
         if level < MQTT_5:

@@ -62,7 +62,7 @@ def ssl_context(settings: BrokerSettings) -> ssl.SSLContext | None:
                 str(settings.cert_file), str(settings.key_file) if settings.key_file else None
             )
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"broker TLS files: {exc}") from None
+        raise ConfigError(f"broker TLS files: {exc}") from exc
     if settings.tls_insecure:
         _warn_once(
             settings,
@@ -141,7 +141,7 @@ async def connect_with_retry(
             return
         except (TimeoutError, OSError) as exc:
             if not retry or (deadline is not None and loop.time() >= deadline):
-                raise BrokerError(f"cannot reach broker at {settings.address}: {exc}") from None
+                raise BrokerError(f"cannot reach broker at {settings.address}: {exc}") from exc
             if not warned:
                 log.warning("broker %s unreachable (%s); retrying", settings.address, exc)
                 warned = True
@@ -154,8 +154,8 @@ async def await_suback(
     """Wait for a SUBACK's granted codes; a refused filter (code >= 0x80) is a BrokerError."""
     try:
         granted = await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
-        raise BrokerError(f"no SUBACK from {settings.address} in {timeout}s") from None
+    except TimeoutError as exc:
+        raise BrokerError(f"no SUBACK from {settings.address} in {timeout}s") from exc
     refused = [f for f, g in zip(filters, granted, strict=False) if g >= SUBACK_FAILURE]
     if refused:
         raise BrokerError(f"broker refused subscription to {', '.join(refused)}")

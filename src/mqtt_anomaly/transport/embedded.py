@@ -102,7 +102,7 @@ class EmbeddedBroker:
             raise BrokerError(
                 f"cannot start the embedded MQTT broker on {self.host}:{self._requested_port}: "
                 f"{cause}"
-            ) from None
+            ) from exc
         self._port = _listening_port(broker)
         self._broker = broker
         log.info("embedded MQTT broker listening on %s", self.url)

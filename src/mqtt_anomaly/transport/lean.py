@@ -399,14 +399,14 @@ class LeanClient:
                 timeout=10,
             )
         except ssl.SSLError as exc:
-            raise BrokerError(tls_failure(s.address, exc)) from None
+            raise BrokerError(tls_failure(s.address, exc)) from exc
         self._connack = loop.create_future()
         proto.transport.write(self._connect_packet())  # type: ignore[union-attr]
         try:
             session_present, rc = await asyncio.wait_for(self._connack, timeout=10)
-        except TimeoutError:
+        except TimeoutError as exc:
             proto.transport.abort()  # type: ignore[union-attr]
-            raise TimeoutError("no CONNACK in 10 s") from None
+            raise TimeoutError("no CONNACK in 10 s") from exc
         if rc != 0:
             proto.transport.abort()  # type: ignore[union-attr]
             raise BrokerError(refusal(s, self.name, rc))

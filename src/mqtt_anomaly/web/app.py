@@ -108,7 +108,7 @@ async def serve_http(
     try:  # bound here, not by uvicorn, which would exit the process when it cannot bind
         sock = socket.create_server((host, port), family=family)
     except OSError as exc:
-        raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound = int(sock.getsockname()[1])
     try:
         app = create_app(service, settings)

@@ -45,8 +45,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     host = host.strip("[]") or DEFAULT_HOST
     try:
         port = int(port_text)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT or PORT, got {text!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"expected HOST:PORT or PORT, got {text!r}") from exc
     if not 0 <= port < 65536:
         raise ValueError(f"port out of range: {port}")
     return host, port
@@ -140,7 +140,7 @@ def _read_token_file(path: Path) -> str:
             first = fh.readline(MAX_TOKEN_LINE)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"http.token_file: cannot read {path}: {reason}") from None
+        raise ConfigError(f"http.token_file: cannot read {path}: {reason}") from exc
     token = first.strip()
     if not token:
         what = "is empty" if not first else "has a blank first line"
