@@ -478,7 +478,8 @@ class LeanClient:
     async def _reconnect(self) -> None:
         pauses = self.backoff.delays()  # from the first pause again after every outage
         while not self._closing and not self.connected:
-            await asyncio.sleep(next(pauses))
+            pause = next(pauses)
+            await asyncio.sleep(pause)
             if self._closing:
                 return
             try:
@@ -490,7 +491,9 @@ class LeanClient:
                     log.error("reconnect refused: %s; retrying", exc)
                     self._last_refusal = str(exc)
             except (OSError, TimeoutError) as exc:
-                log.debug("reconnect to %s failed: %s", self.settings.address, exc)
+                log.debug(
+                    "reconnect to %s after %.3f s failed: %s", self.settings.address, pause, exc
+                )
 
     async def _keepalive(self) -> None:
         ka = self.settings.keepalive
