@@ -138,9 +138,10 @@ def _load_with_env(mp: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
 
 
 def _assert_setting_names(env: dict[str, Any], where: str) -> None:
-    for key in env:
-        if key.startswith(ENV_PREFIX):
-            assert key in SETTINGS_ENV, f"{where}: {key} is not a setting"
+    names = [key for key in env if key.startswith(ENV_PREFIX)]
+    assert names, f"{where}: no {ENV_PREFIX}* setting found"
+    for key in names:
+        assert key in SETTINGS_ENV, f"{where}: {key} is not a setting"
 
 
 # ---- every YAML file ------------------------------------------------------------------------
@@ -319,6 +320,7 @@ def test_compose_services_and_profiles(compose: dict[str, Any]) -> None:
 
 
 def test_compose_env_names_are_settings(compose: dict[str, Any]) -> None:
+    assert _ours(compose), "no compose service built from the Dockerfile"
     for name, svc in _ours(compose).items():
         env = svc.get("environment", {})
         assert isinstance(env, dict), f"{name}: environment as a mapping"
@@ -327,6 +329,7 @@ def test_compose_env_names_are_settings(compose: dict[str, Any]) -> None:
 
 
 def test_compose_commands_exist(compose: dict[str, Any]) -> None:
+    assert _ours(compose), "no compose service built from the Dockerfile"
     for name, svc in _ours(compose).items():
         command = svc["command"]
         result = CliRunner().invoke(app, [*command, "--help"])
@@ -375,6 +378,9 @@ def test_compose_simulator_configuration_loads(
 def test_compose_files_secrets_volumes_exist(compose: dict[str, Any]) -> None:
     declared_secrets = compose["secrets"]
     declared_volumes = set(compose.get("volumes", {}))
+    assert declared_secrets, "no secrets declared"
+    for key in ("secrets", "volumes", "depends_on", "ports"):
+        assert any(svc.get(key) for svc in compose["services"].values()), f"no service {key}"
     for name, spec in declared_secrets.items():
         path = ROOT / spec["file"]
         assert path.parent.is_dir()
@@ -437,6 +443,7 @@ def test_compose_grafana_uses_the_existing_provisioning(compose: dict[str, Any])
     dash_dir = provider["providers"][0]["options"]["path"]
     assert ROOT / mounts[dash_dir] == DEPLOY / "grafana" / "dashboards"
     datasources = _load(DEPLOY / "grafana" / "provisioning" / "datasources" / "mqtt-anomaly.yaml")
+    assert datasources["datasources"], "no Grafana datasource provisioned"
     for ds in datasources["datasources"]:
         host = urlsplit(ds["url"] if "://" in ds["url"] else f"x://{ds['url']}").hostname
         assert host in compose["services"], f"datasource {ds['name']}: no service {host}"
@@ -488,6 +495,7 @@ def test_k8s_overlays_are_dev_and_prod() -> None:
 @pytest.mark.parametrize("directory", [BASE, *_overlays()], ids=lambda p: p.name)
 def test_k8s_kustomization_references_exist(directory: Path) -> None:
     k = _kustomization(directory)
+    assert k.get("resources"), f"{directory.name}: no resources"
     for res in k.get("resources", []):
         assert (directory / res).exists(), f"{directory.name}: resource {res} missing"
         if (directory / res).is_dir():
@@ -501,8 +509,11 @@ def test_k8s_overlay_patches_target_base_objects(overlay: Path) -> None:
     base = _base_objects()
     k = _kustomization(overlay)
     assert "../../base" in k["resources"]
+    assert k.get("patches"), f"{overlay.name}: no patches"
+    patched = 0
     for patch in k.get("patches", []):
         for doc in _load_all(overlay / patch["path"]):
+            patched += 1
             target = _find(base, doc["kind"], doc["metadata"]["name"])
             assert doc["apiVersion"] == target["apiVersion"]
             if doc["kind"] == "StatefulSet":
@@ -512,6 +523,7 @@ def test_k8s_overlay_patches_target_base_objects(overlay: Path) -> None:
                 base_vols = {v["name"] for v in target["spec"]["template"]["spec"]["volumes"]}
                 for v in doc["spec"]["template"]["spec"].get("volumes", []):
                     assert v["name"] in base_vols
+    assert patched, f"{overlay.name}: the patches hold no documents"
     image = _container(base)["image"]
     assert [i["name"] for i in k["images"]] == [image]
 
@@ -564,6 +576,7 @@ def test_k8s_services_and_pdb_select_the_pod() -> None:
     assert {"mqtt-anomaly", "mqtt-anomaly-metrics"} <= {s["metadata"]["name"] for s in services}
     for svc in services:
         assert svc["spec"]["selector"].items() <= pod_labels.items()
+        assert svc["spec"]["ports"], f"service {svc['metadata']['name']}: no ports"
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in port_names
     pdb = _find(objs, "PodDisruptionBudget")
@@ -683,6 +696,7 @@ def test_rendered_overlay_validates(overlay: Path, tmp_path: Path) -> None:
     )
     assert render.returncode == 0, render.stderr
     objs = [d for d in yaml.safe_load_all(render.stdout) if d]
+    assert objs, f"{overlay.name}: kustomize rendered nothing"
     namespace = _kustomization(overlay)["namespace"]
     for obj in objs:
         if obj["kind"] != "Namespace":

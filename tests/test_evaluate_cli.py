@@ -107,6 +107,7 @@ def test_nab_json_on_a_subset(subset: Path, tmp_path: Path) -> None:
     assert len(rows) - 1 == len(corpus.by_name["realTraffic/speed_7578.csv"])
     scores = nab.load_results(results, "zscore", corpus)
     assert len(scores) == 3
+    assert set(zscore["profiles"]) == set(nab.PROFILE_NAMES)
     for profile, got in zscore["profiles"].items():
         again = nab.score_at(corpus, scores, profile, got["threshold"])
         assert again.raw == pytest.approx(got["raw"], abs=1e-6)

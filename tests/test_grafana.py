@@ -165,7 +165,9 @@ def test_sql_references_schema_tables() -> None:
 def test_provisioning_matches_dashboard() -> None:
     sources = yaml.safe_load((GRAFANA / "provisioning/datasources/mqtt-anomaly.yaml").read_text())
     uids = {s["uid"]: s["type"] for s in sources["datasources"]}
+    assert uids, "no datasource provisioned"
     d = dashboard()
+    assert d["panels"], "no panel in the dashboard"
     for panel in d["panels"]:
         ds = panel.get("datasource")
         if ds:
@@ -197,10 +199,13 @@ def test_sql_runs_against_the_schema(pg_url: str) -> None:
             " message) VALUES ('SENSOR-01', 'threshold', 'critical', 'raised', 98.2, 1.0,"
             " extract(epoch from now()), '')"
         )
+        ran = 0
         for t in targets("postgres"):
+            ran += 1
             query = t["rawSql"]
             for macro, value in SQL_MACROS.items():
                 query = query.replace(macro, value)
             assert "$" not in query, f"unfilled macro in {query!r}"
             rows = conn.execute(query.encode()).fetchall()
             assert rows, f"no rows from {query!r}"
+        assert ran >= 5, "too few PostgreSQL queries found in the dashboard"

@@ -283,6 +283,7 @@ def test_backlog_grows_while_the_broker_is_down_and_drains_after(
     seqs: dict[bytes, list[int]] = {}
     for g in got:
         seqs.setdefault(g.key, []).append(msgspec.json.decode(g.value, type=Reading).seq)
+    assert sum(len(s) for s in seqs.values()) == 150, seqs
     assert all(s == list(range(1, 16)) for s in seqs.values())  # waiting kept the order
 
 

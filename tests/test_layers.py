@@ -215,7 +215,9 @@ def _package_sources() -> tuple[dict[str, str], set[str]]:
 def test_every_module_has_a_layer() -> None:
     eager = eager_root_names()
     undeclared = []
-    for name in all_modules():
+    modules = all_modules()
+    assert len(modules) > 50, f"only {len(modules)} modules found under {SRC}"
+    for name in modules:
         try:
             layer_of(name, eager)
         except LookupError as exc:
@@ -225,6 +227,7 @@ def test_every_module_has_a_layer() -> None:
 
 def test_no_module_imports_a_layer_above_it() -> None:
     sources, packages = _package_sources()
+    assert len(sources) > 50 and packages, f"only {len(sources)} modules found under {SRC}"
     found = violations(sources, packages, eager_root_names())
     assert not found, "imports against the layer order:\n" + "\n".join(found)
 

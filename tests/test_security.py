@@ -117,6 +117,7 @@ def test_generated_configuration(cert_broker: tuple[Bundle, Mosquitto]) -> None:
     assert "topic write mqtt-anomaly/deadletter" in acl
     assert "topic write mqtt-anomaly/floods" in acl and "topic read mqtt-anomaly/floods" in acl
     keys = [bundle.directory / "ca.key", bundle.directory / "broker.key"]
+    assert bundle.client_certs, "no client certificate generated"
     keys += [bundle.key(i) for i in bundle.client_certs]
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key

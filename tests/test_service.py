@@ -230,6 +230,7 @@ async def test_detector_state_survives_restart(tmp_path: Path) -> None:
     assert restarted.pipeline.sensor_ids == ["S1"]
     again = restarted.pipeline.detectors[1].state_dict()
     assert again["params"] == learned["params"]
+    assert learned["arrays"], "no learned arrays in the detector state"
     for k, v in learned["arrays"].items():
         assert (again["arrays"][k][:1] == v[:1]).all()
 

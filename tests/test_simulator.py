@@ -236,6 +236,7 @@ async def test_payload_schema_topics_seq_and_clean_shutdown(mosquitto: Mosquitto
         assert isinstance(data["value"], float) and data["unit"] == "C"
         assert abs(data["ts"] - at) < 1.0
         decode_reading(payload, data["sensor_id"], at)  # what the detector accepts
+    assert len(by_sensor(obs.readings())) == len(fleet.sensor_ids) == 3
     for sid, rs in by_sensor(obs.readings()).items():
         assert [r["seq"] for r in rs] == list(range(10)), sid
         ts = [r["ts"] for r in rs]

@@ -14,9 +14,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .console import RateLimitedLog
+from .retry import Backoff
 from .sinks.base import DurableSink
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .transport.lean import HeldAcks
 
 log = logging.getLogger(__name__)
+
+SAVE_RETRY: Final = Backoff.fixed(0.5)
+"""The pause before a round is tried again after the state could not be saved (a full disk)."""
 
 
 class DeliveryTracker:
@@ -53,7 +57,7 @@ class DeliveryTracker:
         min_interval: float = 0.1,
         idle: float = 0.002,
         warn_after: float = 5.0,
-        retry_after: float = 0.5,
+        retry: Backoff = SAVE_RETRY,
     ) -> None:
         self.client = client
         self.sinks = list(sinks)
@@ -64,7 +68,7 @@ class DeliveryTracker:
         self._last_touch = 0.0
         self._last_round_end = time.monotonic()
         self._warn_after = warn_after
-        self._retry_after = retry_after
+        self._retry = retry
         self._wake = asyncio.Event()
         self._rl = RateLimitedLog(log, period=10.0)
         self.stats = DeliveryStats()
@@ -121,15 +125,17 @@ class DeliveryTracker:
                     break
 
     async def _run(self) -> None:
+        pauses = self._retry.delays()
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 return
             if await self.round():
+                pauses.reset()
                 await self._gather()
             else:  # e.g. a full disk: try again in a while, not at once
-                await asyncio.sleep(self._retry_after)
+                await asyncio.sleep(next(pauses))
 
     async def _gather(self) -> None:
         """Let the next round gather readings for ``min_interval`` (at least ten times the

@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 from .alerting import AlertBook
 from .config import Settings
 from .detectors import Detector, create
+from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError, StateFileError
 from .messages import (
@@ -258,7 +259,7 @@ class Pipeline:
         self.sensor_ids.append(sensor_id)
         self.health.append("ok")
         if slot >= len(self.last_seen):
-            self._grow_columns(min(max(16, 2 * slot), cap))
+            self._grow_columns(capacity_for(slot + 1, len(self.last_seen), limit=cap))
         self.seq.grow(slot + 1)
         self.last_active[slot] = now
         out.new_sensors.append(sensor_id)
@@ -582,19 +583,13 @@ class Pipeline:
                 ring[slot, seq & _RING] = value
 
     def _grow_columns(self, cap: int) -> None:
-        def grown(old: FloatArray, fill: float) -> FloatArray:
-            new = np.full(cap, fill)
-            new[: len(old)] = old
-            return new
-
-        self.last_value = grown(self.last_value, math.nan)
-        self.last_ts = grown(self.last_ts, math.nan)
-        self.last_seen = grown(self.last_seen, math.nan)
-        self.interval = grown(self.interval, self.settings.detector.interval)
-        self.last_active = grown(self.last_active, math.nan)
-        ring = np.full((cap, SEQ_VALUES), math.nan)
-        ring[: len(self.seq_values)] = self.seq_values
-        self.seq_values = ring
+        """Every per-slot column (and the 2-D ``seq_values`` ring) to ``cap`` slots."""
+        self.last_value = grown(self.last_value, cap, math.nan)
+        self.last_ts = grown(self.last_ts, cap, math.nan)
+        self.last_seen = grown(self.last_seen, cap, math.nan)
+        self.interval = grown(self.interval, cap, self.settings.detector.interval)
+        self.last_active = grown(self.last_active, cap, math.nan)
+        self.seq_values = grown(self.seq_values, cap, math.nan)
 
     def _classify(
         self, topic: str, payload: bytes, received_at: float, out: Output

@@ -45,6 +45,15 @@ class Backoff:
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"Backoff: jitter must be within [0, 1], not {self.jitter}")
 
+    @classmethod
+    def fixed(cls, delay: float) -> Backoff:
+        """The same pause every time: ``Backoff(delay, factor=1, max=delay)``.
+
+        >>> Backoff.fixed(0.5)
+        Backoff(initial=0.5, factor=1.0, max=0.5, jitter=0.0)
+        """
+        return cls(delay, factor=1.0, max=delay)
+
     def delays(self, rng: random.Random | None = None) -> Delays:
         """A fresh sequence of pauses (``rng`` draws the jitter; a private one by default)."""
         return Delays(self, rng)

@@ -14,9 +14,10 @@ so the rate never drifts, however long the run. A single task wakes when reading
 While the broker is unreachable every connection keeps its readings in a bounded buffer and
 delivers them on reconnect. The bound is ``simulator.buffer_size`` for the whole fleet,
 split evenly: each sensor keeps at most ``max(1, buffer_size // sensors)`` readings (0 if
-``buffer_size`` is 0) and drops its oldest beyond that; drops are counted. Reconnect delays
-are spread over the fleet (``broker.reconnect_delay`` plus up to ``sensors / 1000`` s) so that
-a large fleet does not hammer a restarted broker all at once.
+``buffer_size`` is 0) and drops its oldest beyond that; drops are counted. Reconnect pauses
+of a large fleet start spread over it (``broker.reconnect_delay`` plus up to ``sensors / 1000``
+s), grow while the broker stays away and are drawn with jitter, so that the fleet does not
+hammer a restarted broker all at once (:func:`_reconnect_policies`).
 
 Use it from code as::
 
@@ -50,6 +51,7 @@ from ..config import BrokerSettings, Settings
 from ..console import RateLimitedLog, emit
 from ..errors import ConfigError
 from ..messages import Reading, encode
+from ..retry import Backoff
 from ..topics import TopicTemplate, valid_sensor_id
 from ..transport.client import MqttClient, Will
 from .faults import FaultEvent, FaultKind, Injection
@@ -66,6 +68,7 @@ MAX_CATCHUP = 10  # readings per sensor made up at once after a stall; beyond, s
 FREEZE_GC_FROM = 1000  # fleets this large take their objects out of the garbage collector
 RECONNECTS_PER_S = 1000  # fleet-wide pace of reconnect attempts while the broker is down
 DELAY_STEPS = 64
+RECONNECT_JITTER = 0.5  # each reconnect pause of a large fleet is shortened by up to this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,7 @@ class Fleet:
         self._summary = console and not self._echo
         self._summary_every = summary_every
         self._connect_slots = asyncio.Semaphore(connect_concurrency)
-        self._brokers = _staggered(settings.broker, n)
+        self._reconnects = _reconnect_policies(settings.broker, n)
 
         self._clients: list[MqttClient] = []
         self._gen = [0] * n  # connection generation: a crash replaces the client
@@ -361,7 +364,7 @@ class Fleet:
         gen = self._gen[i]
         sid = self.sensor_ids[i]
         return MqttClient(
-            self._brokers[i % len(self._brokers)],
+            self.settings.broker,
             f"{self.settings.simulator.client_id_prefix}{sid}",
             clean_session=False,
             will=Will(self._status[i], b"offline", qos=1, retain=True),
@@ -369,6 +372,7 @@ class Fleet:
             on_disconnect=partial(self._on_disconnect, i, gen),
             buffer_size=self.buffer_per_sensor,
             name=sid,
+            backoff=self._reconnects[i % len(self._reconnects)],
         )
 
     async def _connect(self, i: int, timeout: float | None) -> None:
@@ -610,21 +614,28 @@ class Fleet:
         return self._index[sid]
 
 
-def _staggered(broker: BrokerSettings, sensors: int) -> list[BrokerSettings]:
-    """Broker settings with reconnect delays spread over ``sensors / RECONNECTS_PER_S`` s.
+def _reconnect_policies(broker: BrokerSettings, sensors: int) -> list[Backoff]:
+    """The fleet's reconnect pauses: :data:`DELAY_STEPS` policies, sensor ``i`` takes
+    ``i % DELAY_STEPS``.
 
-    While the broker is down every connection retries on its own; with one delay for all,
-    10,000 connections retry twice a second in step and all knock at once when the broker is
-    back. Measured at 10,000 sensors after a 5 s outage (busy 2-core machine): 32 s to
-    recover with 7 s scheduler stalls with one delay, 25 s with 2.5 s stalls spread out.
-    Spread delays keep the attempts near ``RECONNECTS_PER_S`` per second fleet-wide.
+    While the broker is down every connection retries on its own; with one fixed delay for
+    all, 10,000 connections retry twice a second in step and all knock at once when the broker
+    is back. Measured at 10,000 sensors after a 5 s outage (busy 2-core machine): 32 s to
+    recover with 7 s scheduler stalls with one delay, 25 s with 2.5 s stalls with the first
+    pauses spread over ``sensors / RECONNECTS_PER_S`` s. So a large fleet's policies start at
+    ``broker.reconnect_delay`` plus a step of that spread, double after each failed attempt
+    up to the longest first pause (so the longest wait once the broker is back stays what the
+    spread made it), and draw each pause with :data:`RECONNECT_JITTER`, so the sensors that
+    share a step do not retry in step either. A small fleet (under 100 sensors) keeps the
+    fixed ``broker.reconnect_delay``.
     """
+    base = broker.reconnect_delay
     spread = sensors / RECONNECTS_PER_S
     if spread < 0.1:
-        return [broker]
-    base = broker.reconnect_delay
+        return [Backoff.fixed(base)]
+    cap = base + spread
     return [
-        broker.model_copy(update={"reconnect_delay": base + spread * j / (DELAY_STEPS - 1)})
+        Backoff(min(cap, base + spread * j / (DELAY_STEPS - 1)), 2.0, cap, RECONNECT_JITTER)
         for j in range(DELAY_STEPS)
     ]
 

@@ -16,7 +16,10 @@ gmqtt leaves to the application:
   service's own connection (:mod:`.lean`).
 
 gmqtt's own machinery re-sends unacknowledged QoS 1/2 messages after a reconnect and
-reconnects by itself after a lost connection.
+reconnects by itself after a lost connection; the pauses between its attempts, as between
+those of the first connection, follow the client's :class:`~mqtt_anomaly.retry.Backoff` (by
+default the fixed ``broker.reconnect_delay``; the fleet gives each sensor a growing one with
+jitter).
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from gmqtt.mqtt.constants import MQTTv311
 
 from ..config import BrokerSettings
 from ..errors import BrokerError
+from ..retry import Backoff, Delays
 from .codec import CONNACK_REASONS, Will
 from .connection import (
     ClientStats,
     await_suback,
     closed_before_connack,
     connect_with_retry,
+    fixed_retry,
     ssl_context,
     tls_failure,
 )
@@ -51,9 +56,22 @@ MessageHandler = Callable[[str, bytes, bool], None]
 
 
 class _GmqttClient(gmqtt.Client):  # type: ignore[misc]
-    """gmqtt's client, remembering why its last connection was lost (e.g. a TLS alert)."""
+    """gmqtt's client, remembering why its last connection was lost (e.g. a TLS alert), its
+    reconnect pauses taken from ``pauses`` (gmqtt's own: one fixed ``reconnect_delay``)."""
 
     lost_exc: BaseException | None = None
+    pauses: Delays | None = None
+    name = ""
+
+    async def reconnect(self, delay: bool = False) -> None:
+        # gmqtt sleeps config["reconnect_delay"] before a delayed attempt and calls this again
+        # after each failed one; _allow_reconnect() is its own check, so a call it ignores
+        # (a reconnect already under way) takes no pause
+        if delay and self.pauses is not None and self._allow_reconnect():
+            pause = next(self.pauses)
+            self.set_config({"reconnect_delay": pause})
+            log.debug("%s: reconnecting in %.3f s", self.name, pause)
+        await super().reconnect(delay=delay)
 
     async def _create_connection(self, *args: object, **kwargs: object) -> object:
         self.lost_exc = None
@@ -88,10 +106,12 @@ class MqttClient:
         on_disconnect: Callable[[], None] | None = None,
         buffer_size: int = 100_000,
         name: str = "",
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
         self.name = name or client_id
+        self.backoff = backoff or fixed_retry(settings)  # pauses between connection attempts
         self.stats = ClientStats()
         self._on_message = on_message
         self._user_on_connect = on_connect
@@ -112,6 +132,8 @@ class MqttClient:
         self._client.set_config(
             {"reconnect_delay": settings.reconnect_delay, "reconnect_retries": -1}
         )
+        self._client.pauses = self.backoff.delays()
+        self._client.name = self.name
         if settings.username:
             self._client.set_auth_credentials(settings.username, settings.secret_password())
         self._client.on_connect = self._handle_connect
@@ -123,6 +145,8 @@ class MqttClient:
     # ---- gmqtt callbacks -------------------------------------------------------------
     def _handle_connect(self, _c: object, flags: int, rc: int, _props: object) -> None:
         self.stats.connects += 1
+        if self._client.pauses is not None:
+            self._client.pauses.reset()
         self._connected.set()
         session_present = bool(flags)
         if self._filters and not session_present:
@@ -163,7 +187,9 @@ class MqttClient:
 
         A refusal by the broker raises :class:`BrokerError` at once.
         """
-        await connect_with_retry(self._attempt, self.settings, timeout=timeout, retry=retry)
+        await connect_with_retry(
+            self._attempt, self.settings, timeout=timeout, retry=retry, backoff=self.backoff
+        )
 
     async def _attempt(self) -> None:
         """One attempt, gmqtt's and the TLS layer's refusals translated to BrokerError."""

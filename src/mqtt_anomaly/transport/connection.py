@@ -10,7 +10,9 @@ failure from either; this module imports no MQTT library.
 - :func:`tls_failure`, :func:`closed_before_connack`, :func:`refusal`: one line for a failed
   handshake, a connection closed before CONNACK, a CONNACK refusal (its return code as text,
   :data:`~.codec.CONNACK_REASONS`);
-- :func:`connect_with_retry`: retry while unreachable, fail at once when refused;
+- :func:`connect_with_retry`: retry while unreachable, fail at once when refused; the pauses
+  between attempts follow a :class:`~mqtt_anomaly.retry.Backoff` (:func:`fixed_retry`, the
+  fixed ``broker.reconnect_delay``, unless the caller gives another);
 - :func:`await_suback`: a refused subscription is a :class:`~mqtt_anomaly.errors.BrokerError`.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from ..config import BrokerSettings
 from ..errors import BrokerError, ConfigError
+from ..retry import Backoff
 from .codec import SUBACK_FAILURE, connack_reason
 
 log = logging.getLogger(__name__)
@@ -122,30 +125,44 @@ def closed_before_connack(settings: BrokerSettings, name: str, exc: BaseExceptio
     )
 
 
+def fixed_retry(settings: BrokerSettings) -> Backoff:
+    """The default pauses between connection attempts: ``broker.reconnect_delay`` each time."""
+    return Backoff.fixed(settings.reconnect_delay)
+
+
 async def connect_with_retry(
     attempt: Callable[[], Awaitable[None]],
     settings: BrokerSettings,
     *,
     timeout: float | None,
     retry: bool,
+    backoff: Backoff | None = None,
 ) -> None:
     """Run ``attempt`` until it succeeds, retrying while the broker is unreachable (OSError,
     TimeoutError) until ``timeout`` (None = forever); anything else, a refusal included, ends
-    it at once. One warning for the whole outage."""
+    it at once. The pauses between attempts follow ``backoff`` (by default
+    :func:`fixed_retry`), the last one shortened to end at ``timeout``. One warning for the
+    whole outage; each failed attempt is a debug line with the pause before the next."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    warned = False
+    pauses = (backoff or fixed_retry(settings)).delays()
     while True:
         try:
             await attempt()
             return
         except (TimeoutError, OSError) as exc:
-            if not retry or (deadline is not None and loop.time() >= deadline):
+            now = loop.time()
+            if not retry or (deadline is not None and now >= deadline):
                 raise BrokerError(f"cannot reach broker at {settings.address}: {exc}") from exc
-            if not warned:
+            if not pauses.started:
                 log.warning("broker %s unreachable (%s); retrying", settings.address, exc)
-                warned = True
-            await asyncio.sleep(settings.reconnect_delay)
+            pause = next(pauses)
+            if deadline is not None:
+                pause = min(pause, deadline - now)
+            log.debug(
+                "broker %s unreachable (%s); next attempt in %.3f s", settings.address, exc, pause
+            )
+            await asyncio.sleep(pause)
 
 
 async def await_suback(

@@ -21,8 +21,9 @@ cost per reading. This connection does only what the detector service needs, in 
   window (a full window never raises). While disconnected they wait in the same queue,
   bounded by ``buffer_size`` (the oldest are dropped). When the queue passes
   ``broker.max_queued`` the intake is held (see :attr:`LeanClient.intake_held`);
-- persistent session (clean session off), keepalive pings, reconnect with a fixed delay, TLS and
-  username/password from :class:`~mqtt_anomaly.config.BrokerSettings`.
+- persistent session (clean session off), keepalive pings, reconnect with the pauses of a
+  :class:`~mqtt_anomaly.retry.Backoff` (by default the fixed ``broker.reconnect_delay``), TLS
+  and username/password from :class:`~mqtt_anomaly.config.BrokerSettings`.
 
 It implements the client side of MQTT 3.1.1 for QoS 0/1 subscriptions and QoS 0/1 publishing
 (an incoming QoS 2 message is received with PUBREC/PUBCOMP). Its packets are built and parsed
@@ -44,6 +45,7 @@ from typing import Any
 
 from ..config import BrokerSettings
 from ..errors import BrokerError
+from ..retry import Backoff
 from .codec import (
     CONNACK,
     DISCONNECT_PACKET,
@@ -68,6 +70,7 @@ from .connection import (
     await_suback,
     closed_before_connack,
     connect_with_retry,
+    fixed_retry,
     refusal,
     ssl_context,
     tls_failure,
@@ -127,8 +130,10 @@ class LeanClient:
         name: str = "",
         clock: Callable[[], float] = time.time,
         hold_acks: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
+        self.backoff = backoff or fixed_retry(settings)  # pauses between connection attempts
         self.client_id = client_id
         self.name = name or client_id
         self.stats = ClientStats()
@@ -380,7 +385,9 @@ class LeanClient:
         A refusal by the broker raises :class:`BrokerError` at once.
         """
         self._closing = False
-        await connect_with_retry(self._open, self.settings, timeout=timeout, retry=retry)
+        await connect_with_retry(
+            self._open, self.settings, timeout=timeout, retry=retry, backoff=self.backoff
+        )
         self._spawn(self._keepalive())
 
     async def _open(self) -> None:
@@ -469,8 +476,10 @@ class LeanClient:
             self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
+        pauses = self.backoff.delays()  # from the first pause again after every outage
         while not self._closing and not self.connected:
-            await asyncio.sleep(self.settings.reconnect_delay)
+            pause = next(pauses)
+            await asyncio.sleep(pause)
             if self._closing:
                 return
             try:
@@ -482,7 +491,9 @@ class LeanClient:
                     log.error("reconnect refused: %s; retrying", exc)
                     self._last_refusal = str(exc)
             except (OSError, TimeoutError) as exc:
-                log.debug("reconnect to %s failed: %s", self.settings.address, exc)
+                log.debug(
+                    "reconnect to %s after %.3f s failed: %s", self.settings.address, pause, exc
+                )
 
     async def _keepalive(self) -> None:
         ka = self.settings.keepalive
