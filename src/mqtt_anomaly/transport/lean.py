@@ -72,6 +72,7 @@ from .connection import (
     ssl_context,
     tls_failure,
 )
+from .outgoing import OutgoingTracker
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,7 @@ class LeanClient:
         self._intake_held = False
         self.intake_holds = 0
         self.parked_reads = 0
-        self._serial = 0  # QoS 1 publishes issued
-        self._low = 0  # every publish up to this serial is acknowledged (or dropped)
-        self._done_out: set[int] = set()  # acknowledged above _low
-        self._out_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._outgoing = OutgoingTracker()  # serials of QoS 1 publishes, their waiters
         self._next_mid = 0
         self._filters: list[tuple[str, int]] = []
         self._proto: _Protocol | None = None
@@ -218,7 +216,7 @@ class LeanClient:
                     out = self._inflight.pop((data[i] << 8) | data[i + 1], None)
                     if out is not None:
                         self.acked += 1
-                        self._completed(out[4])
+                        self._outgoing.completed(out[4])
                 elif kind == PUBREL:  # of an incoming QoS 2 message
                     acks.append(PUBCOMP_HEAD + data[i : i + 2])
                 elif kind == SUBACK:
@@ -350,7 +348,7 @@ class LeanClient:
         proto = self._proto
         if proto is not None and proto.transport is not None:
             proto.transport.pause_reading()
-        self._wake_out_waiters(lambda ticket: True)
+        self._outgoing.release_all()
 
     def resume_reading(self) -> None:
         self._paused = False
@@ -553,7 +551,8 @@ class LeanClient:
         dropped)."""
         serial = 0
         if qos:
-            self._serial = serial = self._serial + 1
+            outgoing = self._outgoing
+            outgoing.serial = serial = outgoing.serial + 1
         queue = self._queue
         if self.connected:
             if not queue and (not qos or len(self._inflight) < self._window):
@@ -567,54 +566,22 @@ class LeanClient:
         if len(queue) >= self._buffer_size:
             self.stats.dropped += 1
             if not queue:
-                self._completed(serial)
+                self._outgoing.completed(serial)
                 return
-            self._completed(queue.popleft()[4])
+            self._outgoing.completed(queue.popleft()[4])
         queue.append((topic, payload, qos, retain, serial))
         self.stats.buffered = len(queue)
 
     # ---- tracking what we published -----------------------------------------------------
-    def _completed(self, serial: int) -> None:
-        if not serial:  # QoS 0
-            return
-        if serial != self._low + 1:
-            self._done_out.add(serial)
-            return
-        low = serial
-        done = self._done_out
-        while low + 1 in done:
-            low += 1
-            done.discard(low)
-        self._low = low
-        if self._out_waiters:
-            self._wake_out_waiters(lambda ticket: low >= ticket)
-
-    def _wake_out_waiters(self, due: Callable[[int], bool]) -> None:
-        keep = []
-        for ticket, fut in self._out_waiters:
-            if not due(ticket):
-                keep.append((ticket, fut))
-            elif not fut.done():
-                fut.set_result(None)
-        self._out_waiters = keep
-
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
-        return self._serial
+        return self._outgoing.serial
 
     async def wait_outgoing(self, ticket: int) -> None:
         """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or
         reading is paused."""
-        if self._low >= ticket or self._paused:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (ticket, fut)
-        self._out_waiters.append(waiter)
-        try:
-            await fut
-        finally:
-            if waiter in self._out_waiters:
-                self._out_waiters.remove(waiter)
+        if not self._paused:
+            await self._outgoing.wait(ticket)
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()
@@ -652,7 +619,7 @@ class LeanClient:
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every QoS 1 message published so far is acknowledged."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wait_outgoing(self._serial), timeout)
+            await asyncio.wait_for(self.wait_outgoing(self._outgoing.serial), timeout)
         return self.pending == 0
 
     async def disconnect(self) -> None:
