@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from ._common import TableDetector
-from ._stats import ewma_update, floor_rate, floored_std
+from ._stats import band, ewma_update, floor_rate, floored_std
 from .base import Field, FloatArray, IntArray, Scores
 
 
@@ -86,9 +86,7 @@ class SeasonalDetector(TableDetector):
         dev = values - mean
         ready = n >= self.min_count
         score = np.where(ready, np.clip(np.abs(dev) / std / (2 * self.z_alert), 0.0, 1.0), 0.0)
-        half = self.z_alert * std
-        low = np.where(ready, mean - half, np.nan)
-        high = np.where(ready, mean + half, np.nan)
+        low, high = band(mean, self.z_alert * std, ready)
         # learn: running mean/variance for a new bin, then winsorised EWMA
         a = floor_rate(n, self.alpha)
         st["mean"][slots, b], st["var"][slots, b] = ewma_update(
