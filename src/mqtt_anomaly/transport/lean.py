@@ -113,6 +113,46 @@ class HeldAcks:
     broker sends them again, so these must not be written to the new one."""
 
 
+class AckHold:
+    """The acknowledgements a connection holds (``hold_acks``): those of one connection, in
+    the order their messages came; a new connection's replace them (the broker sends the old
+    ones' messages again)."""
+
+    __slots__ = ("_connection", "_packets", "count")
+
+    def __init__(self) -> None:
+        self._packets: list[bytes] = []
+        self.count = 0
+        """How many messages the held acknowledgements acknowledge."""
+        self._connection: object | None = None
+
+    def hold(self, connection: object, packets: bytes, count: int) -> None:
+        """Hold ``packets`` (acknowledging ``count`` messages) that came on ``connection``."""
+        if connection is not self._connection:  # messages of a new connection
+            self._packets, self.count, self._connection = [], 0, connection
+        self._packets.append(packets)
+        self.count += count
+
+    def take(self) -> HeldAcks:
+        """Everything held so far, in one :class:`HeldAcks`; nothing is held after."""
+        held = HeldAcks(b"".join(self._packets), self.count, self._connection)
+        self._packets, self.count = [], 0
+        return held
+
+    def give_back(self, held: HeldAcks, current: object | None) -> None:
+        """Hold ``held`` again, before what was held since, if it came on the connection
+        held for and that is still the ``current`` one."""
+        conn = held.connection
+        if held.packets and conn is self._connection and conn is current:
+            self._packets.insert(0, held.packets)
+            self.count += held.count
+
+    def drop(self, connection: object) -> None:
+        """Forget what is held for ``connection`` (it was lost: the broker sends again)."""
+        if connection is self._connection:
+            self._packets, self.count, self._connection = [], 0, None
+
+
 class LeanClient:
     """One MQTT connection for the detector service (see the module docstring)."""
 
@@ -163,9 +203,7 @@ class LeanClient:
         self._last_in = self._last_out = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.hold_acks = hold_acks
-        self._held: list[bytes] = []  # PUBACKs of processed messages, not yet sent
-        self._held_count = 0
-        self._held_proto: _Protocol | None = None
+        self._acks = AckHold()  # PUBACKs of processed messages, not yet sent
         self._paused = False
         self._intake = True
 
@@ -254,10 +292,7 @@ class LeanClient:
                 log.exception("processing a batch of %d messages failed", len(batch))
         if acks and proto.transport is not None and not proto.transport.is_closing():
             if self.hold_acks:
-                if proto is not self._held_proto:  # messages of a new connection
-                    self._held, self._held_count, self._held_proto = [], 0, proto
-                self._held.append(b"".join(acks))
-                self._held_count += len(acks)
+                self._acks.hold(proto, b"".join(acks), len(acks))
             else:
                 proto.transport.write(b"".join(acks))
                 self._last_out = time.monotonic()
@@ -266,21 +301,16 @@ class LeanClient:
     @property
     def held_acks(self) -> int:
         """Messages processed and not yet acknowledged (``hold_acks``)."""
-        return self._held_count
+        return self._acks.count
 
     def take_acks(self) -> HeldAcks:
         """The acknowledgements held so far, for :meth:`send_acks`."""
-        held = HeldAcks(b"".join(self._held), self._held_count, self._held_proto)
-        self._held, self._held_count = [], 0
-        return held
+        return self._acks.take()
 
     def return_acks(self, held: HeldAcks) -> None:
         """Hold the acknowledgements ``held`` again (their round failed), before those
         received since, if their connection is still the current one."""
-        proto = held.connection
-        if held.packets and proto is self._held_proto and proto is self._proto:
-            self._held.insert(0, held.packets)
-            self._held_count += held.count
+        self._acks.give_back(held, self._proto)
 
     def send_acks(self, held: HeldAcks) -> bool:
         """Write acknowledgements taken with :meth:`take_acks`, if their connection is still
@@ -455,8 +485,7 @@ class LeanClient:
         if proto is not self._proto:
             return
         self._proto = None
-        if proto is self._held_proto:  # the broker sends those messages again
-            self._held, self._held_count, self._held_proto = [], 0, None
+        self._acks.drop(proto)  # the broker sends those messages again
         self._parked = [p for p in self._parked if p[2] is not proto]  # sent again, too
         if self._connected.is_set():
             self.stats.disconnects += 1

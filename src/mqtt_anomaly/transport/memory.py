@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from ..config import BrokerSettings
 from .client import ClientStats
-from .lean import Batch, HeldAcks
+from .lean import AckHold, Batch, HeldAcks
 from .outgoing import OutgoingTracker
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,7 @@ class MemoryTransport:
         self._outgoing = OutgoingTracker()
         self.acked = 0  # PUBACKs of our publishes received
         # incoming acknowledgements held (hold_acks): packet ids, as 2-byte big-endian
-        self._held: list[bytes] = []
-        self._held_count = 0
-        self._held_conn: object | None = None
+        self._acks = AckHold()
 
     # ---- connection ----------------------------------------------------------------------
     @property
@@ -285,8 +283,8 @@ class MemoryTransport:
     def _lost(self) -> None:
         if self._conn is None:
             return
+        self._acks.drop(self._conn)  # sent again, too
         self._conn = None
-        self._held, self._held_count, self._held_conn = [], 0, None  # sent again, too
         self.stats.disconnects += 1
         if self._on_disconnect is not None:
             self._on_disconnect()
@@ -352,27 +350,19 @@ class MemoryTransport:
         if not acks or self._conn is None:
             return
         if self.hold_acks:
-            if self._conn is not self._held_conn:
-                self._held, self._held_count, self._held_conn = [], 0, self._conn
-            self._held.append(b"".join(acks))
-            self._held_count += len(acks)
+            self._acks.hold(self._conn, b"".join(acks), len(acks))
         else:
             self.broker._puback(self.client_id, _mids(b"".join(acks)))
 
     @property
     def held_acks(self) -> int:
-        return self._held_count
+        return self._acks.count
 
     def take_acks(self) -> HeldAcks:
-        held = HeldAcks(b"".join(self._held), self._held_count, self._held_conn)
-        self._held, self._held_count = [], 0
-        return held
+        return self._acks.take()
 
     def return_acks(self, held: HeldAcks) -> None:
-        conn = held.connection
-        if held.packets and conn is self._held_conn and conn is self._conn:
-            self._held.insert(0, held.packets)
-            self._held_count += held.count
+        self._acks.give_back(held, self._conn)
 
     def send_acks(self, held: HeldAcks) -> bool:
         if not held.packets or held.connection is not self._conn:
