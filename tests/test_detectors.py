@@ -341,6 +341,9 @@ def test_scores_are_bit_identical(name: str, args: str) -> None:
         ("zscore", {"z_alert": -1.0}, "z_alert must be positive"),
         ("changepoint", {"rel_std": -1e-3}, "rel_std non-negative"),
         ("changepoint", {"warmup": 1}, "warmup >= 2"),
+        ("seasonal", {"alpha": 0.0}, "alpha must be in"),
+        ("seasonal", {"min_std": -1.0}, "min_std and rel_std non-negative"),
+        ("seasonal", {"bins": 0}, "bins, z_alert and min_count must be positive"),
     ],
 )
 def test_the_ewma_detectors_refuse_bad_parameters(

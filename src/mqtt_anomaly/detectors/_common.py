@@ -7,6 +7,7 @@ memory per slot stays constant.
 
 :class:`EwmaDetector` keeps per slot a count and a winsorised exponentially weighted mean and
 variance (:mod:`._stats`), checks and stores the parameters they take and learns them;
+:func:`check_ewma` checks those parameters (for a detector keeping them its own way);
 :func:`known_band` is the frame of an ``expected_band`` (NaN for slots never seen).
 
 :func:`log10_tail` is ``log10`` of the upper tail of the standard normal, computed without
@@ -92,6 +93,14 @@ def known_band(
     return low, high
 
 
+def check_ewma(alpha: float, clip: float, min_std: float, rel_std: float) -> None:
+    """Refuse parameters of a winsorised EWMA with a floored deviation that cannot work."""
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    if clip <= 0 or min_std < 0 or rel_std < 0:
+        raise ValueError("clip must be positive, min_std and rel_std non-negative")
+
+
 class EwmaDetector(Detector):
     """A detector that standardises each reading against a learned reference: per slot the
     count ``n`` and a winsorised exponentially weighted ``mean`` and ``var`` (a plain running
@@ -106,10 +115,7 @@ class EwmaDetector(Detector):
     def __init__(
         self, *, alpha: float, warmup: int, clip: float, min_std: float, rel_std: float
     ) -> None:
-        if not 0 < alpha < 1:
-            raise ValueError("alpha must be in (0, 1)")
-        if clip <= 0 or min_std < 0 or rel_std < 0:
-            raise ValueError("clip must be positive, min_std and rel_std non-negative")
+        check_ewma(alpha, clip, min_std, rel_std)
         self.alpha = float(alpha)
         self.warmup = int(warmup)
         self.clip = float(clip)

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._common import TableDetector
+from ._common import TableDetector, check_ewma
 from ._stats import band, ewma_update, floor_rate, floored_std
 from .base import Field, FloatArray, IntArray, Scores
 
@@ -51,10 +51,9 @@ class SeasonalDetector(TableDetector):
         min_std: float = 0.01,
         rel_std: float = 1e-3,
     ) -> None:
-        if period <= 0 or bins < 1 or not 0 < alpha < 1:
-            raise ValueError("period and bins must be positive, alpha in (0, 1)")
-        if z_alert <= 0 or clip <= 0 or min_count < 1 or min_std < 0 or rel_std < 0:
-            raise ValueError("z_alert, clip and min_count must be positive, floors non-negative")
+        if period <= 0 or bins < 1 or z_alert <= 0 or min_count < 1:
+            raise ValueError("period, bins, z_alert and min_count must be positive")
+        check_ewma(alpha, clip, min_std, rel_std)
         self.period = float(period)
         self.bins = int(bins)
         self.alpha = float(alpha)
