@@ -331,3 +331,23 @@ def test_scores_are_bit_identical(name: str, args: str) -> None:
     params = {k: float(v) for k, v in (a.split("=") for a in args.split(", ") if a)}
     det = create(name, DetectorSettings(params={name: params}))
     assert _digest(det) == NUMBERS[name, args]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("zscore", {"alpha": 1.0}, "alpha must be in"),
+        ("zscore", {"clip": 0.0}, "clip must be positive"),
+        ("zscore", {"z_alert": -1.0}, "z_alert must be positive"),
+        ("changepoint", {"rel_std": -1e-3}, "rel_std non-negative"),
+        ("changepoint", {"warmup": 1}, "warmup >= 2"),
+        ("seasonal", {"alpha": 0.0}, "alpha must be in"),
+        ("seasonal", {"min_std": -1.0}, "min_std and rel_std non-negative"),
+        ("seasonal", {"bins": 0}, "bins, z_alert and min_count must be positive"),
+    ],
+)
+def test_the_ewma_detectors_refuse_bad_parameters(
+    name: str, params: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        registry.get(name)(**params)

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         # web.settings is the [http] section of the configuration.
         (
             "errors",
+            "_lifecycle",
             "config",
             "web.settings",
             "messages",

@@ -11,7 +11,7 @@ from mqtt_anomaly.config import BrokerSettings
 from mqtt_anomaly.errors import BrokerError
 from mqtt_anomaly.pki import mosquitto_hash
 from mqtt_anomaly.transport import codec
-from mqtt_anomaly.transport.lean import Batch, LeanClient, _Protocol
+from mqtt_anomaly.transport.lean import AckHold, Batch, LeanClient, _Protocol
 
 from .helpers import eventually
 from .mosquitto import Mosquitto, free_port
@@ -273,3 +273,31 @@ async def test_long_outgoing_queue_holds_the_intake(mosquitto: Mosquitto) -> Non
     finally:
         await feeder.disconnect()
         await client.disconnect()
+
+
+def test_ack_hold_keeps_one_connection_and_gives_back_in_order() -> None:
+    first, second = object(), object()
+    hold = AckHold()
+    hold.hold(first, b"\x40\x02\x00\x01", 1)
+    hold.hold(first, b"\x40\x02\x00\x02\x40\x02\x00\x03", 2)
+    taken = hold.take()
+    assert (taken.packets, taken.count, taken.connection) == (
+        b"\x40\x02\x00\x01\x40\x02\x00\x02\x40\x02\x00\x03",
+        3,
+        first,
+    )
+    assert hold.count == 0
+    hold.hold(first, b"\x40\x02\x00\x04", 1)
+    hold.give_back(taken, first)  # its round failed: ahead of what came since
+    again = hold.take()
+    assert again.count == 4 and again.packets.startswith(taken.packets)
+    hold.give_back(again, second)  # no longer the current connection: dropped
+    assert hold.count == 0
+    hold.hold(first, b"\x40\x02\x00\x05", 1)
+    hold.hold(second, b"\x40\x02\x00\x06", 1)  # a new connection replaces the old one's
+    assert hold.take().packets == b"\x40\x02\x00\x06"
+    hold.hold(second, b"\x40\x02\x00\x07", 1)
+    hold.drop(first)  # not the one held for: kept
+    assert hold.count == 1
+    hold.drop(second)
+    assert hold.count == 0 and hold.take().connection is None

@@ -42,6 +42,18 @@ ENV_PREFIX = "MQTT_ANOMALY_"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
 
+def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
+    """``value``, else the first line of ``file`` (named ``key`` in the error), else None."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        try:
+            return file.read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"{key}: cannot read: {exc}") from exc
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,14 +121,7 @@ class BrokerSettings(_Section):
 
     def secret_password(self) -> str | None:
         """The password from ``password`` or the first line of ``password_file``."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
-                raise ConfigError(f"broker.password_file: cannot read: {exc}") from exc
-        return None
+        return _secret(self.password, self.password_file, "broker.password_file")
 
 
 class TopicSettings(_Section):
@@ -419,14 +424,7 @@ class KafkaSettings(_Section):
 
     def secret_password(self) -> str | None:
         """The SASL password from ``sasl_password`` or the first line of ``sasl_password_file``."""
-        if self.sasl_password is not None:
-            return self.sasl_password.get_secret_value()
-        if self.sasl_password_file is not None:
-            try:
-                return self.sasl_password_file.read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
-                raise ConfigError(f"kafka.sasl_password_file: cannot read: {exc}") from exc
-        return None
+        return _secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
 
 
 class ServiceSettings(_Section):

@@ -33,9 +33,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
+from ._lifecycle import AsyncClosing
 from .config import Settings
 from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
@@ -63,7 +63,7 @@ DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
 __all__ = ["DetectorService", "Listener", "run_service", "save_state", "write_state"]
 
 
-class DetectorService:
+class DetectorService(AsyncClosing):
     """Subscribe, detect, alert. ``await service.run(stop_event)`` until ``stop_event`` is set,
     or ``async with service:`` (start on entry, clean stop on exit).
 
@@ -278,16 +278,7 @@ class DetectorService:
                 log.exception("a service task had failed")
         await self.shutdown()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self, clean: bool) -> None:
         await self.close()
 
     async def run(self, stop: asyncio.Event) -> None:

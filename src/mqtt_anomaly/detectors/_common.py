@@ -1,8 +1,14 @@
-"""Shared pieces of the detectors: per-slot tables, the Gaussian tail, tail-to-score mapping.
+"""Shared pieces of the detectors: per-slot tables, a learned reference, expected bands, the
+Gaussian tail, tail-to-score mapping.
 
 :class:`TableDetector` lets a detector keep a fixed-size row of values per slot (a time-of-day
 profile, a hashed context table): ``shapes()`` gives the trailing shape of such a field. The
 memory per slot stays constant.
+
+:class:`EwmaDetector` keeps per slot a count and a winsorised exponentially weighted mean and
+variance (:mod:`._stats`), checks and stores the parameters they take and learns them;
+:func:`check_ewma` checks those parameters (for a detector keeping them its own way);
+:func:`known_band` is the frame of an ``expected_band`` (NaN for slots never seen).
 
 :func:`log10_tail` is ``log10`` of the upper tail of the standard normal, computed without
 underflow (so a 40-sigma reading still gets a finite, ordered value), and :func:`tail_score`
@@ -17,12 +23,14 @@ maps a tail probability to a score: 0.5 at ``1e-5`` (the alert level), 1.0 at ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._grow import capacity_for, grown
-from .base import Detector, FloatArray
+from ._stats import ewma_update, floored_std, warmup_rate
+from .base import Detector, Field, FloatArray, IntArray, nan_band
 
 _LN10 = float(np.log(10.0))
 # Chebyshev fit of erfc (Numerical Recipes' erfcc, fractional error below 1.2e-7)
@@ -73,3 +81,78 @@ class TableDetector(Detector):
         for k, f in self.fields().items():
             self.state[k] = grown(self.state[k], cap, f.fill, shape=shapes.get(k, ()))
         self.capacity = cap
+
+
+def known_band(
+    slots: IntArray, capacity: int, band: Callable[[IntArray], tuple[FloatArray, FloatArray]]
+) -> tuple[FloatArray, FloatArray]:
+    """An ``expected_band``: ``band(slots)`` for the slots within ``capacity``, NaN for the rest."""
+    low, high = nan_band(len(slots)), nan_band(len(slots))
+    known = slots < capacity
+    low[known], high[known] = band(slots[known])
+    return low, high
+
+
+def check_ewma(alpha: float, clip: float, min_std: float, rel_std: float) -> None:
+    """Refuse parameters of a winsorised EWMA with a floored deviation that cannot work."""
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    if clip <= 0 or min_std < 0 or rel_std < 0:
+        raise ValueError("clip must be positive, min_std and rel_std non-negative")
+
+
+class EwmaDetector(Detector):
+    """A detector that standardises each reading against a learned reference: per slot the
+    count ``n`` and a winsorised exponentially weighted ``mean`` and ``var`` (a plain running
+    mean and variance for the first ``warmup`` readings), with a floored deviation."""
+
+    alpha: float
+    warmup: int
+    clip: float
+    min_std: float
+    rel_std: float
+
+    def __init__(
+        self, *, alpha: float, warmup: int, clip: float, min_std: float, rel_std: float
+    ) -> None:
+        check_ewma(alpha, clip, min_std, rel_std)
+        self.alpha = float(alpha)
+        self.warmup = int(warmup)
+        self.clip = float(clip)
+        self.min_std = float(min_std)
+        self.rel_std = float(rel_std)
+        super().__init__()
+
+    def fields(self) -> Mapping[str, Field]:
+        return {
+            "n": Field(np.int64, 0),
+            "mean": Field(np.float64, 0.0),
+            "var": Field(np.float64, 0.0),
+        }
+
+    def _reference(
+        self, slots: IntArray
+    ) -> tuple[NDArray[np.int64], FloatArray, FloatArray, FloatArray]:
+        """``(n, mean, var, std)`` of ``slots`` (``std`` floored)."""
+        st = self.state
+        n = st["n"][slots]
+        mean = st["mean"][slots]
+        var = st["var"][slots]
+        return n, mean, var, floored_std(var, mean, self.min_std, self.rel_std)
+
+    def _learn(
+        self,
+        slots: IntArray,
+        n: NDArray[np.int64],
+        mean: FloatArray,
+        var: FloatArray,
+        dev: FloatArray,
+        std: FloatArray,
+        ready: NDArray[np.bool_],
+    ) -> None:
+        """Learn readings ``mean + dev``: running mean and variance while warming up, then the
+        EWMA at ``alpha`` with the deviation clipped to ``clip`` standard deviations."""
+        st = self.state
+        a = warmup_rate(n, self.alpha, ready)
+        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
+        st["n"][slots] = n + 1

@@ -10,7 +10,8 @@ are the detectors' own, kept operation for operation so their numbers do not cha
   is the deviation, clipped to ``±limit`` where ``winsorise`` holds (so one spike does not
   inflate the variance);
 - :func:`warmup_rate`: ``1 / (n + 1)`` (a plain running mean and variance) until ``ready``,
-  then ``alpha``; :func:`floor_rate`: ``max(alpha, 1 / (n + 1))``.
+  then ``alpha``; :func:`floor_rate`: ``max(alpha, 1 / (n + 1))``;
+- :func:`band`: ``center ± half`` where ``ready``, NaN elsewhere (an expected range).
 
 >>> import numpy as np
 >>> mean, var = np.zeros(2), np.ones(2)
@@ -56,3 +57,10 @@ def ewma_update(
     ``winsorise`` holds the deviation is clipped to ``±limit`` first."""
     step = np.where(winsorise, np.clip(dev, -limit, limit), dev)
     return mean + rate * step, (1.0 - rate) * (var + rate * step * step)
+
+
+def band(
+    center: FloatArray, half: FloatArray, ready: NDArray[np.bool_]
+) -> tuple[FloatArray, FloatArray]:
+    """``(center - half, center + half)`` where ``ready``, NaN elsewhere."""
+    return np.where(ready, center - half, np.nan), np.where(ready, center + half, np.nan)

@@ -26,11 +26,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._stats import ewma_update, floored_std, warmup_rate
-from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
+from ._common import EwmaDetector
+from .base import Field, FloatArray, IntArray, Scores, nan_band
 
 
-class ChangePointDetector(Detector):
+class ChangePointDetector(EwmaDetector):
     """Two-sided CUSUM on the level and one-sided CUSUM on the variance."""
 
     name: ClassVar[str] = "changepoint"
@@ -47,24 +47,15 @@ class ChangePointDetector(Detector):
         min_std: float = 0.01,
         rel_std: float = 1e-4,
     ) -> None:
-        if not 0 < alpha < 1:
-            raise ValueError("alpha must be in (0, 1)")
-        if drift < 0 or h <= 0 or warmup < 2 or clip <= 0 or min_std < 0 or rel_std < 0:
-            raise ValueError("h and clip positive, warmup >= 2, drift and floors non-negative")
-        self.alpha = float(alpha)
+        if drift < 0 or h <= 0 or warmup < 2:
+            raise ValueError("h must be positive, warmup >= 2, drift non-negative")
         self.drift = float(drift)
         self.h = float(h)
-        self.warmup = int(warmup)
-        self.clip = float(clip)
-        self.min_std = float(min_std)
-        self.rel_std = float(rel_std)
-        super().__init__()
+        super().__init__(alpha=alpha, warmup=warmup, clip=clip, min_std=min_std, rel_std=rel_std)
 
     def fields(self) -> Mapping[str, Field]:
         return {
-            "n": Field(np.int64, 0),
-            "mean": Field(np.float64, 0.0),
-            "var": Field(np.float64, 0.0),
+            **super().fields(),
             "up": Field(np.float64, 0.0),
             "down": Field(np.float64, 0.0),
             "spread": Field(np.float64, 0.0),
@@ -72,10 +63,7 @@ class ChangePointDetector(Detector):
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state
-        n = st["n"][slots]
-        mean = st["mean"][slots]
-        var = st["var"][slots]
-        std = floored_std(var, mean, self.min_std, self.rel_std)
+        n, mean, var, std = self._reference(slots)
         dev = values - mean
         z = np.clip(dev / std, -50.0, 50.0)
         ready = n >= self.warmup
@@ -89,8 +77,6 @@ class ChangePointDetector(Detector):
         st["down"][slots] = down
         st["spread"][slots] = spread
         # learn the reference: running mean/variance while warming up, then winsorised EWMA
-        a = warmup_rate(n, self.alpha, ready)
-        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
-        st["n"][slots] = n + 1
+        self._learn(slots, n, mean, var, dev, std, ready)
         k = len(values)
         return Scores(score, nan_band(k), nan_band(k))

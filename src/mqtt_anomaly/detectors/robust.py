@@ -29,7 +29,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
+from ._common import known_band
+from ._stats import band
+from .base import Detector, Field, FloatArray, IntArray, Scores
 
 _MAD_TO_STD = 1.4826
 
@@ -78,9 +80,7 @@ class RobustDetector(Detector):
         ready = n >= self.warmup
         z = np.abs(dev) / sigma
         score = np.where(ready, np.clip(z / (2 * self.z_alert), 0.0, 1.0), 0.0)
-        half = self.z_alert * sigma
-        low = np.where(ready, med - half, np.nan)
-        high = np.where(ready, med + half, np.nan)
+        low, high = band(med, self.z_alert * sigma, ready)
         # learn: seed with running mean / mean absolute deviation, then quantile steps
         w = 1.0 / (n + 1.0)
         seed_med = med + w * dev
@@ -95,14 +95,11 @@ class RobustDetector(Detector):
 
     def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
         """median ± ``z_alert`` robust standard deviations (the alert level) once warmed up."""
-        low, high = nan_band(len(slots)), nan_band(len(slots))
-        known = slots < self.capacity
-        idx = slots[known]
+        return known_band(slots, self.capacity, self._band)
+
+    def _band(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
         st = self.state
         med = st["median"][idx]
         floor = self.min_scale + self.rel_scale * np.abs(med)
         half = self.z_alert * (_MAD_TO_STD * np.maximum(st["mad"][idx], floor))
-        ready = st["n"][idx] >= self.warmup
-        low[known] = np.where(ready, med - half, np.nan)
-        high[known] = np.where(ready, med + half, np.nan)
-        return low, high
+        return band(med, half, st["n"][idx] >= self.warmup)

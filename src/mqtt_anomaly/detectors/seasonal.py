@@ -28,8 +28,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._common import TableDetector
-from ._stats import ewma_update, floor_rate, floored_std
+from ._common import TableDetector, check_ewma
+from ._stats import band, ewma_update, floor_rate, floored_std
 from .base import Field, FloatArray, IntArray, Scores
 
 
@@ -51,10 +51,9 @@ class SeasonalDetector(TableDetector):
         min_std: float = 0.01,
         rel_std: float = 1e-3,
     ) -> None:
-        if period <= 0 or bins < 1 or not 0 < alpha < 1:
-            raise ValueError("period and bins must be positive, alpha in (0, 1)")
-        if z_alert <= 0 or clip <= 0 or min_count < 1 or min_std < 0 or rel_std < 0:
-            raise ValueError("z_alert, clip and min_count must be positive, floors non-negative")
+        if period <= 0 or bins < 1 or z_alert <= 0 or min_count < 1:
+            raise ValueError("period, bins, z_alert and min_count must be positive")
+        check_ewma(alpha, clip, min_std, rel_std)
         self.period = float(period)
         self.bins = int(bins)
         self.alpha = float(alpha)
@@ -86,9 +85,7 @@ class SeasonalDetector(TableDetector):
         dev = values - mean
         ready = n >= self.min_count
         score = np.where(ready, np.clip(np.abs(dev) / std / (2 * self.z_alert), 0.0, 1.0), 0.0)
-        half = self.z_alert * std
-        low = np.where(ready, mean - half, np.nan)
-        high = np.where(ready, mean + half, np.nan)
+        low, high = band(mean, self.z_alert * std, ready)
         # learn: running mean/variance for a new bin, then winsorised EWMA
         a = floor_rate(n, self.alpha)
         st["mean"][slots, b], st["var"][slots, b] = ewma_update(

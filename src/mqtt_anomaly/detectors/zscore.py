@@ -22,16 +22,16 @@ No score during the first ``warmup`` readings of a sensor.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 
-from ._stats import ewma_update, floored_std, warmup_rate
-from .base import Detector, Field, FloatArray, IntArray, Scores, nan_band
+from ._common import EwmaDetector, known_band
+from ._stats import band, floored_std
+from .base import FloatArray, IntArray, Scores
 
 
-class ZScoreDetector(Detector):
+class ZScoreDetector(EwmaDetector):
     """Exponentially weighted z-score with winsorised learning and a variance floor."""
 
     name: ClassVar[str] = "zscore"
@@ -47,54 +47,28 @@ class ZScoreDetector(Detector):
         min_std: float = 0.01,
         rel_std: float = 1e-4,
     ) -> None:
-        if not 0 < alpha < 1:
-            raise ValueError("alpha must be in (0, 1)")
-        if z_alert <= 0 or clip <= 0 or min_std < 0 or rel_std < 0:
-            raise ValueError("z_alert and clip must be positive, floors non-negative")
-        self.alpha = float(alpha)
+        if z_alert <= 0:
+            raise ValueError("z_alert must be positive")
         self.z_alert = float(z_alert)
-        self.warmup = int(warmup)
-        self.clip = float(clip)
-        self.min_std = float(min_std)
-        self.rel_std = float(rel_std)
-        super().__init__()
-
-    def fields(self) -> Mapping[str, Field]:
-        return {
-            "n": Field(np.int64, 0),
-            "mean": Field(np.float64, 0.0),
-            "var": Field(np.float64, 0.0),
-        }
+        super().__init__(alpha=alpha, warmup=warmup, clip=clip, min_std=min_std, rel_std=rel_std)
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
-        st = self.state
-        n = st["n"][slots]
-        mean = st["mean"][slots]
-        var = st["var"][slots]
-        std = floored_std(var, mean, self.min_std, self.rel_std)
+        n, mean, var, std = self._reference(slots)
         dev = values - mean
         z = np.abs(dev) / std
         ready = n >= self.warmup
         z2 = z * z
         score = np.where(ready, z2 / (z2 + self.z_alert * self.z_alert), 0.0)
-        half = self.z_alert * std
-        low = np.where(ready, mean - half, np.nan)
-        high = np.where(ready, mean + half, np.nan)
-        # learn: plain running mean/variance while warming up, then winsorised EWMA
-        a = warmup_rate(n, self.alpha, ready)
-        st["mean"][slots], st["var"][slots] = ewma_update(mean, var, dev, a, self.clip * std, ready)
-        st["n"][slots] = n + 1
+        low, high = band(mean, self.z_alert * std, ready)
+        self._learn(slots, n, mean, var, dev, std, ready)
         return Scores(score, low, high)
 
     def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
         """mean ± ``z_alert`` standard deviations (the score's alert level) once warmed up."""
-        low, high = nan_band(len(slots)), nan_band(len(slots))
-        known = slots < self.capacity
-        idx = slots[known]
+        return known_band(slots, self.capacity, self._band)
+
+    def _band(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
         st = self.state
         mean = st["mean"][idx]
         half = self.z_alert * floored_std(st["var"][idx], mean, self.min_std, self.rel_std)
-        ready = st["n"][idx] >= self.warmup
-        low[known] = np.where(ready, mean - half, np.nan)
-        high[known] = np.where(ready, mean + half, np.nan)
-        return low, high
+        return band(mean, half, st["n"][idx] >= self.warmup)

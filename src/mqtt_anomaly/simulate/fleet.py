@@ -42,11 +42,11 @@ from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from .._lifecycle import AsyncClosing
 from ..config import BrokerSettings, Settings
 from ..console import RateLimitedLog, emit
 from ..errors import ConfigError
@@ -90,7 +90,7 @@ class FleetStats:
     connect_seconds: float  # s the first connection of the whole fleet took
 
 
-class Fleet:
+class Fleet(AsyncClosing):
     """``settings.simulator.sensors`` virtual sensors publishing to ``settings.broker``.
 
     ``injections`` are forced faults (``--inject``); ``labels`` the ground-truth file
@@ -322,17 +322,8 @@ class Fleet:
         self.model.inject(FaultKind.CRASH, sensor=i, duration=downtime)
         self._crash_now(i)
 
-    async def __aenter__(self) -> Fleet:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop(graceful=exc_type is None)
+    async def _exit(self, clean: bool) -> None:
+        await self.stop(graceful=clean)
 
     # ---- connections ------------------------------------------------------------------
     @contextlib.contextmanager

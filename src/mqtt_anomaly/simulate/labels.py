@@ -21,11 +21,11 @@ followed while the simulator runs.
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import msgspec
 
+from .._lifecycle import Closing
 from ..errors import ConfigError
 
 
@@ -42,7 +42,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Label)
 
 
-class LabelWriter:
+class LabelWriter(Closing):
     """Appends labels to a JSON Lines file; each line is flushed as it is written."""
 
     def __init__(self, path: Path) -> None:
@@ -65,17 +65,6 @@ class LabelWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-
-    def __enter__(self) -> LabelWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_labels(path: Path) -> list[Label]:

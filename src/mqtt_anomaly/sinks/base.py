@@ -14,8 +14,9 @@ tickets delivery rounds wait for, or None.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from .._lifecycle import AsyncClosing
 
 if TYPE_CHECKING:
     from ..pipeline import Output
@@ -86,7 +87,7 @@ class Sink(Protocol):
         ...
 
 
-class BaseSink:
+class BaseSink(AsyncClosing):
     """Defaults for a :class:`Sink`: not durable, nothing periodic, nothing to start or close;
     an async context manager (``close(10.0)`` on exit)."""
 
@@ -102,14 +103,5 @@ class BaseSink:
     async def close(self, timeout: float) -> None:
         return None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self, clean: bool) -> None:
         await self.close(10.0)

@@ -55,11 +55,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from .._lifecycle import Closing
 from ..config import KafkaSettings
 from ..console import RateLimitedLog
 from ..errors import ConfigError, MqttAnomalyError, SinkError
@@ -197,7 +198,7 @@ class _ClientLog:
         self.logger.log(logging.WARNING if level >= logging.CRITICAL else logging.DEBUG, msg, *args)
 
 
-class KafkaSink:
+class KafkaSink(Closing):
     """Readings, alerts and health to Kafka (see the module docstring).
 
     ``tracking=True`` when the service acknowledges MQTT messages only after Kafka has them
@@ -446,17 +447,6 @@ class KafkaSink:
         self._thread.join(5.0)
         self._discard(self._producer)
         self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- librdkafka's callbacks (served by poll() on the background thread) ---------------
     def _delivery_callback(self) -> Callable[[int, KafkaError | None, Message], None]:

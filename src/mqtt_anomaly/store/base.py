@@ -16,6 +16,7 @@ from typing import Protocol, Self, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from .._lifecycle import Closing
 from ..messages import Alert
 
 FloatColumn = Sequence[float] | npt.NDArray[np.floating]
@@ -149,7 +150,7 @@ class Store(Protocol):
     ) -> None: ...
 
 
-class NullStore:
+class NullStore(Closing):
     """A store that keeps nothing (``none://``): writes are discarded, reads are empty."""
 
     def __init__(self) -> None:
@@ -215,14 +216,3 @@ class NullStore:
 
     def close(self) -> None:
         return None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -54,9 +54,9 @@ import logging
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import ClassVar, Final, Generic, Protocol, Self, TypeVar
+from typing import ClassVar, Final, Generic, Protocol, TypeVar
 
+from .._lifecycle import Closing
 from ..config import StoreSettings
 from ..console import RateLimitedLog
 from ..messages import Alert
@@ -79,7 +79,7 @@ class Connection(Protocol):
 ConnT = TypeVar("ConnT", bound=Connection)
 
 
-class QueuedStore(SqlReads, Generic[ConnT]):
+class QueuedStore(SqlReads, Closing, Generic[ConnT]):
     """A history store with a write-behind queue and one writer thread (see the module
     docstring).
 
@@ -241,17 +241,6 @@ class QueuedStore(SqlReads, Generic[ConnT]):
             for conn in self._idle_readers:
                 conn.close()
             self._idle_readers.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- what a backend provides -------------------------------------------------------
     @abstractmethod

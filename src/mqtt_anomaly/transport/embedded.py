@@ -26,13 +26,13 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
+from .._lifecycle import AsyncClosing
 from ..errors import BrokerError
 from . import codec
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 AMQTT_LOGGERS = ("amqtt", "transitions")
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(AsyncClosing):
     """An amqtt broker listening on ``host:port`` (0: a free port) while the context is open.
 
     ``log_level`` is applied to amqtt's loggers (it is chatty at INFO); None leaves logging
@@ -127,16 +127,7 @@ class EmbeddedBroker:
         self._noise.remove()
         self._port = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _exit(self, clean: bool) -> None:
         await self.stop()
 
     def _config(self) -> dict[str, Any]:

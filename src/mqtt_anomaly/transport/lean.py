@@ -75,6 +75,7 @@ from .connection import (
     ssl_context,
     tls_failure,
 )
+from .outgoing import OutgoingTracker
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,46 @@ class HeldAcks:
     connection: object | None
     """The connection the messages came on (compared by identity): after a reconnect the
     broker sends them again, so these must not be written to the new one."""
+
+
+class AckHold:
+    """The acknowledgements a connection holds (``hold_acks``): those of one connection, in
+    the order their messages came; a new connection's replace them (the broker sends the old
+    ones' messages again)."""
+
+    __slots__ = ("_connection", "_packets", "count")
+
+    def __init__(self) -> None:
+        self._packets: list[bytes] = []
+        self.count = 0
+        """How many messages the held acknowledgements acknowledge."""
+        self._connection: object | None = None
+
+    def hold(self, connection: object, packets: bytes, count: int) -> None:
+        """Hold ``packets`` (acknowledging ``count`` messages) that came on ``connection``."""
+        if connection is not self._connection:  # messages of a new connection
+            self._packets, self.count, self._connection = [], 0, connection
+        self._packets.append(packets)
+        self.count += count
+
+    def take(self) -> HeldAcks:
+        """Everything held so far, in one :class:`HeldAcks`; nothing is held after."""
+        held = HeldAcks(b"".join(self._packets), self.count, self._connection)
+        self._packets, self.count = [], 0
+        return held
+
+    def give_back(self, held: HeldAcks, current: object | None) -> None:
+        """Hold ``held`` again, before what was held since, if it came on the connection
+        held for and that is still the ``current`` one."""
+        conn = held.connection
+        if held.packets and conn is self._connection and conn is current:
+            self._packets.insert(0, held.packets)
+            self.count += held.count
+
+    def drop(self, connection: object) -> None:
+        """Forget what is held for ``connection`` (it was lost: the broker sends again)."""
+        if connection is self._connection:
+            self._packets, self.count, self._connection = [], 0, None
 
 
 class LeanClient:
@@ -155,10 +196,7 @@ class LeanClient:
         self._intake_held = False
         self.intake_holds = 0
         self.parked_reads = 0
-        self._serial = 0  # QoS 1 publishes issued
-        self._low = 0  # every publish up to this serial is acknowledged (or dropped)
-        self._done_out: set[int] = set()  # acknowledged above _low
-        self._out_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._outgoing = OutgoingTracker()  # serials of QoS 1 publishes, their waiters
         self._next_mid = 0
         self._filters: list[tuple[str, int]] = []
         self._proto: _Protocol | None = None
@@ -170,9 +208,7 @@ class LeanClient:
         self._last_in = self._last_out = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.hold_acks = hold_acks
-        self._held: list[bytes] = []  # PUBACKs of processed messages, not yet sent
-        self._held_count = 0
-        self._held_proto: _Protocol | None = None
+        self._acks = AckHold()  # PUBACKs of processed messages, not yet sent
         self._paused = False
         self._intake = True
 
@@ -223,7 +259,7 @@ class LeanClient:
                     out = self._inflight.pop((data[i] << 8) | data[i + 1], None)
                     if out is not None:
                         self.acked += 1
-                        self._completed(out[4])
+                        self._outgoing.completed(out[4])
                 elif kind == PUBREL:  # of an incoming QoS 2 message
                     acks.append(PUBCOMP_HEAD + data[i : i + 2])
                 elif kind == SUBACK:
@@ -261,10 +297,7 @@ class LeanClient:
                 log.exception("processing a batch of %d messages failed", len(batch))
         if acks and proto.transport is not None and not proto.transport.is_closing():
             if self.hold_acks:
-                if proto is not self._held_proto:  # messages of a new connection
-                    self._held, self._held_count, self._held_proto = [], 0, proto
-                self._held.append(b"".join(acks))
-                self._held_count += len(acks)
+                self._acks.hold(proto, b"".join(acks), len(acks))
             else:
                 proto.transport.write(b"".join(acks))
                 self._last_out = time.monotonic()
@@ -273,21 +306,16 @@ class LeanClient:
     @property
     def held_acks(self) -> int:
         """Messages processed and not yet acknowledged (``hold_acks``)."""
-        return self._held_count
+        return self._acks.count
 
     def take_acks(self) -> HeldAcks:
         """The acknowledgements held so far, for :meth:`send_acks`."""
-        held = HeldAcks(b"".join(self._held), self._held_count, self._held_proto)
-        self._held, self._held_count = [], 0
-        return held
+        return self._acks.take()
 
     def return_acks(self, held: HeldAcks) -> None:
         """Hold the acknowledgements ``held`` again (their round failed), before those
         received since, if their connection is still the current one."""
-        proto = held.connection
-        if held.packets and proto is self._held_proto and proto is self._proto:
-            self._held.insert(0, held.packets)
-            self._held_count += held.count
+        self._acks.give_back(held, self._proto)
 
     def send_acks(self, held: HeldAcks) -> bool:
         """Write acknowledgements taken with :meth:`take_acks`, if their connection is still
@@ -355,7 +383,7 @@ class LeanClient:
         proto = self._proto
         if proto is not None and proto.transport is not None:
             proto.transport.pause_reading()
-        self._wake_out_waiters(lambda ticket: True)
+        self._outgoing.release_all()
 
     def resume_reading(self) -> None:
         self._paused = False
@@ -464,8 +492,7 @@ class LeanClient:
         if proto is not self._proto:
             return
         self._proto = None
-        if proto is self._held_proto:  # the broker sends those messages again
-            self._held, self._held_count, self._held_proto = [], 0, None
+        self._acks.drop(proto)  # the broker sends those messages again
         self._parked = [p for p in self._parked if p[2] is not proto]  # sent again, too
         if self._connected.is_set():
             self.stats.disconnects += 1
@@ -564,7 +591,8 @@ class LeanClient:
         dropped)."""
         serial = 0
         if qos:
-            self._serial = serial = self._serial + 1
+            outgoing = self._outgoing
+            outgoing.serial = serial = outgoing.serial + 1
         queue = self._queue
         if self.connected:
             if not queue and (not qos or len(self._inflight) < self._window):
@@ -578,54 +606,22 @@ class LeanClient:
         if len(queue) >= self._buffer_size:
             self.stats.dropped += 1
             if not queue:
-                self._completed(serial)
+                self._outgoing.completed(serial)
                 return
-            self._completed(queue.popleft()[4])
+            self._outgoing.completed(queue.popleft()[4])
         queue.append((topic, payload, qos, retain, serial))
         self.stats.buffered = len(queue)
 
     # ---- tracking what we published -----------------------------------------------------
-    def _completed(self, serial: int) -> None:
-        if not serial:  # QoS 0
-            return
-        if serial != self._low + 1:
-            self._done_out.add(serial)
-            return
-        low = serial
-        done = self._done_out
-        while low + 1 in done:
-            low += 1
-            done.discard(low)
-        self._low = low
-        if self._out_waiters:
-            self._wake_out_waiters(lambda ticket: low >= ticket)
-
-    def _wake_out_waiters(self, due: Callable[[int], bool]) -> None:
-        keep = []
-        for ticket, fut in self._out_waiters:
-            if not due(ticket):
-                keep.append((ticket, fut))
-            elif not fut.done():
-                fut.set_result(None)
-        self._out_waiters = keep
-
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
-        return self._serial
+        return self._outgoing.serial
 
     async def wait_outgoing(self, ticket: int) -> None:
         """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or
         reading is paused."""
-        if self._low >= ticket or self._paused:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (ticket, fut)
-        self._out_waiters.append(waiter)
-        try:
-            await fut
-        finally:
-            if waiter in self._out_waiters:
-                self._out_waiters.remove(waiter)
+        if not self._paused:
+            await self._outgoing.wait(ticket)
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()
@@ -663,7 +659,7 @@ class LeanClient:
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every QoS 1 message published so far is acknowledged."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wait_outgoing(self._serial), timeout)
+            await asyncio.wait_for(self.wait_outgoing(self._outgoing.serial), timeout)
         return self.pending == 0
 
     async def disconnect(self) -> None:

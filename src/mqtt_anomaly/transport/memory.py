@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 from ..config import BrokerSettings
 from .client import ClientStats
-from .lean import Batch, HeldAcks
+from .lean import AckHold, Batch, HeldAcks
+from .outgoing import OutgoingTracker
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +242,10 @@ class MemoryTransport:
         # outgoing: serial numbers QoS 1 publishes in issue order
         self._queue: deque[tuple[str, bytes, int, bool, int]] = deque()
         self._inflight: dict[int, tuple[str, bytes, int, bool, int]] = {}
-        self._serial = 0
-        self._low = 0
-        self._done_out: set[int] = set()
-        self._out_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._outgoing = OutgoingTracker()
         self.acked = 0  # PUBACKs of our publishes received
         # incoming acknowledgements held (hold_acks): packet ids, as 2-byte big-endian
-        self._held: list[bytes] = []
-        self._held_count = 0
-        self._held_conn: object | None = None
+        self._acks = AckHold()
 
     # ---- connection ----------------------------------------------------------------------
     @property
@@ -287,8 +283,8 @@ class MemoryTransport:
     def _lost(self) -> None:
         if self._conn is None:
             return
+        self._acks.drop(self._conn)  # sent again, too
         self._conn = None
-        self._held, self._held_count, self._held_conn = [], 0, None  # sent again, too
         self.stats.disconnects += 1
         if self._on_disconnect is not None:
             self._on_disconnect()
@@ -310,7 +306,7 @@ class MemoryTransport:
 
     async def drain(self, timeout: float = 10.0) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wait_outgoing(self._serial), timeout)
+            await asyncio.wait_for(self.wait_outgoing(self._outgoing.serial), timeout)
         return self.pending == 0
 
     async def disconnect(self) -> None:
@@ -354,27 +350,19 @@ class MemoryTransport:
         if not acks or self._conn is None:
             return
         if self.hold_acks:
-            if self._conn is not self._held_conn:
-                self._held, self._held_count, self._held_conn = [], 0, self._conn
-            self._held.append(b"".join(acks))
-            self._held_count += len(acks)
+            self._acks.hold(self._conn, b"".join(acks), len(acks))
         else:
             self.broker._puback(self.client_id, _mids(b"".join(acks)))
 
     @property
     def held_acks(self) -> int:
-        return self._held_count
+        return self._acks.count
 
     def take_acks(self) -> HeldAcks:
-        held = HeldAcks(b"".join(self._held), self._held_count, self._held_conn)
-        self._held, self._held_count = [], 0
-        return held
+        return self._acks.take()
 
     def return_acks(self, held: HeldAcks) -> None:
-        conn = held.connection
-        if held.packets and conn is self._held_conn and conn is self._conn:
-            self._held.insert(0, held.packets)
-            self._held_count += held.count
+        self._acks.give_back(held, self._conn)
 
     def send_acks(self, held: HeldAcks) -> bool:
         if not held.packets or held.connection is not self._conn:
@@ -391,7 +379,7 @@ class MemoryTransport:
 
     def pause_reading(self) -> None:
         self._paused = True
-        self._wake_out_waiters(lambda ticket: True)
+        self._outgoing.release_all()
 
     def resume_reading(self) -> None:
         self._paused = False
@@ -401,7 +389,8 @@ class MemoryTransport:
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         serial = 0
         if qos:
-            self._serial = serial = self._serial + 1
+            outgoing = self._outgoing
+            outgoing.serial = serial = outgoing.serial + 1
         out = (topic, payload, min(qos, 1), retain, serial)
         if self._conn is not None:
             if not self._queue and (not qos or len(self._inflight) < self._window):
@@ -411,7 +400,7 @@ class MemoryTransport:
             return
         if len(self._queue) >= self._buffer_size:
             self.stats.dropped += 1
-            self._completed(self._queue.popleft()[4])
+            self._outgoing.completed(self._queue.popleft()[4])
         self._queue.append(out)
         self.stats.buffered = len(self._queue)
 
@@ -423,7 +412,7 @@ class MemoryTransport:
         if self.broker.ack_publishes:
             self._inflight.pop(serial, None)
             self.acked += 1
-            self._completed(serial)
+            self._outgoing.completed(serial)
         else:
             self._inflight[serial] = out
 
@@ -437,46 +426,15 @@ class MemoryTransport:
         for serial in list(self._inflight):
             del self._inflight[serial]
             self.acked += 1
-            self._completed(serial)
+            self._outgoing.completed(serial)
         self._pump()
 
-    def _completed(self, serial: int) -> None:
-        if not serial:
-            return
-        if serial != self._low + 1:
-            self._done_out.add(serial)
-            return
-        low = serial
-        while low + 1 in self._done_out:
-            low += 1
-            self._done_out.discard(low)
-        self._low = low
-        if self._out_waiters:
-            self._wake_out_waiters(lambda ticket: low >= ticket)
-
-    def _wake_out_waiters(self, due: Callable[[int], bool]) -> None:
-        keep = []
-        for ticket, fut in self._out_waiters:
-            if not due(ticket):
-                keep.append((ticket, fut))
-            elif not fut.done():
-                fut.set_result(None)
-        self._out_waiters = keep
-
     def outgoing_mark(self) -> int:
-        return self._serial
+        return self._outgoing.serial
 
     async def wait_outgoing(self, ticket: int) -> None:
-        if self._low >= ticket or self._paused:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = (ticket, fut)
-        self._out_waiters.append(waiter)
-        try:
-            await fut
-        finally:
-            if waiter in self._out_waiters:
-                self._out_waiters.remove(waiter)
+        if not self._paused:
+            await self._outgoing.wait(ticket)
 
     @property
     def pending(self) -> int:
