@@ -18,37 +18,16 @@ import pytest
 import mqtt_anomaly.detectors as detectors_pkg
 from mqtt_anomaly.detectors import available, create, registry
 from mqtt_anomaly.detectors.base import Detector
-from mqtt_anomaly.detectors.checks import CHECKS, check_scores_in_range
+from mqtt_anomaly.detectors.checks import (  # the contract's own test series
+    CHECKS,
+    N,
+    _normal,
+    _ts,
+    check_scores_in_range,
+)
 from mqtt_anomaly.detectors.river_adapter import river_available
 
 NAMES = available()
-N = 600
-
-
-def _ts(n: int, step: float = 60.0) -> np.ndarray:
-    return 1.7e9 + step * np.arange(n, dtype=np.float64)
-
-
-def _normal(seed: int, n: int = N) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return 20.0 + 3.0 * np.sin(2 * np.pi * t / 144) + rng.normal(0.0, 0.5, n)
-
-
-def _walk(seed: int, n: int = N) -> np.ndarray:
-    return np.cumsum(np.random.default_rng(seed).normal(0.0, 1.0, n))
-
-
-SERIES: dict[str, Callable[[], np.ndarray]] = {
-    "normal": lambda: _normal(0),
-    "flat": lambda: np.full(N, 42.0),
-    "zero": lambda: np.zeros(N),
-    "huge": lambda: 1e12 * (1.0 + 0.01 * _normal(1)),
-    "tiny": lambda: 1e-12 * _normal(2),
-    "negative": lambda: -1e6 + _normal(3),
-    "walk": lambda: _walk(4),
-    "steps": lambda: np.repeat(np.random.default_rng(5).normal(0, 10, N // 20), 20),
-}
 
 
 def _scores(det: Detector, values: np.ndarray, ts: np.ndarray | None = None) -> np.ndarray:
