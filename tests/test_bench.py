@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from mqtt_anomaly.bench.broker import mosquitto_binary
+from mqtt_anomaly.bench.broker import Mosquitto, mosquitto_binary
 from mqtt_anomaly.bench.command import bench
 from mqtt_anomaly.bench.rawmqtt import count_messages
 from mqtt_anomaly.transport import codec
@@ -38,6 +39,7 @@ THROUGHPUT_FIELDS = {
     "service_median",
     "ratio",
     "service_end_to_end_median",
+    "baseline_end_to_end_median",
     "publisher_median",
     "service_cpu_s_per_10k",
     "service_one_core_rate",
@@ -72,6 +74,18 @@ LATENCY_FIELDS = {
     "service_cpu_percent",
     "service_cpu_s_per_10k",
     "service_readings_per_batch",
+    "floor_spikes",
+    "floor_samples",
+    "floor_achieved_rate",
+    "floor_p50_ms",
+    "floor_p99_ms",
+    "floor_p999_ms",
+    "floor_max_ms",
+    "floor_all_p50_ms",
+    "floor_all_p99_ms",
+    "over_floor_p50_ms",
+    "over_floor_p99_ms",
+    "over_floor_p999_ms",
     "method",
     "profile",
 }
@@ -81,6 +95,7 @@ TRIAL_FIELDS = {
     "lost",
     "rate",
     "end_to_end_rate",
+    "end_to_end_s",
     "publisher_rate",
     "cpu_s_per_10k",
     "rss_mib",
@@ -137,6 +152,8 @@ def test_quick_json_run_has_every_field() -> None:
         "duration_s",
     }
     assert set(data["machine"]) == {"nproc", "cpu_model", "python", "platform", "mosquitto"}
+    assert "Nagle on" in data["config"]["broker"]  # Mosquitto's stock settings by default
+    assert data["config"]["broker_nodelay"] is False
     assert [t["qos"] for t in data["throughput"]] == [1, 0]
     for t in data["throughput"]:
         assert set(t) >= THROUGHPUT_FIELDS
@@ -144,10 +161,24 @@ def test_quick_json_run_has_every_field() -> None:
         assert t["baseline_median"] > 0 and t["service_median"] > 0 and t["ratio"] > 0
         assert [x["kind"] for x in t["trials"]] == ["baseline", "service"]
         assert all(set(x) >= TRIAL_FIELDS for x in t["trials"])
+        # end to end: the service's alert for the last reading (a spike) arrived, and the
+        # whole run, warm-up included, took at least as long as the sustained window
+        for x in t["trials"]:
+            assert x["end_to_end_rate"] is not None and x["end_to_end_rate"] > 0
+            assert x["end_to_end_s"] > 0
+        assert t["service_end_to_end_median"] > 0 and t["baseline_end_to_end_median"] > 0
     assert [lat["qos"] for lat in data["latency"]] == [1, 0]
     for lat in data["latency"]:
         assert set(lat) >= LATENCY_FIELDS
         assert lat["spikes"] > 0 and lat["samples"] > 0 and lat["p99_ms"] is not None
+        # the harness floor: every spike reading reached the plain subscriber, and the
+        # differences are the alert's figures minus the floor's
+        assert lat["floor_spikes"] > 0
+        assert lat["floor_samples"] == lat["floor_spikes"] if lat["qos"] else lat["floor_samples"]
+        assert 0 < lat["floor_p50_ms"] <= lat["floor_p99_ms"]
+        assert lat["floor_all_p50_ms"] is not None
+        for k in ("p50_ms", "p99_ms", "p999_ms"):
+            assert lat[f"over_floor_{k}"] == pytest.approx(lat[k] - lat[f"floor_{k}"], abs=1e-3)
     d = data["delivery"]
     assert d["lost"] == 0
     assert d["tracked_median"] > 0 and d["untracked_median"] > 0 and d["ratio"] > 0
@@ -166,6 +197,30 @@ def test_quick_json_run_has_every_field() -> None:
         "throughput ratio to baseline, QoS 1",
         "detector state per sensor (bytes)",
     }
+
+
+def test_broker_nodelay_is_the_option() -> None:
+    """--broker-nodelay sets set_tcp_nodelay on the private broker; the report says which."""
+    args = ["bench", "--quick", "--json", "--only", "memory", "--fleet-size", "100"]
+    stock = runner.invoke(app, args)
+    nodelay = runner.invoke(app, [*args, "--broker-nodelay"])
+    assert stock.exit_code == 0 and nodelay.exit_code == 0, stock.output + nodelay.output
+    assert "Nagle on" in json.loads(stock.stdout)["config"]["broker"]
+    config = json.loads(nodelay.stdout)["config"]
+    assert config["broker_nodelay"] is True and "set_tcp_nodelay true" in config["broker"]
+    assert runner.invoke(app, ["bench", "--broker-nagle"]).exit_code == 2
+
+
+def test_private_broker_config_follows_nodelay(tmp_path: Path) -> None:
+    for nodelay in (False, True):
+        broker = Mosquitto(tmp_path / str(nodelay), nodelay=nodelay)
+        if mosquitto_binary() is None:
+            pytest.skip("mosquitto not installed")
+        with broker:
+            conf = (broker.workdir / "mosquitto.conf").read_text()
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=2):
+                pass
+        assert ("set_tcp_nodelay true" in conf) is nodelay
 
 
 def test_counting_subscriber_parses_any_packet_size_and_acks_qos1() -> None:

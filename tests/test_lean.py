@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from mqtt_anomaly.config import BrokerSettings
 from mqtt_anomaly.errors import BrokerError
 from mqtt_anomaly.pki import mosquitto_hash
 from mqtt_anomaly.transport import codec
-from mqtt_anomaly.transport.lean import AckHold, Batch, LeanClient, _Protocol
+from mqtt_anomaly.transport.lean import AckHold, Batch, LeanClient, _Protocol, _tcp_options
 
 from .helpers import eventually
 from .mosquitto import Mosquitto, free_port
@@ -301,3 +302,46 @@ def test_ack_hold_keeps_one_connection_and_gives_back_in_order() -> None:
     assert hold.count == 1
     hold.drop(second)
     assert hold.count == 0 and hold.take().connection is None
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux only")
+async def test_socket_acknowledges_at_once_after_every_read(mosquitto: Mosquitto) -> None:
+    """TCP_NODELAY on our socket, and TCP_QUICKACK (not sticky) set again on every read, so
+    a broker with Nagle on does not hold the next readings until our delayed ACK."""
+    received: list[Batch] = []
+    sub = LeanClient(BrokerSettings(url=mosquitto.url), "quickack-sub", on_batch=received.append)
+    pub = window_client(mosquitto.url, "quickack-pub")
+    try:
+        await sub.connect(timeout=5)
+        await sub.subscribe(["q/#"])
+        sock = sub.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        proto = sub._proto
+        assert proto is not None and proto.quickack is not None
+        rearm, calls = proto.quickack, [0]
+
+        def counted() -> None:
+            calls[0] += 1
+            rearm()
+
+        proto.quickack = counted
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        await pub.connect(timeout=5)
+        for i in range(20):
+            pub.publish("q/x", str(i).encode())
+            await pub.drain(5)
+        await eventually(lambda: sum(len(b) for b in received) >= 20, what="all received")
+        assert calls[0] >= 1 and calls[0] >= len(received)  # once per read, before the batch
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        rearm()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+
+
+def test_no_socket_options_without_a_tcp_socket() -> None:
+    _, proto, _, _ = make()  # a transport without a socket
+    assert proto.quickack is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        assert _tcp_options(unix) is None

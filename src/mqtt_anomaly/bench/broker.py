@@ -1,10 +1,12 @@
 """A private Mosquitto for the benchmark: own config, own free port on loopback.
 
 Queue and in-flight limits are off (a flat-out burst is queued by the broker, not dropped) and
-persistence is off (the broker does not write its database while we measure). With
-``nodelay`` the broker sets TCP_NODELAY on its connections (``set_tcp_nodelay true``): with
-Mosquitto's default (Nagle's algorithm on) a small message can wait for the peer's delayed
-ACK, tens of milliseconds. As root it runs as root so that it can use our temporary directory.
+persistence is off (the broker does not write its database while we measure). By default
+its TCP settings are Mosquitto's stock ones (Nagle's algorithm on, as Debian's package and the
+official image run it): a small write to a peer can wait for that peer's delayed ACK, up to
+40 ms on Linux, unless the peer acknowledges at once. With ``nodelay`` the broker sets
+TCP_NODELAY on its connections (``set_tcp_nodelay true``). As root it runs as root so that it
+can use our temporary directory.
 """
 
 from __future__ import annotations

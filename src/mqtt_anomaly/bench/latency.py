@@ -9,6 +9,12 @@ Two figures per spike:
   reading's ``ts``, which the publisher set just before writing it — one clock, one process;
 - **publish → detection**: time the service's pipeline produced the alert (its listener runs
   right after the batch is scored and the alert is handed to the MQTT client), minus ``ts``.
+
+Before it, in the same run, the **harness floor**: the same publisher and the same subscriber,
+no detector; the subscriber is on the readings topic and times each reading's own arrival
+(publisher → broker → subscriber). ``floor_*``: over the spike readings (the same selection
+as the alerts); ``floor_all_*``: over every reading; ``over_floor_*``: the service's figure
+minus the floor's.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ def run(
     profile = None
     if env.profile_dir:
         profile = str(Path(env.profile_dir) / f"service-latency-qos{qos}-{time.time_ns()}.txt")
+    env.publisher.send("paced", qos, rate, seconds, every, "readings")
+    floor = env.publisher.expect("result", seconds + 60)
     child = consumer(env, "service", None, profile=profile)
     try:
         env.publisher.send("paced", qos, rate, seconds, every)
@@ -63,6 +71,14 @@ def run(
     service_lat = [detections[k] for k in map(tuple, pub["spike_keys"]) if k in detections]
     alert_lat = pub["latencies"]
     served = {f"service_{k}": v for k, v in percentiles_ms(service_lat).items()}
+    alerted = percentiles_ms(alert_lat)
+    floored = percentiles_ms(floor["latencies"])
+    over = {
+        f"over_floor_{k}": None
+        if alerted[k] is None or floored[k] is None
+        else round(alerted[k] - floored[k], 3)  # type: ignore[operator]
+        for k in ("p50_ms", "p99_ms", "p999_ms")
+    }
     cpu_us = res["cpu_s"] / max(res["count"], 1) * 1e6
     return {
         "qos": qos,
@@ -72,8 +88,14 @@ def run(
         "spike_every": every,
         "spikes": pub["spikes"],
         "samples": len(alert_lat),
-        **percentiles_ms(alert_lat),
+        **alerted,
         **served,
+        "floor_spikes": floor["spikes"],
+        "floor_samples": len(floor["latencies"]),
+        "floor_achieved_rate": round(floor["rate"], 1),
+        **{f"floor_{k}": v for k, v in floored.items()},
+        **{f"floor_all_{k}": v for k, v in percentiles_ms(floor["all_latencies"]).items()},
+        **over,
         "service_cpu_percent": round(100.0 * res["cpu_s"] / max(pub["seconds"], 1e-9), 1),
         "service_cpu_s_per_10k": round(cpu_us / 100, 4),
         "service_readings_per_batch": round(res["readings_per_batch"], 2),

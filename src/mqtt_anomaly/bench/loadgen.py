@@ -4,11 +4,15 @@ Two modes, both run in the publisher's own process (:func:`publisher_main`):
 
 - **flat out** (:func:`flat_out`): readings encoded before the clock starts, joined into
   batches of :data:`BATCH` packets and written with one ``sendall`` each, while a thread
-  drains the broker's PUBACKs; the publisher is never what limits the rate;
+  drains the broker's PUBACKs; the publisher is never what limits the rate. The very last
+  reading is a spike: with ``watch`` a subscriber on the alerts topic in this process notes
+  when its alert arrives (the end of the run **end to end**: first publish → last alert);
 - **paced** (:func:`paced`): a fixed rate (readings encoded as they are sent, so their ``ts``
   is the publish time), with a spike of 98.2 °C every ``spike_every`` readings, and a
-  subscriber on the alerts topic in this process that notes when each spike's first alert
-  arrives: latency = that arrival − the reading's ``ts``, both on this process's clock.
+  subscriber in this process that notes when each spike's first alert arrives: latency =
+  that arrival − the reading's ``ts``, both on this process's clock. With ``watch="readings"``
+  the same subscriber is on the readings topic instead and notes each reading's own arrival:
+  the **harness floor** (publisher → broker → subscriber, no detector).
 
 Readings look like the simulator's: JSON ``{"sensor_id", "ts", "value", "unit", "seq"}`` on
 ``factory/{sensor_id}/temperature``, sensor after sensor, ``seq`` +1 per sensor.
@@ -66,6 +70,7 @@ class Encoder:
         rng = np.random.default_rng(fleet.seed)
         self.values = np.round(25.0 + rng.normal(0.0, 0.5, 8192), 2).tolist()
         self.mid = 0
+        self.spike_ts = 0.0
 
     def packet(self, i: int, ts: float, value: float | None = None) -> bytes:
         s = i % self.fleet.sensors
@@ -75,11 +80,21 @@ class Encoder:
         return codec.publish(self.topics[s], payload, qos=self.qos, packet_id=self.mid)
 
     def batches(self, n: int, size: int = BATCH) -> list[bytes]:
+        """``n`` readings in writes of ``size``; the last one a spike with its own ``ts``
+        (:meth:`last_spike` names it), so that its alert marks the end of the run."""
         ts = time.time()
+        self.spike_ts = ts + 1e-3
         return [
-            b"".join(self.packet(i, ts) for i in range(lo, min(n, lo + size)))
+            b"".join(
+                self.packet(i, ts) if i < n - 1 else self.packet(i, self.spike_ts, SPIKE)
+                for i in range(lo, min(n, lo + size))
+            )
             for lo in range(0, n, size)
         ]
+
+    def last_spike(self, n: int) -> tuple[str, float]:
+        """(sensor_id, ts) of the spike :meth:`batches` put last."""
+        return self.ids[(n - 1) % self.fleet.sensors], self.spike_ts
 
 
 def batch_size(rate: float) -> int:
@@ -91,8 +106,23 @@ def _client_id(role: str) -> str:
     return f"bench-{role}-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
 
 
-def flat_out(url: str, batches: list[bytes], n: int, qos: int, rate: float = 0.0) -> dict[str, Any]:
-    """Write the pre-encoded ``batches`` as fast as the broker takes them, or at ``rate``."""
+def flat_out(
+    url: str,
+    batches: list[bytes],
+    n: int,
+    qos: int,
+    rate: float = 0.0,
+    watch: tuple[str, str, float] | None = None,
+) -> dict[str, Any]:
+    """Write the pre-encoded ``batches`` as fast as the broker takes them, or at ``rate``.
+
+    ``watch`` (alerts topic filter, sensor_id, ts of the last reading, a spike): also wait
+    until that spike's alert arrived (``t_alert``, on the same clock as ``t_start``; None
+    when it did not come within 30 s of the last PUBACK)."""
+    alerts = None
+    if watch is not None:
+        alerts = AlertWatch(url, watch[0], clock=time.monotonic)
+        alerts.start()
     sock = open_client(url, _client_id("pub"))
     drain = AckDrain(sock)
     drain.start()
@@ -114,11 +144,20 @@ def flat_out(url: str, batches: list[bytes], n: int, qos: int, rate: float = 0.0
     t_acked = time.monotonic()
     sock.sendall(codec.disconnect())
     sock.close()
+    t_alert = None
+    if alerts is not None and watch is not None:
+        key = (watch[1], watch[2])
+        deadline = time.monotonic() + 30.0
+        while key not in alerts.first and time.monotonic() < deadline:
+            time.sleep(0.001)
+        t_alert = alerts.first.get(key)
+        alerts.close()
     return {
         "sent": n,
         "t_start": t_start,
         "t_sent": t_sent,
         "t_acked": t_acked,
+        "t_alert": t_alert,
         "all_acked": acked,
         "rate": n / max(t_sent - t_start, 1e-9),
     }
@@ -130,20 +169,27 @@ class _AlertKey(msgspec.Struct):
     reading_ts: float | None = None
 
 
-class AlertWatch(threading.Thread):
-    """A QoS 1 subscriber on the alerts topic: when each reading's first raised alert arrived."""
+class _ReadingKey(msgspec.Struct):
+    sensor_id: str
+    ts: float
 
-    def __init__(self, url: str, topic_filter: str) -> None:
+
+class AlertWatch(threading.Thread):
+    """A QoS 1 subscriber on the alerts topic: when each reading's first raised alert arrived
+    (``first``: (sensor_id, reading_ts) → arrival on ``clock``)."""
+
+    def __init__(self, url: str, topic_filter: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(daemon=True, name="alert-watch")
-        self.sock = open_client(url, _client_id("alerts"))
+        self.sock = open_client(url, _client_id("watch"))
         subscribe(self.sock, [topic_filter], 1)
         self.first: dict[tuple[str, float], float] = {}
         self.alerts = 0
+        self._clock = clock
         self._decode: Callable[[bytes], _AlertKey] = msgspec.json.Decoder(_AlertKey).decode
 
     def run(self) -> None:
         pending = b""
-        clock = time.time
+        clock = self._clock
         try:
             while True:
                 data = self.sock.recv(1 << 16)
@@ -179,6 +225,25 @@ class AlertWatch(threading.Thread):
         self.sock.close()
 
 
+class ReadingWatch(AlertWatch):
+    """The same subscriber on the readings topic: when each reading itself arrived
+    (``first``: (sensor_id, ts) → arrival), for the harness floor."""
+
+    def __init__(self, url: str, topic_filter: str) -> None:
+        super().__init__(url, topic_filter)
+        self._decode_reading: Callable[[bytes], _ReadingKey] = msgspec.json.Decoder(
+            _ReadingKey
+        ).decode
+
+    def _record(self, payload: bytes, now: float) -> None:
+        self.alerts += 1
+        try:
+            r = self._decode_reading(payload)
+        except msgspec.DecodeError:
+            return
+        self.first.setdefault((r.sensor_id, r.ts), now)
+
+
 def spike_period(rate: float, spikes_per_s: float, sensors: int) -> int:
     """Readings between two spikes: about ``rate / spikes_per_s``, coprime with ``sensors``
     so that the spikes move across the fleet instead of hitting the same few sensors."""
@@ -189,10 +254,21 @@ def spike_period(rate: float, spikes_per_s: float, sensors: int) -> int:
 
 
 def paced(
-    url: str, fleet: Fleet, qos: int, rate: float, seconds: float, spike_every: int
+    url: str,
+    fleet: Fleet,
+    qos: int,
+    rate: float,
+    seconds: float,
+    spike_every: int,
+    watch_topic: str = "alerts",
 ) -> dict[str, Any]:
-    """Publish at ``rate`` for ``seconds`` with spikes; latency of each spike's first alert."""
-    watch = AlertWatch(url, TopicTemplate(fleet.alerts_topic).wildcard)
+    """Publish at ``rate`` for ``seconds`` with spikes; latency of each spike's first alert,
+    or with ``watch_topic="readings"`` of each reading's arrival (``all_latencies``: every
+    reading; ``latencies``: the spikes, as for the alerts)."""
+    if watch_topic == "readings":
+        watch: AlertWatch = ReadingWatch(url, TopicTemplate(fleet.readings_topic).wildcard)
+    else:
+        watch = AlertWatch(url, TopicTemplate(fleet.alerts_topic).wildcard)
     watch.start()
     enc = Encoder(fleet, qos)
     sock = open_client(url, _client_id("pub"))
@@ -235,6 +311,7 @@ def paced(
     sock.close()
     watch.close()
     latencies = [watch.first[k] - k[1] for k in spikes if k in watch.first]
+    every = [t - k[1] for k, t in watch.first.items()] if watch_topic == "readings" else []
     return {
         "sent": sent,
         "seconds": elapsed,
@@ -242,6 +319,7 @@ def paced(
         "spikes": len(spikes),
         "alerts_seen": watch.alerts,
         "latencies": latencies,
+        "all_latencies": every,
         "spike_keys": spikes,
     }
 
@@ -249,25 +327,30 @@ def paced(
 def publisher_main(conn: Connection, url: str, fleet: Fleet) -> None:
     """The publisher process: runs commands from ``conn`` until ``("quit",)``."""
     sys.setswitchinterval(0.0005)  # the alert thread's timestamps should not wait for the GIL
-    cache: dict[tuple[int, int, int], list[bytes]] = {}
+    cache: dict[tuple[int, int, int], tuple[list[bytes], tuple[str, float]]] = {}
+    alerts = TopicTemplate(fleet.alerts_topic).wildcard
     try:
         while True:
             cmd = conn.recv()
             if cmd[0] == "quit":
                 return
             if cmd[0] in ("prepare", "flat"):
-                _, qos, n, rate = cmd
+                _, qos, n, rate, *rest = cmd
                 key = (qos, n, batch_size(rate))
                 if key not in cache:
                     cache.clear()
-                    cache[key] = Encoder(fleet, qos).batches(n, key[2])
+                    enc = Encoder(fleet, qos)
+                    cache[key] = (enc.batches(n, key[2]), enc.last_spike(n))
+                batches, last = cache[key]
                 if cmd[0] == "prepare":
                     conn.send(("prepared", None))
                 else:
-                    conn.send(("result", flat_out(url, cache[key], n, qos, rate)))
+                    watch = (alerts, *last) if rest and rest[0] else None
+                    conn.send(("result", flat_out(url, batches, n, qos, rate, watch)))
             elif cmd[0] == "paced":
-                _, qos, rate, seconds, spike_every = cmd
-                conn.send(("result", paced(url, fleet, qos, rate, seconds, spike_every)))
+                _, qos, rate, seconds, spike_every, *rest = cmd
+                topic = rest[0] if rest else "alerts"
+                conn.send(("result", paced(url, fleet, qos, rate, seconds, spike_every, topic)))
             elif cmd[0] == "fleet":
                 from .httpcompare import fleet_command
 

@@ -11,6 +11,8 @@ from rich.table import Table
 THROUGHPUT_RATIO = 0.9
 THROUGHPUT_RATE = 35_000
 LATENCY_P99_MS = 2.0
+FLOOR_P50_MS = 1.0  # alert p50 at most this much above the harness floor's
+FLOOR_P99_RATIO = 2.0  # alert p99 at most this many times the floor's
 STATE_BYTES = 1024
 COST_GROWTH = 1.2  # "no growth": within 20 % from the smallest to the largest fleet
 
@@ -44,6 +46,21 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"< {LATENCY_P99_MS}",
                 p99,
                 None if p99 is None else p99 < LATENCY_P99_MS,
+            )
+            over = lat.get("over_floor_p50_ms")
+            add(
+                f"publish→alert p50 above the harness floor at {lat['rate']:,.0f}/s QoS 1 (ms)",
+                f"<= {FLOOR_P50_MS}",
+                over,
+                None if over is None else over <= FLOOR_P50_MS,
+            )
+            floor99 = lat.get("floor_p99_ms")
+            ratio = round(p99 / floor99, 2) if p99 is not None and floor99 else None
+            add(
+                f"publish→alert p99 / harness floor p99 at {lat['rate']:,.0f}/s QoS 1",
+                f"<= {FLOOR_P99_RATIO}x",
+                ratio,
+                None if ratio is None else ratio <= FLOOR_P99_RATIO,
             )
     mem = result.get("memory")
     if mem:
@@ -88,8 +105,10 @@ def tables(result: dict[str, Any]) -> Group:
             "baseline\nr/s",
             "ratio",
             "CPU s / 10k readings: service /\nbaseline / broker / publisher",
+            "end to end r/s:\nservice / baseline",
             "store\ndropped",
-            title="Throughput: sustained readings/s scored end to end (medians)",
+            title="Throughput: readings/s, sustained after warm-up and end to end (first "
+            "publish → last alert; baseline: → last reading) (medians)",
             box=box.SIMPLE_HEAVY,
         )
         for r in result["throughput"]:
@@ -108,6 +127,8 @@ def tables(result: dict[str, Any]) -> Group:
                 _f(r["baseline_median"]),
                 _f(r["ratio"], ".2f"),
                 cpu,
+                f"{_f(r.get('service_end_to_end_median'))} / "
+                f"{_f(r.get('baseline_end_to_end_median'))}",
                 _f(r["store_dropped"]),
             )
         parts.append(t)
@@ -145,22 +166,29 @@ def tables(result: dict[str, Any]) -> Group:
             "detect\np50",
             "detect\np99",
             "CPU\n%",
-            title="Latency (ms): publish → alert received; detect: publish → detection",
+            title="Latency (ms): publish → alert received; detect: publish → detection; "
+            "floor: publish → reading received, no detector",
             box=box.SIMPLE_HEAVY,
         )
         for r in result["latency"]:
-            t.add_row(
-                str(r["qos"]),
-                _f(r["achieved_rate"]),
-                str(r["samples"]),
-                _f(r["p50_ms"], ".2f"),
-                _f(r["p99_ms"], ".2f"),
-                _f(r["p999_ms"], ".2f"),
-                _f(r["max_ms"], ".2f"),
-                _f(r["service_p50_ms"], ".2f"),
-                _f(r["service_p99_ms"], ".2f"),
-                _f(r["service_cpu_percent"], ".0f"),
+            rows = (
+                ("alert", "", r["samples"]),
+                ("floor", "floor_", r.get("floor_samples")),
+                ("alert − floor", "over_floor_", None),
             )
+            for label, prefix, n in rows:
+                t.add_row(
+                    f"{r['qos']} {label}",
+                    _f(r["achieved_rate"]) if not prefix else "",
+                    "" if n is None else str(n),
+                    _f(r.get(f"{prefix}p50_ms"), ".2f"),
+                    _f(r.get(f"{prefix}p99_ms"), ".2f"),
+                    _f(r.get(f"{prefix}p999_ms"), ".2f"),
+                    _f(r.get(f"{prefix}max_ms"), ".2f"),
+                    _f(r["service_p50_ms"], ".2f") if not prefix else "",
+                    _f(r["service_p99_ms"], ".2f") if not prefix else "",
+                    _f(r["service_cpu_percent"], ".0f") if not prefix else "",
+                )
         parts.append(t)
 
     mem = result.get("memory")

@@ -6,6 +6,11 @@ counted (baseline) or scored (service) all of them. The **sustained rate** is me
 consumer over the readings after the first 10 % (warm-up: the service learns its sensors
 there): ``(count − count at the mark) / (time of the last − time of the mark)``. Trials
 alternate baseline, service, baseline, service, … and the figure is the ratio of the medians.
+
+Beside it, the rate **end to end**, warm-up and tail included: readings / (first publish →
+the end), where the end is, for the service, the arrival of the alert for the run's last
+reading (a spike) at a subscriber in the publisher's process, and for the counting baseline
+its last reading counted (it raises no alerts).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def trial(
     broker_cpu = _cpu(env.broker_pid)
     publisher_cpu = _cpu(env.publisher.pid)
     try:
-        env.publisher.send("flat", qos, n, rate)
+        env.publisher.send("flat", qos, n, rate, kind == "service")
         pub = env.publisher.expect("result", 60 + n / 1000)
         res: dict[str, Any] = child.expect("result", 90 + n / 1000)
     finally:
@@ -91,12 +96,15 @@ def trial(
     publisher_cpu = _cpu(env.publisher.pid) - publisher_cpu
     window = res["t_last"] - res["t_mark"]
     count = res["count"]
+    end = pub["t_alert"] if kind == "service" else res["t_last"]
     return {
         "kind": kind,
         "count": count,
         "lost": max(0, n - count),
         "rate": (count - res["count_mark"]) / window if window > 0 else 0.0,
-        "end_to_end_rate": count / max(res["t_last"] - pub["t_start"], 1e-9),
+        # None: the service's alert for the last reading never arrived
+        "end_to_end_rate": None if end is None else n / max(end - pub["t_start"], 1e-9),
+        "end_to_end_s": None if end is None else end - pub["t_start"],
         "publisher_rate": pub["rate"],
         "cpu_s_per_10k": res["cpu_s"] / max(count, 1) * 10_000,
         "rss_mib": res["rss"] / 2**20,
@@ -160,7 +168,8 @@ def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict
         "baseline_median": round(b_med),
         "service_median": round(s_med),
         "ratio": round(s_med / b_med, 3) if b_med else 0.0,
-        "service_end_to_end_median": round(statistics.median(t["end_to_end_rate"] for t in serv)),
+        "service_end_to_end_median": _median_end_to_end(serv),
+        "baseline_end_to_end_median": _median_end_to_end(base),
         "publisher_median": round(statistics.median(t["publisher_rate"] for t in trials)),
         "service_cpu_s_per_10k": round(s_cpu, 4),
         # what one core could score if the service had it to itself (CPU-bound estimate)
@@ -183,6 +192,11 @@ def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict
         "profile": next((t["profile"] for t in reversed(serv) if t.get("profile")), None),
         "trials": trials,
     }
+
+
+def _median_end_to_end(trials: list[dict[str, Any]]) -> int | None:
+    rates = [t["end_to_end_rate"] for t in trials if t["end_to_end_rate"] is not None]
+    return round(statistics.median(rates)) if rates else None
 
 
 def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:

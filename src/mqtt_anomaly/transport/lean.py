@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -83,17 +84,56 @@ Batch = list[tuple[str, bytes, float]]
 _Out = tuple[str, bytes, int, bool, int]
 
 
+def _tcp_options(sock: Any) -> Callable[[], None] | None:
+    """TCP_NODELAY on (our small writes — alerts, PUBACKs — go out at once, not after the
+    broker's delayed ACK) and, on Linux, a function that re-arms TCP_QUICKACK.
+
+    Linux delays the ACK of received data (up to 40 ms; "quick-ack" only for a while after the
+    connection was idle). A broker with Nagle's algorithm on (Mosquitto's default: no
+    ``set_tcp_nodelay``) holds each small write to us until the previous one is acknowledged,
+    so every reading behind a delayed ACK waits for it. TCP_QUICKACK makes the kernel
+    acknowledge at once, but it is not sticky: it has to be set again after each read.
+    None when the socket is not TCP or the platform has no TCP_QUICKACK.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is None:
+        return None
+    setsockopt = sock.setsockopt
+    try:
+        setsockopt(socket.IPPROTO_TCP, quickack, 1)
+    except OSError:
+        return None
+
+    level = socket.IPPROTO_TCP
+
+    def rearm() -> None:
+        try:  # noqa: SIM105
+            setsockopt(level, quickack, 1)
+        except OSError:  # closing: never fail the read path (cheaper than suppress())
+            pass
+
+    return rearm
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: LeanClient) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.rest = b""
+        self.quickack: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.quickack = _tcp_options(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
+        if self.quickack is not None:
+            self.quickack()  # acknowledge the next segment at once, too (not sticky)
         if self.rest:
             data = self.rest + data
         self.rest = self.owner._parse(data, self)
