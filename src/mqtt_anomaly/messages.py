@@ -64,6 +64,28 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     reading_ts: float | None
     alert_ts: float
     message: str = ""
+    id: str = ""
+    """Deterministic identity (:func:`alert_id`): the same event raised again after a crash
+    and a redelivery has the same id, so a consumer can drop the repeat."""
+
+
+def alert_id(sensor_id: str, detector: str, state: str, seq: int, ts: float | None) -> str:
+    """The identity of an alert event, the same whenever the same reading raises it again.
+
+    ``{sensor}:{detector}:{state}:{seq}@{ts}`` with the ``seq`` and timestamp of the reading that
+    raised or cleared it (the timestamp tells two readings with one ``seq`` apart after the
+    sensor restarted its counter); without a seq (a reading without one, silence, offline,
+    eviction) ``{sensor}:{detector}:{state}:t{ts}``, with the reading's timestamp (silence: the
+    last reading's; offline: the status message's receive time; eviction: its time).
+
+    >>> alert_id("S1", "threshold", "raised", 45, 1700000000.5)
+    'S1:threshold:raised:45@1700000000.5'
+    >>> alert_id("S1", "offline", "raised", -1, 1700000001.0)
+    'S1:offline:raised:t1700000001.0'
+    """
+    if seq >= 0:
+        return f"{sensor_id}:{detector}:{state}:{seq}@{ts!r}"
+    return f"{sensor_id}:{detector}:{state}:t{ts!r}"
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

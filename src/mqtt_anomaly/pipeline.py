@@ -55,6 +55,7 @@ from .messages import (
     HealthState,
     Reading,
     Severity,
+    alert_id,
     dead_letter,
     decode_reading,
     encode,
@@ -373,6 +374,7 @@ class Pipeline:
                         reading_ts=None,
                         alert_ts=now,
                         message=message,
+                        id=alert_id(sid, name, "cleared", NO_SEQ, now),
                     )
                 )
             book.reset(idx)
@@ -673,6 +675,7 @@ class Pipeline:
             expected_high=hi if math.isfinite(hi) else None,
             reading_ts=r.ts,
             alert_ts=r.ts,
+            id=alert_id(r.sensor_id, det.name, state, r.seq, r.ts),
         )
 
     # ---- status, silence, health ----------------------------------------------------
@@ -712,6 +715,7 @@ class Pipeline:
                     reading_ts=None,
                     alert_ts=received_at,
                     message="sensor offline (Last Will)" if offline else "sensor back online",
+                    id=alert_id(sid, OFFLINE, state, NO_SEQ, received_at),
                 )
             )
         self._update_health({slot}, out)
@@ -743,8 +747,9 @@ class Pipeline:
     def _silence_alert(self, slot: int, state: str, now: float, limit: float) -> Alert:
         last = float(self.last_seen[slot])
         last_ts = float(self.last_ts[slot])
+        sid = self.sensor_ids[slot]
         return Alert(
-            sensor_id=self.sensor_ids[slot],
+            sensor_id=sid,
             detector=SILENCE,
             severity="warning",
             state=state,  # type: ignore[arg-type]
@@ -756,6 +761,7 @@ class Pipeline:
             reading_ts=None if math.isnan(last_ts) else last_ts,
             alert_ts=now,
             message=f"no reading for {now - last:.1f}s",
+            id=alert_id(sid, SILENCE, state, NO_SEQ, now if math.isnan(last_ts) else last_ts),
         )
 
     def _update_health(self, slots: set[int], out: Output) -> None:

@@ -12,7 +12,9 @@ Messages
     :class:`~mqtt_anomaly.messages.Reading` or :class:`~mqtt_anomaly.messages.Alert`, and
     for health the bare state (``ok``, ``anomalous``, ``offline``, ``silent``). The message
     timestamp is the reading's ``ts`` (an alert's ``alert_ts``, a health change's send
-    time) in milliseconds.
+    time) in milliseconds. An alert message also carries its id (``Alert.id``) in an ``id``
+    header, so a consumer can drop an alert it has already seen (after a crash of the
+    service, an alert may reach Kafka twice).
 
 The producer
     confluent-kafka (librdkafka) with ``enable.idempotence``, ``acks=all`` and
@@ -75,8 +77,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Kept = tuple[str, bytes, bytes, int]
-"""A message kept until confirmed: topic, key, value, timestamp (ms)."""
+Kept = tuple[str, bytes, bytes, int, list[tuple[str, str | bytes | None]] | None]
+"""A message kept until confirmed: topic, key, value, timestamp (ms), headers (an alert's
+``id``)."""
 
 STATS_INTERVAL_MS: Final = 1000
 DRAIN_CHUNK: Final = 2000  # waiting messages handed over per lock hold
@@ -341,11 +344,12 @@ class KafkaSink(Closing):
             return
         others: list[Kept] = []
         for a in alerts:
-            others.append((alerts_topic, a.sensor_id.encode(), encode(a), int(a.alert_ts * 1000)))
+            ms = int(a.alert_ts * 1000)
+            others.append((alerts_topic, a.sensor_id.encode(), encode(a), ms, [("id", a.id)]))
         if health:
             now_ms = int(self._clock() * 1000)
             for sid, state in health:
-                others.append((health_topic, sid.encode(), state.encode(), now_ms))
+                others.append((health_topic, sid.encode(), state.encode(), now_ms, None))
         with self._lock:
             if self._closing:
                 self._drop(len(rs) + len(others), "the sink is closed")
@@ -357,7 +361,7 @@ class KafkaSink(Closing):
                 room = min(room, 0) - len(rs)
             elif rs:
                 kept = [
-                    (readings_topic, r.sensor_id.encode(), encode(r), int(r.ts * 1000))
+                    (readings_topic, r.sensor_id.encode(), encode(r), int(r.ts * 1000), None)
                     for r in (rs if room >= len(rs) else rs[:room])
                 ]
                 room = self._accept(kept, room) - (len(rs) - len(kept))
@@ -389,7 +393,10 @@ class KafkaSink(Closing):
                     waiting.append(t)
                     continue
                 try:
-                    produce(m[0], m[2], m[1], on_delivery=partial(callback, t), timestamp=m[3])
+                    produce(
+                        m[0], m[2], m[1], on_delivery=partial(callback, t), timestamp=m[3],
+                        headers=m[4],
+                    )  # fmt: skip
                 except BufferError:
                     if self.tracking:
                         waiting.append(t)
@@ -592,7 +599,7 @@ class KafkaSink(Closing):
                     try:
                         produce(
                             m[0], m[2], m[1], on_delivery=functools.partial(callback, t),
-                            timestamp=m[3],
+                            timestamp=m[3], headers=m[4],
                         )  # fmt: skip
                     except BufferError:
                         return
