@@ -4,6 +4,13 @@ One line per fault, written when the fault is over (or when the run stops, cut a
 
     {"sensor_id":"SENSOR-03","kind":"level_shift","start":1767225600.25,"end":1767225660.25}
 
+A simulated machine's fault (``simulate --assets``) is labelled for the whole asset, with the
+sensors it moves; the two extra keys are left out of a sensor's line, so files written before
+them and readers that ignore them keep working::
+
+    {"sensor_id":"PUMP-02","kind":"cavitation","start":1767226500.0,"end":1767226800.0,
+     "asset":"PUMP-02","sensors":["suction_pressure","discharge_pressure","flow",...]}
+
 ``start`` and ``end`` are UTC epoch seconds: the timestamps (``ts``) of the first and last
 affected reading. A spike has ``start == end``. For ``dropout`` they are the times of the first
 and last reading not sent; for ``crash``, the moment the connection was dropped and the moment
@@ -29,13 +36,19 @@ from .._lifecycle import Closing
 from ..errors import ConfigError
 
 
-class Label(msgspec.Struct, frozen=True):
-    """One injected fault: ``kind`` on ``sensor_id`` from ``start`` to ``end`` (epoch s)."""
+class Label(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One injected fault: ``kind`` on ``sensor_id`` from ``start`` to ``end`` (epoch s).
+
+    An asset's fault also names the ``asset`` (``sensor_id`` then holds the asset id too, so
+    a reader that knows only sensors still reads the line) and the ``sensors`` it moves.
+    """
 
     sensor_id: str
     kind: str
     start: float
     end: float
+    asset: str | None = None
+    sensors: tuple[str, ...] = ()
 
 
 _encoder = msgspec.json.Encoder()
