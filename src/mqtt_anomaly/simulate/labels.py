@@ -22,7 +22,9 @@ followed while the simulator runs.
 >>> with LabelWriter(path) as w:
 ...     w.write(Label("SENSOR-01", "spike", 10.0, 10.0))
 >>> read_labels(path)
-[Label(sensor_id='SENSOR-01', kind='spike', start=10.0, end=10.0)]
+[Label(sensor_id='SENSOR-01', kind='spike', start=10.0, end=10.0, asset=None, sensors=())]
+>>> path.read_bytes()
+b'{"sensor_id":"SENSOR-01","kind":"spike","start":10.0,"end":10.0}\\n'
 """
 
 from __future__ import annotations
