@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "statefile",
             "pki",
             "retry",
+            "mapping",
         ),
     ),
     ("detection", ("detectors", "alerting", "floods")),

@@ -35,10 +35,12 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .mapping import TopicMap, compile_rule
 from .topics import validate_filter, validate_template
 from .web.settings import HttpSettings
 
 ENV_PREFIX = "MQTT_ANOMALY_"
+_SUBKEY = "\x1f"  # a validation message naming a key below its location: _SUBKEY "key: why"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
 
@@ -427,6 +429,67 @@ class KafkaSettings(_Section):
         return _secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
 
 
+class MappingRule(_Section):
+    """One ``[[mapping.rules]]`` entry: a topic pattern with tag levels, and where the values,
+    timestamp, seq and units are in the payload (see ``docs/plant.md``)."""
+
+    topic: str
+    sensor: str = ""
+    format: Literal["json", "number"] = "json"
+    value: str = ""
+    values: dict[str, str] = Field(default_factory=dict)
+    each: str = ""
+    timestamp: str = ""
+    timestamp_format: Literal["auto", "s", "ms", "iso8601"] = "auto"
+    seq: str = ""
+    unit: str = ""
+    units: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _compile(self) -> MappingRule:
+        try:
+            compile_rule(**self.model_dump())
+        except ValueError as exc:  # "field: why", named under this rule by _describe
+            raise ValueError(f"{_SUBKEY}{exc}") from None
+        return self
+
+
+class MappingSettings(_Section):
+    """Topic and payload mapping: rules tried in order before the readings template. With
+    no rule (the default) messages are read as today: ``topics.readings`` and its payload."""
+
+    rules: tuple[MappingRule, ...] = ()
+
+    @property
+    def compiled(self) -> TopicMap:
+        return TopicMap(tuple(compile_rule(**r.model_dump()) for r in self.rules))
+
+
+class SparkplugSettings(_Section):
+    """The Sparkplug B host application (off by default; see ``docs/plant.md``)."""
+
+    enabled: bool = False
+    host_id: str = "mqtt-anomaly"
+    """The host application id: its STATE topic is ``spBv1.0/STATE/{host_id}``."""
+    group: str = "+"
+    """The Sparkplug group to subscribe (``+``: every group)."""
+    rebirth: bool = True
+    """Request a rebirth (NCMD ``Node Control/Rebirth``) for an unknown alias, a message of a
+    node not born, or a seq gap."""
+    rebirth_interval: float = Field(5.0, ge=0)
+    """Seconds between two rebirth requests to one node at most."""
+
+    @field_validator("host_id", "group")
+    @classmethod
+    def _check_level(cls, v: str, info: Any) -> str:
+        if not v or "/" in v or "#" in v or "\x00" in v or ("+" in v and v != "+"):
+            raise ValueError(f"one topic level: {v!r}")
+        if info.field_name == "host_id" and "+" in v:
+            raise ValueError(f"no wildcard: {v!r}")
+        return v
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -480,6 +543,20 @@ class Settings(BaseSettings):
     service: ServiceSettings = ServiceSettings()
     http: HttpSettings = HttpSettings()
     kafka: KafkaSettings = KafkaSettings()
+    mapping: MappingSettings = MappingSettings()
+    sparkplug: SparkplugSettings = SparkplugSettings()
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What the service subscribes: ``topics.subscribe`` if set, else the mapping rules'
+        filters, the readings and status wildcards and, with Sparkplug on, its namespace."""
+        if self.topics.subscribe:
+            return self.topics.subscribe
+        filters = [r.filter for r in self.mapping.compiled.rules]
+        filters += self.topics.filters
+        if self.sparkplug.enabled:
+            filters.append(f"spBv1.0/{self.sparkplug.group}/#")
+        return tuple(dict.fromkeys(filters))
 
     @classmethod
     def settings_customise_sources(
@@ -513,6 +590,9 @@ def _describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(root)"
     msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith(_SUBKEY):  # "field: why" of a key below the one located
+        sub, _, msg = msg.removeprefix(_SUBKEY).partition(": ")
+        key = f"{key}.{sub}"
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
     extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

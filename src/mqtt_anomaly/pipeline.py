@@ -46,6 +46,7 @@ from .detectors import Detector, create
 from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 from .errors import PayloadError, StateFileError
+from .mapping import Rule
 from .messages import (
     HEALTH_STATES,
     MAX_TS_SKEW_S,
@@ -238,6 +239,11 @@ class Pipeline:
         self._firsts: dict[tuple[str, int], float] = {}
         self._indexed = 0
         self._open: Decoded | None = None  # decoded, not scored yet
+        mapping = settings.mapping.compiled
+        self.mapping = mapping if mapping.rules else None
+        # topic → (rule, tags, quantity → sensor id) for topics a mapping rule applies to
+        self._mapped_topics: dict[str, tuple[Rule, dict[str, str], dict[str, str]]] = {}
+        self.tags: dict[str, dict[str, str]] = {}  # sensor id → its tags (mapped sensors)
         self._view = PipelineView(self)
 
     def view(self) -> PipelineView:
@@ -304,6 +310,7 @@ class Pipeline:
         self._clear_slot(slot, old, now, out)
         del self.sensors[old]
         self._reading_topics.pop(self.readings_topic.format(old), None)
+        self.tags.pop(old, None)
         self.sensors[sid] = slot
         self.sensor_ids[slot] = sid
         self.counters.sensors_evicted += 1
@@ -418,10 +425,13 @@ class Pipeline:
         c = self.counters
         cache = self._reading_topics
         check = self.seq.check
+        mapped = self.mapping is not None
         for topic, payload, received_at in batch:
             c.received += 1
             known = cache.get(topic)
             if known is None:
+                if mapped and self._decode_mapped(topic, payload, received_at, decoded):
+                    continue
                 known = self._classify(topic, payload, received_at, out)
                 if known is None:
                     continue
@@ -443,6 +453,84 @@ class Pipeline:
             rounds[r].append((slot, reading, received_at))
             out.readings.append(reading)
         return decoded
+
+    def _decode_mapped(
+        self, topic: str, payload: bytes, received_at: float, decoded: Decoded
+    ) -> bool:
+        """A message on a topic of a mapping rule: its readings placed (or dead letters);
+        False when no rule applies to the topic."""
+        entry = self._mapped_topics.get(topic)
+        if entry is None:
+            assert self.mapping is not None
+            found = self.mapping.match(topic)
+            if found is None:
+                return False
+            if len(self._mapped_topics) >= 2 * self.settings.service.max_sensors:
+                self._mapped_topics.clear()  # bounded whatever topics come
+            entry = self._mapped_topics[topic] = (*found, {})
+        rule, tags, sids = entry
+        out = decoded.out
+        max_size = self.settings.service.max_payload
+        if len(payload) > max_size:
+            big = PayloadError("oversized", f"{len(payload)} bytes > {max_size}")
+            self._reject(topic, payload, big, received_at, out)
+            return True
+        if not payload:
+            self._reject(topic, payload, PayloadError("empty"), received_at, out)
+            return True
+        try:
+            values, missing = rule.decode(payload, received_at)
+        except PayloadError as exc:
+            self._reject(topic, payload, exc, received_at, out)
+            return True
+        if missing:  # the values found are read; what was not is reported
+            lack = PayloadError("missing_field", "no value at " + ", ".join(missing))
+            self._reject(topic, payload, lack, received_at, out)
+        sensors = self.sensors
+        for quantity, ts, value, unit, seq in values:
+            sid = sids.get(quantity)
+            if sid is None:
+                sid = rule.sensor_id(tags, quantity)
+                if sid is None:
+                    bad = PayloadError("invalid_field", f"no valid sensor id for {quantity!r}")
+                    self._reject(topic, payload, bad, received_at, out)
+                    continue
+                if len(sids) < 4096:
+                    sids[quantity] = sid
+            slot = sensors.get(sid)
+            if slot is None:
+                slot = self._admit(sid, topic, payload, received_at, out)
+                if slot is None:
+                    continue
+                self.tags[sid] = {**tags, "quantity": quantity} if quantity else tags
+            self._place(
+                slot, Reading(sid, ts, value, unit, seq), received_at, decoded, topic, payload
+            )
+        return True
+
+    def _place(
+        self,
+        slot: int,
+        reading: Reading,
+        received_at: float,
+        decoded: Decoded,
+        topic: str | None = None,
+        payload: bytes | None = None,
+    ) -> None:
+        """One decoded reading checked by seq and put in its round (or set aside)."""
+        if reading.seq != NO_SEQ:
+            verdict = self.seq.check(slot, reading.seq)
+            if verdict is not NEW:
+                self._out_of_order(verdict, slot, reading, received_at, decoded, topic, payload)
+                return
+        depth = self._pending
+        r = depth.get(slot, 0)
+        depth[slot] = r + 1
+        rounds = decoded.rounds
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append((slot, reading, received_at))
+        decoded.out.readings.append(reading)
 
     def decode_readings(
         self, readings: Sequence[Reading], received_at: float | Sequence[float]

@@ -254,7 +254,7 @@ class DetectorService(AsyncClosing):
         s = self.settings
         await self.client.connect()
         self._line(f"[INFO] Connected to Broker at {s.broker.address}")
-        filters = s.topics.filters
+        filters = s.subscriptions
         await self.client.subscribe(filters, qos=max(1, s.broker.qos))
         self._line(f"[SYSTEM] Listening for topics: {', '.join(filters)}")
         self.ready.set()
