@@ -35,14 +35,13 @@ True
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
-from .faults import BoolArray
+from .faults import BoolArray, split_injection
 from .machines import KINDS, Causes, FaultShape, MachineKind
 from .signals import DAY, FloatArray, IntArray, rng_for
 
@@ -104,29 +103,12 @@ class AssetInjection:
     asset: str | int | None = None
 
 
-_INJECT_RE = re.compile(
-    r"^(?P<kind>[A-Za-z_-]+)@(?P<at>\d+(?:\.\d*)?)(?:\+(?P<dur>\d+(?:\.\d*)?))?(?::(?P<who>.+))?$"
-)
-
-
 def parse_asset_injection(text: str, kind: str) -> AssetInjection:
     """``FAULT@SECONDS[+DURATION][:ASSET]``, e.g. ``cavitation@900+300:2``."""
-    m = _INJECT_RE.match(text.strip())
-    if m is None:
-        raise ConfigError(
-            f"--inject {text!r}: expected FAULT@SECONDS[+DURATION][:ASSET], "
-            "e.g. cavitation@900+300:2"
-        )
-    (name,) = check_rates(kind, {m["kind"]: 0.0}, key=f"--inject {text!r}")
-    duration = float(m["dur"]) if m["dur"] is not None else None
-    if duration is not None and duration <= 0:
-        raise ConfigError(f"--inject {text!r}: the duration must be positive")
-    who: str | int | None = m["who"]
-    if isinstance(who, str) and who.isdigit():
-        who = int(who)
-        if who < 1:
-            raise ConfigError(f"--inject {text!r}: assets are numbered from 1")
-    return AssetInjection(name, float(m["at"]), duration, who)
+    expected = "FAULT@SECONDS[+DURATION][:ASSET], e.g. cavitation@900+300:2"
+    fault, at, duration, who = split_injection(text, expected, "assets")
+    (name,) = check_rates(kind, {fault: 0.0}, key=f"--inject {text!r}")
+    return AssetInjection(name, at, duration, who)
 
 
 @dataclass(frozen=True, slots=True)

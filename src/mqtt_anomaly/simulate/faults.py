@@ -110,8 +110,28 @@ def readings_for(kind: FaultKind, duration: float, interval: float) -> int:
 # ---- forced injections -------------------------------------------------------------------
 INJECT_SYNTAX = "KIND@SECONDS[+DURATION][:SENSOR]"
 _INJECT_RE = re.compile(
-    r"^(?P<kind>[A-Za-z_-]+)@(?P<at>\d+(?:\.\d*)?)(?:\+(?P<dur>\d+(?:\.\d*)?))?(?::(?P<sensor>.+))?$"
+    r"^(?P<kind>[A-Za-z_-]+)@(?P<at>\d+(?:\.\d*)?)(?:\+(?P<dur>\d+(?:\.\d*)?))?(?::(?P<who>.+))?$"
 )
+
+
+def split_injection(
+    text: str, expected: str, noun: str
+) -> tuple[str, float, float | None, str | int | None]:
+    """``NAME@SECONDS[+DURATION][:WHO]`` split into its parts, checked: ``WHO`` is an id or a
+    1-based number of one of the ``noun`` (sensors, assets); ``expected`` is the syntax shown
+    in the one-line error."""
+    m = _INJECT_RE.match(text.strip())
+    if m is None:
+        raise ConfigError(f"--inject {text!r}: expected {expected}")
+    duration = float(m["dur"]) if m["dur"] is not None else None
+    if duration is not None and duration <= 0:
+        raise ConfigError(f"--inject {text!r}: the duration must be positive")
+    who: str | int | None = m["who"]
+    if isinstance(who, str) and who.isdigit():
+        who = int(who)
+        if who < 1:
+            raise ConfigError(f"--inject {text!r}: {noun} are numbered from 1")
+    return m["kind"], float(m["at"]), duration, who
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,21 +150,9 @@ class Injection:
 
 def parse_injection(text: str) -> Injection:
     """Parse ``KIND@SECONDS[+DURATION][:SENSOR]``, e.g. ``spike@5`` or ``stuck@10+30:3``."""
-    m = _INJECT_RE.match(text.strip())
-    if m is None:
-        raise ConfigError(
-            f"--inject {text!r}: expected {INJECT_SYNTAX}, e.g. spike@5 or drift@10+60:SENSOR-02"
-        )
-    kind = FaultKind.parse(m["kind"])
-    duration = float(m["dur"]) if m["dur"] is not None else None
-    if duration is not None and duration <= 0:
-        raise ConfigError(f"--inject {text!r}: the duration must be positive")
-    sensor: str | int | None = m["sensor"]
-    if isinstance(sensor, str) and sensor.isdigit():
-        sensor = int(sensor)
-        if sensor < 1:
-            raise ConfigError(f"--inject {text!r}: sensors are numbered from 1")
-    return Injection(kind, float(m["at"]), duration, sensor)
+    expected = f"{INJECT_SYNTAX}, e.g. spike@5 or drift@10+60:SENSOR-02"
+    kind, at, duration, sensor = split_injection(text, expected, "sensors")
+    return Injection(FaultKind.parse(kind), at, duration, sensor)
 
 
 # ---- random onsets -------------------------------------------------------------------------
