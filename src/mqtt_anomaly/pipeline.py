@@ -555,7 +555,6 @@ class Pipeline:
         self._indexed = 0
         c = self.counters
         sensors = self.sensors
-        check = self.seq.check
         isfinite = math.isfinite
         for reading, at in zip(readings, recv, strict=True):
             c.received += 1
@@ -569,21 +568,11 @@ class Pipeline:
             if not (isfinite(reading.value) and abs(reading.ts - at) < MAX_TS_SKEW_S):
                 self._reject_reading(reading, _invalid(reading), at, out)
                 continue
-            if seq != NO_SEQ:
-                if not 0 <= seq < 2**62:
-                    exc = PayloadError("invalid_field", f"seq out of range: {seq}")
-                    self._reject_reading(reading, exc, at, out)
-                    continue
-                verdict = check(slot, seq)
-                if verdict is not NEW:
-                    self._out_of_order(verdict, slot, reading, at, decoded)
-                    continue
-            r = depth.get(slot, 0)
-            depth[slot] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append((slot, reading, at))
-            out.readings.append(reading)
+            if seq != NO_SEQ and not 0 <= seq < 2**62:
+                exc = PayloadError("invalid_field", f"seq out of range: {seq}")
+                self._reject_reading(reading, exc, at, out)
+                continue
+            self._place(slot, reading, at, decoded)
         return decoded
 
     def score(self, decoded: Decoded) -> Output:
