@@ -494,9 +494,15 @@ class ServiceSettings(_Section):
     """The detector service itself."""
 
     state_dir: Path = Path("state")
-    ack_after: Literal["durable", "processed"] = "durable"
-    """When a reading is acknowledged to the broker: once the durable sinks (history store,
-    Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
+    ack_after: Literal["journaled", "durable", "processed"] = "journaled"
+    """When a reading is acknowledged to the broker: once it is written to the intake journal
+    (``state/journal``; processed again after a crash, alerts sent once through the outbox),
+    once the durable sinks (history store, Kafka) hold it and the detector state that saw it
+    is saved, or once it was processed."""
+    fsync: bool = False
+    """With ``ack_after = "journaled"``: every journal and outbox write reaches the disk
+    before the readings are acknowledged (power loss loses nothing acknowledged), at the cost
+    of one ``fdatasync`` per network read."""
     ack_interval: float = Field(0.1, gt=0, le=60)
     """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
     means fewer state saves, more messages in flight at the broker."""

@@ -657,6 +657,10 @@ class LeanClient:
         """A ticket covering every QoS 1 message published so far."""
         return self._outgoing.serial
 
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        return self._outgoing.low
+
     async def wait_outgoing(self, ticket: int) -> None:
         """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or
         reading is paused."""

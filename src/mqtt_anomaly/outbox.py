@@ -1,0 +1,222 @@
+"""The alert outbox: an alert is written down before it is published, and never published twice.
+
+After a ``kill -9`` the service processes again what its last checkpoint did not cover (the
+intake journal, :mod:`.journal`), which raises the same alerts with the same ids
+(:func:`.messages.alert_id`). The outbox keeps the ids of the alerts published since that
+checkpoint, so a re-raised alert is not sent again; and it keeps each alert's payload until
+the broker acknowledged it, so one published but not acknowledged before the crash is sent
+again at the next start (it may not have reached the broker).
+
+Files: ``state/outbox/<segment>.mqao``, JSON lines: ``{"run": R}`` first (the process that
+wrote it: serials are numbered per process), then ``{"id", "topic", "payload", "serial"}`` per
+alert, written in one ``write`` per batch **before** the alerts are handed to the connection,
+and ``{"acked": S}`` whenever the broker has acknowledged every QoS 1 publish of the run up to
+serial ``S``. Segments rotate with the journal's at every checkpoint and are deleted once a
+saved checkpoint covers them.
+
+The limit (QoS 1): an alert the broker received and acknowledged in the instant before the
+kill, its acknowledgement not yet read, is sent once more at the next start. Its id is the
+same, so a consumer can still drop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from ._lifecycle import Closing
+from .transport.base import Transport
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+SUFFIX: Final = ".mqao"
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def _segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob(f"*{SUFFIX}"):
+        stem = path.name[: -len(SUFFIX)]
+        if stem.isdigit():
+            found.append((int(stem), path))
+    return sorted(found)
+
+
+def _lines(path: Path) -> Iterable[dict[str, Any]]:
+    """The records of a segment; a line cut short (the tail of a power loss) ends it."""
+    for line in path.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        try:
+            record = _decode(line)
+        except msgspec.DecodeError:
+            return
+        if isinstance(record, dict):
+            yield record
+
+
+class Outbox(Closing):
+    """Alert ids published since the last checkpoint, and the payloads not yet acknowledged.
+
+    ``transport``: the connection alerts go out on (QoS 1); its serials
+    (:meth:`~.transport.base.Transport.outgoing_mark`) tell which were acknowledged.
+    """
+
+    def __init__(self, directory: Path, transport: Transport, *, fsync: bool = False) -> None:
+        self.directory = directory
+        self.transport = transport
+        self.fsync = fsync
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = _segments(directory)
+        self.segment = existing[-1][0] + 1 if existing else 1
+        self.run = self.segment
+        self._ids: dict[int, set[str]] = {self.segment: set()}  # by segment
+        self._fd = self._open(self.segment)
+        self._last_serial = 0  # serial of our last alert
+        self._logged_ack = 0  # acknowledged mark last written
+        self.published = 0
+        self.suppressed = 0
+        """Alerts not sent again: their id had been published already."""
+        self.resent = 0
+        """Alerts of an earlier run sent again: not acknowledged before it ended."""
+
+    def _open(self, segment: int) -> int:
+        path = self.directory / f"{segment:012d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(fd, _encode({"run": self.run}) + b"\n")
+        return fd
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        if self.fsync:
+            os.fdatasync(self._fd)
+
+    # ---- start ------------------------------------------------------------------------
+    def recover(self, first: int) -> int:
+        """At start, before the journal is processed again: load the ids of the segments from
+        ``first`` on (the saved checkpoint does not cover them), delete the older ones, and
+        publish again the alerts no run saw acknowledged. Returns how many."""
+        self.unneeded(first)
+        unacked: list[tuple[str, str, bytes]] = []
+        for number, path in _segments(self.directory):
+            if number >= self.segment:
+                break
+            ids: set[str] = set()
+            self._ids[number] = ids
+            run, entries, acked = -1, [], 0
+            for record in _lines(path):
+                if "run" in record:
+                    run = record["run"]
+                elif "acked" in record:
+                    acked = max(acked, int(record["acked"]))
+                elif "id" in record:
+                    ids.add(str(record["id"]))
+                    entries.append(record)
+            unacked += [
+                (str(e["id"]), str(e["topic"]), str(e["payload"]).encode())
+                for e in entries
+                if int(e.get("serial", 0)) > self._acked_of(run, number, acked)
+            ]
+        if unacked:
+            self._send(unacked)
+            self.resent += len(unacked)
+            log.info("sending again %d alerts not acknowledged before the restart", len(unacked))
+        return len(unacked)
+
+    def _acked_of(self, run: int, number: int, acked: int) -> int:
+        """The highest acknowledged mark of ``run`` in segment ``number`` or any later one of
+        the same run (the mark is per run; a later segment may carry it)."""
+        best = acked
+        for later, path in _segments(self.directory):
+            if later <= number or later >= self.segment:
+                continue
+            lines = iter(_lines(path))
+            head = next(lines, None)
+            if head is None or head.get("run") != run:
+                continue
+            for record in lines:
+                if "acked" in record:
+                    best = max(best, int(record["acked"]))
+        return best
+
+    # ---- sending ------------------------------------------------------------------------
+    def send(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Publish ``(id, topic, payload)`` at QoS 1, each unless its id was published
+        already; written down first."""
+        seen = self._seen
+        fresh = []
+        for item in items:
+            if item[0] and seen(item[0]):
+                self.suppressed += 1
+            else:
+                fresh.append(item)
+        if fresh:
+            self._send(fresh)
+
+    def _seen(self, alert_id: str) -> bool:
+        return any(alert_id in ids for ids in self._ids.values())
+
+    def _send(self, items: list[tuple[str, str, bytes]]) -> None:
+        transport = self.transport
+        serial = transport.outgoing_mark()
+        lines = []
+        ids = self._ids[self.segment]
+        for alert_id, topic, payload in items:
+            serial += 1
+            lines.append(
+                _encode(
+                    {"id": alert_id, "topic": topic, "payload": payload.decode(), "serial": serial}
+                )
+            )
+            ids.add(alert_id)
+        self._write(b"\n".join(lines) + b"\n")
+        publish = transport.publish
+        for _, topic, payload in items:
+            publish(topic, payload, qos=1)
+        self._last_serial = serial
+        self.published += len(items)
+
+    def note_acks(self, low: int) -> None:
+        """The broker acknowledged every QoS 1 publish of this run up to serial ``low``:
+        write it down if it covers an alert not yet marked."""
+        if low > self._logged_ack and self._last_serial > self._logged_ack:
+            self._write(_encode({"acked": low}) + b"\n")
+            self._logged_ack = low
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def rotate(self) -> int:
+        """Start a new segment (with the journal's, at a checkpoint); returns its number."""
+        self.note_acks(self.transport.acknowledged_mark())
+        old = self._fd
+        self.segment += 1
+        self._ids[self.segment] = set()
+        self._fd = self._open(self.segment)
+        os.close(old)
+        return self.segment
+
+    def unneeded(self, first: int) -> None:
+        """Delete the segments before ``first`` and forget their ids (a saved checkpoint
+        covers the readings that raised them: they cannot be raised again)."""
+        for number, path in _segments(self.directory):
+            if number >= first:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for number in [n for n in self._ids if n < first]:
+            del self._ids[number]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.note_acks(self.transport.acknowledged_mark())
+            os.close(self._fd)
+            self._fd = -1
