@@ -105,49 +105,36 @@ class Outbox(Closing):
     def recover(self, first: int) -> int:
         """At start, before the journal is processed again: load the ids of the segments from
         ``first`` on (the saved checkpoint does not cover them), delete the older ones, and
-        publish again the alerts no run saw acknowledged. Returns how many."""
+        publish again the alerts no run saw acknowledged (once each). Returns how many."""
         self.unneeded(first)
-        unacked: list[tuple[str, str, bytes]] = []
+        runs: dict[int, int] = {}  # run -> its highest acknowledged mark, in any segment
+        entries: list[tuple[int, dict[str, Any]]] = []
         for number, path in _segments(self.directory):
             if number >= self.segment:
                 break
             ids: set[str] = set()
             self._ids[number] = ids
-            run, entries, acked = -1, [], 0
+            run = -number  # a segment without its header line: nothing of it acknowledged
             for record in _lines(path):
                 if "run" in record:
-                    run = record["run"]
+                    run = int(record["run"])
+                    runs.setdefault(run, 0)
                 elif "acked" in record:
-                    acked = max(acked, int(record["acked"]))
+                    runs[run] = max(runs.get(run, 0), int(record["acked"]))
                 elif "id" in record:
                     ids.add(str(record["id"]))
-                    entries.append(record)
-            unacked += [
-                (str(e["id"]), str(e["topic"]), str(e["payload"]).encode())
-                for e in entries
-                if int(e.get("serial", 0)) > self._acked_of(run, number, acked)
-            ]
+                    entries.append((run, record))
+        acked = {str(e["id"]) for run, e in entries if int(e["serial"]) <= runs.get(run, 0)}
+        unacked: dict[str, tuple[str, str, bytes]] = {}
+        for _, e in entries:
+            alert_id = str(e["id"])
+            if alert_id not in acked and alert_id not in unacked:
+                unacked[alert_id] = (alert_id, str(e["topic"]), str(e["payload"]).encode())
         if unacked:
-            self._send(unacked)
+            self._send(list(unacked.values()))
             self.resent += len(unacked)
             log.info("sending again %d alerts not acknowledged before the restart", len(unacked))
         return len(unacked)
-
-    def _acked_of(self, run: int, number: int, acked: int) -> int:
-        """The highest acknowledged mark of ``run`` in segment ``number`` or any later one of
-        the same run (the mark is per run; a later segment may carry it)."""
-        best = acked
-        for later, path in _segments(self.directory):
-            if later <= number or later >= self.segment:
-                continue
-            lines = iter(_lines(path))
-            head = next(lines, None)
-            if head is None or head.get("run") != run:
-                continue
-            for record in lines:
-                if "acked" in record:
-                    best = max(best, int(record["acked"]))
-        return best
 
     # ---- sending ------------------------------------------------------------------------
     def send(self, items: Iterable[tuple[str, str, bytes]]) -> None:
