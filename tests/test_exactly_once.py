@@ -8,13 +8,19 @@ every alert event of one uninterrupted pass reached a subscriber, and none reach
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from mqtt_anomaly.config import BrokerSettings, load_settings
 from mqtt_anomaly.journal import Journal, decode_frames, encode_batch
@@ -24,7 +30,9 @@ from mqtt_anomaly.transport.client import MqttClient
 from mqtt_anomaly.transport.memory import MemoryBroker, MemoryTransport
 
 from .helpers import eventually, reading_payload
-from .test_service import Running, memory_settings
+from .mosquitto import Mosquitto
+from .test_delivery import History
+from .test_service import Running, memory_settings, publisher
 
 SENSORS = 200
 PER_SENSOR = 120
@@ -79,6 +87,109 @@ class AlertWatch(MqttClient):
         if not (props.get("dup") and alert_id in self.ids):
             self.ids[alert_id] += 1
         return 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_sigkill_anywhere_sends_every_alert_once(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "mosquitto", extra_config="max_inflight_messages 20\n").start()
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    messages = stream(time.time() - 2 * PER_SENSOR)
+    expected = reference_ids(config, messages)
+    assert sum(1 for i in expected if ":raised:" in i) >= SENSORS  # every spike, at least
+    db = tmp_path / "history.db"
+    history = History(f"sqlite:///{db}", db)
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mqtt_anomaly"),
+                *("detect", "-c", str(config), "--broker", broker.url),
+                *("--store", history.url, "--state-dir", str(tmp_path / "state")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env=dict(os.environ),
+        )
+
+    def kill(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        return start()
+
+    watch = AlertWatch(broker.url)
+    await watch.connect(timeout=10)
+    await watch.subscribe(["factory/+/alerts"], qos=1)
+    detector = start()
+    stored_at_kills: list[int] = []
+    try:
+        async with publisher(broker.url, "exactly-once-publisher") as pub:
+            tries = 0
+
+            def first_stored() -> bool:  # the detector's session exists: nothing is lost
+                nonlocal tries
+                if history.count() == 1:
+                    return True
+                if tries % 50 == 0:
+                    pub.publish(*messages[0])
+                tries += 1
+                return False
+
+            await eventually(first_stored, timeout=30, what="first reading")
+            detector = kill(detector)  # before the burst
+
+            async def publish_rest() -> None:
+                for i, (topic, payload) in enumerate(messages[1:], 1):
+                    pub.publish(topic, payload)
+                    if i % 400 == 0:
+                        await asyncio.sleep(0.01)
+
+            sending = asyncio.create_task(publish_rest())
+            await eventually(lambda: history.count() >= TOTAL // 3, timeout=60, what="a third")
+            stored_at_kills.append(history.count())
+            detector = kill(detector)  # during the burst, then again as soon as it works
+            now = history.count()
+            await eventually(lambda: history.count() > now, timeout=60, what="progress")
+            stored_at_kills.append(history.count())
+            detector = kill(detector)
+            await eventually(lambda: history.count() >= 2 * TOTAL // 3, timeout=60, what="2/3")
+            broker.stop()  # while the broker is down
+            stored_at_kills.append(history.count())
+            detector.send_signal(signal.SIGKILL)
+            detector.wait(10)
+            broker.start()
+            detector = start()
+            await sending
+            await eventually(lambda: history.count() >= TOTAL, timeout=120, what="all readings")
+            await eventually(
+                lambda: set(watch.ids) >= set(expected), timeout=60, what="every alert"
+            )
+            detector = kill(detector)  # after the burst
+            # a last spike on a new sensor: once its alert is here, whatever the restarted
+            # service sends again (it would come first) is here too
+            marker = ("factory/Z/temperature", reading_payload("Z", 98.2, 0))
+            pub.publish(*marker)
+            await eventually(
+                lambda: any(i.startswith("Z:threshold:raised") for i in watch.ids),
+                timeout=60,
+                what="the marker's alert",
+            )
+    finally:
+        detector.send_signal(signal.SIGTERM)
+        _, err = detector.communicate(timeout=30)
+        await watch.disconnect()
+        broker.stop()
+    assert detector.returncode == 0, err.decode()
+    assert all(0 < k < TOTAL for k in stored_at_kills), stored_at_kills
+
+    rows = history.query("SELECT sensor_id, seq, count(*) FROM readings GROUP BY 1, 2")
+    assert len(rows) == TOTAL + 1 and {n for *_, n in rows} == {1}
+    got = Counter({i: n for i, n in watch.ids.items() if not i.startswith("Z:")})
+    assert set(got) == set(expected), (set(expected) - set(got), set(got) - set(expected))
+    repeated = {i: n for i, n in got.items() if n > 1}
+    assert not repeated, f"{len(repeated)} alerts repeated, e.g. {list(repeated)[:5]}"
 
 
 async def test_journaled_readings_come_back_from_the_journal(tmp_path: Path) -> None:

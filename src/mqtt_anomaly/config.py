@@ -78,6 +78,9 @@ class BrokerSettings(_Section):
     max_inflight: int = Field(1000, ge=1, le=65535)
     """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
     the broker; the rest wait in order in a local queue."""
+    max_inflight_qos2: int = Field(20, ge=1, le=65535)
+    """Of those, QoS 2 publishes (alerts with ``alerts.qos = 2``) at most: Mosquitto's
+    ``max_inflight_messages`` (20 by default) bounds the QoS 2 messages it takes from us at once."""
     max_queued: int = Field(100_000, ge=1)
     """Past this many publishes waiting for the window the service stops taking readings
     (the broker keeps them) until the queue is back under half."""
@@ -252,6 +255,10 @@ class AlertSettings(_Section):
     console_rate: float = Field(20.0, gt=0)
     """Alert lines per second on the console at most (outside floods); then one line with
     how many were not shown."""
+    qos: Literal[1, 2] = 2
+    """QoS of the alerts on the alert topic. 2: with ``service.ack_after = "journaled"`` the
+    packet state of every alert in flight is kept in the outbox and resumed after a crash on
+    the persistent session, so the broker never takes an alert twice."""
 
     @field_validator("group_pattern")
     @classmethod

@@ -32,6 +32,7 @@ import msgspec
 
 from ._lifecycle import Closing
 from .transport.base import Transport
+from .transport.lean import LeanClient
 
 __all__ = ["Outbox"]
 
@@ -70,10 +71,14 @@ class Outbox(Closing):
     (:meth:`~.transport.base.Transport.outgoing_mark`) tell which were acknowledged.
     """
 
-    def __init__(self, directory: Path, transport: Transport, *, fsync: bool = False) -> None:
+    def __init__(
+        self, directory: Path, transport: Transport, *, fsync: bool = False, qos: int = 1
+    ) -> None:
         self.directory = directory
         self.transport = transport
         self.fsync = fsync
+        self.qos = qos
+        self._lean: LeanClient | None = None
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         existing = _segments(directory)
         self.segment = existing[-1][0] + 1 if existing else 1
@@ -105,10 +110,13 @@ class Outbox(Closing):
     def recover(self, first: int) -> int:
         """At start, before the journal is processed again: load the ids of the segments from
         ``first`` on (the saved checkpoint does not cover them), delete the older ones, and
-        publish again the alerts no run saw acknowledged (once each). Returns how many."""
+        send again the alerts no run saw acknowledged (once each): under the packet id they
+        had (QoS 2, see :meth:`attach`), else as new messages. Returns how many."""
         self.unneeded(first)
         runs: dict[int, int] = {}  # run -> its highest acknowledged mark, in any segment
-        entries: list[tuple[int, dict[str, Any]]] = []
+        entries: dict[str, dict[str, Any]] = {}  # id -> its latest record, in order
+        by_serial: dict[tuple[int, int], dict[str, Any]] = {}
+        holder: dict[int, dict[str, Any]] = {}  # packet id -> the alert last sent under it
         for number, path in _segments(self.directory):
             if number >= self.segment:
                 break
@@ -122,19 +130,79 @@ class Outbox(Closing):
                 elif "acked" in record:
                     runs[run] = max(runs.get(run, 0), int(record["acked"]))
                 elif "id" in record:
-                    ids.add(str(record["id"]))
-                    entries.append((run, record))
-        acked = {str(e["id"]) for run, e in entries if int(e["serial"]) <= runs.get(run, 0)}
-        unacked: dict[str, tuple[str, str, bytes]] = {}
-        for _, e in entries:
-            alert_id = str(e["id"])
-            if alert_id not in acked and alert_id not in unacked:
-                unacked[alert_id] = (alert_id, str(e["topic"]), str(e["payload"]).encode())
-        if unacked:
-            self._send(list(unacked.values()))
-            self.resent += len(unacked)
-            log.info("sending again %d alerts not acknowledged before the restart", len(unacked))
-        return len(unacked)
+                    alert_id = str(record["id"])
+                    ids.add(alert_id)
+                    record["run"] = run
+                    entries[alert_id] = by_serial[run, int(record["serial"])] = record
+                elif "pid" in record:
+                    entry = by_serial.get((run, int(record["serial"])))
+                    pid = int(record["pid"])
+                    before = holder.get(pid)
+                    if before is not None and before is not entry:
+                        before["done"] = True  # a packet id is taken again once completed
+                    if entry is not None:
+                        entry["pid"], entry["rec"] = pid, False
+                        holder[pid] = entry
+                elif "rec" in record and (entry := holder.get(int(record["rec"]))) is not None:
+                    entry["rec"] = True
+        fresh: list[tuple[str, str, bytes]] = []
+        resumed = 0
+        for alert_id, e in entries.items():
+            if e.get("done") or int(e["serial"]) <= runs.get(e["run"], 0):
+                continue
+            topic, payload = str(e["topic"]), str(e["payload"]).encode()
+            if self._lean is not None and "pid" in e:
+                pid, rec = int(e["pid"]), bool(e["rec"])
+                serial = self._lean.resume_qos2(pid, topic, payload, released=rec)
+                self._log(alert_id, topic, payload, serial, pid, rec)
+                resumed += 1
+            else:
+                fresh.append((alert_id, topic, payload))
+        if fresh:
+            self._send(fresh)
+        n = resumed + len(fresh)
+        if n:
+            self.resent += n
+            log.info(
+                "%d alerts not acknowledged before the restart: %d resumed under their packet "
+                "id, %d sent again",
+                n,
+                resumed,
+                len(fresh),
+            )
+        return n
+
+    def _log(
+        self, alert_id: str, topic: str, payload: bytes, serial: int, pid: int, rec: bool
+    ) -> None:
+        lines = [
+            self._entry(alert_id, topic, payload, serial),
+            _encode({"pid": pid, "serial": serial}),
+        ]
+        if rec:
+            lines.append(_encode({"rec": pid}))
+        self._write(b"\n".join(lines) + b"\n")
+        self._ids[self.segment].add(alert_id)
+        self._last_serial = max(self._last_serial, serial)
+
+    @staticmethod
+    def _entry(alert_id: str, topic: str, payload: bytes, serial: int) -> bytes:
+        return _encode(
+            {"id": alert_id, "topic": topic, "payload": payload.decode(), "serial": serial}
+        )
+
+    def attach(self, lean: LeanClient) -> None:
+        """Keep the packet state of QoS 2 alerts on ``lean``: the packet id of each before it
+        is written, the PUBRECs before their PUBRELs; :meth:`recover` hands them back to it."""
+        self._lean = lean
+        lean.on_qos2_sent = self._sent
+        lean.on_qos2_received = self._received
+
+    def _sent(self, serial: int, pid: int) -> None:
+        self._write(_encode({"pid": pid, "serial": serial}) + b"\n")
+
+    def _received(self, pids: list[int]) -> None:
+        self._write(b"".join(_encode({"rec": pid}) + b"\n" for pid in pids))
 
     # ---- sending ------------------------------------------------------------------------
     def send(self, items: Iterable[tuple[str, str, bytes]]) -> None:
@@ -160,16 +228,12 @@ class Outbox(Closing):
         ids = self._ids[self.segment]
         for alert_id, topic, payload in items:
             serial += 1
-            lines.append(
-                _encode(
-                    {"id": alert_id, "topic": topic, "payload": payload.decode(), "serial": serial}
-                )
-            )
+            lines.append(self._entry(alert_id, topic, payload, serial))
             ids.add(alert_id)
         self._write(b"\n".join(lines) + b"\n")
-        publish = transport.publish
+        publish, qos = transport.publish, self.qos
         for _, topic, payload in items:
-            publish(topic, payload, qos=1)
+            publish(topic, payload, qos=qos)
         self._last_serial = serial
         self.published += len(items)
 

@@ -219,7 +219,10 @@ class DetectorService(AsyncClosing):
         if self.journaled and self.journal is None:
             fsync = self.settings.service.fsync
             self.journal = Journal(state_dir / "journal", fsync=fsync)
-            self.outbox = Outbox(state_dir / "outbox", self.client, fsync=fsync)
+            qos = self.settings.alerts.qos
+            self.outbox = Outbox(state_dir / "outbox", self.client, fsync=fsync, qos=qos)
+            if qos == 2 and isinstance(self.client, LeanClient):
+                self.outbox.attach(self.client)
             self.mqtt.outbox = self.outbox
         key = load_or_create_key(state_dir)
         for det in self.pipeline.detectors:
