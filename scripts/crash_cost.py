@@ -59,6 +59,7 @@ flood_threshold = 0
 MODES = {  # [service] and [alerts] lines
     "journaled": ("", ""),
     "journaled+fsync": ("fsync = true", ""),
+    "journaled+qos1": ("", "qos = 1"),
     "durable": ('ack_after = "durable"', "qos = 1"),
 }
 
