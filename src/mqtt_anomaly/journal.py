@@ -44,10 +44,11 @@ _decode = msgspec.msgpack.Decoder(list[tuple[str, bytes, float]]).decode
 SUFFIX: Final = ".mqaj"
 
 
-def _segments(directory: Path) -> list[tuple[int, Path]]:
+def segments(directory: Path, suffix: str = SUFFIX) -> list[tuple[int, Path]]:
+    """The numbered segment files ``<number><suffix>`` in ``directory``, oldest first."""
     found = []
-    for path in directory.glob(f"*{SUFFIX}"):
-        stem = path.name[: -len(SUFFIX)]
+    for path in directory.glob(f"*{suffix}"):
+        stem = path.name[: -len(suffix)]
         if stem.isdigit():
             found.append((int(stem), path))
     return sorted(found)
@@ -88,7 +89,7 @@ class Journal(Closing):
         self.directory = directory
         self.fsync = fsync
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        existing = _segments(directory)
+        existing = segments(directory)
         self.segment = existing[-1][0] + 1 if existing else 1
         """The segment being written."""
         self._fd = self._open(self.segment)
@@ -123,7 +124,7 @@ class Journal(Closing):
 
     def unneeded(self, first: int) -> None:
         """Delete the segments before ``first`` (a saved checkpoint covers them)."""
-        for number, path in _segments(self.directory):
+        for number, path in segments(self.directory):
             if number >= first:
                 break
             path.unlink(missing_ok=True)
@@ -131,7 +132,7 @@ class Journal(Closing):
     def pending(self, first: int) -> Iterator[JournalBatch]:
         """The batches of the segments from ``first`` up to (not including) the one this
         journal writes, in order: what the saved checkpoint does not cover."""
-        for number, path in _segments(self.directory):
+        for number, path in segments(self.directory):
             if first <= number < self.segment:
                 yield from decode_frames(path.read_bytes())
 
