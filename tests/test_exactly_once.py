@@ -28,6 +28,7 @@ from mqtt_anomaly.outbox import Outbox
 from mqtt_anomaly.pipeline import Pipeline
 from mqtt_anomaly.transport.client import MqttClient
 from mqtt_anomaly.transport.memory import MemoryBroker, MemoryTransport
+from mqtt_anomaly.web.metrics import ServiceMetrics
 
 from .helpers import eventually, reading_payload
 from .mosquitto import Mosquitto
@@ -215,6 +216,10 @@ async def test_journaled_readings_come_back_from_the_journal(tmp_path: Path) -> 
         await eventually(lambda: len(second.processed) == 10, what="processed again")
         assert second.service.outbox is not None
         assert second.service.outbox.suppressed >= 1  # the spike's alert: not sent again
+        collected = ServiceMetrics(second.service).collect()
+        metrics = {m.name: m.samples[0].value for m in collected if m.samples}
+        assert metrics["mqtt_anomaly_alerts_not_repeated"] == second.service.outbox.suppressed
+        assert metrics["mqtt_anomaly_alerts_resumed"] == 0
     assert broker.payloads("factory/+/alerts") == alerts
     assert second.processed == [("S1", q) for q in range(10)]
 
