@@ -224,6 +224,34 @@ async def test_journaled_readings_come_back_from_the_journal(tmp_path: Path) -> 
     assert second.processed == [("S1", q) for q in range(10)]
 
 
+async def test_readings_without_seq_journaled_and_sent_again_are_processed_once(
+    tmp_path: Path,
+) -> None:
+    """Killed after the journal write, before the PUBACKs reached the broker: the journal has
+    the readings and the broker sends them again. Without seq nothing else tells them apart."""
+    settings = memory_settings(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    at = time.time() - 10
+
+    def plain(k: int) -> tuple[str, bytes]:
+        payload = {"sensor_id": "S1", "ts": at + k, "value": 25.0, "unit": "C"}
+        return "factory/S1/temperature", msgspec.json.encode(payload)
+
+    journaled = [plain(k) for k in range(5)]
+    with Journal(state / "journal") as journal:  # what the killed process had written
+        journal.append([(t, p, at) for t, p in journaled])
+    broker = MemoryBroker()
+    async with Running(settings, transport=broker.transport) as run:
+        await eventually(lambda: len(run.processed) == 5, what="the journal processed again")
+        broker.send([*journaled[3:], plain(5)])  # the broker's redeliveries, then a new one
+        await eventually(lambda: broker.acknowledged == 3, what="acknowledged")
+        assert len(run.processed) == 6
+        broker.send([plain(6)])
+        await eventually(lambda: len(run.processed) == 7, what="the new reading")
+    assert len(run.processed) == 7  # 5 from the journal, 2 new: the 2 sent again dropped
+
+
 def test_a_journal_frame_cut_short_ends_the_segment(tmp_path: Path) -> None:
     batches = [[("a/S1/t", b"x" * n, 1.5 + n)] for n in range(1, 4)]
     data = b"".join(encode_batch(b) for b in batches)
