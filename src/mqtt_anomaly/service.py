@@ -153,6 +153,7 @@ class DetectorService(AsyncClosing):
                 self._snapshot,
                 self._save_round,
                 min_interval=settings.service.ack_interval,
+                kept="in the journal" if self.journaled else "unacknowledged at the broker",
             )
         self.ready = asyncio.Event()
         self.last_batch = 0  # messages in the last network read: large when behind
