@@ -60,11 +60,12 @@ THRESHOLD_MARGIN = 0.1  # of the commissioning range, above its highest value
 
 @dataclass(frozen=True, eq=False)
 class RowScores:
-    """A scorer's verdict on each scored row; ``scores`` (the row's highest detector score)
-    only when the scorer has one comparable scale, else None."""
+    """A scorer's verdict on each scored row; ``scores`` (the row's highest detector score,
+    alarming at ``level``) only when the scorer has one such scale, else None."""
 
     alarms: BoolArray
     scores: FloatArray | None = None
+    level: float = 0.5
 
 
 class RowScorer(Protocol):
@@ -126,7 +127,8 @@ class _Columns:
             with np.errstate(invalid="ignore"):
                 alarms |= (rows >= limit).any(axis=1)
         if len(self.detectors) == 1 and not self.threshold:
-            return RowScores(alarms, np.nan_to_num(per[0], nan=0.0))
+            level = self.detectors[0].raise_level
+            return RowScores(alarms, np.nan_to_num(per[0], nan=0.0), level)
         return RowScores(alarms)
 
 
