@@ -43,11 +43,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "pki",
             "retry",
             "mapping",
+            "routeconf",
         ),
     ),
     ("detection", ("detectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view")),
-    ("io", ("transport", "store", "sinks", "writebehind")),
+    ("io", ("transport", "store", "sinks", "writebehind", "routing")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
