@@ -4,8 +4,9 @@ The MQTT connection (a :class:`~.transport.base.Transport`: :mod:`.transport.lea
 production, given as ``transport=``) hands over every message of one network read as a batch,
 so a burst costs one pipeline call, not one per message. Each batch's output goes to the sinks
 (:mod:`.sinks`), one contract for all, in this order: the history store, Kafka, the console,
-MQTT (alerts through the flood filter, flood events, retained health, dead letters), any
-extra sinks given, and the listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
+MQTT (alerts through the flood filter, flood events, retained health, dead letters), alert
+routing to receivers (:mod:`.routing`, with ``[[routes]]``), any extra sinks given, and the
+listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
 applies to the MQTT alert topic and the console only: the store, Kafka and the listeners get
 every alert.
 
@@ -41,6 +42,7 @@ from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
 from .errors import StateFileError
 from .pipeline import Output, Pipeline
+from .routing.sink import RoutingSink
 from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
 from .sinks.console import ConsoleSink
@@ -130,7 +132,20 @@ class DetectorService(AsyncClosing):
             chain.append(KafkaBridge(kafka))
         if self._console is not None:
             chain.append(self._console)
-        chain += [self.mqtt, *sinks, self._listeners]
+        chain.append(self.mqtt)
+        self.routing: RoutingSink | None = None
+        """Alerts to people (``[[routes]]``), when routes are configured."""
+        if settings.routes:
+            self.routing = RoutingSink(
+                settings.routes,
+                settings.receivers,
+                settings.service.state_dir,
+                tags_of=self.pipeline.tags.get,
+                group_of=self.mqtt.floods.group_of,
+                clock=clock,
+            )
+            chain.append(self.routing)
+        chain += [*sinks, self._listeners]
         self.sinks: tuple[Sink, ...] = tuple(chain)
         """Every output, in the order each batch is written to them."""
         self._writes = tuple(sink.write for sink in self.sinks)
