@@ -166,3 +166,51 @@ def alertmanager(tmp_path: Path, hook_server: HookServer) -> Iterator[Alertmanag
         yield am
     finally:
         am.stop()
+
+
+@dataclass
+class Mailbox:
+    """A real SMTP server (aiosmtpd in its own thread) that keeps every message it accepts;
+    with ``login``, AUTH PLAIN/LOGIN is required for that (user, password)."""
+
+    port: int = field(default_factory=free_port)
+    login: tuple[str, str] | None = None
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    controller: Any = None
+
+    def start(self) -> Mailbox:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        box = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                box.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                return "250 OK"
+
+        def authenticate(
+            server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> Any:
+            ok = (
+                isinstance(data, LoginPassword)
+                and box.login is not None
+                and (data.login.decode(), data.password.decode()) == box.login
+            )
+            return AuthResult(success=ok, handled=False)
+
+        kwargs: dict[str, Any] = {}
+        if self.login is not None:
+            kwargs = {
+                "authenticator": authenticate,
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
