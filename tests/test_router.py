@@ -156,3 +156,16 @@ def test_doctests() -> None:
     for module in (router, routeconf):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_suppressed_raises_reach_nobody_but_clears_still_resolve() -> None:
+    import msgspec
+
+    r = Router([route(group_wait=0)])
+    r.feed([msgspec.structs.replace(alert("S1"), suppressed="maintenance: relining")], 0.0)
+    assert r.incidents == 0 and r.suppressed == 1 and r.due(0.0) == []
+    r.feed([alert("S2")], 1.0)
+    r.due(1.0)
+    r.feed([msgspec.structs.replace(alert("S2", "cleared"), suppressed="gate: press off")], 2.0)
+    (n,) = r.due(100.0)
+    assert n.status == "resolved"

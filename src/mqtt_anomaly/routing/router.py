@@ -134,6 +134,7 @@ class Router:
         self._where: dict[tuple[int, str, str], str] = {}  # (route, sensor, detector) → key
         self.routed = 0  # raise events taken by at least one route
         self.unrouted = 0  # raise events no route took
+        self.suppressed = 0  # raise events not routed: suppressed (maintenance, gate)
 
     @property
     def incidents(self) -> int:
@@ -151,7 +152,10 @@ class Router:
         """Take one batch's alert events (router clock ``now``)."""
         for a in alerts:
             if a.state == "raised":
-                self._raise(a, now)
+                if a.suppressed:  # stored with its reason; reaches nobody
+                    self.suppressed += 1
+                else:
+                    self._raise(a, now)
             else:
                 self._clear(a, now)
 

@@ -84,6 +84,9 @@ class AlertEvent(BaseModel):
     reading_ts: float | None
     alert_ts: float
     message: str
+    suppressed: str = Field(
+        "", description="Why the alert reached nobody (maintenance, gate); empty: it was not"
+    )
 
 
 class ActiveAlert(BaseModel):
