@@ -35,6 +35,8 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .gates import Gate, gate_names_unique
+from .maintenance import Window
 from .mapping import TopicMap, compile_rule
 from .routeconf import ReceiverSettings, Route, check_routes
 from .routeconf import read_secret as _secret
@@ -543,11 +545,14 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
+    maintenance: tuple[Window, ...] = ()
+    gates: tuple[Gate, ...] = ()
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:
         try:
             check_routes(self.routes, self.receivers)
+            gate_names_unique(self.gates)
         except ValueError as exc:
             raise ValueError(f"{_SUBKEY}{exc}") from None
         return self
@@ -555,11 +560,13 @@ class Settings(BaseSettings):
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """What the service subscribes: ``topics.subscribe`` if set, else the mapping rules'
-        filters, the readings and status wildcards and, with Sparkplug on, its namespace."""
+        filters, the readings and status wildcards, the gates' state topics and, with
+        Sparkplug on, its namespace."""
         if self.topics.subscribe:
             return self.topics.subscribe
         filters = [r.filter for r in self.mapping.compiled.rules]
         filters += self.topics.filters
+        filters += [g.topic for g in self.gates if g.topic]
         if self.sparkplug.enabled:
             filters.append(f"spBv1.0/{self.sparkplug.group}/#")
         return tuple(dict.fromkeys(filters))

@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from .errors import ConfigError
 
-__all__ = ["GROUP_LABELS", "ReceiverSettings", "Route", "check_routes", "read_secret"]
+__all__ = [
+    "GROUP_LABELS",
+    "ReceiverSettings",
+    "Route",
+    "Selector",
+    "check_routes",
+    "read_secret",
+]
 
 GROUP_LABELS = ("route", "sensor", "detector", "severity", "asset", "group")
 """Labels a route may group by (``group_by``), besides ``tag:NAME`` for any tag."""
@@ -62,14 +69,10 @@ def _globs(v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
-class Route(_Model):
-    """One ``[[routes]]`` entry. Every ``match`` field left empty matches anything; several
+class Selector(_Model):
+    """Which sensors something applies to: every field left empty matches anything; several
     values in one field are alternatives; the fields together must all match."""
 
-    name: str = ""
-    receivers: tuple[str, ...]
-    severity: tuple[Literal["warning", "critical"], ...] = ()
-    detectors: tuple[str, ...] = ()
     sensors: tuple[str, ...] = ()
     """Glob patterns on the sensor id (``line-1-*``)."""
     assets: tuple[str, ...] = ()
@@ -78,6 +81,49 @@ class Route(_Model):
     """Glob patterns on the sensor's group (``alerts.group_pattern``, as for floods)."""
     tags: dict[str, str] = Field(default_factory=dict)
     """Tag name → glob pattern its value must match (``{ site = "berlin" }``)."""
+
+    @field_validator("sensors", "assets", "groups")
+    @classmethod
+    def _check_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _globs(v)
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        _globs(tuple(v.values()))
+        return v
+
+    @cached_property
+    def _patterns(self) -> dict[str, re.Pattern[str] | None]:
+        out = {"sensor": _rx(self.sensors), "asset": _rx(self.assets), "group": _rx(self.groups)}
+        out.update({f"tag:{k}": _rx((p,)) for k, p in self.tags.items()})
+        return out
+
+    def selects(self, sensor: str, tags: Mapping[str, str], group: str) -> bool:
+        """True when ``sensor`` (with its tags and group) is one of these."""
+        values = {"sensor": sensor, "asset": tags.get("asset"), "group": group}
+        for key, rx in self._patterns.items():
+            if rx is None:
+                continue
+            value = tags.get(key[4:]) if key.startswith("tag:") else values[key]
+            if value is None or rx.fullmatch(value) is None:
+                return False
+        return True
+
+
+def _rx(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
+
+
+class Route(Selector):
+    """One ``[[routes]]`` entry: a :class:`Selector` of sensors, and which of their alerts
+    (severity, detector) go to which receivers, how grouped."""
+
+    name: str = ""
+    receivers: tuple[str, ...]
+    severity: tuple[Literal["warning", "critical"], ...] = ()
+    detectors: tuple[str, ...] = ()
+    """Glob patterns on the detector's name."""
     group_by: tuple[str, ...] = ("route", "detector", "group")
     group_wait: float = Field(10.0, ge=0, le=86_400)
     """Seconds a new incident gathers alerts before its first message."""
@@ -99,16 +145,10 @@ class Route(_Model):
             raise ValueError("a route sends to at least one receiver")
         return v
 
-    @field_validator("sensors", "assets", "groups", "detectors")
+    @field_validator("detectors")
     @classmethod
-    def _check_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _check_detectors(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _globs(v)
-
-    @field_validator("tags")
-    @classmethod
-    def _check_tags(cls, v: dict[str, str]) -> dict[str, str]:
-        _globs(tuple(v.values()))
-        return v
 
     @field_validator("group_by")
     @classmethod
@@ -121,18 +161,8 @@ class Route(_Model):
         return v
 
     @cached_property
-    def _compiled(self) -> dict[str, re.Pattern[str] | None]:
-        def rx(pats: tuple[str, ...]) -> re.Pattern[str] | None:
-            return re.compile("|".join(fnmatch.translate(p) for p in pats)) if pats else None
-
-        out = {
-            "sensor": rx(self.sensors),
-            "detector": rx(self.detectors),
-            "asset": rx(self.assets),
-            "group": rx(self.groups),
-        }
-        out.update({f"tag:{k}": rx((p,)) for k, p in self.tags.items()})
-        return out
+    def _detector_rx(self) -> re.Pattern[str] | None:
+        return _rx(self.detectors)
 
     def matches(
         self,
@@ -145,15 +175,10 @@ class Route(_Model):
         """True when an alert of ``sensor`` with these properties is this route's."""
         if self.severity and severity not in self.severity:
             return False
-        asset = tags.get("asset")
-        values = {"sensor": sensor, "detector": detector, "asset": asset, "group": group}
-        for key, rx in self._compiled.items():
-            if rx is None:
-                continue
-            value = tags.get(key[4:]) if key.startswith("tag:") else values[key]
-            if value is None or rx.fullmatch(value) is None:
-                return False
-        return True
+        rx = self._detector_rx
+        if rx is not None and rx.fullmatch(detector) is None:
+            return False
+        return self.selects(sensor, tags, group)
 
 
 class ReceiverSettings(_Model):
