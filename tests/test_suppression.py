@@ -131,3 +131,37 @@ async def test_window_and_gate_on_a_seeded_simulation(tmp_path: Path) -> None:
     }
     assert in_store[("P2-T", 150.0, "raised")] == window
     assert in_store[("P2-T", 250.0, "raised")] == ""
+
+
+async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        {
+            "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state"},
+            "detector": {"detectors": ["threshold"]},
+            "gates": [{"name": "oven", "topic": "plant/oven/state", "sensors": ["OV-*"]}],
+        },
+    )
+    assert "plant/oven/state" in settings.subscriptions
+    broker = MemoryBroker()
+    seen: list[Alert] = []
+    run = Running(settings, transport=broker.transport)
+    run.service.listeners.append(lambda out: seen.extend(out.alerts))
+
+    def reading(sid: str, value: float, seq: int) -> tuple[str, bytes]:
+        body = {"sensor_id": sid, "ts": T0 + seq, "value": value, "seq": seq}
+        return f"factory/{sid}/temperature", msgspec.json.encode(body)
+
+    async with run:
+        broker.send([("plant/oven/state", b"OFF"), reading("OV-1", 99.0, 1), reading("X", 99.0, 1)])
+        await eventually(lambda: len(run.processed) == 2, what="two readings")
+        broker.send([("plant/oven/state", b"running"), reading("OV-1", 99.0, 2)])
+        await eventually(lambda: len(run.processed) == 3, what="the third")
+        assert not broker.messages("mqtt-anomaly/deadletter")  # the state is no reading
+    assert sorted((a.sensor_id, a.reading_ts - T0) for a in seen if a.state == "raised") == [
+        ("OV-1", 2.0),
+        ("X", 1.0),
+    ]
+    assert run.service.gates is not None and run.service.gates.held == 1

@@ -14,14 +14,14 @@ an anomaly), the readings of its sensors are stored but not scored and not learn
 is still produced (silence, offline, clears) carries ``suppressed = "gate: <name> off"`` (or
 ``warming up``). The rule's own sensor is not held by its gate unless the selector names it.
 Times are the readings' own (``ts``) for rules, the receive time for state topics; an
-alert's reason is the gate's state at its reading's time (the last 256 changes are kept).
+alert's reason is the gate's state at that time (the last 256 changes are kept).
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,7 +32,7 @@ from .topics import validate_filter
 
 __all__ = ["Gate", "Gates"]
 
-T = TypeVar("T")
+Round = list[tuple[int, Reading, float]]  # as the pipeline's rounds: (slot, reading, received)
 HISTORY = 256  # state changes kept per gate (the state of alerts emitted after the fact)
 
 
@@ -157,17 +157,20 @@ class Gates:
                 self._of_sensor[sensor] = found
         return found
 
-    def reason(self, sensor: str, ts: float) -> str:
-        """``gate: NAME off`` (or ``warming up``) while a gate holds ``sensor`` at ``ts``."""
+    def reason(self, sensor: str, ts: float, received: float | None = None) -> str:
+        """``gate: NAME off`` (or ``warming up``) while a gate held ``sensor`` at ``ts`` (the
+        reading's time; ``received``: the receive time, the clock of state topics, by default
+        ``ts``), else ``""``."""
         for i in self._gates_of(sensor):
-            on, since = self._state_at(i, ts)
+            g = self.gates[i]
+            on, since = self._state_at(i, ts if g.sensor or received is None else received)
             if not on:
-                return f"gate: {self.gates[i].name} off"
-            if ts < since + self.gates[i].warmup:
-                return f"gate: {self.gates[i].name} warming up"
+                return f"gate: {g.name} off"
+            if (ts if g.sensor or received is None else received) < since + g.warmup:
+                return f"gate: {g.name} warming up"
         return ""
 
-    def filter_round(self, rnd: list[tuple[int, Reading, T]]) -> list[tuple[int, Reading, T]]:
+    def filter_round(self, rnd: Round) -> Round:
         """The pipeline's gate hook: one round of ``(slot, reading, received_at)``, without the
         readings of sensors a gate holds (after taking the rules' readings into account)."""
         rules = self.by_rule
@@ -176,7 +179,7 @@ class Gates:
                 if r.sensor_id in rules:
                     self.observe(r.sensor_id, r.value, r.ts)
         reason = self.reason
-        keep = [x for x in rnd if not reason(x[1].sensor_id, x[1].ts)]
+        keep = [x for x in rnd if not reason(x[1].sensor_id, x[1].ts, x[2])]
         self.held += len(rnd) - len(keep)
         return keep
 

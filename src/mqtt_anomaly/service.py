@@ -231,7 +231,7 @@ class DetectorService(AsyncClosing):
         ts = a.reading_ts if a.reading_ts is not None else a.alert_ts
         why = self.maintenance.reason(a.sensor_id, ts)
         if not why and self.gates is not None:
-            why = self.gates.reason(a.sensor_id, ts)
+            why = self.gates.reason(a.sensor_id, ts, a.alert_ts)
         return msgspec.structs.replace(a, suppressed=why) if why else a
 
     @property
