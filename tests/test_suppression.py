@@ -15,6 +15,7 @@ from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Output
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.transport.memory import MemoryBroker
+from mqtt_anomaly.web.metrics import ServiceMetrics
 
 from .helpers import eventually
 from .test_service import Running
@@ -122,6 +123,8 @@ async def test_window_and_gate_on_a_seeded_simulation(tmp_path: Path) -> None:
     assert raised("P1-T") == {50: "", 195: "", 250: ""}
     held = OFF[1] - OFF[0] + int(WARMUP)
     assert svc.gates.held == held
+    text = ServiceMetrics(svc).exposition().decode()
+    assert f"mqtt_anomaly_readings_gated_total {float(held)}" in text
     assert learned == 300 - held  # nor learned from
     # the history store keeps the reason
     in_store = {

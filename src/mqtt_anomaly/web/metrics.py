@@ -94,6 +94,7 @@ METRICS: Final[dict[str, str]] = {
     "receiver_notices_dropped": "counter",
     "receiver_queue_depth": "gauge",
     "routing_incidents": "gauge",
+    "readings_gated": "counter",
 }
 _SUFFIXES: Final = {
     "counter": ("_total",),
@@ -213,6 +214,12 @@ class ServiceMetrics(Collector):
         yield from self._store()
         yield from self._kafka()
         yield from self._routing()
+        gates = svc.gates
+        yield _counter(
+            "readings_gated",
+            "Readings not scored: an operating-state gate held their sensor",
+            gates.held if gates is not None else 0,
+        )
         yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
         refused = CounterMetricFamily(
             P + "http_refused", "HTTP requests refused by a limit", labels=["reason"]
