@@ -43,6 +43,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "pki",
             "retry",
             "mapping",
+            "sparkplug",
+            "_proto",
         ),
     ),
     ("detection", ("detectors", "alerting", "floods")),
