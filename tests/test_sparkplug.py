@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import doctest
 import math
+import time
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from mqtt_anomaly import sparkplug
+from mqtt_anomaly.config import Settings, SparkplugSettings
+from mqtt_anomaly.simulate.faults import NO_FAULTS, parse_injection
+from mqtt_anomaly.simulate.sparkplug import SparkplugFleet
 from mqtt_anomaly.sparkplug import (
     BOOLEAN,
     DOUBLE,
@@ -23,6 +30,10 @@ from mqtt_anomaly.sparkplug import (
     node_death,
     state_payload,
 )
+
+from .helpers import Observer, eventually
+from .mosquitto import Mosquitto
+from .test_service import Running, settings_for
 
 T = 1_700_000_000.0
 NODE = "spBv1.0/plant/{}/edge-1"
@@ -161,3 +172,84 @@ def test_bad_timestamp_and_commands_and_state() -> None:
     assert host.handle("spBv1.0/plant/NCMD/edge-1", b"", T).error is None
     assert host.handle("spBv1.0/STATE/other-host", b"{}", T).error is None
     assert state_payload(True, T) == b'{"online":true,"timestamp":1700000000000}'
+
+
+# ---- a Sparkplug fleet through a real broker into the service ---------------------------------
+def sparkplug_settings(broker: Mosquitto, tmp_path: Path, **sim: Any) -> Settings:
+    base = settings_for(broker, tmp_path)
+    return base.model_copy(
+        update={
+            "sparkplug": SparkplugSettings(enabled=True, host_id="test-host", rebirth_interval=0),
+            "simulator": base.simulator.model_copy(update={"interval": 0.05, **sim}),
+        }
+    )
+
+
+async def test_fleet_readings_alerts_offline_and_host_state(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = sparkplug_settings(mosquitto, tmp_path, sensors=6, seed=1, faults=NO_FAULTS)
+    spike = parse_injection("spike@1.0:2")
+    async with (
+        Observer(mosquitto.url, ["factory/#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#"]) as obs,
+        Running(settings) as run,
+    ):
+        await eventually(lambda: bool(obs.on("STATE/test-host")), what="host STATE")
+        assert msgspec.json.decode(obs.on("STATE/test-host")[0])["online"] is True
+        fleet = SparkplugFleet(settings, per_node=4, injections=[spike])  # 2 nodes: 4 + 2
+        async with fleet:
+            await fleet.run(count=40)
+            sid = fleet.sensor_of(1)
+            assert sid == "plant/edge-01/asset-01/SENSOR-02"
+            await eventually(
+                lambda: sum(s == sid for s, _ in run.processed) == 40, what="40 readings"
+            )
+            assert len(run.processed) == 6 * 40
+            alerts = [a for a in obs.json("/alerts") if a["detector"] == "threshold"]
+            assert [a["sensor_id"] for a in alerts][:1] == [sid]
+            assert alerts[0]["reading_ts"] is not None
+            tags = run.service.pipeline.tags[sid]
+            assert tags == {
+                "site": "plant",
+                "line": "edge-01",
+                "asset": "asset-01",
+                "quantity": "SENSOR-02",
+            }
+            # the second node dies: its will (NDEATH) takes its two sensors offline
+            fleet.crash(1)
+            gone = {fleet.sensor_of(4), fleet.sensor_of(5)}
+
+            def offline() -> set[str]:
+                return {
+                    str(a["sensor_id"])
+                    for a in obs.json("/alerts")
+                    if a["detector"] == "offline" and a["state"] == "raised"
+                }
+
+            await eventually(lambda: offline() == gone, what="offline alerts")
+            await fleet.restart(1)  # bdSeq + 1, births again: back online
+            pl = run.service.pipeline
+            await eventually(
+                lambda: all(pl.health[pl.sensors[s]] == "ok" for s in gone),
+                what="back online",
+            )
+            # a lost DDATA (seq jumps): a data-loss alert and a rebirth request, answered
+            node = fleet.nodes[0]
+            node.seq += 3
+            births = node.births
+            node.send([(1, 25.0)], time.time())
+            await eventually(lambda: node.births > births, what="rebirth")
+            loss = [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
+            assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
+            assert loss[0]["state"] == "raised"
+            await eventually(
+                lambda: any(
+                    a["detector"] == "data_loss" and a["state"] == "cleared"
+                    for a in obs.json("/alerts")
+                ),
+                what="data loss cleared by the birth",
+            )
+            assert obs.on("NCMD/edge-01")
+    states = obs.json("STATE/test-host")
+    assert states[-1]["online"] is False  # the clean stop says offline
+    assert states[-1]["timestamp"] == states[0]["timestamp"]

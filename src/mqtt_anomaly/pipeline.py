@@ -61,6 +61,7 @@ from .messages import (
     decode_reading,
     encode,
 )
+from .sparkplug import NAMESPACE, SparkplugHost
 from .topics import TopicTemplate, valid_sensor_id
 from .view import PipelineView
 
@@ -75,6 +76,7 @@ _SLOT, _RECEIVED = itemgetter(0), itemgetter(2)  # of a round's (slot, reading, 
 
 OFFLINE = "offline"
 SILENCE = "silence"
+DATA_LOSS = "data_loss"  # a Sparkplug node's seq gap
 
 
 class SeqWindow:
@@ -163,9 +165,17 @@ class Output:
     dead: list[DeadLetter] = field(default_factory=list)
     new_sensors: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)  # sensors whose slot went to a new one
+    commands: list[tuple[str, bytes]] = field(default_factory=list)  # (topic, payload), QoS 0
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.alerts or self.health or self.dead or self.evicted)
+        return bool(
+            self.readings
+            or self.alerts
+            or self.health
+            or self.dead
+            or self.evicted
+            or self.commands
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -244,6 +254,13 @@ class Pipeline:
         # topic → (rule, tags, quantity → sensor id) for topics a mapping rule applies to
         self._mapped_topics: dict[str, tuple[Rule, dict[str, str], dict[str, str]]] = {}
         self.tags: dict[str, dict[str, str]] = {}  # sensor id → its tags (mapped sensors)
+        sp = settings.sparkplug
+        self.sparkplug = (
+            SparkplugHost(rebirth=sp.rebirth, rebirth_interval=sp.rebirth_interval)
+            if sp.enabled
+            else None
+        )
+        self._sp_prefix = NAMESPACE + "/"
         self._view = PipelineView(self)
 
     def view(self) -> PipelineView:
@@ -426,11 +443,15 @@ class Pipeline:
         cache = self._reading_topics
         check = self.seq.check
         mapped = self.mapping is not None
+        sparkplug, sp_prefix = self.sparkplug is not None, self._sp_prefix
         for topic, payload, received_at in batch:
             c.received += 1
             known = cache.get(topic)
             if known is None:
                 if mapped and self._decode_mapped(topic, payload, received_at, decoded):
+                    continue
+                if sparkplug and topic.startswith(sp_prefix):
+                    self._decode_sparkplug(topic, payload, received_at, decoded)
                     continue
                 known = self._classify(topic, payload, received_at, out)
                 if known is None:
@@ -507,6 +528,72 @@ class Pipeline:
                 slot, Reading(sid, ts, value, unit, seq), received_at, decoded, topic, payload
             )
         return True
+
+    def _decode_sparkplug(
+        self, topic: str, payload: bytes, received_at: float, decoded: Decoded
+    ) -> None:
+        """A Sparkplug B message (:mod:`.sparkplug`): births give sensors their slots and tags,
+        data their readings, deaths take them offline, a seq gap raises a data-loss alert."""
+        assert self.sparkplug is not None
+        m = self.sparkplug.handle(topic, payload, received_at)
+        out = decoded.out
+        if m.error is not None:
+            self._reject(topic, payload, m.error, received_at, out)
+        if m.rebirth is not None:
+            out.commands.append(m.rebirth)
+        sensors = self.sensors
+        for b in m.born:
+            if (
+                b.sensor not in sensors
+                and self._admit(b.sensor, topic, payload, received_at, out) is None
+            ):
+                continue
+            self.tags[b.sensor] = b.tags
+        for sid, ts, value, unit in m.values:
+            slot = sensors.get(sid)
+            if slot is None:  # evicted since its birth
+                slot = self._admit(sid, topic, payload, received_at, out)
+                if slot is None:
+                    continue
+            self._place(slot, Reading(sid, ts, value, unit, NO_SEQ), received_at, decoded)
+        for sids, offline in ((m.offline, True), (m.online, False)):
+            for sid in sids:
+                slot = sensors.get(sid)
+                if slot is not None:
+                    self._set_offline(slot, sid, offline, received_at, m.why_offline, out)
+        if m.loss_started or m.gap_closed:
+            self._data_loss(m.gap, m.gap_closed, received_at, out)
+
+    def _data_loss(
+        self, gap: tuple[str, int] | None, closed: str, received_at: float, out: Output
+    ) -> None:
+        """A Sparkplug node's seq gap: a ``data_loss`` alert on the node's id (no slot: the
+        node is not a sensor), raised at its first gap and cleared by its next birth."""
+        node, state = (gap[0], "raised") if gap is not None else (closed, "cleared")
+        if state == "raised":
+            self.counters.alerts_raised += 1
+        else:
+            self.counters.alerts_cleared += 1
+        lost = gap[1] if gap is not None else 0
+        out.alerts.append(
+            Alert(
+                sensor_id=node,
+                detector=DATA_LOSS,
+                severity="warning",
+                state=state,  # type: ignore[arg-type]
+                value=float(lost) if gap is not None else None,
+                score=1.0 if gap is not None else 0.0,
+                threshold=None,
+                expected_low=None,
+                expected_high=None,
+                reading_ts=None,
+                alert_ts=received_at,
+                message=f"Sparkplug seq gap: {lost} message(s) lost"
+                if gap is not None
+                else "Sparkplug node born again",
+                id=alert_id(node, DATA_LOSS, state, NO_SEQ, received_at),
+            )
+        )
 
     def _place(
         self,
@@ -771,6 +858,12 @@ class Pipeline:
                 return
         self.last_active[slot] = received_at
         offline = text == b"offline"
+        self._set_offline(slot, sid, offline, received_at, "sensor offline (Last Will)", out)
+
+    def _set_offline(
+        self, slot: int, sid: str, offline: bool, received_at: float, why: str, out: Output
+    ) -> None:
+        """The sensor's offline alert raised (``why``) or cleared, its health updated."""
         book = self.books[OFFLINE]
         if book.set_state(slot, offline, critical=offline):
             state = "raised" if offline else "cleared"
@@ -791,7 +884,7 @@ class Pipeline:
                     expected_high=None,
                     reading_ts=None,
                     alert_ts=received_at,
-                    message="sensor offline (Last Will)" if offline else "sensor back online",
+                    message=why if offline else "sensor back online",
                     id=alert_id(sid, OFFLINE, state, NO_SEQ, received_at),
                 )
             )

@@ -82,6 +82,7 @@ class Message:
     offline: list[str] = field(default_factory=list)  # sensors of a node or device now dead
     why_offline: str = ""
     gap: tuple[str, int] | None = None  # (node id, messages lost) for a seq gap
+    loss_started: bool = False  # the gap is the node's first since its birth
     gap_closed: str = ""  # the node id whose birth ended its data loss
     rebirth: tuple[str, bytes] | None = None  # the NCMD to publish: (topic, payload)
     error: PayloadError | None = None  # the message, or part of it, could not be read
@@ -295,6 +296,7 @@ class SparkplugHost:
             self.counters.seq_gaps += 1
             self.counters.lost += lost
             m.gap = (node.id, lost)
+            m.loss_started = not node.losing
             node.losing = True
             self._ask_rebirth(node, received_at, m)
         node.seq = seq
@@ -385,14 +387,16 @@ def _properties(props: Payload.PropertySet) -> tuple[str, float, float]:
 
 # ---- payloads an edge node sends (the simulator's and the tests') and the host's NCMD ------
 def _metric(
-    out: Payload.Metric, name: str, alias: int | None, datatype: int, value: float | bool
+    out: Payload.Metric, name: str, alias: int | None, datatype: int, value: float | None
 ) -> None:
     if name:
         out.name = name
     if alias is not None:
         out.alias = alias
     out.datatype = datatype
-    if datatype == BOOLEAN:
+    if value is None:
+        out.is_null = True
+    elif datatype == BOOLEAN:
         out.boolean_value = bool(value)
     elif datatype == FLOAT:
         out.float_value = float(value)
@@ -408,12 +412,12 @@ def node_birth(
     *,
     bdseq: int,
     seq: int = 0,
-    metrics: Sequence[tuple[str, int, int, float, str]] = (),
+    metrics: Sequence[tuple[str, int, int, float | None, str]] = (),
     ts: float | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
 ) -> bytes:
-    """An NBIRTH (or, without bdSeq by :func:`device_birth`, a DBIRTH) payload: ``metrics``
-    are ``(name, alias, datatype, value, unit)``; ``ranges`` name → (low, high)."""
+    """An NBIRTH payload: ``metrics`` are ``(name, alias, datatype, value, unit)`` (value
+    None: a null value), ``ranges`` name → (low, high); :func:`device_birth` for a DBIRTH."""
     p = _birth(metrics, ts, seq, ranges)
     _metric(p.metrics.add(), BDSEQ_METRIC, None, UINT64, bdseq)
     _metric(p.metrics.add(), REBIRTH_METRIC, None, BOOLEAN, False)
@@ -423,7 +427,7 @@ def node_birth(
 def device_birth(
     *,
     seq: int,
-    metrics: Sequence[tuple[str, int, int, float, str]],
+    metrics: Sequence[tuple[str, int, int, float | None, str]],
     ts: float | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
 ) -> bytes:
@@ -431,7 +435,7 @@ def device_birth(
 
 
 def _birth(
-    metrics: Sequence[tuple[str, int, int, float, str]],
+    metrics: Sequence[tuple[str, int, int, float | None, str]],
     ts: float | None,
     seq: int,
     ranges: dict[str, tuple[float, float]] | None,

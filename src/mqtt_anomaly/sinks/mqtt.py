@@ -8,6 +8,7 @@ service's own connection (a :class:`~mqtt_anomaly.transport.base.Transport`).
   retained payload) *before* this batch's health, so an id evicted and back in one batch keeps
   its new health; one log line per burst;
 - **health**: retained, on ``topics.health``;
+- **commands**: Sparkplug NCMD rebirth requests, QoS 0 as the specification has them;
 - **dead letters** to ``topics.deadletter``, at most ``dead_letter_rate`` a second (a token
   bucket; the rest are counted in :attr:`MqttSink.dead_letters_suppressed`), each logged
   (rate-limited by reason).
@@ -78,6 +79,8 @@ class MqttSink(BaseSink):
                 publish(topic.format(sid), state.encode(), qos=1, retain=True)
         if out.dead:
             self._dead_letters(out)
+        for command, payload in out.commands:  # Sparkplug rebirth requests (NCMD: QoS 0)
+            self.transport.publish(command, payload, qos=0)
 
     def tick(self, now: float) -> None:
         """The flood filter's periodic check (updates, ends and their stragglers), then the

@@ -59,6 +59,7 @@ from .codec import (
     PUBREL,
     SUBACK,
     MalformedPacketError,
+    Will,
     connect,
     decode_connack,
     decode_suback,
@@ -251,6 +252,7 @@ class LeanClient:
         self._acks = AckHold()  # PUBACKs of processed messages, not yet sent
         self._paused = False
         self._intake = True
+        self.will: Will | None = None  # sent in every CONNECT (the Sparkplug host's STATE)
 
     # ---- receiving ------------------------------------------------------------------
     def _parse(self, data: bytes, proto: _Protocol) -> bytes:
@@ -504,6 +506,7 @@ class LeanClient:
             keepalive=s.keepalive,
             username=username,
             password=s.secret_password() if username else None,
+            will=self.will,
         )
 
     def _resume(self, session_present: bool) -> None:
