@@ -100,8 +100,10 @@ class SparkplugCounters:
     rebirths_requested: int = 0
 
 
-# a metric the birth declared: (sensor id, unit, datatype)
+# a metric the birth declared: (sensor id, unit, sign bits: 0, or 32/64 for a signed integer)
 _Known = tuple[str, str, int]
+# a topic: (message type, (group, node), device), or why it is not one ("": ignored)
+_Route = tuple[str, tuple[str, str], str] | str
 
 
 @dataclass(slots=True, eq=False)
@@ -141,38 +143,33 @@ class SparkplugHost:
         self.max_nodes = max_nodes
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.counters = SparkplugCounters()
+        self._routes: dict[str, _Route] = {}  # topic → what it is, for the topics seen
 
     def handle(self, topic: str, payload: bytes, received_at: float) -> Message:
         """One message on ``spBv1.0/...``; never raises (errors are in ``Message.error``)."""
-        parts = topic.split("/")
         m = Message()
-        if len(parts) < 4 or parts[0] != NAMESPACE:
-            if len(parts) == 3 and parts[1] == "STATE":  # a host application's state
-                return m
-            m.error = PayloadError("unexpected_topic", "not a Sparkplug B topic")
+        route = self._routes.get(topic)
+        if route is None:
+            route = _route(topic)
+            if len(self._routes) >= 8 * self.max_nodes:
+                self._routes.clear()  # bounded whatever topics come
+            self._routes[topic] = route
+        if isinstance(route, str):
+            if route:
+                m.error = PayloadError("unexpected_topic", route)
             return m
-        _, group, kind, node_id, *rest = parts
-        if len(rest) > 1 or not all(map(_level_ok, (group, node_id, *rest))):
-            m.error = PayloadError("unexpected_topic", "not a Sparkplug B topic")
-            return m
-        device = rest[0] if rest else ""
-        if kind in ("NCMD", "DCMD"):  # commands to the node (our rebirth requests among them)
-            return m
-        if kind not in _KINDS or (kind[0] == "D") != bool(device):
-            m.error = PayloadError("unexpected_topic", f"Sparkplug message type {kind!r}")
-            return m
+        kind, key, device = route
         try:
             p = Payload.FromString(payload)
         except DecodeError as exc:
             m.error = PayloadError("not_sparkplug", str(exc)[:120])
             return m
-        key = (group, node_id)
         node = self.nodes.get(key)
         if node is None:
             if len(self.nodes) >= self.max_nodes:
                 m.error = PayloadError("sensor_limit", f"{self.max_nodes} Sparkplug nodes known")
                 return m
-            node = self.nodes[key] = _Node(group, node_id)
+            node = self.nodes[key] = _Node(*key)
         if kind == "NDEATH":
             self._node_death(node, p, m)
             return m
@@ -261,7 +258,7 @@ class SparkplugHost:
                 if metric.HasField("properties")
                 else ("", math.nan, math.nan)
             )
-            known: _Known = (sid, unit, metric.datatype)
+            known: _Known = (sid, unit, _SIGNED_BITS.get(metric.datatype, 0))
             node.names[(device, name)] = known
             if metric.HasField("alias"):
                 node.aliases[metric.alias] = known
@@ -313,10 +310,12 @@ class SparkplugHost:
     ) -> None:
         aliases, names = node.aliases, node.names
         default_ts = ts_ms / 1000.0 if ts_ms else received_at
+        if not abs(default_ts - received_at) < MAX_TS_SKEW_S:
+            m.error = PayloadError("bad_timestamp", f"payload timestamp {ts_ms} ms")
+            return
         values = m.values
+        isfinite, numeric = math.isfinite, _NUMERIC_FIELDS
         for metric in metrics:
-            if metric.is_historical or metric.is_null:
-                continue
             name = metric.name
             known = names.get((device, name)) if name else aliases.get(metric.alias)
             if known is None:
@@ -327,25 +326,25 @@ class SparkplugHost:
                 m.error = PayloadError("unknown_alias", f"{what} not in the birth of {node.id}")
                 self._ask_rebirth(node, received_at, m)
                 continue
-            sid, unit, datatype = known
-            kind = metric.WhichOneof("value")
-            if kind is None:
+            kind = metric.WhichOneof("value")  # None: a null value
+            if kind not in numeric or metric.is_historical:
                 continue
-            value = getattr(metric, kind)
-            if kind in ("string_value", "bytes_value"):
-                continue
-            v = float(value)
-            bits = _SIGNED_BITS.get(datatype)
-            if bits is not None and v >= 2 ** (bits - 1):  # two's complement in an unsigned
-                v -= 2**bits
-            if not math.isfinite(v):
+            sid, unit, bits = known
+            v = float(getattr(metric, kind))
+            if bits and v >= _HALF[bits]:  # two's complement in an unsigned field
+                v -= _FULL[bits]
+            elif not isfinite(v):
                 m.error = PayloadError("non_finite", f"{sid}: {v}")
                 continue
-            ts = metric.timestamp / 1000.0 if metric.timestamp else default_ts
-            if not abs(ts - received_at) < MAX_TS_SKEW_S:
-                m.error = PayloadError("bad_timestamp", f"{sid}: {ts}")
-                continue
-            values.append((sid, ts, v, unit))
+            ts_metric = metric.timestamp
+            if ts_metric:
+                ts = ts_metric / 1000.0
+                if not abs(ts - received_at) < MAX_TS_SKEW_S:
+                    m.error = PayloadError("bad_timestamp", f"{sid}: {ts_metric} ms")
+                    continue
+                values.append((sid, ts, v, unit))
+            else:
+                values.append((sid, default_ts, v, unit))
 
     def _ask_rebirth(self, node: _Node, now: float, m: Message) -> None:
         if not self.rebirth or now < node.next_rebirth:
@@ -356,10 +355,29 @@ class SparkplugHost:
 
 
 _KINDS: Final = frozenset(("NBIRTH", "NDEATH", "NDATA", "DBIRTH", "DDEATH", "DDATA"))
+_NUMERIC_FIELDS: Final = frozenset(
+    ("int_value", "long_value", "float_value", "double_value", "boolean_value")
+)
+_HALF: Final = {32: 2.0**31, 64: 2.0**63}
+_FULL: Final = {32: 2.0**32, 64: 2.0**64}
 
 
-def _level_ok(level: str) -> bool:
-    return bool(level) and not _FORBIDDEN.intersection(level)
+def _route(topic: str) -> _Route:
+    """What a topic in the namespace is (see :data:`_Route`)."""
+    parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == NAMESPACE and parts[1] == "STATE":
+        return ""  # a host application's state
+    if len(parts) not in (4, 5) or parts[0] != NAMESPACE:
+        return "not a Sparkplug B topic"
+    if not all(p and not _FORBIDDEN.intersection(p) for p in parts):
+        return "not a Sparkplug B topic"
+    _, group, kind, node_id, *rest = parts
+    device = rest[0] if rest else ""
+    if kind in ("NCMD", "DCMD"):  # commands to the node (our rebirth requests among them)
+        return ""
+    if kind not in _KINDS or (kind[0] == "D") != bool(device):
+        return f"Sparkplug message type {kind!r}"
+    return (kind, (group, node_id), device)
 
 
 def _int(metric: Payload.Metric) -> int:
