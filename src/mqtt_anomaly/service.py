@@ -39,7 +39,7 @@ from ._lifecycle import AsyncClosing
 from .config import Settings
 from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
-from .errors import StateFileError
+from .errors import ConfigError, StateFileError
 from .pipeline import Output, Pipeline
 from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
@@ -91,6 +91,12 @@ class DetectorService(AsyncClosing):
         sinks: Sequence[Sink] = (),
     ) -> None:
         self.settings = settings
+        shared = next((f for f in settings.subscriptions if f.startswith("$share/")), None)
+        if shared is not None:  # see docs/plant.md#mqtt-5
+            raise ConfigError(
+                f"topics.subscribe: {shared}: a shared subscription hands each message to one "
+                "of several subscribers, and a detector must see every reading of its sensor"
+            )
         self.pipeline = Pipeline(settings)
         self.store = store
         self.kafka = kafka
