@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import doctest
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from mqtt_anomaly.config import Settings, load_settings
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.service import DetectorService
+from mqtt_anomaly.transport import codec
 from mqtt_anomaly.transport.lean import LeanClient
 
 from .helpers import Observer, eventually, reading_payload
@@ -98,3 +101,65 @@ def test_a_shared_subscription_is_refused_for_the_detector(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as err:
         DetectorService(settings, console=False)
     assert "every reading of its sensor" in str(err.value) and "\n" not in str(err.value)
+
+
+class V5Subscriber:
+    """A bare MQTT 5 subscriber built from the codec: every PUBLISH with its properties."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.port, self.filter = port, topic_filter
+        self.messages: list[tuple[str, bytes, list[tuple[int, Any]]]] = []
+
+    async def __aenter__(self) -> V5Subscriber:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(codec.connect("v5-observer", level=codec.MQTT_5))
+        self.writer.write(codec.subscribe(1, [(self.filter, 1)], level=codec.MQTT_5))
+        self.task = asyncio.create_task(self._read())
+        await eventually(lambda: self.subscribed, what="SUBACK")
+        return self
+
+    subscribed = False
+
+    async def _read(self) -> None:
+        rest = b""
+        while data := await self.reader.read(65536):
+            packets, rest = codec.split(rest + data)
+            for kind, flags, body in packets:
+                if kind == codec.SUBACK:
+                    self.subscribed = True
+                elif kind == codec.PUBLISH:
+                    p = codec.decode_publish(flags, body, level=codec.MQTT_5)
+                    self.messages.append(
+                        (p.topic, p.payload, codec.decode_properties(p.properties))
+                    )
+                    if p.qos:
+                        self.writer.write(codec.puback(p.packet_id))
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+async def test_alerts_carry_user_properties_and_message_expiry(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = v5(mosquitto, tmp_path, message_expiry=120)
+    async with (
+        Running(settings),
+        V5Subscriber(mosquitto.port, "factory/+/alerts") as sub,
+        publisher(mosquitto.url) as pub,
+    ):
+        pub.publish("factory/S7/temperature", reading_payload("S7", 98.5, 1))
+        await eventually(lambda: bool(sub.messages), what="the alert")
+    topic, payload, props = sub.messages[0]
+    assert topic == "factory/S7/alerts" and b'"threshold"' in payload
+    users = [v for k, v in props if k == codec.USER_PROPERTY]
+    assert ("sensor_id", "S7") in users and ("detector", "threshold") in users
+    expiry = [v for k, v in props if k == codec.MESSAGE_EXPIRY]
+    assert len(expiry) == 1 and 0 < expiry[0] <= 120  # the broker counts down what is left
+
+
+def test_doctests() -> None:
+    from mqtt_anomaly.sinks import mqtt
+
+    assert doctest.testmod(mqtt).failed == 0

@@ -93,7 +93,7 @@ from .outgoing import OutgoingTracker
 log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, bytes, float]]
-_Out = tuple[str, bytes, int, bool, int]
+_Out = tuple[str, bytes, int, bool, int, bytes]  # topic, payload, qos, retain, serial, MQTT 5 props
 
 
 def _tcp_options(sock: Any) -> Callable[[], None] | None:
@@ -581,9 +581,16 @@ class LeanClient:
             self._write(
                 b"".join(
                     publish(
-                        topic, payload, qos=qos, retain=retain, dup=True, packet_id=mid, level=level
+                        topic,
+                        payload,
+                        qos=qos,
+                        retain=retain,
+                        dup=True,
+                        packet_id=mid,
+                        level=level,
+                        properties=props if level == MQTT_5 else b"",
                     )
-                    for mid, (topic, payload, qos, retain, _) in pending
+                    for mid, (topic, payload, qos, retain, _, props) in pending
                 )
             )
         else:  # the broker forgot them: new messages, ahead of those queued since
@@ -669,25 +676,26 @@ class LeanClient:
                 return self._next_mid
         raise BrokerError("no free packet identifier: 65,535 messages unacknowledged")
 
-    def _packet(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> bytes:
+    def _packet(
+        self, topic: str, payload: bytes, qos: int, retain: bool, serial: int, props: bytes = b""
+    ) -> bytes:
         """The PUBLISH packet, with a packet id taken for QoS 1 (counted in flight)."""
         mid = 0
         if qos:
             mid = self._mid()
             inflight = self._inflight
-            inflight[mid] = (topic, payload, 1, retain, serial)
+            inflight[mid] = (topic, payload, 1, retain, serial, props)
             self.peak_inflight = max(self.peak_inflight, len(inflight))
         if self.level == MQTT_311:
             return publish(topic, payload, qos=min(qos, 1), retain=retain, packet_id=mid)
-        props = b""
         if self._alias_max:  # MQTT 5 topic aliases: the topic once, then its number
             alias = self._aliases.get(topic)
             if alias is not None:
-                props = encode_properties([(TOPIC_ALIAS, alias)])
+                props += encode_properties([(TOPIC_ALIAS, alias)])
                 topic = ""
             elif len(self._aliases) < self._alias_max:
                 alias = self._aliases[topic] = len(self._aliases) + 1
-                props = encode_properties([(TOPIC_ALIAS, alias)])
+                props += encode_properties([(TOPIC_ALIAS, alias)])
         return publish(
             topic,
             payload,
@@ -712,8 +720,18 @@ class LeanClient:
         if self._intake_held and len(queue) <= self._max_queued // 2:
             self._release_intake()
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",
+    ) -> None:
         """Publish now if connected and the in-flight window has room, else queue (in order).
+        ``properties``: an MQTT 5 property block (:func:`.codec.encode_properties`), left out
+        at 3.1.1.
 
         While connected the queue is not bounded, but past ``max_queued`` the intake is held
         (:attr:`intake_held`); while disconnected at most ``buffer_size`` wait (the oldest are
@@ -725,9 +743,9 @@ class LeanClient:
         queue = self._queue
         if self.connected:
             if not queue and (not qos or len(self._inflight) < self._window):
-                self._write(self._packet(topic, payload, qos, retain, serial))
+                self._write(self._packet(topic, payload, qos, retain, serial, properties))
                 return
-            queue.append((topic, payload, qos, retain, serial))
+            queue.append((topic, payload, qos, retain, serial, properties))
             if len(queue) > self._max_queued:
                 self._hold_intake()
             self.stats.buffered = len(queue)
@@ -738,7 +756,7 @@ class LeanClient:
                 self._outgoing.completed(serial)
                 return
             self._outgoing.completed(queue.popleft()[4])
-        queue.append((topic, payload, qos, retain, serial))
+        queue.append((topic, payload, qos, retain, serial, properties))
         self.stats.buffered = len(queue)
 
     # ---- tracking what we published -----------------------------------------------------
