@@ -52,6 +52,7 @@ from .messages import (
     MAX_TS_SKEW_S,
     NO_SEQ,
     Alert,
+    AlertState,
     DeadLetter,
     HealthState,
     Reading,
@@ -569,30 +570,45 @@ class Pipeline:
     ) -> None:
         """A Sparkplug node's seq gap: a ``data_loss`` alert on the node's id (no slot: the
         node is not a sensor), raised at its first gap and cleared by its next birth."""
-        node, state = (gap[0], "raised") if gap is not None else (closed, "cleared")
-        if state == "raised":
+        if gap is not None:
+            node, lost = gap
+            why, value = f"Sparkplug seq gap: {lost} message(s) lost", float(lost)
+        else:
+            node, why, value = closed, "Sparkplug node born again", None
+        out.alerts.append(
+            self._event(node, DATA_LOSS, "warning", gap is not None, value, received_at, why)
+        )
+
+    def _event(
+        self,
+        sid: str,
+        detector: str,
+        severity: Severity,
+        raised: bool,
+        value: float | None,
+        ts: float,
+        message: str,
+    ) -> Alert:
+        """An alert raised or cleared by an event (a status, a death, a seq gap), counted."""
+        if raised:
             self.counters.alerts_raised += 1
         else:
             self.counters.alerts_cleared += 1
-        lost = gap[1] if gap is not None else 0
-        out.alerts.append(
-            Alert(
-                sensor_id=node,
-                detector=DATA_LOSS,
-                severity="warning",
-                state=state,  # type: ignore[arg-type]
-                value=float(lost) if gap is not None else None,
-                score=1.0 if gap is not None else 0.0,
-                threshold=None,
-                expected_low=None,
-                expected_high=None,
-                reading_ts=None,
-                alert_ts=received_at,
-                message=f"Sparkplug seq gap: {lost} message(s) lost"
-                if gap is not None
-                else "Sparkplug node born again",
-                id=alert_id(node, DATA_LOSS, state, NO_SEQ, received_at),
-            )
+        state: AlertState = "raised" if raised else "cleared"
+        return Alert(
+            sensor_id=sid,
+            detector=detector,
+            severity=severity,
+            state=state,
+            value=value,
+            score=1.0 if raised else 0.0,
+            threshold=None,
+            expected_low=None,
+            expected_high=None,
+            reading_ts=None,
+            alert_ts=ts,
+            message=message,
+            id=alert_id(sid, detector, state, NO_SEQ, ts),
         )
 
     def _place(
@@ -866,28 +882,9 @@ class Pipeline:
         """The sensor's offline alert raised (``why``) or cleared, its health updated."""
         book = self.books[OFFLINE]
         if book.set_state(slot, offline, critical=offline):
-            state = "raised" if offline else "cleared"
-            if offline:
-                self.counters.alerts_raised += 1
-            else:
-                self.counters.alerts_cleared += 1
-            out.alerts.append(
-                Alert(
-                    sensor_id=sid,
-                    detector=OFFLINE,
-                    severity="critical",
-                    state=state,  # type: ignore[arg-type]
-                    value=None,
-                    score=1.0 if offline else 0.0,
-                    threshold=None,
-                    expected_low=None,
-                    expected_high=None,
-                    reading_ts=None,
-                    alert_ts=received_at,
-                    message=why if offline else "sensor back online",
-                    id=alert_id(sid, OFFLINE, state, NO_SEQ, received_at),
-                )
-            )
+            message = why if offline else "sensor back online"
+            alert = self._event(sid, OFFLINE, "critical", offline, None, received_at, message)
+            out.alerts.append(alert)
         self._update_health({slot}, out)
 
     def check_silence(self, now: float) -> Output:
