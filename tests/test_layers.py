@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("detection", ("detectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view")),
-    ("io", ("transport", "store", "sinks", "writebehind", "routing")),
+    ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),

@@ -70,6 +70,9 @@ class BrokerSettings(_Section):
     max_inflight: int = Field(1000, ge=1, le=65535)
     """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
     the broker; the rest wait in order in a local queue."""
+    max_inflight_qos2: int = Field(20, ge=1, le=65535)
+    """Of those, QoS 2 publishes (alerts with ``alerts.qos = 2``) at most: Mosquitto's
+    ``max_inflight_messages`` (20 by default) bounds the QoS 2 messages it takes from us at once."""
     max_queued: int = Field(100_000, ge=1)
     """Past this many publishes waiting for the window the service stops taking readings
     (the broker keeps them) until the queue is back under half."""
@@ -255,6 +258,10 @@ class AlertSettings(_Section):
     console_rate: float = Field(20.0, gt=0)
     """Alert lines per second on the console at most (outside floods); then one line with
     how many were not shown."""
+    qos: Literal[1, 2] = 2
+    """QoS of the alerts on the alert topic. 2: with ``service.ack_after = "journaled"`` the
+    packet state of every alert in flight is kept in the outbox and resumed after a crash on
+    the persistent session, so the broker never takes an alert twice."""
 
     @field_validator("group_pattern")
     @classmethod
@@ -503,9 +510,15 @@ class ServiceSettings(_Section):
     """The detector service itself."""
 
     state_dir: Path = Path("state")
-    ack_after: Literal["durable", "processed"] = "durable"
-    """When a reading is acknowledged to the broker: once the durable sinks (history store,
-    Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
+    ack_after: Literal["journaled", "durable", "processed"] = "journaled"
+    """When a reading is acknowledged to the broker: once it is written to the intake journal
+    (``state/journal``; processed again after a crash, alerts sent once through the outbox),
+    once the durable sinks (history store, Kafka) hold it and the detector state that saw it
+    is saved, or once it was processed."""
+    fsync: bool = False
+    """With ``ack_after = "journaled"``: every journal and outbox write reaches the disk
+    before the readings are acknowledged (power loss loses nothing acknowledged), at the cost
+    of one ``fdatasync`` per network read."""
     ack_interval: float = Field(0.1, gt=0, le=60)
     """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
     means fewer state saves, more messages in flight at the broker."""

@@ -48,6 +48,16 @@ def bench(
             "settings, Nagle's algorithm on, as most installations run it).",
         ),
     ] = False,
+    broker_inflight: Annotated[
+        int,
+        typer.Option(
+            "--broker-inflight",
+            help="Private Mosquitto's max_inflight_messages: 0 = no limit, as "
+            "deploy/mosquitto/mosquitto.conf (default); 20 = Mosquitto's stock window.",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
     sensors: Annotated[
         int | None,
         typer.Option(
@@ -175,6 +185,7 @@ def bench(
             config=config,
             broker=broker,
             broker_nodelay=broker_nodelay,
+            broker_inflight=broker_inflight,
             sensors=sensors,
             readings=readings,
             rate=rate,
@@ -213,7 +224,10 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     def bad(option: str, why: str) -> ConfigError:
         return ConfigError(f"{option}: {why}")
 
-    changes: dict[str, Any] = {"broker_nodelay": o["broker_nodelay"]}
+    changes: dict[str, Any] = {
+        "broker_nodelay": o["broker_nodelay"],
+        "broker_inflight": o["broker_inflight"],
+    }
     if o["config"] is not None:
         load_settings(o["config"])  # a broken file stops here, with its own message
         changes["config"] = str(o["config"])

@@ -35,6 +35,7 @@ class BenchOptions:
 
     broker: str | None = None
     broker_nodelay: bool = False  # the private Mosquitto: stock (Nagle on); True: set_tcp_nodelay
+    broker_inflight: int = 0  # the private Mosquitto's max_inflight_messages (stock: 20)
     sensors: int = 1000
     readings: int = 100_000
     pairs: int = 3
@@ -93,7 +94,8 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 "set_tcp_nodelay true (--broker-nodelay)"
                 if opts.broker_nodelay
                 else "stock settings: Nagle on (no set_tcp_nodelay)"
-            ),
+            )
+            + f", max_inflight_messages {opts.broker_inflight}",
             "store": opts.store,
         },
         "throughput": [],
@@ -121,7 +123,13 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
 
 
 def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step) -> None:
-    broker = None if opts.broker else Mosquitto(Path(wd) / "broker", nodelay=opts.broker_nodelay)
+    broker = (
+        None
+        if opts.broker
+        else Mosquitto(
+            Path(wd) / "broker", nodelay=opts.broker_nodelay, max_inflight=opts.broker_inflight
+        )
+    )
     if broker is not None:
         broker.start()
     try:
