@@ -45,7 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "mapping",
         ),
     ),
-    ("detection", ("detectors", "alerting", "floods")),
+    ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view")),
     ("io", ("transport", "store", "sinks", "writebehind")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
