@@ -14,10 +14,12 @@ missing):
   ``W = P Λ^-½ Pᵀ/√a + (I - P Pᵀ)/√θ`` with ``φ(x) = ‖W x‖²`` (the contributions of each
   sensor are reconstruction-based, see :mod:`.spc`);
 - **limits from held-out rows**: the model of the first ``1 - holdout`` of the rows scores the
-  rest, and the ``quantile`` of those out-of-sample values (:func:`tail_limit`: empirical, or
-  from a scaled χ² fitted to them when that is higher) is the limit, for the row index and for
+  rest in order as monitoring would (:func:`follow`: the centre following the residual part of
+  each row by ``adapt``), and the ``quantile`` of those out-of-sample values
+  (:func:`tail_limit`: empirical, or from a scaled χ² fitted to them when that is higher) is
+  the limit, for the row index and for
   the MEWMA of the scaled rows (that one at least the row index's); the model kept is then
-  fitted on all rows.
+  fitted on all rows, its centre followed through them to where monitoring starts.
 
 >>> rng = np.random.default_rng(0)
 >>> t = rng.normal(size=(400, 1))
@@ -165,11 +167,24 @@ def _base(rows: FloatArray, variance: float, floor: float) -> Model:
     return m
 
 
-def _filled(m: Model, rows: FloatArray) -> FloatArray:
-    s = m.scaled(rows)
-    for i in np.flatnonzero(np.isnan(s).any(axis=1)):
-        s[i] = impute(m.cov, s[i])
-    return s
+def follow(m: Model, rows: FloatArray, lam: float, adapt: float) -> tuple[FloatArray, FloatArray]:
+    """Score ``rows`` in order as monitoring does: the row index and the MEWMA of each, the
+    centre following the residual part of each row by ``adapt`` (``m.center`` is moved)."""
+    n = len(rows)
+    idx, mew = np.empty(n), np.empty(n)
+    z = np.zeros(rows.shape[1])
+    resid = m.resid * adapt
+    for i in range(n):
+        x = m.scaled(rows[i])
+        if np.isnan(x).any():
+            x = impute(m.cov, x)
+        e = m.w @ x
+        idx[i] = float(e @ e)
+        z = (1.0 - lam) * z + lam * x
+        ez = m.w @ z
+        mew[i] = float(ez @ ez) * (2.0 - lam) / lam
+        m.center = m.center + (resid @ x) * m.scale
+    return idx, mew
 
 
 def fit(
@@ -180,6 +195,7 @@ def fit(
     quantile: float,
     lam: float,
     floor: float = 1e-3,
+    adapt: float = 0.0,
 ) -> Model:
     """Fit a model on ``rows``, limits from the held-out tail (see the module docstring)."""
     rows = np.asarray(rows, dtype=np.float64)
@@ -188,12 +204,13 @@ def fit(
     if n < MIN_ROWS + MIN_ROWS // 2 or n_fit < MIN_ROWS:
         raise ValueError(f"commissioning needs at least {MIN_ROWS + MIN_ROWS // 2} rows, got {n}")
     first = _base(rows[:n_fit], variance, floor)
-    held = _filled(first, rows[n_fit:])
-    limit_row = tail_limit(index(first.w, held), quantile)
+    held_index, mew = follow(first, rows[n_fit:], lam, adapt)
+    limit_row = tail_limit(held_index, quantile)
     # the held-out MEWMA values start from zero: those of its first 1/lam rows are left out
-    mew = mewma_index(first.w, held, lam)
     limit_mewma = tail_limit(mew[min(int(1.0 / lam), len(mew) // 2) :], quantile)
     model = _base(rows, variance, floor)
+    if adapt > 0:  # the centre where monitoring starts: followed through the rows, in order
+        follow(model, rows, lam, adapt)
     model.limit_row = max(limit_row, 1e-9)
     # The MEWMA of rows like the commissioning ones has the row index's distribution (the same
     # covariance up to lam / (2 - lam), undone in mewma_index), but its held-out tail is taken

@@ -87,7 +87,7 @@ class AssetDetector:
         quantile: float = 0.995,
         margin: float = 1.5,
         lam: float = 0.1,
-        normal: float = 0.5,
+        normal: float = 1.0,
         adapt: float = 0.01,
         cov_rate: float = 0.1,
         refit_every: int = 50,
@@ -224,6 +224,7 @@ class AssetDetector:
             quantile=self.quantile,
             lam=self.lam,
             floor=self.floor,
+            adapt=self.adapt,
         )
         st = self.state
         st["center"][slot], st["scale"][slot] = m.center, m.scale
