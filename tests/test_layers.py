@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
-    ("pipeline", ("pipeline", "view")),
+    ("pipeline", ("pipeline", "view", "assets")),
     ("io", ("transport", "store", "sinks", "writebehind")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.

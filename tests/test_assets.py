@@ -1,0 +1,159 @@
+"""Assets in the pipeline: membership, rows from latest values, missing sensors, the
+commissioning lifecycle, explained alerts, saved state."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mqtt_anomaly import assets as assets_module
+from mqtt_anomaly import statefile
+from mqtt_anomaly.config import Settings
+from mqtt_anomaly.errors import ConfigError
+from mqtt_anomaly.messages import Alert
+from mqtt_anomaly.pipeline import Pipeline
+
+from .test_mvdetectors import K, machine
+
+NAMES = [f"s{j}" for j in range(K)]
+T0 = 1_700_000_000.0
+TOPIC = "factory/{asset}/{sensor}"
+C = 400  # commissioning rows
+
+
+def settings(**assets: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "mapping": {
+                "rules": [
+                    {"topic": "factory/{asset}/{sensor}", "value": "$.v", "timestamp": "$.ts"}
+                ]
+            },
+            "detector": {"detectors": ["threshold"], "threshold": 1e9},
+            "assets": {"commission_rows": C, **assets},
+        }
+    )
+
+
+def messages(asset: str, rows: np.ndarray, start: int, skip: tuple[int, ...] = ()) -> list:
+    """One batch per row: each sensor of ``asset`` publishes its value."""
+    out = []
+    for i, row in enumerate(rows):
+        ts = T0 + start + i
+        batch = [
+            (f"factory/{asset}/{NAMES[j]}", json.dumps({"v": float(row[j]), "ts": ts}).encode(), ts)
+            for j in range(K)
+            if j not in skip
+        ]
+        out.append(batch)
+    return out
+
+
+def run(p: Pipeline, *streams: list) -> list[Alert]:
+    alerts: list[Alert] = []
+    for batches in zip(*streams, strict=True):
+        out = p.process([m for b in batches for m in b])
+        alerts += [a for a in out.alerts if a.detector == "asset"]
+    return alerts
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(assets_module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_assets_commission_then_raise_one_explained_alert() -> None:
+    p = Pipeline(settings())
+    good, bad = machine(1100, seed=11), machine(1100, seed=12, break_at=900)
+    alerts = run(p, messages("PUMP-01", good[:C], 0), messages("PUMP-02", bad[:C], 0))
+    assert alerts == []
+    info = {a.id: a for a in p.assets.info()}
+    assert set(info) == {"PUMP-01", "PUMP-02"}
+    assert info["PUMP-01"].phase == "monitoring" and info["PUMP-01"].rows == C
+    assert info["PUMP-01"].names == NAMES
+    alerts = run(p, messages("PUMP-01", good[C:], C), messages("PUMP-02", bad[C:], C))
+    assert [(a.asset_id, a.state) for a in alerts] == [("PUMP-02", "raised")]
+    (raised,) = alerts
+    assert raised.sensor_id == "PUMP-02" and raised.reading_ts is not None
+    assert raised.reading_ts >= T0 + 900
+    assert raised.contributions is not None
+    assert set(raised.contributions) == {f"PUMP-02/{n}" for n in NAMES}
+    assert max(raised.contributions, key=raised.contributions.__getitem__) == "PUMP-02/s2"
+    assert "PUMP-02/s2" in raised.message
+    assert raised.id == f"PUMP-02:asset:raised:t{raised.reading_ts!r}"
+    assert {a.id: a.alarm for a in p.assets.info()} == {"PUMP-01": False, "PUMP-02": True}
+
+
+def test_a_silent_sensor_is_missing_not_zero() -> None:
+    p = Pipeline(settings(stale_after=3.0))
+    x = machine(900, seed=13)
+    run(p, messages("PUMP-01", x[:C], 0))
+    # sensor s3 stops: each row is scored when the others report again, s3 stale
+    alerts = run(p, messages("PUMP-01", x[C:], C, skip=(3,)))
+    assert alerts == []
+    det = p.assets.detectors[K]
+    assert det.state["seen"][0] == C  # commissioning rows only; monitoring went on
+    (info,) = p.assets.info()
+    assert info.score is not None and info.score < 0.5
+
+
+def test_state_survives_a_restart_and_recommission_learns_again(tmp_path: Path) -> None:
+    p = Pipeline(settings())
+    x = machine(700, seed=14)
+    run(p, messages("PUMP-01", x[:500], 0))
+    statefile.dump(tmp_path / "state.mqas", p.state_dict())
+    q = Pipeline(settings())
+    assert q.load_state_dict(statefile.load(tmp_path / "state.mqas")) == []
+    assert [(a.id, a.phase) for a in q.assets.info()] == [("PUMP-01", "monitoring")]
+    for batch in messages("PUMP-01", x[500:], 500):
+        a, b = p.process(batch), q.process(batch)
+        assert a.alerts == b.alerts
+    assert p.assets.info() == q.assets.info()
+    assert q.assets.recommission("PUMP-01") and not q.assets.recommission("nope")
+    assert q.assets.info()[0].phase == "commissioning"
+
+
+def test_defined_assets_keep_their_order_and_a_new_sensor_recommissions() -> None:
+    ids = [f"M1/{n}" for n in reversed(NAMES)]
+    p = Pipeline(settings(define=[{"id": "M1", "sensors": ids}], template=""))
+    x = machine(450, seed=15)
+    run(p, messages("M1", x[:420], 0))  # published in NAMES order
+    (info,) = p.assets.info()
+    assert info.sensors == ids and info.phase == "monitoring"
+    # a sensor outside the definition with template off is in no asset
+    p.process([("factory/M1/extra", b'{"v": 1.0, "ts": 1700001000.0}', 1700001000.0)])
+    assert [a.sensors for a in p.assets.info()] == [ids]
+
+
+def test_template_assets_grow_with_a_new_sensor() -> None:
+    p = Pipeline(settings())
+    x = machine(450, seed=16)
+    run(p, messages("PUMP-01", x[:420], 0))
+    assert p.assets.info()[0].phase == "monitoring"
+    p.process([("factory/PUMP-01/extra", b'{"v": 1.0, "ts": 1700001000.0}', 1700001000.0)])
+    (info,) = p.assets.info()
+    assert len(info.sensors) == K + 1 and info.phase == "commissioning"
+
+
+@pytest.mark.parametrize(
+    ("assets", "message"),
+    [
+        ({"template": "{asset}"}, "assets.template"),
+        ({"method": "nope"}, "assets.method"),
+        (
+            {"define": [{"id": "A", "sensors": ["x", "y"]}, {"id": "B", "sensors": ["y", "z"]}]},
+            "'y'",
+        ),
+        ({"define": [{"id": "A", "sensors": ["x"]}]}, "assets.define"),
+    ],
+)
+def test_bad_asset_settings_are_one_line_errors(assets: dict[str, object], message: str) -> None:
+    from mqtt_anomaly.config import load_settings
+
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_settings(overrides={"assets": assets})
+    assert "\n" not in str(exc.value)
