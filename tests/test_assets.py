@@ -12,12 +12,17 @@ import pytest
 
 from mqtt_anomaly import assets as assets_module
 from mqtt_anomaly import statefile
-from mqtt_anomaly.config import Settings
+from mqtt_anomaly.config import Settings, load_settings
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Pipeline
+from mqtt_anomaly.store import open_store
 
+from .helpers import Observer, eventually
+from .mosquitto import Mosquitto
 from .test_mvdetectors import K, machine
+from .test_service import publisher
+from .test_web import Served
 
 NAMES = [f"s{j}" for j in range(K)]
 T0 = 1_700_000_000.0
@@ -152,8 +157,72 @@ def test_template_assets_grow_with_a_new_sensor() -> None:
     ],
 )
 def test_bad_asset_settings_are_one_line_errors(assets: dict[str, object], message: str) -> None:
-    from mqtt_anomaly.config import load_settings
-
     with pytest.raises(ConfigError, match=message) as exc:
         load_settings(overrides={"assets": assets})
     assert "\n" not in str(exc.value)
+
+
+# ---- the service: MQTT in, asset alerts out, REST ------------------------------------------
+
+
+def stationary(n: int, seed: int) -> np.ndarray:
+    """Rows of six sensors driven by one cause (independent rows: any window is like another)."""
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(n, 1))
+    return 50.0 + t * np.array([1.0, 1.0, -1.0, 2.0, 0.5, -0.5]) + rng.normal(0, 0.05, (n, K))
+
+
+async def test_service_raises_asset_alerts_and_serves_assets(
+    shared_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    s = load_settings(
+        None,
+        {
+            "broker": {"url": shared_mosquitto.url, "client_id": "detector-assets"},
+            "store": {"url": url, "flush_interval": 0.05},
+            "service": {"state_dir": tmp_path / "state"},
+            "mapping": {"rules": [{"topic": "plant/{asset}/{sensor}", "value": "$.v"}]},
+            "detector": {"detectors": ["threshold"], "threshold": 1e9},
+            "assets": {"commission_rows": 80},
+        },
+    )
+    x = stationary(160, seed=21)
+    x[120:, 2] += 1.5  # 30 noise sd: the relation of s2 to the others breaks
+    with open_store(url, s.store) as store:
+        async with (
+            Served(s, store) as srv,
+            srv.client() as http,
+            Observer(shared_mosquitto.url, ["factory/+/alerts"], "obs-assets") as obs,
+            publisher(shared_mosquitto.url, "pub-assets") as pub,
+        ):
+            pl = srv.service.pipeline
+            for i in range(100):
+                for j in range(K):
+                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps({"v": x[i, j]}).encode())
+            await eventually(lambda: pl.counters.processed == 100 * K, what="rows processed")
+            (listed,) = (await http.get("/api/assets")).json()
+            assert listed["id"] == "PUMP-07" and listed["phase"] == "monitoring"
+            assert listed["names"] == NAMES and listed["alarm"] is False
+            probe = (await http.get("/healthz")).json()
+            assert probe["assets"] == {"monitoring": 1}
+            for i in range(100, 160):
+                for j in range(K):
+                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps({"v": x[i, j]}).encode())
+            await eventually(lambda: bool(obs.on("/alerts")), what="asset alert on MQTT")
+            (payload,) = obs.json("/alerts")
+            assert payload["asset_id"] == "PUMP-07" and payload["detector"] == "asset"
+            shares = payload["contributions"]
+            assert isinstance(shares, dict)
+            assert max(shares, key=shares.__getitem__) == "PUMP-07/s2"
+            one = (await http.get("/api/assets/PUMP-07")).json()
+            assert one["alarm"] is True and one["contributions"]["PUMP-07/s2"] > 0.5
+            assert store.flush(10)
+            stored = (await http.get("/api/alerts", params={"sensor": "PUMP-07"})).json()
+            assert stored[0]["asset_id"] == "PUMP-07"
+            assert stored[0]["contributions"] == shares
+            again = await http.post("/api/assets/PUMP-07/recommission")
+            assert again.status_code == 200 and again.json()["phase"] == "commissioning"
+            assert (await http.get("/healthz")).json()["assets"] == {"commissioning": 1}
+            assert (await http.post("/api/assets/NOPE/recommission")).status_code == 404
+            assert (await http.get("/api/assets/NOPE")).status_code == 404

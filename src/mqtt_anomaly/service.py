@@ -232,6 +232,11 @@ class DetectorService(AsyncClosing):
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
 
+    def recommission_asset(self, asset_id: str) -> bool:
+        """Start learning an asset again (after maintenance, say); False if there is none.
+        The next delivery round saves the state that has forgotten its model."""
+        return self.pipeline.assets.recommission(asset_id)
+
     def save(self) -> None:
         """Save detector state now (atomically: a crash mid-write keeps the old file)."""
         write_state(self.state_path, self.pipeline.state_dict())

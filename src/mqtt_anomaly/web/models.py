@@ -84,6 +84,21 @@ class AlertEvent(BaseModel):
     reading_ts: float | None
     alert_ts: float
     message: str
+    asset_id: str = ""
+    contributions: dict[str, float] | None = None
+
+
+class Asset(BaseModel):
+    """An asset: a group of sensors scored together, its lifecycle and latest explanation."""
+
+    id: str
+    phase: Literal["incomplete", "commissioning", "monitoring"]
+    sensors: list[str]
+    names: list[str]
+    rows: int
+    alarm: bool
+    score: float | None
+    contributions: dict[str, float]
 
 
 class ActiveAlert(BaseModel):
@@ -117,3 +132,5 @@ class Probe(BaseModel):
     status: Literal["ok", "unavailable"]
     connected: bool
     subscribed: bool
+    assets: dict[str, int] = {}
+    """How many assets are in each phase (``commissioning``, ``monitoring``, ``incomplete``)."""
