@@ -3,8 +3,10 @@ commissioning lifecycle, explained alerts, saved state."""
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,16 @@ def test_bad_asset_settings_are_one_line_errors(assets: dict[str, object], messa
 # ---- the service: MQTT in, asset alerts out, REST ------------------------------------------
 
 
+async def cli(*args: str) -> tuple[int, str]:
+    """Run the command line (without blocking the service in this event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mqtt_anomaly", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    stdout, _ = await proc.communicate()
+    return proc.returncode or 0, stdout.decode()
+
+
 def stationary(n: int, seed: int) -> np.ndarray:
     """Rows of six sensors driven by one cause (independent rows: any window is like another)."""
     rng = np.random.default_rng(seed)
@@ -221,8 +233,12 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             stored = (await http.get("/api/alerts", params={"sensor": "PUMP-07"})).json()
             assert stored[0]["asset_id"] == "PUMP-07"
             assert stored[0]["contributions"] == shares
-            again = await http.post("/api/assets/PUMP-07/recommission")
-            assert again.status_code == 200 and again.json()["phase"] == "commissioning"
+            code, listed_out = await cli("assets", "list", "--json", "--url", srv.base)
+            assert code == 0 and json.loads(listed_out)[0]["alarm"] is True
+            code, said = await cli("assets", "recommission", "PUMP-07", "--url", srv.base)
+            assert code == 0 and said.strip() == "PUMP-07: commissioning"
+            code, said = await cli("assets", "recommission", "NOPE", "--url", srv.base)
+            assert code == 2 and "404 no such asset" in said and "Traceback" not in said
             assert (await http.get("/healthz")).json()["assets"] == {"commissioning": 1}
             assert (await http.post("/api/assets/NOPE/recommission")).status_code == 404
             assert (await http.get("/api/assets/NOPE")).status_code == 404
