@@ -320,6 +320,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [
         "['alerts',",
+        "'assets',",
         "'bench',",
         "'certs',",
         "'config',",
@@ -353,7 +354,8 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    assert len(paths) == 14  # the root, 9 commands and groups, config show, evaluate's three
+    # the root, 10 commands and groups, config show, evaluate's three, assets' two
+    assert len(paths) == 17
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")
