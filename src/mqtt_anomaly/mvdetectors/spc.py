@@ -128,6 +128,7 @@ class AssetDetector:
         self.alarm_k, self.alarm_n, self.alarm_quiet = alarm_k, alarm_n, alarm_quiet
         self.alarms = KofN(k=alarm_k, n=alarm_n, quiet=alarm_quiet)
         self.capacity = 0
+        self.used = 0  # slots 0 .. used-1 have been given rows (what state_dict saves)
         self.state: dict[str, NDArray[Any]] = {
             name: np.zeros((0, *shape), dtype=dt) for name, (dt, shape, _) in self._fields().items()
         }
@@ -184,6 +185,7 @@ class AssetDetector:
         slots = np.asarray(slots, dtype=np.intp)
         if len(slots):
             self.reserve(int(slots.max()) + 1)
+            self.used = max(self.used, int(slots.max()) + 1)
         for name, (_, _, fill) in self._fields().items():
             self.state[name][slots] = fill
         self.alarms.reset(slots)
@@ -245,7 +247,9 @@ class AssetDetector:
             ts = np.full(len(slots), np.nan)
         m = len(slots)
         if m:
-            self.reserve(int(slots.max()) + 1)
+            top = int(slots.max()) + 1
+            self.reserve(top)
+            self.used = max(self.used, top)
         st = self.state
         phase = st["phase"][slots].copy()
         ratio = np.full(m, np.nan)
@@ -356,8 +360,8 @@ class AssetDetector:
         return {
             "name": self.name,
             "params": self.params(),
-            "arrays": {k: v.copy() for k, v in self.state.items()},
-            "alarms": self.alarms.state_dict(),
+            "arrays": {k: v[: self.used].copy() for k, v in self.state.items()},
+            "alarms": {k: v[: self.used] for k, v in self.alarms.state_dict().items()},
             "rows": {str(s): r.copy() for s, r in self.rows.items()},
             "stride": {str(s): v for s, v in self.stride.items()},
         }
@@ -390,6 +394,7 @@ class AssetDetector:
             self.state[name][: len(a)] = a
         self.alarms.load_state_dict(state["alarms"])
         self.alarms.reserve(self.capacity)
+        self.used = n
         self.rows = rows
         self.stride = {int(s): int(v) for s, v in state["stride"].items()}
 
