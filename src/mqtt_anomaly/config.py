@@ -471,6 +471,60 @@ class MappingRule(_Section):
         return self
 
 
+class AssetDefinition(_Section):
+    """One asset named in the configuration: its id and its sensors' ids."""
+
+    id: str = Field(min_length=1)
+    sensors: tuple[str, ...] = Field(min_length=2)
+
+
+class AssetSettings(_Section):
+    """Assets: groups of sensors scored together by a multivariate detector (``docs/assets.md``).
+
+    A sensor belongs to the asset that ``define`` lists it in; else to the one its mapping
+    tags name (``asset``); else to the one ``template`` finds in its id (``{asset}`` may span
+    several levels: by default the parent level of the sensor id is the asset). ``template =
+    ""`` leaves sensors not defined or tagged out of every asset.
+    """
+
+    template: str = "{asset}/{sensor}"
+    define: tuple[AssetDefinition, ...] = ()
+    method: str = "pca_mewma"
+    commission_rows: int = Field(400, ge=12)
+    commission_seconds: float = Field(0.0, ge=0)
+    stale_after: float = Field(5.0, gt=0)
+    """Seconds (of reading time) after which a sensor's latest value is missing in a row."""
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    """Further keyword arguments of the asset detector (``lam``, ``margin``, ``alarm_k`` …)."""
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        if v and (v.count("{asset}") != 1 or v.count("{sensor}") != 1):
+            raise ValueError("needs one '{asset}' and one '{sensor}' (or empty: off)")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, v: str) -> str:
+        methods = ("pca", "mewma", "pca_mewma")
+        if v not in methods:
+            raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
+        return v
+
+    @model_validator(mode="after")
+    def _check_define(self) -> AssetSettings:
+        seen: dict[str, str] = {}
+        for a in self.define:
+            for sensor in a.sensors:
+                if sensor in seen:
+                    raise ValueError(
+                        f"sensor {sensor!r} is in assets {seen[sensor]!r} and {a.id!r}"
+                    )
+                seen[sensor] = a.id
+        return self
+
+
 class MappingSettings(_Section):
     """Topic and payload mapping: rules tried in order before the readings template. With
     no rule (the default) messages are read as today: ``topics.readings`` and its payload."""
@@ -567,6 +621,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     mapping: MappingSettings = MappingSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+    assets: AssetSettings = AssetSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

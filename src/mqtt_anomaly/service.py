@@ -344,6 +344,11 @@ class DetectorService(AsyncClosing):
             self._replay_from = covered  # type: ignore[assignment]
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
 
+    def recommission_asset(self, asset_id: str) -> bool:
+        """Start learning an asset again (after maintenance, say); False if there is none.
+        The next delivery round saves the state that has forgotten its model."""
+        return self.pipeline.assets.recommission(asset_id)
+
     def save(self) -> None:
         """Save detector state now (atomically: a crash mid-write keeps the old file)."""
         state = self._snapshot()

@@ -18,7 +18,7 @@ import typer
 if TYPE_CHECKING:
     from .runner import BenchOptions, Step
 
-_SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+_SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 
 
 def bench(
@@ -112,7 +112,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only these: memory, throughput, latency, delivery, http (repeatable).",
+            help="Run only these: memory, throughput, latency, delivery, http, assets "
+            "(repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -306,6 +307,8 @@ def _steps(opts: BenchOptions) -> int:
         n += 2 * opts.pairs
     if "http" in opts.sections:
         n += 2
+    if "assets" in opts.sections:
+        n += 1
     return n
 
 

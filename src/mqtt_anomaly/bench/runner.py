@@ -25,7 +25,7 @@ from .payloads import baseline_filters
 from .report import targets
 from .sysinfo import machine
 
-SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 Step = Callable[[str], None]
 
 
@@ -103,6 +103,7 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
         "memory": None,
         "delivery": None,
         "http_comparison": None,
+        "assets": None,
     }
     with tempfile.TemporaryDirectory(prefix="mqtt-anomaly-bench-") as wd:
         if "memory" in opts.sections:
@@ -116,6 +117,13 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 child.close()
         if set(opts.sections) & {"throughput", "latency", "delivery", "http"}:
             _with_broker(opts, wd, result, step)
+        if "assets" in opts.sections:
+            step("assets: rows/s on one core and state per asset (no broker)")
+            from .assets import measure as measure_assets
+
+            result["assets"] = measure_assets(
+                assets=50 if opts.quick else 200, timed=20 if opts.quick else 50
+            )
     result["targets"] = targets(result)
     result["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     result["duration_s"] = round(time.monotonic() - t0, 1)
