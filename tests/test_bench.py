@@ -274,3 +274,21 @@ def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str) ->
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_assets_section_measures_rows_and_state() -> None:
+    result = runner.invoke(app, ["bench", "--quick", "--json", "--only", "assets"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    a = data["assets"]
+    assert a["assets"] == 50 and a["sensors_per_asset"] == 8
+    assert a["detector_rows_per_s"] > 0 and 0 < a["state_bytes_per_asset"] <= 2048
+    for key in ("message_per_row", "message_per_sensor"):
+        r = a[key]
+        assert r["monitoring"] == 50  # every asset commissioned: timed in monitoring
+        assert r["assets_rows_per_s"] > 0 and r["baseline_rows_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["assets_rows_per_s"] / r["baseline_rows_per_s"], 1e-2)
+        assert r["state_file_bytes_per_asset"] > a["state_bytes_per_asset"]
+    names = {g["name"] for g in data["targets"]}
+    assert "saved state per asset (bytes)" in names
+    assert data["throughput"] == [] and data["memory"] is None

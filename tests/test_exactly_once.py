@@ -285,18 +285,18 @@ async def test_the_outbox_sends_again_only_what_was_not_acknowledged(tmp_path: P
     client = transport("one")
     await client.connect()
     outbox = Outbox(tmp_path / "outbox", client)
-    outbox.send([("A", "t/a", b'{"id":"A"}'), ("B", "t/b", b'{"id":"B"}')])
+    outbox.send([("A", "t/a", b'{"id":"A"}', b""), ("B", "t/b", b'{"id":"B"}', b"")])
     assert client.acknowledged_mark() == 2
     outbox.note_acks(client.acknowledged_mark())
     broker.ack_publishes = False  # C reaches the broker, its acknowledgement never comes back
-    outbox.send([("C", "t/c", b'{"id":"C"}'), ("A", "t/a", b'{"id":"A"}')])
+    outbox.send([("C", "t/c", b'{"id":"C"}', b""), ("A", "t/a", b'{"id":"A"}', b"")])
     assert outbox.suppressed == 1 and alerts() == ["t/a", "t/b", "t/c"]
     outbox.close()
     broker.ack_publishes = True
     other = transport("two")
     again = Outbox(tmp_path / "outbox", other)
     assert again.recover(0) == 1  # C only
-    again.send([("B", "t/b", b'{"id":"B"}'), ("C", "t/c", b'{"id":"C"}')])
+    again.send([("B", "t/b", b'{"id":"B"}', b""), ("C", "t/c", b'{"id":"C"}', b"")])
     assert again.suppressed == 2
     await other.connect()
     await eventually(lambda: len(alerts()) == 4, what="C again")

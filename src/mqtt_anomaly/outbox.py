@@ -141,7 +141,7 @@ class Outbox(Closing):
                         holder[pid] = entry
                 elif "rec" in record and (entry := holder.get(int(record["rec"]))) is not None:
                     entry["rec"] = True
-        fresh: list[tuple[str, str, bytes]] = []
+        fresh: list[tuple[str, str, bytes, bytes]] = []
         resumed = 0
         for alert_id, e in entries.items():
             if e.get("done") or int(e["serial"]) <= runs.get(e["run"], 0):
@@ -153,7 +153,7 @@ class Outbox(Closing):
                 self._log(alert_id, topic, payload, serial, pid, rec)
                 resumed += 1
             else:
-                fresh.append((alert_id, topic, payload))
+                fresh.append((alert_id, topic, payload, b""))
         if fresh:
             self._send(fresh)
         n = resumed + len(fresh)
@@ -201,8 +201,8 @@ class Outbox(Closing):
         self._write(b"".join(_encode({"rec": pid}) + b"\n" for pid in pids))
 
     # ---- sending ------------------------------------------------------------------------
-    def send(self, items: Iterable[tuple[str, str, bytes]]) -> None:
-        """Publish ``(id, topic, payload)`` at QoS 1, each unless its id was published
+    def send(self, items: Iterable[tuple[str, str, bytes, bytes]]) -> None:
+        """Publish ``(id, topic, payload, MQTT 5 properties)``, each unless its id was published
         already; written down first."""
         seen = self._seen
         fresh = []
@@ -217,19 +217,19 @@ class Outbox(Closing):
     def _seen(self, alert_id: str) -> bool:
         return any(alert_id in ids for ids in self._ids.values())
 
-    def _send(self, items: list[tuple[str, str, bytes]]) -> None:
+    def _send(self, items: list[tuple[str, str, bytes, bytes]]) -> None:
         transport = self.transport
         serial = transport.outgoing_mark()
         lines = []
         ids = self._ids[self.segment]
-        for alert_id, topic, payload in items:
+        for alert_id, topic, payload, _ in items:
             serial += 1
             lines.append(self._entry(alert_id, topic, payload, serial))
             ids.add(alert_id)
         self._write(b"\n".join(lines) + b"\n")
         publish, qos = transport.publish, self.qos
-        for _, topic, payload in items:
-            publish(topic, payload, qos=qos)
+        for _, topic, payload, props in items:
+            publish(topic, payload, qos=qos, properties=props)
         self._last_serial = serial
         self.published += len(items)
 

@@ -18,7 +18,7 @@ import typer
 if TYPE_CHECKING:
     from .runner import BenchOptions, Step
 
-_SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+_SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 
 
 def bench(
@@ -112,7 +112,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only these: memory, throughput, latency, delivery, http (repeatable).",
+            help="Run only these: memory, throughput, latency, delivery, http, assets "
+            "(repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -141,6 +142,14 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    payload: Annotated[
+        str,
+        typer.Option(
+            help="Throughput workload: flat (one JSON reading per message), nested-json (4 "
+            "values per message through a mapping rule) or sparkplug (Sparkplug B DDATA of 4 "
+            "metrics by alias); the ratio is per message.",
+        ),
+    ] = "flat",
     quick: Annotated[
         bool, typer.Option("--quick", help="Smoke size: every measurement, in seconds.")
     ] = False,
@@ -193,6 +202,7 @@ def bench(
             http_sensors=http_sensors,
             http_seconds=http_seconds,
             profile=profile,
+            payload=payload,
         )
         with _progress(opts, err) as step:
             result = run_bench(opts, step)
@@ -268,6 +278,13 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     if o["compare_http"] and "http" not in sections:
         sections.append("http")
     changes["sections"] = tuple(sections)
+    from .payloads import PAYLOADS
+
+    if o["payload"] not in PAYLOADS:
+        raise bad("--payload", f"unknown {o['payload']!r} (choose from {', '.join(PAYLOADS)})")
+    if o["payload"] != "flat" and set(sections) - {"throughput", "memory"}:
+        raise bad("--payload", "applies to the throughput trials: add --only throughput")
+    changes["payload"] = o["payload"]
     if o["profile"] is not None:
         from .profile import py_spy
 
@@ -290,6 +307,8 @@ def _steps(opts: BenchOptions) -> int:
         n += 2 * opts.pairs
     if "http" in opts.sections:
         n += 2
+    if "assets" in opts.sections:
+        n += 1
     return n
 
 

@@ -21,10 +21,11 @@ from .broker import Mosquitto
 from .children import Child
 from .loadgen import Fleet, publisher_main
 from .memory import memory_main
+from .payloads import baseline_filters
 from .report import targets
 from .sysinfo import machine
 
-SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 Step = Callable[[str], None]
 
 
@@ -54,6 +55,7 @@ class BenchOptions:
     http_spikes_per_s: float = 5.0
     quick: bool = False
     profile_dir: str | None = None  # record each service process with py-spy into this dir
+    payload: str = "flat"  # the throughput workload: flat, nested-json, sparkplug (payloads.py)
 
     def quick_size(self) -> BenchOptions:
         """The smoke size: every measurement, seconds each."""
@@ -101,6 +103,7 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
         "memory": None,
         "delivery": None,
         "http_comparison": None,
+        "assets": None,
     }
     with tempfile.TemporaryDirectory(prefix="mqtt-anomaly-bench-") as wd:
         if "memory" in opts.sections:
@@ -114,6 +117,13 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 child.close()
         if set(opts.sections) & {"throughput", "latency", "delivery", "http"}:
             _with_broker(opts, wd, result, step)
+        if "assets" in opts.sections:
+            step("assets: rows/s on one core and state per asset (no broker)")
+            from .assets import measure as measure_assets
+
+            result["assets"] = measure_assets(
+                assets=50 if opts.quick else 200, timed=20 if opts.quick else 50
+            )
     result["targets"] = targets(result)
     result["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     result["duration_s"] = round(time.monotonic() - t0, 1)
@@ -134,14 +144,14 @@ def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step
         url = opts.broker or (broker.url if broker else "")
         settings = load_settings(Path(opts.config) if opts.config else None)
         topics = settings.topics
-        fleet = Fleet(opts.sensors, topics.readings, topics.alerts)
+        fleet = Fleet(opts.sensors, topics.readings, topics.alerts, payload=opts.payload)
         publisher = Child("publisher", publisher_main, url, fleet)
         env = throughput.Env(
             url=url,
             workdir=wd,
             publisher=publisher,
             fleet=fleet,
-            filters=topics.filters,
+            filters=baseline_filters(opts.payload, topics.filters),
             store_url=opts.store,
             config=opts.config,
             max_sensors=opts.sensors if opts.sensors > settings.service.max_sensors else None,

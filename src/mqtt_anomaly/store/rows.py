@@ -8,12 +8,14 @@ An :class:`~mqtt_anomaly.messages.Alert` becomes one ``alerts`` row (:func:`aler
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Final
 
 from ..messages import Alert
 from .base import FloatColumn, IntColumn
+from .migrations import ADDED_COLUMNS
 
 Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 """One ``add_readings`` call as given: sensor ids, timestamps, values, sequence numbers."""
@@ -24,10 +26,32 @@ def batch_rows(batch: Batch) -> int:
     return len(batch[0])
 
 
-ALERT_COLUMNS: Final = (
-    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
-    "expected_high, reading_ts, alert_ts, message"
-)
+ALERT_COLUMNS: Final = ", ".join(
+    (
+        "sensor_id", "detector", "severity", "state", "value", "score", "threshold",
+        "expected_low", "expected_high", "reading_ts", "alert_ts", "message",
+        *ADDED_COLUMNS["alerts"],
+    )
+)  # fmt: skip
+ALERT_WIDTH: Final = ALERT_COLUMNS.count(",") + 1
+
+
+def _contributions_text(shares: dict[str, float] | None) -> str | None:
+    """The contributions as the JSON object the ``contributions`` column holds (NULL: none)."""
+    return json.dumps(shares, separators=(",", ":")) if shares else None
+
+
+def _contributions_of(text: str | None) -> dict[str, float] | None:
+    """The stored contributions back (a value that is not a JSON object of numbers: none)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
 
 
 def alert_row(a: Alert) -> tuple[Any, ...]:
@@ -45,6 +69,9 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.reading_ts,
         a.alert_ts,
         a.message,
+        a.asset_id,
+        _contributions_text(a.contributions),
+        a.suppressed or None,
     )
 
 
@@ -63,4 +90,7 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         reading_ts=r[9],
         alert_ts=r[10],
         message=r[11],
+        asset_id=r[12] or "",
+        contributions=_contributions_of(r[13]),
+        suppressed=r[14] or "",
     )

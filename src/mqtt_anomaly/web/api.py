@@ -1,4 +1,5 @@
-"""The REST API: sensors, readings history, alerts (acknowledge, shelve), probes, metrics.
+"""The REST API: sensors, readings history, alerts (acknowledge, shelve), maintenance windows,
+probes, metrics.
 
 Every parameter is bounded: numbers are finite and within a range, texts (sensor ids,
 detector names, a search) have a maximum length. A value out of bounds answers 422 naming
@@ -8,12 +9,17 @@ the parameter.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from ..maintenance import Window
 from ..store.base import NullStore
 from ..topics import MAX_SENSOR_ID_LENGTH
 from . import models
@@ -55,8 +61,15 @@ def web(request: Request) -> WebState:
 @router.get("/healthz", response_model=models.Probe, tags=["probes"])
 def healthz(request: Request) -> dict[str, Any]:
     """Liveness: the service's event loop answers."""
-    svc = web(request).service
-    return {"status": "ok", "connected": svc.client.connected, "subscribed": svc.ready.is_set()}
+    w = web(request)
+    svc = w.service
+    phases = Counter(a.phase for a in w.view.assets())
+    return {
+        "status": "ok",
+        "connected": svc.client.connected,
+        "subscribed": svc.ready.is_set(),
+        "assets": dict(sorted(phases.items())),
+    }
 
 
 @router.get(
@@ -257,6 +270,108 @@ def unshelve(request: Request, sensor_id: SensorPath, detector: DetectorPath) ->
     """End an alert's shelving now."""
     w = web(request)
     return _changed(w, w.desk.shelve(sensor_id, detector, None))
+
+
+# ---- maintenance windows -----------------------------------------------------------------
+def _window_json(w: Window, source: str, now: float) -> dict[str, Any]:
+    return {**w.model_dump(mode="json"), "source": source, "open": w.open_at(now)}
+
+
+@router.get("/api/maintenance", response_model=list[models.MaintenanceWindow], tags=["maintenance"])
+def maintenance_windows(request: Request) -> list[dict[str, Any]]:
+    """The maintenance windows in force: from the configuration file and added here."""
+    book = web(request).service.maintenance
+    now = time.time()
+    return [
+        *(_window_json(w, "config", now) for w in book.configured),
+        *(_window_json(w, "api", now) for w in book.added.values()),
+    ]
+
+
+@router.post(
+    "/api/maintenance",
+    response_model=models.MaintenanceWindow,
+    status_code=201,
+    tags=["maintenance"],
+    responses={409: {"description": "A window of the configuration file has this id"}},
+)
+def add_maintenance_window(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Add a maintenance window (one-off: ``start``, ``end``; recurring: ``days``, ``at``,
+    ``duration``), or replace the one added here with the same ``id``."""
+    svc = web(request).service
+    try:
+        window = Window.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise HTTPException(422, f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    try:
+        svc.maintenance.add(window)
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    svc.save_maintenance()
+    return _window_json(window, "api", time.time())
+
+
+@router.delete(
+    "/api/maintenance/{window_id}",
+    status_code=204,
+    tags=["maintenance"],
+    responses={404: {"description": "No window of this id was added here"}},
+)
+def remove_maintenance_window(
+    request: Request, window_id: Annotated[str, Path(min_length=1, max_length=100)]
+) -> Response:
+    """Remove a window added here (those of the configuration file stay)."""
+    svc = web(request).service
+    if not svc.maintenance.remove(window_id):
+        raise HTTPException(404, f"no window {window_id!r} added here")
+    svc.save_maintenance()
+    return Response(status_code=204)
+
+
+# ---- assets -------------------------------------------------------------------------------
+AssetPath = Annotated[str, Path(min_length=1, max_length=MAX_SENSOR_ID_LENGTH)]
+
+
+@router.get("/api/assets", response_model=list[models.Asset], tags=["assets"])
+def assets(request: Request) -> list[dict[str, Any]]:
+    """Every asset with its phase, sensors, alarm and latest contributions."""
+    return [dataclasses.asdict(a) for a in web(request).view.assets()]
+
+
+@router.get(
+    "/api/assets/{asset_id:path}",
+    response_model=models.Asset,
+    tags=["assets"],
+    responses={404: {"description": "No such asset"}},
+)
+def asset(request: Request, asset_id: AssetPath) -> dict[str, Any]:
+    """One asset (its id may hold ``/``)."""
+    if asset_id.endswith("/recommission"):
+        raise HTTPException(405, "recommission is a POST")
+    found = web(request).view.asset(asset_id)
+    if found is None:
+        raise HTTPException(404, "no such asset")
+    return dataclasses.asdict(found)
+
+
+@router.post(
+    "/api/assets/{asset_id:path}/recommission",
+    response_model=models.Asset,
+    tags=["assets"],
+    responses={404: {"description": "No such asset"}},
+)
+def recommission(request: Request, asset_id: AssetPath) -> dict[str, Any]:
+    """Start learning the asset again (after maintenance): it raises nothing until its
+    commissioning is over."""
+    w = web(request)
+    if not w.service.recommission_asset(asset_id):
+        raise HTTPException(404, "no such asset")
+    found = w.view.asset(asset_id)
+    assert found is not None
+    w.hub.send("asset", dataclasses.asdict(found))
+    return dataclasses.asdict(found)
 
 
 # ---- live events ----------------------------------------------------------------------------
