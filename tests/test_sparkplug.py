@@ -239,7 +239,13 @@ async def test_fleet_readings_alerts_offline_and_host_state(
             births = node.births
             node.send([(1, 25.0)], time.time())
             await eventually(lambda: node.births > births, what="rebirth")
-            loss = [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
+
+            def losses() -> list[dict[str, object]]:
+                return [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
+
+            # alerts go out at QoS 2: the broker delivers one on our PUBREL, a round trip later
+            await eventually(lambda: bool(losses()), what="the data-loss alert")
+            loss = losses()
             assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
             assert loss[0]["state"] == "raised"
             await eventually(
