@@ -32,7 +32,7 @@ from mqtt_anomaly.web.metrics import ServiceMetrics
 
 from .helpers import eventually, reading_payload
 from .mosquitto import Mosquitto
-from .test_delivery import History
+from .test_delivery import History, first_stored
 from .test_service import Running, memory_settings, publisher
 
 SENSORS = 200
@@ -127,18 +127,7 @@ async def test_sigkill_anywhere_sends_every_alert_once(tmp_path: Path) -> None:
     stored_at_kills: list[int] = []
     try:
         async with publisher(broker.url, "exactly-once-publisher") as pub:
-            tries = 0
-
-            def first_stored() -> bool:  # the detector's session exists: nothing is lost
-                nonlocal tries
-                if history.count() == 1:
-                    return True
-                if tries % 50 == 0:
-                    pub.publish(*messages[0])
-                tries += 1
-                return False
-
-            await eventually(first_stored, timeout=30, what="first reading")
+            await first_stored(history, pub, messages[0])
             detector = kill(detector)  # before the burst
 
             async def publish_rest() -> None:
@@ -183,7 +172,9 @@ async def test_sigkill_anywhere_sends_every_alert_once(tmp_path: Path) -> None:
         await watch.disconnect()
         broker.stop()
     assert detector.returncode == 0, err.decode()
-    assert all(0 < k < TOTAL for k in stored_at_kills), stored_at_kills
+    # the kills during the burst came mid-stream (the one while the broker is down may find
+    # everything stored already on a busy machine: the point there is the broker being down)
+    assert all(0 < k < TOTAL for k in stored_at_kills[:2]), stored_at_kills
 
     rows = history.query("SELECT sensor_id, seq, count(*) FROM readings GROUP BY 1, 2")
     assert len(rows) == TOTAL + 1 and {n for *_, n in rows} == {1}
