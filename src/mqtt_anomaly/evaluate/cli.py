@@ -322,10 +322,6 @@ def csv_command(
     out.print(RATES_NOTE)
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def sim(
     config: ConfigOpt = None,
@@ -336,21 +332,80 @@ def sim(
         ),
     ] = None,
     sensors: Annotated[int, typer.Option("--sensors", "-n", help="Simulated sensors.")] = 50,
-    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 0.2,
-    duration: Annotated[float, typer.Option(help="Seconds of simulation.")] = 120.0,
-    warmup: Annotated[float, typer.Option(help="Learning time not scored (s).")] = 20.0,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between readings (default 0.2; with --assets 1).", show_default=False
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of simulation (default 120; with --assets 21600 simulated seconds).",
+            show_default=False,
+        ),
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning time not scored, s (default 20; with --assets 600, the "
+            "commissioning run).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the fleet.")] = 1,
     rate_scale: Annotated[
-        float, typer.Option(help="Multiplies the fault rates (faults per sensor-hour).")
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            help="Multiplies the fault rates (default 30 × the live rates; with --assets 1 × "
+            "0.5 faults of each kind per asset-hour).",
+            show_default=False,
+        ),
+    ] = None,
+    assets: Annotated[
+        int | None,
+        typer.Option(
+            help="Score N simulated machines (no broker, simulated time) instead of sensors.",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    asset_kind: Annotated[
+        str, typer.Option(help="Kind of machine with --assets: pump or compressor.")
+    ] = "pump",
+    detector: DetectorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score the live pipeline on the simulator's ground-truth labels.
+    """Score detectors on the simulator's ground-truth labels.
 
-    Runs a simulated fleet with injected faults (every kind, crashes included) and the
-    detector service together, then matches every raised alert to the injected faults:
-    precision over all alerts, recall and detection delay per fault kind.
+    Without --assets: runs a simulated fleet with injected faults (every kind, crashes
+    included) and the detector service together, then matches every raised alert to the
+    injected faults: precision over all alerts, recall and detection delay per fault kind.
+
+    With --assets N: simulates N machines for --duration simulated seconds (as fast as the
+    model runs) and scores each detector (--detector, default: the default set, each
+    univariate detector, the multivariate ones when installed, and always-alarm) on each asset
+    against the asset labels, after the commissioning run: point and event
+    precision/recall/F1, micro-averaged, and the faults found per fault kind.
     """
+    if assets is not None:
+        _sim_assets(
+            config,
+            assets,
+            asset_kind,
+            duration=21600.0 if duration is None else duration,
+            interval=1.0 if interval is None else interval,
+            warmup=600.0 if warmup is None else warmup,
+            seed=seed,
+            rate_scale=1.0 if rate_scale is None else rate_scale,
+            detector=detector,
+            as_json=as_json,
+        )
+        return
+    interval = 0.2 if interval is None else interval
+    duration = 120.0 if duration is None else duration
+    warmup = 20.0 if warmup is None else warmup
+    rate_scale = 30.0 if rate_scale is None else rate_scale
     from ..console import run, setup_logging
     from .sim import run_sim_evaluation
 
@@ -397,3 +452,62 @@ def sim(
         f"alerts {report.alerts}, false alarms {report.false_alarms}: precision "
         f"{report.precision:.2f}, recall {report.recall:.2f}, F1 {report.f1:.2f}"
     )
+
+
+def _sim_assets(
+    config: Path | None,
+    assets: int,
+    kind: str,
+    *,
+    duration: float,
+    interval: float,
+    warmup: float,
+    seed: int,
+    rate_scale: float,
+    detector: list[str] | None,
+    as_json: bool,
+) -> None:
+    """``evaluate sim --assets N`` (see :mod:`.assetsim`)."""
+    from .assetsim import run_asset_evaluation
+
+    try:
+        if not 1 <= assets <= 1000:
+            raise ConfigError("--assets must be between 1 and 1000")
+        if interval <= 0:
+            raise ConfigError("--interval must be positive")
+        settings = load_settings(config).detector
+        names = list(dict.fromkeys(detector or scorer_names()))
+        for name in names:
+            create_scorer(name, settings)
+        report = run_asset_evaluation(
+            kind,
+            assets,
+            duration=duration,
+            interval=interval,
+            seed=seed,
+            rate_scale=rate_scale,
+            warmup=warmup,
+            scorers=names,
+            settings=settings,
+        )
+    except MqttAnomalyError as exc:
+        fail(str(exc))
+    if as_json:
+        _dump(report.as_dict())
+        return
+    total = report.totals
+    title = (
+        f"{assets} {report.kind}s, {duration:g} s each ({warmup:g} s learned), seed {seed}: "
+        f"{total.scored_rows:,} rows scored, {total.labelled_rows:,} in "
+        f"{report.settings['faults']} faults"
+    )
+    out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
+    kinds = Table("fault kind", "faults", *total.counts, box=box.SIMPLE_HEAD, show_edge=False)
+    for k in report.by_kind:
+        kinds.add_row(k.kind, str(k.faults), *(str(k.detected.get(n, 0)) for n in total.counts))
+    out.print(kinds)
+    out.print(RATES_NOTE)
+
+
+if __name__ == "__main__":
+    app()
