@@ -604,3 +604,41 @@ def test_simulate_assets_offline_writes_files_and_rejects_mistakes(tmp_path: Pat
         assert result.output.count("\n") == 1 and message in result.output, (bad, result.output)
     result = runner.invoke(app, ["simulate", "--csv", str(out)])
     assert result.exit_code == 2 and "need --assets N" in result.output
+
+
+async def test_simulate_assets_command_publishes_and_stops_on_sigterm(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    obs = await Observer(mosquitto.url).start()
+    csv_dir, labels = tmp_path / "csv", tmp_path / "labels.jsonl"
+    args = ["-b", mosquitto.url, "--assets", "2", "--asset-kind", "compressor"]
+    args += ["--interval", "0.05", "--seed", "3", "--csv", str(csv_dir)]
+    args += ["--labels", str(labels), "--inject", "cooler_fouling@0.2+60:2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_anomaly", "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
+    )
+    topic = "factory/COMPRESSOR-02/oil_temperature"
+    try:
+        await wait_for(lambda: sum(t == topic for t, *_ in obs.messages) >= 20, "20 readings")
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "2 compressors, 8 sensors each" in text and "seed 3" in text
+    assert "[COMPRESSOR-02] cooler fouling (oil_temperature, discharge_temperature)" in text
+    await wait_for(lambda: len(obs.statuses("COMPRESSOR-02")) == 2, "offline")
+    assert [p for p, _, _ in obs.statuses("COMPRESSOR-02")] == [b"online", b"offline"]
+    sent = [msgspec.json.decode(p) for t, p, _, _ in obs.messages if t == topic]
+    _, rows = read_asset_csv(csv_dir / "COMPRESSOR-02.csv")
+    assert len(rows) >= len(sent) and np.allclose(rows[: len(sent), 7], [r["value"] for r in sent])
+    # cut at the stop: the fault still in progress is labelled up to the last reading
+    (label,) = read_labels(labels)
+    assert label.kind == "cooler_fouling" and label.end == pytest.approx(rows[-1, 0], abs=1e-3)
+    assert rows[-1, -1] == 1 and rows[0, -1] == 0
+    await obs.close()
