@@ -502,9 +502,16 @@ def _sim_assets(
         f"{report.settings['faults']} faults"
     )
     out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
-    kinds = Table("fault kind", "faults", *total.counts, box=box.SIMPLE_HEAD, show_edge=False)
-    for k in report.by_kind:
-        kinds.add_row(k.kind, str(k.faults), *(str(k.detected.get(n, 0)) for n in total.counts))
+    heads = [f"{k.kind} ({k.faults})" for k in report.by_kind]
+    kinds = Table(
+        "faults found",
+        *heads,
+        title="faults flagged at least once, per fault kind",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    for name in total.counts:
+        kinds.add_row(name, *(f"{k.detected.get(name, 0)}/{k.faults}" for k in report.by_kind))
     out.print(kinds)
     out.print(RATES_NOTE)
 
