@@ -109,6 +109,18 @@ def simulate(
             help="With --assets: no broker; write --count readings to --csv/--labels at once.",
         ),
     ] = False,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="json: one connection and JSON readings per sensor; sparkplug: Sparkplug B "
+            "edge nodes (births, deaths, aliases, seq) of --per-node sensors each.",
+        ),
+    ] = "json",
+    per_node: Annotated[
+        int, typer.Option("--per-node", help="Sensors per Sparkplug edge node (one device).")
+    ] = 4,
+    group: Annotated[str, typer.Option("--group", help="The Sparkplug group id.")] = "plant",
 ) -> None:
     """Simulate a fleet of temperature sensors publishing readings over MQTT.
 
@@ -147,9 +159,15 @@ def simulate(
 
     if count is not None and count < 1:
         fail("--count must be at least 1")
+    if format not in ("json", "sparkplug"):
+        fail(f"--format must be json or sparkplug, got {format!r}")
+    if format == "sparkplug" and labels is not None:
+        fail("--labels: not written by the Sparkplug fleet (use --format json)")
     if duration is not None and duration <= 0:
         fail("--duration must be positive")
     if assets is not None:
+        if format != "json":
+            fail("--assets publishes JSON readings (use --format json)")
         _simulate_assets(
             config,
             broker,
@@ -191,6 +209,20 @@ def simulate(
         },
     )
     setup_logging(False)
+    if format == "sparkplug":
+        from .sparkplug import run_sparkplug_fleet
+
+        run(
+            lambda: run_sparkplug_fleet(
+                settings,
+                group=group,
+                per_node=per_node,
+                injections=injections,
+                count=count,
+                duration=duration,
+            )
+        )
+        return
     run(
         lambda: run_fleet(
             settings, injections=injections, count=count, duration=duration, verbose=verbose
