@@ -21,6 +21,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..cli.options import AssetKindOpt, AssetsOpt
 from ..config import DetectorSettings, load_settings
 from ..console import emit, err, fail, out
 from ..detectors import available, create
@@ -362,17 +363,8 @@ def sim(
             show_default=False,
         ),
     ] = None,
-    assets: Annotated[
-        int | None,
-        typer.Option(
-            help="Score N simulated machines (no broker, simulated time) instead of sensors.",
-            metavar="N",
-            show_default=False,
-        ),
-    ] = None,
-    asset_kind: Annotated[
-        str, typer.Option(help="Kind of machine with --assets: pump or compressor.")
-    ] = "pump",
+    assets: AssetsOpt = None,
+    asset_kind: AssetKindOpt = "pump",
     detector: DetectorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
