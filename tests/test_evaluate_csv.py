@@ -107,6 +107,21 @@ def test_without_exclude_the_second_label_column_is_scored(exports: list[Path]) 
     assert set(available()) <= set(names)
 
 
+def test_a_text_column_can_be_excluded_and_a_trailing_delimiter_is_no_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "status.csv"
+    rows = [
+        f"{20 + (i % 7) * 0.1:.1f};{'RUN' if i % 50 else 'STOP'};{int(i == 90)};"
+        for i in range(120)
+    ]
+    path.write_text("temp;state;anomaly;\n" + "\n".join(rows) + "\n")
+    result = runner.invoke(app, ["csv", str(path)])
+    assert result.exit_code == 2 and "column 'state': 'STOP' is not a number" in result.stderr
+    doc = run_json([str(path), "--exclude-column", "state", "-d", "zscore"])
+    assert doc["files"][0]["columns"] == ["temp"]
+
+
 def test_training_rows_are_learned_not_scored(tmp_path: Path) -> None:
     """A labelled spike inside the commissioning rows counts nowhere; one after does."""
     rng = np.random.default_rng(3)
@@ -183,7 +198,10 @@ def test_bad_files_and_options_fail_in_one_line(exports: list[Path], tmp_path: P
     assert_user_error([str(short)], "short.csv:3: 1 cells for 2 columns")
     word = tmp_path / "word.csv"
     word.write_text("temp;anomaly\n1,5;0\nhigh;1\n")
-    assert_user_error([str(word)], "word.csv:3: column 'temp': 'high' is not a number")
+    assert_user_error(
+        [str(word)],
+        "word.csv:3: column 'temp': 'high' is not a number (--exclude-column leaves a column out)",
+    )
     stamps = tmp_path / "stamps.csv"
     stamps.write_text("time,temp,anomaly\nyesterday,1,0\n")
     assert_user_error([str(stamps)], "column 'time' holds neither epoch seconds nor ISO 8601")
