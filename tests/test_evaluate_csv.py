@@ -98,7 +98,11 @@ def test_semicolon_export_with_second_label_column_excluded_end_to_end(
 
 
 def test_without_exclude_the_second_label_column_is_scored(exports: list[Path]) -> None:
-    doc = run_json([str(exports[0]), "-d", "stuck"])
+    result = runner.invoke(app, ["csv", str(exports[0]), "-d", "stuck", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "column 'changepoint' holds only 0 and 1" in result.stderr
+    assert "--exclude-column changepoint" in result.stderr and result.stderr.count("\n") == 1
+    doc = json.loads(result.stdout)
     assert doc["files"][0]["columns"] == [*SENSORS, "changepoint"]
     assert doc["files"][0]["train_rows"] == 0
     default = run_json([str(exports[0]), "--exclude-column", "changepoint"])
@@ -182,11 +186,11 @@ def assert_user_error(args: list[str], message: str) -> None:
 
 
 def test_bad_files_and_options_fail_in_one_line(exports: list[Path], tmp_path: Path) -> None:
-    good = str(exports[0])
-    assert_user_error([good, "--exclude-column", "nope"], "no column 'nope'")
-    assert_user_error([good, "--train-rows", "1200"], "leaves none of its 1200 rows")
-    assert_user_error([good, str(tmp_path / "gone.csv")], "gone.csv: no such file")
-    assert_user_error([good, "-d", "nope"], "unknown detector 'nope'")
+    good = [str(exports[0]), "--exclude-column", "changepoint"]
+    assert_user_error([*good, "--exclude-column", "nope"], "no column 'nope'")
+    assert_user_error([*good, "--train-rows", "1200"], "leaves none of its 1200 rows")
+    assert_user_error([*good, str(tmp_path / "gone.csv")], "gone.csv: no such file")
+    assert_user_error([*good, "-d", "nope"], "unknown detector 'nope'")
     nolabel = tmp_path / "nolabel.csv"
     nolabel.write_text("a;b\n1;2\n")
     assert_user_error([str(nolabel)], "which column is the label? pass --label-column (a, b)")

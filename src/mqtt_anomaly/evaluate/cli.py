@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,7 +30,7 @@ from ..errors import ConfigError, MqttAnomalyError
 from . import leaderboard
 from .nab import load_corpus
 from .rows import Counts, ScorerResult, Totals, evaluate_series
-from .runner import read_labelled_csv, report_nab, run_nab, write_results
+from .runner import LabelledCsv, read_labelled_csv, report_nab, run_nab, write_results
 from .scorers import ALWAYS, create_scorer, scorer_names
 
 DEFAULT_DATA = Path("../shared/datasets/nab")
@@ -202,6 +203,20 @@ def _extra(r: ScorerResult, cells: int) -> str:
     return " ".join(parts)
 
 
+def _note_label_like(data: LabelledCsv) -> None:
+    """One note per scored column that holds only 0 and 1: likely a second label column."""
+    for j, col in enumerate(data.columns):
+        v = data.values[:, j]
+        v = v[~np.isnan(v)]
+        if v.size and v.any() and np.isin(v, (0.0, 1.0)).all():
+            err.print(
+                f"note: {data.name}: column {col!r} holds only 0 and 1 and is scored as a "
+                f"sensor; if it is a label, pass --exclude-column {col}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 RATES_NOTE = (
     "rows P/R/F1 count rows; false alarms: share of normal rows flagged; missed: share of "
     "anomalous rows not flagged; events: runs of labelled rows found / runs of flags touching "
@@ -281,6 +296,8 @@ def csv_command(
             data = read_labelled_csv(
                 file, label_column, value_column, timestamp_column, exclude_column or ()
             )
+            if not value_column:
+                _note_label_like(data)
             reports.append(
                 evaluate_series(
                     str(file),
