@@ -61,6 +61,12 @@ def test_assets_are_scored_against_their_labels() -> None:
     kinds = {k["kind"]: k for k in doc["by_fault_kind"]}
     assert sum(k["faults"] for k in kinds.values()) == len(run.faults) == doc["settings"]["faults"]
     assert all(k["detected"]["always"] == k["faults"] for k in kinds.values())
+    longest = max(f.end_k - f.start_k for f in run.faults if f.end_k is not None)
+    for k in kinds.values():
+        assert k["delay_p50"]["always"] == 0.0
+        for name, delay in k["delay_p50"].items():
+            assert (delay is None) == (k["detected"][name] == 0)
+            assert delay is None or 0.0 <= delay <= longest
     total = {r["detector"]: r for r in doc["total"]["results"]}
     assert total["always"]["event"]["detected_events"] == len(run.faults)
 

@@ -22,9 +22,12 @@ normal ones.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..config import DetectorSettings
 from ..errors import ConfigError
@@ -35,11 +38,13 @@ from .rows import SeriesReport, Totals, evaluate_series
 
 @dataclass(frozen=True)
 class KindRecall:
-    """How many faults of one kind a scorer flagged at least once within their span."""
+    """How many faults of one kind a scorer flagged at least once within their span, and the
+    median delay from a fault's first reading to its first flag (s; None: none flagged)."""
 
     kind: str
     faults: int
     detected: dict[str, int]  # scorer -> faults flagged
+    delay_p50: dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -59,24 +64,42 @@ class AssetSimReport:
             "assets": [s.as_dict() for s in self.series],
             "total": self.totals.as_dict(),
             "by_fault_kind": [
-                {"kind": k.kind, "faults": k.faults, "detected": k.detected} for k in self.by_kind
+                {
+                    "kind": k.kind,
+                    "faults": k.faults,
+                    "detected": k.detected,
+                    "delay_p50": k.delay_p50,
+                }
+                for k in self.by_kind
             ],
         }
 
 
 def _by_kind(run: AssetRun, series: Sequence[SeriesReport], train: int) -> list[KindRecall]:
     faults: dict[str, int] = {}
-    found: dict[str, dict[str, int]] = {}
+    delays: dict[str, dict[str, list[float]]] = {}
     for fault in run.faults:
         if fault.start_k < train or fault.end_k is None:
             continue
         faults[fault.kind] = faults.get(fault.kind, 0) + 1
-        hits = found.setdefault(fault.kind, {})
+        per = delays.setdefault(fault.kind, {})
         for r in series[fault.asset].results:
             assert r.alarms is not None
-            flagged = bool(r.alarms[fault.start_k - train : fault.end_k - train + 1].any())
-            hits[r.scorer] = hits.get(r.scorer, 0) + int(flagged)
-    return [KindRecall(k, faults[k], found[k]) for k in run.fault_names if k in faults]
+            flags = np.flatnonzero(r.alarms[fault.start_k - train : fault.end_k - train + 1])
+            found = per.setdefault(r.scorer, [])
+            if flags.size:
+                t = run.t[:, fault.asset]
+                found.append(float(t[fault.start_k + flags[0]] - t[fault.start_k]))
+    return [
+        KindRecall(
+            k,
+            faults[k],
+            {name: len(d) for name, d in delays[k].items()},
+            {name: statistics.median(d) if d else None for name, d in delays[k].items()},
+        )
+        for k in run.fault_names
+        if k in faults
+    ]
 
 
 def run_asset_evaluation(

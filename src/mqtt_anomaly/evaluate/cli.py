@@ -515,12 +515,17 @@ def _sim_assets(
     kinds = Table(
         "faults found",
         *heads,
-        title="faults flagged at least once, per fault kind",
+        title="faults flagged at least once per fault kind, median delay to the first flag",
         box=box.SIMPLE_HEAD,
         show_edge=False,
     )
     for name in total.counts:
-        kinds.add_row(name, *(f"{k.detected.get(name, 0)}/{k.faults}" for k in report.by_kind))
+        cells = []
+        for k in report.by_kind:
+            delay = k.delay_p50.get(name)
+            late = "" if delay is None else f", {delay:.0f} s"
+            cells.append(f"{k.detected.get(name, 0)}/{k.faults}{late}")
+        kinds.add_row(name, *cells)
     out.print(kinds)
     out.print(RATES_NOTE)
 
