@@ -95,6 +95,10 @@ def test_semicolon_export_with_second_label_column_excluded_end_to_end(
     assert table.exit_code == 0, table.output
     assert "3 files, micro-averaged: 2,400 rows scored after 400 learned" in table.stdout
     assert "always" in table.stdout and "false alarms" in table.stdout
+    for f in doc["files"]:  # one line per file: the best detector's point F1 and always-alarm's
+        zscore, always = f["results"][0]["point"]["f1"], f["results"][-1]["point"]["f1"]
+        line = next(ln for ln in table.stdout.splitlines() if Path(f["file"]).name in ln)
+        assert f"{zscore:.2f} zscore" in line and line.rstrip().endswith(f"{always:.2f}")
 
 
 def test_without_exclude_the_second_label_column_is_scored(exports: list[Path]) -> None:

@@ -29,7 +29,7 @@ from ..detectors import available, create
 from ..errors import ConfigError, MqttAnomalyError
 from . import leaderboard
 from .nab import load_corpus
-from .rows import Counts, ScorerResult, Totals, evaluate_series
+from .rows import Counts, ScorerResult, SeriesReport, Totals, evaluate_series
 from .runner import LabelledCsv, read_labelled_csv, report_nab, run_nab, write_results
 from .scorers import ALWAYS, create_scorer, scorer_names
 
@@ -217,6 +217,31 @@ def _note_label_like(data: LabelledCsv) -> None:
             )
 
 
+def _files_table(reports: list[SeriesReport]) -> Table:
+    """Per file: its rows, the best detector's point F1 and always-alarm's."""
+    table = Table(
+        "file",
+        "scored",
+        "labelled",
+        "best point F1",
+        "always F1",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    for rep in reports:
+        f1 = {r.scorer: float(r.counts.point()["f1"]) for r in rep.results}
+        always = f1.pop(ALWAYS)
+        best = max(f1, key=lambda k: f1[k], default=None)
+        table.add_row(
+            Path(rep.name).name,
+            f"{rep.scored_rows:,}",
+            f"{rep.labelled_rows:,}",
+            "-" if best is None else f"{f1[best]:.2f} {best}",
+            f"{always:.2f}",
+        )
+    return table
+
+
 RATES_NOTE = (
     "rows P/R/F1 count rows; false alarms: share of normal rows flagged; missed: share of "
     "anomalous rows not flagged; events: runs of labelled rows found / runs of flags touching "
@@ -337,6 +362,7 @@ def csv_command(
             f"{train_rows:,} learned in each, {total.labelled_rows:,} labelled"
         )
         out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
+        out.print(_files_table(reports))
     out.print(RATES_NOTE)
 
 
