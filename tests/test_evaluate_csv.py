@@ -213,3 +213,48 @@ def test_bad_files_and_options_fail_in_one_line(exports: list[Path], tmp_path: P
     stamps = tmp_path / "stamps.csv"
     stamps.write_text("time,temp,anomaly\nyesterday,1,0\n")
     assert_user_error([str(stamps)], "column 'time' holds neither epoch seconds nor ISO 8601")
+
+
+OFFLINE = '''
+import numpy as np
+
+NAMES = ("rangecheck",)
+
+
+def score_rows(name, train, rows, *, margin=0.5):
+    """Flags rows with a column outside the commissioning range widened by ``margin``."""
+    lo, hi = train.min(axis=0), train.max(axis=0)
+    span = hi - lo
+    out = np.maximum(lo - margin * span - rows, rows - hi - margin * span).max(axis=1)
+    return out, out > 0, np.zeros_like(rows)
+'''
+
+
+def test_the_optional_offline_module_is_registered_by_its_names(
+    exports: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "offline_probe.py").write_text(OFFLINE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(scorers, "OFFLINE_MODULE", "offline_probe")
+    monkeypatch.setattr(scorers, "_offline_checked", False)
+    monkeypatch.setattr(scorers, "_multivariate", {})
+    assert "rangecheck" in scorer_names()
+    args = [*map(str, exports), "--train-rows", "400", "--exclude-column", "changepoint"]
+    doc = run_json([*args, "-d", "rangecheck"])
+    total = doc["total"]["results"][0]
+    assert total["detector"] == "rangecheck" and total["point"]["tp"] > 0
+    # its parameters come from [detector.params.rangecheck]
+    config = tmp_path / "wide.toml"
+    config.write_text("[detector.params.rangecheck]\nmargin = 1000.0\n")
+    wide = run_json([*args, "-d", "rangecheck", "--config", str(config)])
+    assert (
+        wide["total"]["results"][0]["point"]["tp"] + wide["total"]["results"][0]["point"]["fp"] == 0
+    )
+
+
+def test_without_the_offline_module_its_names_are_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scorers, "OFFLINE_MODULE", "no_such_module_here.offline")
+    monkeypatch.setattr(scorers, "_offline_checked", False)
+    monkeypatch.setattr(scorers, "_multivariate", {})
+    assert scorers.multivariate() == []
+    assert scorer_names() == ["default", *available(), "always"]
