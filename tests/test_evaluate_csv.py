@@ -111,8 +111,9 @@ def test_without_exclude_the_second_label_column_is_scored(exports: list[Path]) 
     assert doc["files"][0]["train_rows"] == 0
     default = run_json([str(exports[0]), "--exclude-column", "changepoint"])
     names = [r["detector"] for r in default["files"][0]["results"]]
-    assert names == scorer_names() and names[0] == "default" and names[-1] == "always"
-    assert set(available()) <= set(names)
+    assert names == ["default", *available(), "always"]  # multivariate: only with --train-rows
+    trained = run_json([str(exports[0]), "--exclude-column", "changepoint", "--train-rows", "400"])
+    assert [r["detector"] for r in trained["files"][0]["results"]] == scorer_names()
 
 
 def test_a_text_column_can_be_excluded_and_a_trailing_delimiter_is_no_column(
@@ -258,3 +259,15 @@ def test_without_the_offline_module_its_names_are_absent(monkeypatch: pytest.Mon
     monkeypatch.setattr(scorers, "_multivariate", {})
     assert scorers.multivariate() == []
     assert scorer_names() == ["default", *available(), "always"]
+
+
+def test_the_asset_detectors_score_plant_exports(exports: list[Path]) -> None:
+    """mqtt_anomaly.mvdetectors.offline is installed: its methods are row scorers."""
+    assert {"pca", "mewma", "pca_mewma"} <= set(scorer_names())
+    args = [*map(str, exports), "--exclude-column", "changepoint"]
+    doc = run_json([*args, "--train-rows", "400", "-d", "pca"])
+    pca = doc["total"]["results"][0]
+    assert pca["detector"] == "pca" and pca["event"]["detected_events"] == 3
+    assert pca["point"]["f1"] > doc["total"]["results"][-1]["point"]["f1"]  # above always-alarm
+    assert "nab" in doc["files"][0]["results"][0]  # a score scale: NAB scores too
+    assert_user_error([*args, "-d", "pca_mewma"], "pca_mewma: commission_rows must be at least")

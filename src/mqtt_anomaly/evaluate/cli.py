@@ -31,7 +31,7 @@ from . import leaderboard
 from .nab import load_corpus
 from .rows import Counts, ScorerResult, SeriesReport, Totals, evaluate_series
 from .runner import LabelledCsv, read_labelled_csv, report_nab, run_nab, write_results
-from .scorers import ALWAYS, create_scorer, scorer_names
+from .scorers import ALWAYS, create_scorer, default_scorers
 
 DEFAULT_DATA = Path("../shared/datasets/nab")
 
@@ -311,7 +311,7 @@ def csv_command(
     """
     try:
         settings = load_settings(config).detector
-        names = list(dict.fromkeys(detector or scorer_names()))
+        names = list(dict.fromkeys(detector or default_scorers(train_rows)))
         for name in names:
             create_scorer(name, settings)
         reports = []
@@ -511,7 +511,7 @@ def _sim_assets(
         if interval <= 0:
             raise ConfigError("--interval must be positive")
         settings = load_settings(config).detector
-        names = list(dict.fromkeys(detector or scorer_names()))
+        names = list(dict.fromkeys(detector or default_scorers(round(warmup / interval))))
         for name in names:
             create_scorer(name, settings)
         report = run_asset_evaluation(
