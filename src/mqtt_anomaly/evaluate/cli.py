@@ -303,7 +303,7 @@ def csv_command(
     false- and missed-alarm rates, per file and micro-averaged over all files.
 
     Detectors: "default" (the configured set on every column), each univariate detector on
-    every column, the multivariate ones when installed; a row is flagged when any column is.
+    every column, with --train-rows the multivariate ones; a row is flagged when any column is.
     Each file is one asset scored on its own, from a fresh detector: its first --train-rows
     rows are learned, not scored. "always" (flag every row) is in every report.
 

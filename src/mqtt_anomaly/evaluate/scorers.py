@@ -12,16 +12,16 @@ Built-ins:
 - ``default``: the configured detector set (``detector.detectors``) together, a row alarms
   when any detector alarms on any column. A fixed ``threshold`` is a temperature limit that
   means nothing for a pressure or a voltage, so in a row scorer (alone or in a set) it is
-  adapted per column:
-  each column's limit is its highest commissioning value plus a tenth of its commissioning
-  range (the configured ``detector.threshold`` when there are no commissioning rows);
+  adapted per column: each column's limit is its highest commissioning value plus a tenth of
+  its commissioning range (the configured ``detector.threshold`` without commissioning rows);
 - ``always``: the trivial detector that alarms on every row, the floor every report shows.
 
 Multivariate detectors plug in with :func:`register_multivariate`. When the optional module
 ``mqtt_anomaly.mvdetectors.offline`` is importable, its detectors are registered on first use:
 it names them in ``NAMES``, an ``available()`` function or ``METHODS`` and scores them with
 ``score_rows(name, train, rows, **params) -> (scores, alarms, contributions)`` (scores in
-[0, 1], alarming from 0.5); without it those names are simply absent.
+[0, 1], alarming from 0.5). Without commissioning rows they are left out of the scorers run
+by default (:func:`default_scorers`); without the module their names are simply absent.
 
 >>> import numpy as np
 >>> rows = np.column_stack([np.sin(np.arange(400) / 9.0), np.cos(np.arange(400) / 9.0)])
