@@ -46,6 +46,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "routeconf",
             "maintenance",
             "gates",
+            "sparkplug",
+            "_proto",
         ),
     ),
     ("detection", ("detectors", "alerting", "floods")),

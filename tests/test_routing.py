@@ -114,8 +114,8 @@ async def test_the_outbox_survives_a_restart(tmp_path: Path, hook_server: HookSe
     hook_server.status = 200
     again = sink_for(tmp_path, cfg)
     async with again:
-        await eventually(lambda: len(hook_server.requests) == 1, what="delivery after restart")
-        assert again.stats()["ops"][:3] == (1, 0, 0)
+        await eventually(lambda: again.stats()["ops"][0] == 1, what="delivery after restart")
+        assert again.stats()["ops"][:3] == (1, 0, 0) and len(hook_server.requests) == 1
     assert json.loads(hook_server.requests[0].body)["alerts"][0]["sensor_id"] == "S1"
 
 

@@ -74,6 +74,17 @@ class BrokerSettings(_Section):
     max_queued: int = Field(100_000, ge=1)
     """Past this many publishes waiting for the window the service stops taking readings
     (the broker keeps them) until the queue is back under half."""
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    """The MQTT version of the service's connection (``docs/plant.md#mqtt-5``)."""
+    session_expiry: int = Field(86_400, ge=0, le=0xFFFFFFFF)
+    """MQTT 5: seconds the broker keeps our session (and queues readings) after we are gone."""
+    message_expiry: int = Field(0, ge=0, le=0xFFFFFFFF)
+    """MQTT 5: seconds the broker keeps an alert for a subscriber that is away (0: no limit)."""
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @field_validator("url")
     @classmethod

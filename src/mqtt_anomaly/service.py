@@ -42,7 +42,7 @@ from ._lifecycle import AsyncClosing
 from .config import Settings
 from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
-from .errors import StateFileError
+from .errors import ConfigError, StateFileError
 from .gates import Gates
 from .maintenance import MaintenanceBook
 from .messages import Alert
@@ -54,7 +54,9 @@ from .sinks.console import ConsoleSink
 from .sinks.history import StoreSink
 from .sinks.listeners import Listener, ListenerSink
 from .sinks.mqtt import MqttSink
+from .sparkplug import state_payload, state_topic
 from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
+from .transport.codec import Will
 from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
@@ -97,6 +99,12 @@ class DetectorService(AsyncClosing):
         sinks: Sequence[Sink] = (),
     ) -> None:
         self.settings = settings
+        shared = next((f for f in settings.subscriptions if f.startswith("$share/")), None)
+        if shared is not None:  # see docs/plant.md#mqtt-5
+            raise ConfigError(
+                f"topics.subscribe: {shared}: a shared subscription hands each message to one "
+                "of several subscribers, and a detector must see every reading of its sensor"
+            )
         self.pipeline = Pipeline(settings)
         self.store = store
         self.kafka = kafka
@@ -116,6 +124,10 @@ class DetectorService(AsyncClosing):
             name="detector",
             hold_acks=tracked,
         )
+        self._state_ts = clock()  # the Sparkplug host's STATE birth and will carry this time
+        if settings.sparkplug.enabled and isinstance(self.client, LeanClient):
+            topic = state_topic(settings.sparkplug.host_id)
+            self.client.will = Will(topic, state_payload(False, self._state_ts), qos=1)
         self._console = (
             ConsoleSink(verbose=settings.service.verbose, rate=settings.alerts.console_rate)
             if console
@@ -209,6 +221,11 @@ class DetectorService(AsyncClosing):
             self.tracker.touch()
 
     def _on_connect(self, session_present: bool) -> None:
+        sp = self.settings.sparkplug
+        if sp.enabled:  # the host application is online (retained; the will says offline)
+            self.client.publish(
+                state_topic(sp.host_id), state_payload(True, self._state_ts), qos=1, retain=True
+            )
         if self._connected_once:
             log.info("reconnected to broker %s", self.settings.broker.address)
             self._line(f"[INFO] Reconnected to Broker at {self.settings.broker.address}")
@@ -368,6 +385,10 @@ class DetectorService(AsyncClosing):
             except Exception:
                 log.exception("the last delivery round failed at shutdown")
                 complete = False
+        sp = self.settings.sparkplug
+        if sp.enabled and self.client.connected:  # a clean stop says offline itself
+            payload = state_payload(False, self._state_ts)
+            self.client.publish(state_topic(sp.host_id), payload, qos=1, retain=True)
         try:
             if not await self.client.drain(timeout=5.0):
                 log.warning(

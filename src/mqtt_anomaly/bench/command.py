@@ -131,6 +131,14 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    payload: Annotated[
+        str,
+        typer.Option(
+            help="Throughput workload: flat (one JSON reading per message), nested-json (4 "
+            "values per message through a mapping rule) or sparkplug (Sparkplug B DDATA of 4 "
+            "metrics by alias); the ratio is per message.",
+        ),
+    ] = "flat",
     quick: Annotated[
         bool, typer.Option("--quick", help="Smoke size: every measurement, in seconds.")
     ] = False,
@@ -182,6 +190,7 @@ def bench(
             http_sensors=http_sensors,
             http_seconds=http_seconds,
             profile=profile,
+            payload=payload,
         )
         with _progress(opts, err) as step:
             result = run_bench(opts, step)
@@ -254,6 +263,13 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     if o["compare_http"] and "http" not in sections:
         sections.append("http")
     changes["sections"] = tuple(sections)
+    from .payloads import PAYLOADS
+
+    if o["payload"] not in PAYLOADS:
+        raise bad("--payload", f"unknown {o['payload']!r} (choose from {', '.join(PAYLOADS)})")
+    if o["payload"] != "flat" and set(sections) - {"throughput", "memory"}:
+        raise bad("--payload", "applies to the throughput trials: add --only throughput")
+    changes["payload"] = o["payload"]
     if o["profile"] is not None:
         from .profile import py_spy
 

@@ -37,6 +37,7 @@ class ConsumerSpec:
     max_sensors: int | None = None
     profile: str | None = None  # record the service with py-spy into this file
     ack_after: str | None = None  # the service's service.ack_after; None: the configured one
+    overrides: dict[str, Any] | None = None  # the payload workload's settings (payloads.py)
 
 
 def baseline_main(conn: Connection, spec: ConsumerSpec) -> None:
@@ -139,6 +140,7 @@ async def _serve(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
             # the load injects spikes at 100/s across the fleet, a flood by design: every
             # alert is published one by one, so each one's latency is measured
             "alerts": {"flood_threshold": 0},
+            **(spec.overrides or {}),
         },
     )
     loop = asyncio.get_running_loop()

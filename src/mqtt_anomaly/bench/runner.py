@@ -21,6 +21,7 @@ from .broker import Mosquitto
 from .children import Child
 from .loadgen import Fleet, publisher_main
 from .memory import memory_main
+from .payloads import baseline_filters
 from .report import targets
 from .sysinfo import machine
 
@@ -53,6 +54,7 @@ class BenchOptions:
     http_spikes_per_s: float = 5.0
     quick: bool = False
     profile_dir: str | None = None  # record each service process with py-spy into this dir
+    payload: str = "flat"  # the throughput workload: flat, nested-json, sparkplug (payloads.py)
 
     def quick_size(self) -> BenchOptions:
         """The smoke size: every measurement, seconds each."""
@@ -126,14 +128,14 @@ def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step
         url = opts.broker or (broker.url if broker else "")
         settings = load_settings(Path(opts.config) if opts.config else None)
         topics = settings.topics
-        fleet = Fleet(opts.sensors, topics.readings, topics.alerts)
+        fleet = Fleet(opts.sensors, topics.readings, topics.alerts, payload=opts.payload)
         publisher = Child("publisher", publisher_main, url, fleet)
         env = throughput.Env(
             url=url,
             workdir=wd,
             publisher=publisher,
             fleet=fleet,
-            filters=topics.filters,
+            filters=baseline_filters(opts.payload, topics.filters),
             store_url=opts.store,
             config=opts.config,
             max_sensors=opts.sensors if opts.sensors > settings.service.max_sensors else None,

@@ -44,8 +44,17 @@ class Transport(Protocol):
         ...
 
     # ---- outgoing -------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Send now or queue in order; never blocks, never raises for a full window."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",
+    ) -> None:
+        """Send now or queue in order; never blocks, never raises for a full window.
+        ``properties``: MQTT 5 properties (ignored by a 3.1.1 connection)."""
         ...
 
     def outgoing_mark(self) -> int:

@@ -45,11 +45,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import BrokerSettings
+from ..console import RateLimitedLog
 from ..errors import BrokerError
 from ..retry import Backoff
 from .codec import (
     CONNACK,
+    DISCONNECT,
     DISCONNECT_PACKET,
+    MQTT_5,
+    MQTT_311,
     PINGREQ_PACKET,
     PUBACK,
     PUBACK_HEAD,
@@ -57,13 +61,21 @@ from .codec import (
     PUBLISH,
     PUBREC_HEAD,
     PUBREL,
+    RECEIVE_MAXIMUM,
+    SESSION_EXPIRY,
     SUBACK,
+    TOPIC_ALIAS,
+    TOPIC_ALIAS_MAXIMUM,
     MalformedPacketError,
+    Will,
     connect,
     decode_connack,
+    decode_properties,
     decode_suback,
     decode_varint,
+    encode_properties,
     publish,
+    reason_text,
     subscribe,
 )
 from .connection import (
@@ -81,7 +93,7 @@ from .outgoing import OutgoingTracker
 log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, bytes, float]]
-_Out = tuple[str, bytes, int, bool, int]
+_Out = tuple[str, bytes, int, bool, int, bytes]  # topic, payload, qos, retain, serial, MQTT 5 props
 
 
 def _tcp_options(sock: Any) -> Callable[[], None] | None:
@@ -251,6 +263,13 @@ class LeanClient:
         self._acks = AckHold()  # PUBACKs of processed messages, not yet sent
         self._paused = False
         self._intake = True
+        self.will: Will | None = None  # sent in every CONNECT (the Sparkplug host's STATE)
+        # MQTT 5 (broker.protocol = "5"): the broker's receive maximum bounds the window;
+        # outgoing topic aliases, up to the broker's topic alias maximum, per connection
+        self.level = MQTT_5 if settings.protocol == "5" else MQTT_311
+        self._aliases: dict[str, int] = {}
+        self._alias_max = 0
+        self.reason_log = RateLimitedLog(log)
 
     # ---- receiving ------------------------------------------------------------------
     def _parse(self, data: bytes, proto: _Protocol) -> bytes:
@@ -265,6 +284,7 @@ class LeanClient:
         A malformed packet drops the connection with one error line.
         """
         self._last_in = time.monotonic()
+        v5 = self.level == MQTT_5
         pos, n = 0, len(data)
         batch: Batch = []
         acks: list[bytes] = []
@@ -292,6 +312,14 @@ class LeanClient:
                         mid = data[p : p + 2]
                         p += 2
                         acks.append((PUBACK_HEAD if qos == 1 else PUBREC_HEAD) + mid)
+                    if v5:  # skip the property block (a PUBACK of 2 bytes is a success)
+                        if data[p] < 0x80:
+                            p += 1 + data[p]
+                        else:
+                            got = decode_varint(data, p)
+                            if got is None:
+                                raise MalformedPacketError("PUBLISH properties truncated")
+                            p = got[1] + got[0]
                     if p > end:  # the topic (or packet id) runs past the packet
                         raise MalformedPacketError(f"PUBLISH packet truncated ({length} bytes)")
                     batch.append((topic, data[p:end], now))
@@ -300,22 +328,56 @@ class LeanClient:
                     if out is not None:
                         self.acked += 1
                         self._outgoing.completed(out[4])
+                        if length > 2 and data[i + 2] >= 0x80:  # MQTT 5: refused
+                            self._refused(out[0], data[i + 2], data[i + 3 : end])
                 elif kind == PUBREL:  # of an incoming QoS 2 message
                     acks.append(PUBCOMP_HEAD + data[i : i + 2])
                 elif kind == SUBACK:
-                    suback = decode_suback(data[i:end])
+                    suback = decode_suback(data[i:end], self.level)
                     fut = self._suback.get(suback.packet_id)
                     if fut is not None and not fut.done():
                         fut.set_result(suback.return_codes)
                 elif kind == CONNACK and self._connack is not None and not self._connack.done():
-                    connack = decode_connack(data[i:end])
+                    connack = decode_connack(data[i:end], self.level)
+                    self._negotiated(connack.properties)
                     self._connack.set_result((connack.session_present, connack.return_code))
+                elif kind == DISCONNECT and length:  # MQTT 5: the broker says why
+                    log.error(
+                        "broker %s disconnected %s: %s",
+                        self.settings.address,
+                        self.name,
+                        reason_text(data[i], data[i + 2 : end] if length > 1 else b""),
+                    )
                 pos = end
         except (MalformedPacketError, IndexError) as exc:
             why = str(exc) if isinstance(exc, MalformedPacketError) else "truncated packet"
             self._protocol_error(proto, why)
             return b""
         return self._finish(data[pos:], batch, acks, proto)
+
+    def _negotiated(self, properties: bytes) -> None:
+        """MQTT 5: what the broker's CONNACK allows (receive maximum, topic aliases)."""
+        self._window = self.settings.max_inflight
+        self._alias_max = 0
+        self._aliases.clear()
+        if not properties:
+            return
+        for pid, value in decode_properties(properties):
+            if pid == RECEIVE_MAXIMUM and isinstance(value, int):
+                self._window = min(self._window, value)
+            elif pid == TOPIC_ALIAS_MAXIMUM and isinstance(value, int):
+                self._alias_max = value
+
+    def _refused(self, topic: str, code: int, properties: bytes) -> None:
+        """MQTT 5: the broker refused one of our publishes (one line per reason, rate-limited)."""
+        why = reason_text(code, properties[1:] if properties else b"")
+        self.reason_log.warning(
+            f"puback-{code}",
+            "broker %s refused a publish on %s: %s",
+            self.settings.address,
+            topic,
+            why,
+        )
 
     def _finish(self, rest: bytes, batch: Batch, acks: list[bytes], proto: _Protocol) -> bytes:
         if self._queue and len(self._inflight) < self._window:  # PUBACKs freed the window
@@ -484,7 +546,7 @@ class LeanClient:
             raise TimeoutError("no CONNACK in 10 s") from exc
         if rc != 0:
             proto.transport.abort()  # type: ignore[union-attr]
-            raise BrokerError(refusal(s, self.name, rc))
+            raise BrokerError(refusal(s, self.name, rc, self.level))
         self._proto = proto
         if self._paused:
             proto.transport.pause_reading()  # type: ignore[union-attr]
@@ -504,16 +566,31 @@ class LeanClient:
             keepalive=s.keepalive,
             username=username,
             password=s.secret_password() if username else None,
+            will=self.will,
+            level=self.level,
+            properties=encode_properties([(SESSION_EXPIRY, s.session_expiry)])
+            if self.level == MQTT_5
+            else b"",
         )
 
     def _resume(self, session_present: bool) -> None:
         """After CONNACK: re-send unacknowledged publishes, re-subscribe, send the queue."""
         pending = list(self._inflight.items())
         if session_present:
+            level = self.level
             self._write(
                 b"".join(
-                    publish(topic, payload, qos=qos, retain=retain, dup=True, packet_id=mid)
-                    for mid, (topic, payload, qos, retain, _) in pending
+                    publish(
+                        topic,
+                        payload,
+                        qos=qos,
+                        retain=retain,
+                        dup=True,
+                        packet_id=mid,
+                        level=level,
+                        properties=props if level == MQTT_5 else b"",
+                    )
+                    for mid, (topic, payload, qos, retain, _, props) in pending
                 )
             )
         else:  # the broker forgot them: new messages, ahead of those queued since
@@ -599,15 +676,35 @@ class LeanClient:
                 return self._next_mid
         raise BrokerError("no free packet identifier: 65,535 messages unacknowledged")
 
-    def _packet(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> bytes:
+    def _packet(
+        self, topic: str, payload: bytes, qos: int, retain: bool, serial: int, props: bytes = b""
+    ) -> bytes:
         """The PUBLISH packet, with a packet id taken for QoS 1 (counted in flight)."""
         mid = 0
         if qos:
             mid = self._mid()
             inflight = self._inflight
-            inflight[mid] = (topic, payload, 1, retain, serial)
+            inflight[mid] = (topic, payload, 1, retain, serial, props)
             self.peak_inflight = max(self.peak_inflight, len(inflight))
-        return publish(topic, payload, qos=min(qos, 1), retain=retain, packet_id=mid)
+        if self.level == MQTT_311:
+            return publish(topic, payload, qos=min(qos, 1), retain=retain, packet_id=mid)
+        if self._alias_max:  # MQTT 5 topic aliases: the topic once, then its number
+            alias = self._aliases.get(topic)
+            if alias is not None:
+                props += encode_properties([(TOPIC_ALIAS, alias)])
+                topic = ""
+            elif len(self._aliases) < self._alias_max:
+                alias = self._aliases[topic] = len(self._aliases) + 1
+                props += encode_properties([(TOPIC_ALIAS, alias)])
+        return publish(
+            topic,
+            payload,
+            qos=min(qos, 1),
+            retain=retain,
+            packet_id=mid,
+            level=MQTT_5,
+            properties=props,
+        )
 
     def _pump(self) -> None:
         """Send queued publishes while the window has room, in one write."""
@@ -623,8 +720,18 @@ class LeanClient:
         if self._intake_held and len(queue) <= self._max_queued // 2:
             self._release_intake()
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",
+    ) -> None:
         """Publish now if connected and the in-flight window has room, else queue (in order).
+        ``properties``: an MQTT 5 property block (:func:`.codec.encode_properties`), left out
+        at 3.1.1.
 
         While connected the queue is not bounded, but past ``max_queued`` the intake is held
         (:attr:`intake_held`); while disconnected at most ``buffer_size`` wait (the oldest are
@@ -636,9 +743,9 @@ class LeanClient:
         queue = self._queue
         if self.connected:
             if not queue and (not qos or len(self._inflight) < self._window):
-                self._write(self._packet(topic, payload, qos, retain, serial))
+                self._write(self._packet(topic, payload, qos, retain, serial, properties))
                 return
-            queue.append((topic, payload, qos, retain, serial))
+            queue.append((topic, payload, qos, retain, serial, properties))
             if len(queue) > self._max_queued:
                 self._hold_intake()
             self.stats.buffered = len(queue)
@@ -649,7 +756,7 @@ class LeanClient:
                 self._outgoing.completed(serial)
                 return
             self._outgoing.completed(queue.popleft()[4])
-        queue.append((topic, payload, qos, retain, serial))
+        queue.append((topic, payload, qos, retain, serial, properties))
         self.stats.buffered = len(queue)
 
     # ---- tracking what we published -----------------------------------------------------
@@ -665,7 +772,7 @@ class LeanClient:
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()
-        self._write(subscribe(mid, filters))
+        self._write(subscribe(mid, filters, level=self.level))
         return mid
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1, timeout: float = 10.0) -> None:

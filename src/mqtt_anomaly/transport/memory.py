@@ -386,7 +386,15 @@ class MemoryTransport:
         self._schedule()
 
     # ---- outgoing ------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",  # MQTT 5 only: the in-process broker speaks 3.1.1
+    ) -> None:
         serial = 0
         if qos:
             outgoing = self._outgoing
