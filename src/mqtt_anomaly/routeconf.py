@@ -170,6 +170,9 @@ class Route(Selector):
     """Seconds after which an unchanged, still firing incident is sent again."""
     escalate_after: float = Field(0.0, ge=0, le=30 * 86_400)
     """A warning still active after this many seconds becomes critical (0: never)."""
+    max_alerts: int = Field(100, ge=1, le=100_000)
+    """Alerts listed in one message at most (the counts always cover all): a flood of 70,000
+    silent sensors is one message of 100 alerts and the totals."""
     continue_: bool = Field(False, alias="continue")
     """Also try the routes after this one when it matches."""
 
