@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +43,7 @@ from ..routeconf import Route
 __all__ = ["Notice", "RoutedAlert", "Router"]
 
 Status = Literal["firing", "resolved"]
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a tag name that is a valid label name too
 
 
 class RoutedAlert(msgspec.Struct, kw_only=True):
@@ -177,7 +179,7 @@ class Router:
             taken = True
             route = self.routes[i]
             labels = {
-                **{k: v for k, v in tags.items() if k.isidentifier()},
+                **{k: v for k, v in tags.items() if _LABEL.fullmatch(k)},
                 "alertname": a.detector,
                 "sensor": a.sensor_id,
                 "detector": a.detector,
