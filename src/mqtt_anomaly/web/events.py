@@ -54,6 +54,8 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "alert_ts": a.alert_ts,
         "message": a.message,
         "suppressed": a.suppressed,
+        "asset_id": a.asset_id,
+        "contributions": a.contributions,
     }
 
 
