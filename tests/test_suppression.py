@@ -13,6 +13,7 @@ import numpy as np
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Output
+from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.transport.memory import MemoryBroker
 from mqtt_anomaly.web.metrics import ServiceMetrics
@@ -168,3 +169,29 @@ async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
         ("X", 1.0),
     ]
     assert run.service.gates is not None and run.service.gates.held == 1
+    # the machine's state survives a restart (saved at shutdown with the maintenance windows)
+    again = DetectorService(settings, console=False, transport=broker.transport)
+    assert again.gates is not None and again.gates.on == [True]  # the configured initial state
+    again.restore()
+    assert again.gates.on == [True] and again.gates.since[0] > 0
+
+
+async def test_a_gate_state_is_restored_after_a_restart(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        {
+            "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state"},
+            "gates": [{"name": "oven", "topic": "plant/oven/state", "sensors": ["OV-*"]}],
+        },
+    )
+    broker = MemoryBroker()
+    run = Running(settings, transport=broker.transport)
+    async with run:
+        broker.send([("plant/oven/state", b"off")])
+        await eventually(lambda: run.service.gates.on == [False], what="the oven off")  # type: ignore[union-attr]
+    again = DetectorService(settings, console=False, transport=broker.transport)
+    assert again.gates is not None and again.gates.on == [True]  # "initial" until restored
+    again.restore()
+    assert again.gates.on == [False]
