@@ -195,3 +195,12 @@ async def test_a_gate_state_is_restored_after_a_restart(tmp_path: Path) -> None:
     assert again.gates is not None and again.gates.on == [True]  # "initial" until restored
     again.restore()
     assert again.gates.on == [False]
+
+
+def test_the_console_line_of_a_suppressed_alert_says_why() -> None:
+    from mqtt_anomaly.sinks.console import alert_line
+
+    a = Alert("P2-T", "threshold", "critical", "raised", 98.0, 1.0, 90.0, None, None, T0, T0)
+    assert alert_line(a) == "[ALERT] 🚨 CRITICAL ANOMALY DETECTED: 98.0°C! (P2-T, threshold)"
+    quiet = msgspec.structs.replace(a, suppressed="maintenance: press 2 relining")
+    assert alert_line(quiet) == alert_line(a) + " [suppressed: maintenance: press 2 relining]"
