@@ -137,8 +137,9 @@ async def test_window_and_gate_on_a_seeded_simulation(tmp_path: Path) -> None:
     assert in_store[("P2-T", 250.0, "raised")] == ""
 
 
-async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
-    settings = load_settings(
+def _oven(tmp_path: Path) -> Any:
+    """Settings with one gate on the oven's state topic, holding the OV-* sensors."""
+    return load_settings(
         None,
         {
             "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
@@ -148,6 +149,10 @@ async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
             "gates": [{"name": "oven", "topic": "plant/oven/state", "sensors": ["OV-*"]}],
         },
     )
+
+
+async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
+    settings = _oven(tmp_path)
     assert "plant/oven/state" in settings.subscriptions
     broker = MemoryBroker()
     seen: list[Alert] = []
@@ -177,15 +182,7 @@ async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
 
 
 async def test_a_gate_state_is_restored_after_a_restart(tmp_path: Path) -> None:
-    settings = load_settings(
-        None,
-        {
-            "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
-            "store": {"url": "none://"},
-            "service": {"state_dir": tmp_path / "state"},
-            "gates": [{"name": "oven", "topic": "plant/oven/state", "sensors": ["OV-*"]}],
-        },
-    )
+    settings = _oven(tmp_path)
     broker = MemoryBroker()
     run = Running(settings, transport=broker.transport)
     async with run:
