@@ -253,3 +253,23 @@ async def test_fleet_readings_alerts_offline_and_host_state(
     states = obs.json("STATE/test-host")
     assert states[-1]["online"] is False  # the clean stop says offline
     assert states[-1]["timestamp"] == states[0]["timestamp"]
+
+
+def test_the_pipeline_counts_sparkplug_events_for_the_metrics(tmp_path: Path) -> None:
+    from mqtt_anomaly.config import load_settings
+    from mqtt_anomaly.pipeline import Pipeline
+
+    off = Pipeline(load_settings(None, {})).view().sparkplug_counters()
+    assert off and set(off.values()) == {0}
+    pl = Pipeline(load_settings(None, {"sparkplug": {"enabled": True}}))
+    births = [
+        (NODE.format("NBIRTH"), node_birth(bdseq=1, ts=T), T),
+        (DEV.format("DBIRTH"), device_birth(seq=1, metrics=[("P", 1, DOUBLE, 1.0, "")], ts=T), T),
+        (DEV.format("DDATA"), data(seq=4, metrics=[(1, DOUBLE, 2.0)], ts=T), T),
+    ]
+    out = pl.process(births)
+    got = pl.view().sparkplug_counters()
+    assert (got["births"], got["seq_gaps"], got["lost"], got["rebirths_requested"]) == (2, 1, 2, 1)
+    assert [r.value for r in out.readings] == [1.0, 2.0]
+    assert [(a.detector, a.state) for a in out.alerts] == [("data_loss", "raised")]
+    assert out.commands and out.commands[0][0] == "spBv1.0/plant/NCMD/edge-1"
