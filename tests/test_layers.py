@@ -43,13 +43,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "pki",
             "retry",
             "mapping",
+            "routeconf",
+            "maintenance",
+            "gates",
             "sparkplug",
             "_proto",
         ),
     ),
     ("detection", ("detectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view")),
-    ("io", ("transport", "store", "sinks", "writebehind")),
+    ("io", ("transport", "store", "sinks", "writebehind", "routing")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
@@ -328,6 +331,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'demo',",
         "'detect',",
         "'evaluate',",
+        "'maintenance',",
         "'replay',",
         "'simulate']",
     ]
@@ -355,7 +359,8 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    assert len(paths) == 14  # the root, 9 commands and groups, config show, evaluate's three
+    # the root, 10 commands and groups, config show, evaluate's three, maintenance's three
+    assert len(paths) == 18
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

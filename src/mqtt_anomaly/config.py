@@ -35,25 +35,17 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .gates import Gate, gate_names_unique
+from .maintenance import Window
 from .mapping import TopicMap, compile_rule
+from .routeconf import ReceiverSettings, Route, check_routes
+from .routeconf import read_secret as _secret
 from .topics import validate_filter, validate_template
 from .web.settings import HttpSettings
 
 ENV_PREFIX = "MQTT_ANOMALY_"
 _SUBKEY = "\x1f"  # a validation message naming a key below its location: _SUBKEY "key: why"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
-
-
-def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
-    """``value``, else the first line of ``file`` (named ``key`` in the error), else None."""
-    if value is not None:
-        return value.get_secret_value()
-    if file is not None:
-        try:
-            return file.read_text().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
-            raise ConfigError(f"{key}: cannot read: {exc}") from exc
-    return None
 
 
 class _Section(BaseModel):
@@ -323,7 +315,13 @@ KAFKA_RESERVED_OPTIONS = frozenset(
 def is_secret_key(key: str) -> bool:
     """True for a setting name that holds a secret (``sasl.password``, ``ssl.key.password``)."""
     k = key.lower()
-    return "password" in k or "secret" in k or k.endswith(".pem") or "token" in k
+    return (
+        "password" in k
+        or "secret" in k
+        or k.endswith(".pem")
+        or "token" in k
+        or k == "authorization"
+    )
 
 
 class KafkaSettings(_Section):
@@ -556,15 +554,30 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     mapping: MappingSettings = MappingSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+    routes: tuple[Route, ...] = ()
+    receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
+    maintenance: tuple[Window, ...] = ()
+    gates: tuple[Gate, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        try:
+            check_routes(self.routes, self.receivers)
+            gate_names_unique(self.gates)
+        except ValueError as exc:
+            raise ValueError(f"{_SUBKEY}{exc}") from None
+        return self
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """What the service subscribes: ``topics.subscribe`` if set, else the mapping rules'
-        filters, the readings and status wildcards and, with Sparkplug on, its namespace."""
+        filters, the readings and status wildcards, the gates' state topics and, with
+        Sparkplug on, its namespace."""
         if self.topics.subscribe:
             return self.topics.subscribe
         filters = [r.filter for r in self.mapping.compiled.rules]
         filters += self.topics.filters
+        filters += [g.topic for g in self.gates if g.topic]
         if self.sparkplug.enabled:
             filters.append(f"spBv1.0/{self.sparkplug.group}/#")
         return tuple(dict.fromkeys(filters))
@@ -603,7 +616,7 @@ def _describe(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith(_SUBKEY):  # "field: why" of a key below the one located
         sub, _, msg = msg.removeprefix(_SUBKEY).partition(": ")
-        key = f"{key}.{sub}"
+        key = sub if key == "(root)" else f"{key}.{sub}"
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
     extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
@@ -642,20 +655,29 @@ def settings_as_toml(settings: Settings) -> str:
     def emit(prefix: str, model: BaseModel) -> None:
         nested: list[tuple[str, BaseModel]] = []
         lines.append(f"[{prefix}]")
-        for name in type(model).model_fields:
+        for name, spec in type(model).model_fields.items():
             value = getattr(model, name)
+            key = spec.alias or name
             if isinstance(value, BaseModel):
-                nested.append((f"{prefix}.{name}", value))
+                nested.append((f"{prefix}.{key}", value))
             elif value is None:
-                lines.append(f"# {name} = (unset)")
+                lines.append(f"# {key} = (unset)")
             else:
-                lines.append(f"{name} = {_toml_value(value)}")
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
         for p, m in nested:
             emit(p, m)
 
     for section in type(settings).model_fields:
-        emit(section, getattr(settings, section))
+        value = getattr(settings, section)
+        if isinstance(value, BaseModel):
+            emit(section, value)
+        elif isinstance(value, dict):  # [receivers.NAME]
+            for name, model in value.items():
+                emit(f"{section}.{_toml_key(name)}", model)
+        else:  # [[routes]]
+            for model in value:
+                emit(f"[{section}]", model)
     return "\n".join(lines).rstrip() + "\n"
 
 

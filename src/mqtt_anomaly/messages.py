@@ -67,6 +67,9 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     id: str = ""
     """Deterministic identity (:func:`alert_id`): the same event raised again after a crash
     and a redelivery has the same id, so a consumer can drop the repeat."""
+    suppressed: str = ""
+    """Why the alert reaches nobody (``maintenance: …``, ``gate: …``); empty: it is not
+    suppressed. A suppressed alert is stored and shown, not routed to receivers."""
 
 
 def alert_id(sensor_id: str, detector: str, state: str, seq: int, ts: float | None) -> str:

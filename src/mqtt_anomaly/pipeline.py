@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -179,6 +179,10 @@ class Output:
         )
 
 
+Round = list[tuple[int, Reading, float]]
+"""One round of a batch: ``(slot, reading, received_at)``, at most one reading per sensor."""
+
+
 @dataclass(slots=True, eq=False)
 class Decoded:
     """One batch decoded and placed, not scored yet (:meth:`Pipeline.decode`).
@@ -205,6 +209,9 @@ class Pipeline:
 
     def __init__(self, settings: Settings, detectors: Sequence[Detector] | None = None) -> None:
         self.settings = settings
+        self.gate: Callable[[Round], Round] | None = None
+        """Takes a round and returns the readings of it to score (operating-state gates,
+        :mod:`.gates`); None: every reading is scored."""
         ds = settings.detector
         self.readings_topic = TopicTemplate(settings.topics.readings)
         self.status_topic = TopicTemplate(settings.topics.status)
@@ -686,8 +693,11 @@ class Pipeline:
         self._open = None
         out = decoded.out
         rounds = decoded.rounds
+        gate = self.gate
         for rnd in rounds:
-            self._score(rnd, out)
+            scored = rnd if gate is None else gate(rnd)  # gates: held sensors are not scored
+            if scored:
+                self._score(scored, out)
         if decoded.late:
             self._record_late(decoded.late)
         self.counters.processed += decoded.scored

@@ -4,8 +4,9 @@ The MQTT connection (a :class:`~.transport.base.Transport`: :mod:`.transport.lea
 production, given as ``transport=``) hands over every message of one network read as a batch,
 so a burst costs one pipeline call, not one per message. Each batch's output goes to the sinks
 (:mod:`.sinks`), one contract for all, in this order: the history store, Kafka, the console,
-MQTT (alerts through the flood filter, flood events, retained health, dead letters), any
-extra sinks given, and the listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
+MQTT (alerts through the flood filter, flood events, retained health, dead letters), alert
+routing to receivers (:mod:`.routing`, with ``[[routes]]``), any extra sinks given, and the
+listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
 applies to the MQTT alert topic and the console only: the store, Kafka and the listeners get
 every alert.
 
@@ -35,12 +36,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._lifecycle import AsyncClosing
 from .config import Settings
 from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
 from .errors import ConfigError, StateFileError
+from .gates import Gates
+from .maintenance import MaintenanceBook
+from .messages import Alert
 from .pipeline import Output, Pipeline
+from .routing.sink import RoutingSink
 from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
 from .sinks.console import ConsoleSink
@@ -60,6 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATE_FILE = "detector-state.mqas"
+MAINTENANCE_FILE = "maintenance.mqas"  # windows added at run time
 LEGACY_STATE_FILE = "detector-state.pkl"  # pickles: never loaded, moved aside
 DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
 __all__ = ["DetectorService", "Listener", "run_service", "save_state", "write_state"]
@@ -142,7 +150,28 @@ class DetectorService(AsyncClosing):
             chain.append(KafkaBridge(kafka))
         if self._console is not None:
             chain.append(self._console)
-        chain += [self.mqtt, *sinks, self._listeners]
+        chain.append(self.mqtt)
+        tags_of, group_of = self.pipeline.tags.get, self.mqtt.floods.group_of
+        self.maintenance = MaintenanceBook(settings.maintenance, tags_of=tags_of, group_of=group_of)
+        """Maintenance windows: configured, and added at run time (REST API, dashboard)."""
+        self.gates: Gates | None = None
+        """Operating-state gates (``[[gates]]``): the pipeline scores no held sensor."""
+        if settings.gates:
+            self.gates = Gates(settings.gates, tags_of=tags_of, group_of=group_of)
+            self.pipeline.gate = self.gates.filter_round
+        self.routing: RoutingSink | None = None
+        """Alerts to people (``[[routes]]``), when routes are configured."""
+        if settings.routes:
+            self.routing = RoutingSink(
+                settings.routes,
+                settings.receivers,
+                settings.service.state_dir,
+                tags_of=tags_of,
+                group_of=group_of,
+                clock=clock,
+            )
+            chain.append(self.routing)
+        chain += [*sinks, self._listeners]
         self.sinks: tuple[Sink, ...] = tuple(chain)
         """Every output, in the order each batch is written to them."""
         self._writes = tuple(sink.write for sink in self.sinks)
@@ -184,6 +213,9 @@ class DetectorService(AsyncClosing):
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.last_batch = len(batch)
+        gates = self.gates
+        if gates is not None and gates.by_topic:  # a gate's state topic is not a reading
+            batch = [m for m in batch if not gates.on_state(*m)]
         self._emit(self.pipeline.process(batch))
         if self.tracker is not None:
             self.tracker.touch()
@@ -205,9 +237,43 @@ class DetectorService(AsyncClosing):
 
     # ---- sinks ------------------------------------------------------------------------
     def _emit(self, out: Output) -> None:
-        """One batch's output to every sink, in order."""
+        """One batch's output to every sink, in order (alerts marked ``suppressed`` first,
+        inside a maintenance window or while a gate holds their sensor)."""
+        if out.alerts and (self.gates is not None or self.maintenance.windows):
+            out.alerts = [self._suppress(a) for a in out.alerts]
         for write in self._writes:
             write(out)
+
+    def _suppress(self, a: Alert) -> Alert:
+        ts = a.reading_ts if a.reading_ts is not None else a.alert_ts
+        why = self.maintenance.reason(a.sensor_id, ts)
+        if not why and self.gates is not None:
+            why = self.gates.reason(a.sensor_id, ts, a.alert_ts)
+        return msgspec.structs.replace(a, suppressed=why) if why else a
+
+    @property
+    def maintenance_path(self) -> Path:
+        return self.settings.service.state_dir / MAINTENANCE_FILE
+
+    def save_maintenance(self) -> None:
+        """Save the windows added at run time (atomically; a failure is logged)."""
+        try:
+            save_state(self.maintenance_path, self.maintenance.state_dict(), sync=False)
+        except (OSError, StateFileError) as exc:
+            log.error("could not save maintenance windows to %s: %s", self.maintenance_path, exc)
+
+    def _restore_maintenance(self) -> None:
+        path = self.maintenance_path
+        try:
+            loaded = self.maintenance.load_state_dict(load(path), self.clock())
+        except FileNotFoundError:
+            return
+        except (StateFileError, ValueError, KeyError, TypeError) as exc:
+            with contextlib.suppress(OSError):
+                move_aside(path, "corrupt")
+            log.warning("maintenance windows %s not loaded (%s)", path, " ".join(str(exc).split()))
+            return
+        log.info("restored %d maintenance windows from %s", loaded, path)
 
     def _line(self, text: str) -> None:
         if self._console is not None:
@@ -225,6 +291,7 @@ class DetectorService(AsyncClosing):
         for det in self.pipeline.detectors:
             if isinstance(det, RiverDetector):
                 det.state_key = key
+        self._restore_maintenance()
         legacy = state_dir / LEGACY_STATE_FILE
         if legacy.exists():
             try:

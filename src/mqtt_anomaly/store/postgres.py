@@ -42,12 +42,12 @@ from psycopg import sql
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
+from .migrations import ADDED_COLUMNS, SCHEMA_VERSION, postgres_steps
 from .queued import QueuedStore
-from .rows import Batch, alert_row
+from .rows import ALERT_WIDTH, Batch, alert_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
 _LOCK_KEY: Final = 0x6D71_7474  # advisory lock held while the schema is created
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS schema_version (
@@ -105,12 +105,13 @@ TABLES: Final = {
     "alerts": (
         "id", "sensor_id", "detector", "severity", "state", "value", "score", "threshold",
         "expected_low", "expected_high", "reading_ts", "alert_ts", "message",
+        *ADDED_COLUMNS["alerts"],
     ),
 }  # fmt: skip
 _ALERT_COLUMNS: Final = ", ".join(TABLES["alerts"][1:])
 _COPY_READINGS: Final = "COPY readings_in (sensor_id, ts, value, seq) FROM STDIN (FORMAT BINARY)"
 _INSERT_ALERT: Final = (
-    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "
+    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * ALERT_WIDTH)}) "
     "ON CONFLICT DO NOTHING"
 )
 _EXPIRE: Final = (
@@ -216,15 +217,19 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
                     conn.execute(_SCHEMA[0].encode())  # schema_version
                     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
                     version = row[0] if row else None
-                    if version is not None and version < SCHEMA_VERSION:
+                    if version is not None and version < 2:
                         for statement in _MIGRATE_1:
                             conn.execute(statement.encode())
+                    for statement in _SCHEMA[1:]:
+                        conn.execute(statement.encode())
+                    if version is None or version <= SCHEMA_VERSION:  # idempotent steps
+                        for statement in postgres_steps():
+                            conn.execute(statement.encode())
+                    if version is not None and version < SCHEMA_VERSION:
                         conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
                         log.info(
                             "history store %s: schema upgraded to %d", self.name, SCHEMA_VERSION
                         )
-                    for statement in _SCHEMA[1:]:
-                        conn.execute(statement.encode())
                     if version is None:
                         conn.execute(
                             "INSERT INTO schema_version (version, created_at) VALUES (%s, %s)",

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from ..messages import Alert
 from .base import FloatColumn, IntColumn
+from .migrations import ADDED_COLUMNS
 
 Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 """One ``add_readings`` call as given: sensor ids, timestamps, values, sequence numbers."""
@@ -24,10 +25,14 @@ def batch_rows(batch: Batch) -> int:
     return len(batch[0])
 
 
-ALERT_COLUMNS: Final = (
-    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
-    "expected_high, reading_ts, alert_ts, message"
-)
+ALERT_COLUMNS: Final = ", ".join(
+    (
+        "sensor_id", "detector", "severity", "state", "value", "score", "threshold",
+        "expected_low", "expected_high", "reading_ts", "alert_ts", "message",
+        *ADDED_COLUMNS["alerts"],
+    )
+)  # fmt: skip
+ALERT_WIDTH: Final = ALERT_COLUMNS.count(",") + 1
 
 
 def alert_row(a: Alert) -> tuple[Any, ...]:
@@ -45,6 +50,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.reading_ts,
         a.alert_ts,
         a.message,
+        a.suppressed or None,
     )
 
 
@@ -63,4 +69,5 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         reading_ts=r[9],
         alert_ts=r[10],
         message=r[11],
+        suppressed=r[12] or "",
     )

@@ -40,12 +40,12 @@ import numpy as np
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
+from .migrations import SCHEMA_VERSION, sqlite_steps
 from .queued import QueuedStore
-from .rows import ALERT_COLUMNS, Batch, alert_row
+from .rows import ALERT_COLUMNS, ALERT_WIDTH, Batch, alert_row
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL,
@@ -91,7 +91,8 @@ _INSERT_READING: Final = (
     "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _INSERT_ALERT: Final = (
-    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * 12)}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * ALERT_WIDTH)}) "
+    "ON CONFLICT DO NOTHING"
 )
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE rowid IN "
@@ -233,15 +234,23 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(_SCHEMA.split(";")[0])  # schema_version
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            if row[0] is not None and row[0] < SCHEMA_VERSION:
+            if row[0] is not None and row[0] < 2:
                 for statement in _MIGRATE_1.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-                log.info("history store %s: schema upgraded to %d", self.path, SCHEMA_VERSION)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if row[0] is None or row[0] <= SCHEMA_VERSION:  # the added columns, idempotently
+                existing = {
+                    table: {c[1] for c in conn.execute(f"PRAGMA table_info({table})")}
+                    for table in ("readings", "alerts")
+                }
+                for statement in sqlite_steps(existing):
+                    conn.execute(statement)
+            if row[0] is not None and row[0] < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                log.info("history store %s: schema upgraded to %d", self.path, SCHEMA_VERSION)
             if row[0] is None:
                 conn.execute(
                     "INSERT INTO schema_version (version, created_at) VALUES (?, ?)",
