@@ -273,3 +273,51 @@ def test_the_pipeline_counts_sparkplug_events_for_the_metrics(tmp_path: Path) ->
     assert [r.value for r in out.readings] == [1.0, 2.0]
     assert [(a.detector, a.state) for a in out.alerts] == [("data_loss", "raised")]
     assert out.commands and out.commands[0][0] == "spBv1.0/plant/NCMD/edge-1"
+
+
+def test_a_birth_range_seeds_the_sensor_threshold() -> None:
+    from mqtt_anomaly.config import load_settings
+    from mqtt_anomaly.pipeline import Pipeline
+
+    pl = Pipeline(load_settings(None, {"sparkplug": {"enabled": True}}))
+    metrics = [("Bar", 1, DOUBLE, None, "bar"), ("Temp", 2, DOUBLE, None, "C")]
+    birth = device_birth(seq=1, metrics=metrics, ranges={"Bar": (0.0, 10.0)}, ts=T)
+    pl.process(
+        [(NODE.format("NBIRTH"), node_birth(bdseq=1, ts=T), T), (DEV.format("DBIRTH"), birth, T)]
+    )
+
+    def alerts(seq: int, bar: float, temp: float) -> list[tuple[str, str]]:
+        msg = data(seq=seq, metrics=[(1, DOUBLE, bar), (2, DOUBLE, temp)], ts=T)
+        out = pl.process([(DEV.format("DDATA"), msg, T)])
+        return [(a.sensor_id.rsplit("/", 1)[-1], a.state) for a in out.alerts]
+
+    assert alerts(2, 5.0, 25.0) == []
+    assert alerts(3, 12.0, 25.0) == [("Bar", "raised")]  # above its engHigh 10, far below 90
+    assert alerts(4, 5.0, 25.0) == []  # clearing takes clear_after readings
+    band = pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Bar"])
+    assert (band.low, band.high) == (0.0, 10.0)
+    other = pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Temp"])
+    assert other.high == 90.0  # no range declared: the configured threshold
+    assert alerts(5, -3.0, 25.0) == []  # still raised (below the range now)
+    # a birth without a range gives the configured threshold back
+    plain = device_birth(seq=6, metrics=metrics, ts=T)
+    pl.process([(DEV.format("DBIRTH"), plain, T)])
+    assert pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Bar"]).high == 90.0
+
+
+def test_threshold_detector_with_a_declared_range_scores_both_ends() -> None:
+    import numpy as np
+
+    from mqtt_anomaly.detectors.threshold import ThresholdDetector
+
+    d = ThresholdDetector(threshold=90.0, clear=88.0)
+    d.seed_range(1, 0.0, 10.0)
+    slots = np.array([0, 1, 2], dtype=np.intp)
+    s = d.update(slots, np.array([50.0, 10.0, 95.0]), np.zeros(3))
+    assert s.score.round(2).tolist() == [0.0, 0.5, 0.5 + 0.2 * 5 / 2]  # slot 1 at its high end
+    s = d.update(slots, np.array([89.0, -2.0, 20.0]), np.zeros(3))
+    assert s.score.round(2).tolist() == [0.4, 0.7, 0.0]  # slot 1 two below its low end
+    d.reset(np.array([1], dtype=np.intp))
+    s = d.update(slots, np.array([0.0, 50.0, 0.0]), np.zeros(3))
+    assert s.score.tolist() == [0.0, 0.0, 0.0]  # forgotten: the threshold again
+    assert "low" not in d.state_dict()["arrays"]  # the saved state keeps its format
