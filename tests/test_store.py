@@ -817,3 +817,116 @@ def test_a_step_missing_at_the_current_version_is_still_applied(backend: Backend
         st.add_alert(alert("S3", ts=NOW, suppressed="maintenance: x"))
         assert st.flush(10)
         assert [a.suppressed for a in st.recent_alerts(limit=10)] == ["maintenance: x"]
+
+
+def test_asset_alerts_keep_asset_and_contributions(store: Store) -> None:
+    shares = {"PUMP-01/flow": 0.625, "PUMP-01/discharge_pressure": 0.25, "PUMP-01/voltage": 0.125}
+    asset = alert("PUMP-01", NOW, detector="asset", asset_id="PUMP-01", contributions=shares)
+    plain = alert("S9", NOW + 1)
+    store.add_alert(asset)
+    store.add_alert(plain)
+    assert store.flush(10)
+    assert store.recent_alerts() == [plain, asset]
+    got = store.recent_alerts(sensor_id="PUMP-01")[0]
+    assert got.asset_id == "PUMP-01" and got.contributions == shares
+    assert plain.asset_id == "" and plain.contributions is None
+
+
+def version_2_file(db: Path) -> None:
+    """A version 2 SQLite file (no asset columns) holding one alert."""
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE schema_version (version INTEGER NOT NULL, created_at REAL NOT NULL,
+                                         flushed_at REAL);
+            INSERT INTO schema_version VALUES (2, 0, NULL);
+            CREATE TABLE readings (sensor_id TEXT NOT NULL, ts REAL NOT NULL,
+                                   value REAL NOT NULL, seq INTEGER NOT NULL);
+            CREATE TABLE alerts (id INTEGER PRIMARY KEY, sensor_id TEXT NOT NULL,
+                detector TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL, value REAL,
+                score REAL, threshold REAL, expected_low REAL, expected_high REAL,
+                reading_ts REAL, alert_ts REAL NOT NULL, message TEXT NOT NULL);
+            INSERT INTO alerts (sensor_id, detector, severity, state, reading_ts, alert_ts,
+                                message, score)
+                VALUES ('S1', 'threshold', 'critical', 'raised', 1, 5, 'old', 1.0);
+            """
+        )
+    conn.close()
+
+
+def test_version_2_database_gains_the_asset_columns(db: Path) -> None:
+    version_2_file(db)
+    with SqliteStore(db) as st:
+        (old,) = st.recent_alerts()
+        assert old.message == "old" and old.asset_id == "" and old.contributions is None
+        st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
+        assert st.flush(10)
+        assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
+    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    with SqliteStore(db):  # opening again changes nothing
+        pass
+    assert count(db, "SELECT count(*) FROM alerts") == 2
+
+
+def test_migration_steps_are_idempotent(db: Path) -> None:
+    from mqtt_anomaly.store.migrations import postgres_steps, sqlite_steps
+
+    version_2_file(db)
+    with sqlite3.connect(db) as conn:
+        # the asset_id column is already there (a crash after the first step, say)
+        conn.execute("ALTER TABLE alerts ADD COLUMN asset_id TEXT NOT NULL DEFAULT ''")
+
+        def existing() -> dict[str, set[str]]:
+            return {
+                table: {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for table in ("readings", "alerts")
+            }
+
+        todo = sqlite_steps(existing())
+        assert todo == [
+            "ALTER TABLE alerts ADD COLUMN contributions TEXT",
+            "ALTER TABLE alerts ADD COLUMN suppressed TEXT",
+        ]
+        for statement in todo:
+            conn.execute(statement)
+        assert sqlite_steps(existing()) == []
+    conn.close()
+    pg_steps = postgres_steps()
+    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 3
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_postgres_version_2_schema_is_upgraded(pg: PostgresBackend) -> None:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(
+            b"CREATE TABLE schema_version (version integer NOT NULL, "
+            b"created_at double precision NOT NULL, flushed_at double precision)"
+        )
+        conn.execute(b"INSERT INTO schema_version VALUES (2, 0, NULL)")
+        conn.execute(
+            b"CREATE TABLE alerts (id bigserial PRIMARY KEY, sensor_id text NOT NULL, "
+            b"detector text NOT NULL, severity text NOT NULL, state text NOT NULL, "
+            b"value double precision, score double precision, threshold double precision, "
+            b"expected_low double precision, expected_high double precision, "
+            b"reading_ts double precision, alert_ts double precision NOT NULL, "
+            b"message text NOT NULL)"
+        )
+        conn.execute(
+            b"INSERT INTO alerts (sensor_id, detector, severity, state, reading_ts, alert_ts, "
+            b"message, score) VALUES ('S1', 'threshold', 'critical', 'raised', 1, 5, 'old', 1)"
+        )
+    with pg.open(settings(flush_interval=0.05)) as st:
+        assert st.recent_alerts()[0].asset_id == ""
+        st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
+        assert st.flush(10)
+        assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
+    assert pg.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+
+
+def test_migrations_doctest() -> None:
+    import doctest
+
+    from mqtt_anomaly.store import migrations
+
+    result = doctest.testmod(migrations)
+    assert result.attempted > 0 and result.failed == 0

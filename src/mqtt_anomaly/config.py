@@ -70,6 +70,9 @@ class BrokerSettings(_Section):
     max_inflight: int = Field(1000, ge=1, le=65535)
     """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
     the broker; the rest wait in order in a local queue."""
+    max_inflight_qos2: int = Field(20, ge=1, le=65535)
+    """Of those, QoS 2 publishes (alerts with ``alerts.qos = 2``) at most: Mosquitto's
+    ``max_inflight_messages`` (20 by default) bounds the QoS 2 messages it takes from us at once."""
     max_queued: int = Field(100_000, ge=1)
     """Past this many publishes waiting for the window the service stops taking readings
     (the broker keeps them) until the queue is back under half."""
@@ -255,6 +258,10 @@ class AlertSettings(_Section):
     console_rate: float = Field(20.0, gt=0)
     """Alert lines per second on the console at most (outside floods); then one line with
     how many were not shown."""
+    qos: Literal[1, 2] = 2
+    """QoS of the alerts on the alert topic. 2: with ``service.ack_after = "journaled"`` the
+    packet state of every alert in flight is kept in the outbox and resumed after a crash on
+    the persistent session, so the broker never takes an alert twice."""
 
     @field_validator("group_pattern")
     @classmethod
@@ -464,6 +471,60 @@ class MappingRule(_Section):
         return self
 
 
+class AssetDefinition(_Section):
+    """One asset named in the configuration: its id and its sensors' ids."""
+
+    id: str = Field(min_length=1)
+    sensors: tuple[str, ...] = Field(min_length=2)
+
+
+class AssetSettings(_Section):
+    """Assets: groups of sensors scored together by a multivariate detector (``docs/assets.md``).
+
+    A sensor belongs to the asset that ``define`` lists it in; else to the one its mapping
+    tags name (``asset``); else to the one ``template`` finds in its id (``{asset}`` may span
+    several levels: by default the parent level of the sensor id is the asset). ``template =
+    ""`` leaves sensors not defined or tagged out of every asset.
+    """
+
+    template: str = "{asset}/{sensor}"
+    define: tuple[AssetDefinition, ...] = ()
+    method: str = "pca_mewma"
+    commission_rows: int = Field(400, ge=12)
+    commission_seconds: float = Field(0.0, ge=0)
+    stale_after: float = Field(5.0, gt=0)
+    """Seconds (of reading time) after which a sensor's latest value is missing in a row."""
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    """Further keyword arguments of the asset detector (``lam``, ``margin``, ``alarm_k`` …)."""
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        if v and (v.count("{asset}") != 1 or v.count("{sensor}") != 1):
+            raise ValueError("needs one '{asset}' and one '{sensor}' (or empty: off)")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, v: str) -> str:
+        methods = ("pca", "mewma", "pca_mewma")
+        if v not in methods:
+            raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
+        return v
+
+    @model_validator(mode="after")
+    def _check_define(self) -> AssetSettings:
+        seen: dict[str, str] = {}
+        for a in self.define:
+            for sensor in a.sensors:
+                if sensor in seen:
+                    raise ValueError(
+                        f"sensor {sensor!r} is in assets {seen[sensor]!r} and {a.id!r}"
+                    )
+                seen[sensor] = a.id
+        return self
+
+
 class MappingSettings(_Section):
     """Topic and payload mapping: rules tried in order before the readings template. With
     no rule (the default) messages are read as today: ``topics.readings`` and its payload."""
@@ -503,9 +564,15 @@ class ServiceSettings(_Section):
     """The detector service itself."""
 
     state_dir: Path = Path("state")
-    ack_after: Literal["durable", "processed"] = "durable"
-    """When a reading is acknowledged to the broker: once the durable sinks (history store,
-    Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
+    ack_after: Literal["journaled", "durable", "processed"] = "journaled"
+    """When a reading is acknowledged to the broker: once it is written to the intake journal
+    (``state/journal``; processed again after a crash, alerts sent once through the outbox),
+    once the durable sinks (history store, Kafka) hold it and the detector state that saw it
+    is saved, or once it was processed."""
+    fsync: bool = False
+    """With ``ack_after = "journaled"``: every journal and outbox write reaches the disk
+    before the readings are acknowledged (power loss loses nothing acknowledged), at the cost
+    of one ``fdatasync`` per network read."""
     ack_interval: float = Field(0.1, gt=0, le=60)
     """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
     means fewer state saves, more messages in flight at the broker."""
@@ -554,6 +621,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     mapping: MappingSettings = MappingSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+    assets: AssetSettings = AssetSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

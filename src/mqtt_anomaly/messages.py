@@ -67,6 +67,11 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     id: str = ""
     """Deterministic identity (:func:`alert_id`): the same event raised again after a crash
     and a redelivery has the same id, so a consumer can drop the repeat."""
+    asset_id: str = ""
+    """The asset (a group of sensors scored together) of a multivariate alert; empty for a
+    sensor's own alert."""
+    contributions: dict[str, float] | None = None
+    """Sensor id → share of the asset's index (summing to 1) at the row that raised it."""
     suppressed: str = ""
     """Why the alert reaches nobody (``maintenance: …``, ``gate: …``); empty: it is not
     suppressed. A suppressed alert is stored and shown, not routed to receivers."""

@@ -41,6 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alerting import AlertBook
+from .assets import DETECTOR as ASSET_DETECTOR
+from .assets import AssetBook
 from .config import Settings
 from .detectors import Detector, create
 from .detectors._grow import capacity_for, grown
@@ -269,6 +271,7 @@ class Pipeline:
             else None
         )
         self._sp_prefix = NAMESPACE + "/"
+        self.assets = AssetBook(settings.assets)
         self._view = PipelineView(self)
 
     def view(self) -> PipelineView:
@@ -410,6 +413,7 @@ class Pipeline:
                     )
                 )
             book.reset(idx)
+        self.assets.forget(slot)
         self.seq.reset(slot)
         self.seq_values[slot] = math.nan
         self.last_value[slot] = math.nan
@@ -835,7 +839,15 @@ class Pipeline:
                 touched.add(slot)
         self.last_value[slots] = values
         self.last_ts[slots] = ts
+        asset_alerts = self.assets.observe(slots, values, ts, self._identity)
+        if asset_alerts:
+            out.alerts += asset_alerts
         self._update_health(touched, out)
+
+    def _identity(self, slot: int) -> tuple[str, dict[str, str] | None]:
+        """A slot's sensor id and its tags (for the assets)."""
+        sid = self.sensor_ids[slot]
+        return sid, self.tags.get(sid)
 
     def _arrived(self, slots: IntArray, recv: FloatArray) -> None:
         """Learn each sensor's usual interval (EWMA of arrival gaps) and note the arrival."""
@@ -992,6 +1004,7 @@ class Pipeline:
             "health": list(self.health),
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
+            "assets": self.assets.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
@@ -1058,6 +1071,12 @@ class Pipeline:
         for name, book in self.books.items():
             if name in book_states and name not in skipped:
                 book.load_state_dict(book_states[name])
+        assets = state.get("assets")
+        if isinstance(assets, Mapping):
+            try:
+                self.assets.load_state_dict(assets, self.sensors)  # all or nothing
+            except (ValueError, KeyError, TypeError):
+                skipped.append(ASSET_DETECTOR)
         return skipped
 
 

@@ -44,8 +44,10 @@ from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
 from .errors import ConfigError, StateFileError
 from .gates import Gates
+from .journal import Journal
 from .maintenance import MaintenanceBook
 from .messages import Alert
+from .outbox import Outbox
 from .pipeline import Output, Pipeline
 from .routing.sink import RoutingSink
 from .sinks.base import DurableSink, Sink
@@ -112,7 +114,13 @@ class DetectorService(AsyncClosing):
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.shutdown_timeout = shutdown_timeout
-        tracked = settings.service.ack_after == "durable"
+        mode = settings.service.ack_after
+        tracked = mode != "processed"
+        self.journaled = mode == "journaled"
+        """Readings acknowledged once journaled (:mod:`.journal`), alerts through the outbox."""
+        self.journal: Journal | None = None  # opened by restore()
+        self.outbox: Outbox | None = None
+        self._replay_from = (0, 0)  # the first journal and outbox segments the state lacks
         connect: TransportFactory = transport if transport is not None else LeanClient
         self.client: Transport = connect(
             settings.broker,
@@ -122,7 +130,7 @@ class DetectorService(AsyncClosing):
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             name="detector",
-            hold_acks=tracked,
+            hold_acks=mode == "durable",
         )
         self._state_ts = clock()  # the Sparkplug host's STATE birth and will carry this time
         if settings.sparkplug.enabled and isinstance(self.client, LeanClient):
@@ -181,7 +189,7 @@ class DetectorService(AsyncClosing):
             self.tracker = DeliveryTracker(
                 self.client,
                 durable,
-                self.pipeline.state_dict,
+                self._snapshot,
                 self._save_round,
                 min_interval=settings.service.ack_interval,
             )
@@ -213,12 +221,20 @@ class DetectorService(AsyncClosing):
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.last_batch = len(batch)
+        if self.journal is not None:  # before processing: the PUBACKs follow on return
+            self.journal.append(batch)
+            if self.outbox is not None:
+                self.outbox.note_acks(self.client.acknowledged_mark())
+        self._process(batch)
+        if self.tracker is not None:
+            self.tracker.touch()
+
+    def _process(self, batch: Batch) -> None:
+        """Score a batch (received or journaled) and emit what it raised."""
         gates = self.gates
         if gates is not None and gates.by_topic:  # a gate's state topic is not a reading
             batch = [m for m in batch if not gates.on_state(*m)]
         self._emit(self.pipeline.process(batch))
-        if self.tracker is not None:
-            self.tracker.touch()
 
     def _on_connect(self, session_present: bool) -> None:
         sp = self.settings.sparkplug
@@ -287,6 +303,14 @@ class DetectorService(AsyncClosing):
         starts fresh; a pickled state of an older version is moved aside unread."""
         state_dir = self.settings.service.state_dir
         prepare_dir(state_dir)
+        if self.journaled and self.journal is None:
+            fsync = self.settings.service.fsync
+            self.journal = Journal(state_dir / "journal", fsync=fsync)
+            qos = self.settings.alerts.qos
+            self.outbox = Outbox(state_dir / "outbox", self.client, fsync=fsync, qos=qos)
+            if qos == 2 and isinstance(self.client, LeanClient):
+                self.outbox.attach(self.client)
+            self.mqtt.outbox = self.outbox
         key = load_or_create_key(state_dir)
         for det in self.pipeline.detectors:
             if isinstance(det, RiverDetector):
@@ -301,7 +325,8 @@ class DetectorService(AsyncClosing):
             log.warning("not loading pickled state %s (a pickle can run code), %s", legacy, where)
         path = self.state_path
         try:
-            skipped = self.pipeline.load_state_dict(load(path))
+            state = load(path)
+            skipped = self.pipeline.load_state_dict(state)
         except FileNotFoundError:
             return
         except StateFileError as exc:
@@ -314,19 +339,65 @@ class DetectorService(AsyncClosing):
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        covered = state.get("journal"), state.get("outbox")
+        if all(type(n) is int and n >= 0 for n in covered):
+            self._replay_from = covered  # type: ignore[assignment]
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
+
+    def recommission_asset(self, asset_id: str) -> bool:
+        """Start learning an asset again (after maintenance, say); False if there is none.
+        The next delivery round saves the state that has forgotten its model."""
+        return self.pipeline.assets.recommission(asset_id)
 
     def save(self) -> None:
         """Save detector state now (atomically: a crash mid-write keeps the old file)."""
-        write_state(self.state_path, self.pipeline.state_dict())
+        state = self._snapshot()
+        if write_state(self.state_path, state):
+            self._covered(state)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The detector state; journaled, with the first journal and outbox segments it does
+        not cover (both start a new segment here)."""
+        state = self.pipeline.state_dict()
+        if self.journal is not None and self.outbox is not None:
+            state["journal"] = self.journal.rotate()
+            state["outbox"] = self.outbox.rotate()
+        return state
+
+    def _covered(self, state: dict[str, Any]) -> None:
+        """``state`` is saved: the journal and outbox segments before it are not needed."""
+        if self.journal is not None and self.outbox is not None:
+            self.journal.unneeded(state["journal"])
+            self.outbox.unneeded(state["outbox"])
 
     def _save_round(self, state: dict[str, Any]) -> None:
         """Save the state of a delivery round (atomic for a crash of the process; the fsync
-        is left to the checkpoint at shutdown)."""
+        is left to the checkpoint at shutdown, or done with ``service.fsync``)."""
         try:
-            save_state(self.state_path, state, sync=False)
+            save_state(self.state_path, state, sync=self.settings.service.fsync)
         except StateFileError as exc:  # not data: the round acknowledges nothing
             raise OSError(str(exc)) from exc
+        self._covered(state)
+
+    def _replay(self) -> None:
+        """At start: send again the alerts no run saw acknowledged, then process again the
+        journaled readings the saved state does not cover (their alerts already sent are
+        not sent again)."""
+        if self.journal is None or self.outbox is None:
+            return
+        first_journal, first_outbox = self._replay_from
+        self.journal.unneeded(first_journal)
+        self.outbox.recover(first_outbox)
+        n = 0
+        for batch in self.journal.pending(first_journal):
+            n += len(batch)
+            self._process(batch)
+        if n:
+            log.info(
+                "processed again %d journaled messages (%d alerts already sent not repeated)",
+                n,
+                self.outbox.suppressed,
+            )
 
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -335,6 +406,7 @@ class DetectorService(AsyncClosing):
         self.restore()
         for sink in self.sinks:
             await sink.start()
+        self._replay()
         s = self.settings
         await self.client.connect()
         self._line(f"[INFO] Connected to Broker at {s.broker.address}")
@@ -347,6 +419,7 @@ class DetectorService(AsyncClosing):
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         else:  # every delivery round saves the state
             self.tracker.start()
+            self.tracker.touch()  # a first checkpoint (covers what the journal replayed)
 
     async def close(self) -> None:
         """Stop the periodic tasks, then shut down cleanly (:meth:`shutdown`)."""
@@ -404,6 +477,9 @@ class DetectorService(AsyncClosing):
                 log.exception("closing the %s sink failed at shutdown", sink.name)
         if complete:  # else the last complete round's state matches what the broker forgot
             self.save()
+        for log_file in (self.journal, self.outbox):
+            if log_file is not None:
+                log_file.close()
 
     async def _silence_loop(self) -> None:
         period = min(1.0, self.settings.detector.interval)
@@ -434,12 +510,14 @@ def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
     dump(path, state, sync=sync)
 
 
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """:func:`save_state`, logging a failure instead of raising it."""
+def write_state(path: Path, state: dict[str, Any]) -> bool:
+    """:func:`save_state`, logging a failure instead of raising it (then False)."""
     try:
         save_state(path, state)
     except (OSError, StateFileError) as exc:
         log.error("could not save detector state to %s: %s", path, exc)
+        return False
+    return True
 
 
 async def run_service(
@@ -467,7 +545,7 @@ async def run_service(
         if settings.kafka.url:
             from .sinks.kafka import KafkaSink
 
-            tracked = settings.service.ack_after == "durable"
+            tracked = settings.service.ack_after != "processed"
             kafka = KafkaSink(settings.kafka, tracking=tracked)
             stack.push_async_callback(asyncio.to_thread, kafka.close, 10.0)
         service = DetectorService(settings, store=store, kafka=kafka, transport=transport)

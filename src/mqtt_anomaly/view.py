@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .assets import AssetInfo
 from .detectors.base import FloatArray
 from .detectors.threshold import ThresholdDetector
 from .messages import HEALTH_STATES, HealthState, Severity
@@ -190,6 +191,15 @@ class PipelineView:
             if isinstance(det, ThresholdDetector):
                 threshold = float(det.threshold)
         return Band(_num(float(low[0])), _num(float(high[0])), threshold)
+
+    # ---- assets ----------------------------------------------------------------------------
+    def assets(self) -> list[AssetInfo]:
+        """Every asset: its phase, sensors, alarm and latest contributions (a copy)."""
+        return self._pl.assets.info()
+
+    def asset(self, asset_id: str) -> AssetInfo | None:
+        """One asset, or None."""
+        return next((a for a in self._pl.assets.info() if a.id == asset_id), None)
 
     # ---- counters --------------------------------------------------------------------------
     def counters(self) -> Counters:

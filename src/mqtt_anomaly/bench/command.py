@@ -18,7 +18,7 @@ import typer
 if TYPE_CHECKING:
     from .runner import BenchOptions, Step
 
-_SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+_SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 
 
 def bench(
@@ -48,6 +48,16 @@ def bench(
             "settings, Nagle's algorithm on, as most installations run it).",
         ),
     ] = False,
+    broker_inflight: Annotated[
+        int,
+        typer.Option(
+            "--broker-inflight",
+            help="Private Mosquitto's max_inflight_messages: 0 = no limit, as "
+            "deploy/mosquitto/mosquitto.conf (default); 20 = Mosquitto's stock window.",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
     sensors: Annotated[
         int | None,
         typer.Option(
@@ -102,7 +112,8 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option(
-            help="Run only these: memory, throughput, latency, delivery, http (repeatable).",
+            help="Run only these: memory, throughput, latency, delivery, http, assets "
+            "(repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -175,6 +186,7 @@ def bench(
             config=config,
             broker=broker,
             broker_nodelay=broker_nodelay,
+            broker_inflight=broker_inflight,
             sensors=sensors,
             readings=readings,
             rate=rate,
@@ -213,7 +225,10 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     def bad(option: str, why: str) -> ConfigError:
         return ConfigError(f"{option}: {why}")
 
-    changes: dict[str, Any] = {"broker_nodelay": o["broker_nodelay"]}
+    changes: dict[str, Any] = {
+        "broker_nodelay": o["broker_nodelay"],
+        "broker_inflight": o["broker_inflight"],
+    }
     if o["config"] is not None:
         load_settings(o["config"])  # a broken file stops here, with its own message
         changes["config"] = str(o["config"])
@@ -292,6 +307,8 @@ def _steps(opts: BenchOptions) -> int:
         n += 2 * opts.pairs
     if "http" in opts.sections:
         n += 2
+    if "assets" in opts.sections:
+        n += 1
     return n
 
 

@@ -126,8 +126,11 @@ async def _serve(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
     service_overrides: dict[str, Any] = {"state_dir": Path(spec.workdir) / f"state-{pid}"}
     if spec.max_sensors:
         service_overrides["max_sensors"] = spec.max_sensors
-    if spec.ack_after:
-        service_overrides["ack_after"] = spec.ack_after
+    if spec.ack_after:  # "journaled+fsync": journaled with service.fsync
+        mode, _, fsync = spec.ack_after.partition("+")
+        service_overrides["ack_after"] = mode
+        if fsync:
+            service_overrides["fsync"] = True
     store_url = spec.store_url
     if store_url == "sqlite":
         store_url = f"sqlite:///{Path(spec.workdir).resolve() / f'store-{pid}.db'}"

@@ -25,7 +25,7 @@ from .payloads import baseline_filters
 from .report import targets
 from .sysinfo import machine
 
-SECTIONS = ("memory", "throughput", "latency", "delivery", "http")
+SECTIONS = ("memory", "throughput", "latency", "delivery", "http", "assets")
 Step = Callable[[str], None]
 
 
@@ -35,6 +35,7 @@ class BenchOptions:
 
     broker: str | None = None
     broker_nodelay: bool = False  # the private Mosquitto: stock (Nagle on); True: set_tcp_nodelay
+    broker_inflight: int = 0  # the private Mosquitto's max_inflight_messages (stock: 20)
     sensors: int = 1000
     readings: int = 100_000
     pairs: int = 3
@@ -93,7 +94,8 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 "set_tcp_nodelay true (--broker-nodelay)"
                 if opts.broker_nodelay
                 else "stock settings: Nagle on (no set_tcp_nodelay)"
-            ),
+            )
+            + f", max_inflight_messages {opts.broker_inflight}",
             "store": opts.store,
         },
         "throughput": [],
@@ -101,6 +103,7 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
         "memory": None,
         "delivery": None,
         "http_comparison": None,
+        "assets": None,
     }
     with tempfile.TemporaryDirectory(prefix="mqtt-anomaly-bench-") as wd:
         if "memory" in opts.sections:
@@ -114,6 +117,13 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 child.close()
         if set(opts.sections) & {"throughput", "latency", "delivery", "http"}:
             _with_broker(opts, wd, result, step)
+        if "assets" in opts.sections:
+            step("assets: rows/s on one core and state per asset (no broker)")
+            from .assets import measure as measure_assets
+
+            result["assets"] = measure_assets(
+                assets=50 if opts.quick else 200, timed=20 if opts.quick else 50
+            )
     result["targets"] = targets(result)
     result["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     result["duration_s"] = round(time.monotonic() - t0, 1)
@@ -121,7 +131,13 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
 
 
 def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step) -> None:
-    broker = None if opts.broker else Mosquitto(Path(wd) / "broker", nodelay=opts.broker_nodelay)
+    broker = (
+        None
+        if opts.broker
+        else Mosquitto(
+            Path(wd) / "broker", nodelay=opts.broker_nodelay, max_inflight=opts.broker_inflight
+        )
+    )
     if broker is not None:
         broker.start()
     try:

@@ -217,10 +217,16 @@ def _median_end_to_end(trials: list[dict[str, Any]]) -> int | None:
 
 def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:
     """What delivery tracking costs: ``pairs`` × the service at QoS 1 acknowledging after
-    processing, then after the durable sinks confirmed; medians and their ratio."""
+    processing, after the durable sinks confirmed, once journaled, and once journaled with
+    ``service.fsync``, alternately; medians and their ratio to the first."""
     env.publisher.send("prepare", 1, n, 0.0)
     env.publisher.expect("prepared", 120)
-    trials: dict[str, list[dict[str, Any]]] = {"processed": [], "durable": []}
+    trials: dict[str, list[dict[str, Any]]] = {
+        "processed": [],
+        "durable": [],
+        "journaled": [],
+        "journaled+fsync": [],
+    }
     for i in range(pairs):
         for mode, runs in trials.items():
             step(f"delivery tracking: ack after {mode} {i + 1}/{pairs}")
@@ -241,6 +247,14 @@ def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:
         "tracked_cpu_s_per_10k": round(
             statistics.median(t["cpu_s_per_10k"] for t in trials["durable"]), 4
         ),
+        "modes": {
+            mode: {
+                "median": round(statistics.median(t["rate"] for t in runs)),
+                "cpu_s_per_10k": round(statistics.median(t["cpu_s_per_10k"] for t in runs), 4),
+                "ratio": round(statistics.median(t["rate"] for t in runs) / off, 3) if off else 0.0,
+            }
+            for mode, runs in trials.items()
+        },
         "lost": sum(t["lost"] for runs in trials.values() for t in runs),
         "trials": [t for runs in trials.values() for t in runs],
     }

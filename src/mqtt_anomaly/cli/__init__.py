@@ -46,6 +46,7 @@ def _build_app() -> typer.Typer:
     from ..replay.command import replay
     from ..simulate.command import simulate
     from .alerts import alerts
+    from .assets import assets_app
     from .config import config_app
     from .demo import demo
     from .detect import detect
@@ -61,6 +62,7 @@ def _build_app() -> typer.Typer:
     root.callback()(_root)
     root.add_typer(config_app, name="config")
     root.add_typer(maintenance_app, name="maintenance")
+    root.add_typer(assets_app, name="assets")
     root.command("detect")(detect)
     root.command("alerts")(alerts)
     root.command("demo")(demo)

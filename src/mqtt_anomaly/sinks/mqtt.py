@@ -37,6 +37,7 @@ from .base import BaseSink
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..outbox import Outbox
     from ..pipeline import Output
     from ..transport.base import Transport
     from .console import ConsoleSink
@@ -97,6 +98,8 @@ class MqttSink(BaseSink):
         self._dl_rate = dead_letter_rate
         self._dl_refill = time.monotonic()
         self.dead_letters_suppressed = 0
+        self.outbox: Outbox | None = None
+        """When set, alerts go out through it (:mod:`mqtt_anomaly.outbox`): once each."""
 
     def write(self, out: Output) -> None:
         if out.alerts:
@@ -123,9 +126,23 @@ class MqttSink(BaseSink):
     def _publish_alerts(self, shown: list[Alert], floods: list[FloodEvent]) -> None:
         publish, topic = self.transport.publish, self._alerts_topic
         v5 = self.settings.broker.protocol == "5"
-        for alert in shown:
-            props = _alert_properties(alert, self.settings.broker.message_expiry) if v5 else b""
-            publish(topic.format(alert.sensor_id), encode(alert), qos=1, properties=props)
+        expiry = self.settings.broker.message_expiry
+        if self.outbox is not None:  # written down first, an id published already is not sent
+            self.outbox.send(
+                [
+                    (
+                        a.id,
+                        topic.format(a.sensor_id),
+                        encode(a),
+                        _alert_properties(a, expiry) if v5 else b"",
+                    )
+                    for a in shown
+                ]
+            )
+        else:
+            for alert in shown:
+                props = _alert_properties(alert, expiry) if v5 else b""
+                publish(topic.format(alert.sensor_id), encode(alert), qos=1, properties=props)
         console = self.console
         if console is not None and shown:
             console.show(shown)

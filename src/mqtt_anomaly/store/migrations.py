@@ -8,6 +8,11 @@ version is the highest step's (:data:`SCHEMA_VERSION`); a program finding a high
 database refuses to open it.
 
 Version 1 → 2 (unique keys, duplicates removed) is not additive and stays in each backend.
+
+>>> [version for version, _ in MIGRATIONS]
+[3, 4]
+>>> ADDED_COLUMNS["alerts"]
+('asset_id', 'contributions', 'suppressed')
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ class AddColumn(NamedTuple):
 
 
 MIGRATIONS: Final[tuple[tuple[int, tuple[AddColumn, ...]], ...]] = (
+    # 3: asset alerts: the asset and the contributing sensors' shares (a JSON object)
+    (
+        3,
+        (
+            AddColumn("alerts", "asset_id", "TEXT NOT NULL DEFAULT ''", "text NOT NULL DEFAULT ''"),
+            AddColumn("alerts", "contributions", "TEXT", "text"),
+        ),
+    ),
     # 4: why an alert was suppressed (maintenance window, operating-state gate); NULL: it was not
     (4, (AddColumn("alerts", "suppressed", "TEXT", "text"),)),
 )

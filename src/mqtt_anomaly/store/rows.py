@@ -8,6 +8,7 @@ An :class:`~mqtt_anomaly.messages.Alert` becomes one ``alerts`` row (:func:`aler
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Final
@@ -35,6 +36,24 @@ ALERT_COLUMNS: Final = ", ".join(
 ALERT_WIDTH: Final = ALERT_COLUMNS.count(",") + 1
 
 
+def _contributions_text(shares: dict[str, float] | None) -> str | None:
+    """The contributions as the JSON object the ``contributions`` column holds (NULL: none)."""
+    return json.dumps(shares, separators=(",", ":")) if shares else None
+
+
+def _contributions_of(text: str | None) -> dict[str, float] | None:
+    """The stored contributions back (a value that is not a JSON object of numbers: none)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
+
+
 def alert_row(a: Alert) -> tuple[Any, ...]:
     """An alert as the row both backends store (columns in the schema's order)."""
     return (
@@ -50,6 +69,8 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.reading_ts,
         a.alert_ts,
         a.message,
+        a.asset_id,
+        _contributions_text(a.contributions),
         a.suppressed or None,
     )
 
@@ -69,5 +90,7 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         reading_ts=r[9],
         alert_ts=r[10],
         message=r[11],
-        suppressed=r[12] or "",
+        asset_id=r[12] or "",
+        contributions=_contributions_of(r[13]),
+        suppressed=r[14] or "",
     )

@@ -61,6 +61,10 @@ class Transport(Protocol):
         """A ticket covering every QoS 1 message published so far."""
         ...
 
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        ...
+
     async def wait_outgoing(self, ticket: int) -> None:
         """Until the broker acknowledged every QoS 1 message up to ``ticket`` (or paused)."""
         ...

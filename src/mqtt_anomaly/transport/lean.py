@@ -57,10 +57,13 @@ from .codec import (
     PINGREQ_PACKET,
     PUBACK,
     PUBACK_HEAD,
+    PUBCOMP,
     PUBCOMP_HEAD,
     PUBLISH,
+    PUBREC,
     PUBREC_HEAD,
     PUBREL,
+    PUBREL_HEAD,
     RECEIVE_MAXIMUM,
     SESSION_EXPIRY,
     SUBACK,
@@ -240,6 +243,13 @@ class LeanClient:
         self._buffer_size = buffer_size
         self._inflight: dict[int, _Out] = {}  # on the wire, not yet acknowledged, in order
         self._window = settings.max_inflight
+        self._window2 = settings.max_inflight_qos2
+        self._inflight2 = 0  # of which QoS 2 (PUBLISH or PUBREL on the wire)
+        self._released: set[int] = set()  # QoS 2 packet ids whose PUBREC came (PUBREL sent)
+        self.on_qos2_sent: Callable[[int, int], None] | None = None
+        """Called with (serial, packet id) of a QoS 2 publish before its packet is written."""
+        self.on_qos2_received: Callable[[list[int]], None] | None = None
+        """Called with the packet ids whose PUBREC came, before their PUBRELs are written."""
         self._max_queued = settings.max_queued
         self.peak_inflight = 0  # the most QoS 1 publishes ever unacknowledged at once
         self.acked = 0  # PUBACKs of our publishes received
@@ -330,6 +340,8 @@ class LeanClient:
                         self._outgoing.completed(out[4])
                         if length > 2 and data[i + 2] >= 0x80:  # MQTT 5: refused
                             self._refused(out[0], data[i + 2], data[i + 3 : end])
+                elif kind in (PUBREC, PUBCOMP):  # of our QoS 2 publish
+                    self._qos2_ack(kind, (data[i] << 8) | data[i + 1], data[i + 2 : end])
                 elif kind == PUBREL:  # of an incoming QoS 2 message
                     acks.append(PUBCOMP_HEAD + data[i : i + 2])
                 elif kind == SUBACK:
@@ -379,8 +391,35 @@ class LeanClient:
             why,
         )
 
+    def _qos2_ack(self, kind: int, mid: int, reason: bytes = b"") -> None:
+        """PUBREC: the broker has our QoS 2 message (it delivers it on our PUBREL), PUBCOMP:
+        done. Neither is the same step twice: a repeated PUBREC gets its PUBREL again."""
+        out = self._inflight.get(mid)
+        if out is None or out[2] != 2:
+            if kind == PUBREC:  # not ours any more (completed): let the broker finish
+                self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
+            return
+        if kind == PUBREC and reason and reason[0] >= 0x80:  # MQTT 5: refused, flow ends here
+            self._refused(out[0], reason[0], reason[1:])
+            del self._inflight[mid]
+            self._released.discard(mid)
+            self._inflight2 -= 1
+            self._outgoing.completed(out[4])
+            return
+        if kind == PUBREC:
+            if self.on_qos2_received is not None and mid not in self._released:
+                self.on_qos2_received([mid])
+            self._released.add(mid)
+            self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
+            return
+        del self._inflight[mid]
+        self._released.discard(mid)
+        self._inflight2 -= 1
+        self.acked += 1
+        self._outgoing.completed(out[4])
+
     def _finish(self, rest: bytes, batch: Batch, acks: list[bytes], proto: _Protocol) -> bytes:
-        if self._queue and len(self._inflight) < self._window:  # PUBACKs freed the window
+        if self._queue and self._room(self._queue[0][2]):  # PUBACKs freed the window
             self._pump()
         if (self._intake_held or self._parked) and (batch or acks):
             self._parked.append((batch, acks, proto))  # processed once the queue is shorter
@@ -576,11 +615,14 @@ class LeanClient:
     def _resume(self, session_present: bool) -> None:
         """After CONNACK: re-send unacknowledged publishes, re-subscribe, send the queue."""
         pending = list(self._inflight.items())
-        if session_present:
+        released = self._released
+        if session_present:  # QoS 2: the broker drops a PUBLISH it has, finishes a PUBREL
             level = self.level
             self._write(
                 b"".join(
-                    publish(
+                    PUBREL_HEAD + mid.to_bytes(2, "big")
+                    if mid in released
+                    else publish(
                         topic,
                         payload,
                         qos=qos,
@@ -594,7 +636,13 @@ class LeanClient:
                 )
             )
         else:  # the broker forgot them: new messages, ahead of those queued since
+            for mid, (*_, serial, _) in pending:
+                if mid in released:  # the broker had it: completed (it was lost with the session)
+                    self._outgoing.completed(serial)
+            pending = [(mid, out) for mid, out in pending if mid not in released]
             self._inflight.clear()
+            self._released.clear()
+            self._inflight2 = 0
             if self._filters:
                 self._send_subscribe(self._filters)
             self._queue.extendleft(reversed([out for _, out in pending]))
@@ -679,15 +727,19 @@ class LeanClient:
     def _packet(
         self, topic: str, payload: bytes, qos: int, retain: bool, serial: int, props: bytes = b""
     ) -> bytes:
-        """The PUBLISH packet, with a packet id taken for QoS 1 (counted in flight)."""
+        """The PUBLISH packet, with a packet id taken for QoS 1 and 2 (counted in flight)."""
         mid = 0
         if qos:
             mid = self._mid()
             inflight = self._inflight
-            inflight[mid] = (topic, payload, 1, retain, serial, props)
+            inflight[mid] = (topic, payload, qos, retain, serial, props)
             self.peak_inflight = max(self.peak_inflight, len(inflight))
+            if qos == 2:
+                self._inflight2 += 1
+                if self.on_qos2_sent is not None:
+                    self.on_qos2_sent(serial, mid)
         if self.level == MQTT_311:
-            return publish(topic, payload, qos=min(qos, 1), retain=retain, packet_id=mid)
+            return publish(topic, payload, qos=qos, retain=retain, packet_id=mid)
         if self._alias_max:  # MQTT 5 topic aliases: the topic once, then its number
             alias = self._aliases.get(topic)
             if alias is not None:
@@ -699,20 +751,26 @@ class LeanClient:
         return publish(
             topic,
             payload,
-            qos=min(qos, 1),
+            qos=qos,
             retain=retain,
             packet_id=mid,
             level=MQTT_5,
             properties=props,
         )
 
+    def _room(self, qos: int) -> bool:
+        """Whether a publish of ``qos`` may go on the wire now (the in-flight windows)."""
+        if not qos:
+            return True
+        return len(self._inflight) < self._window and (qos < 2 or self._inflight2 < self._window2)
+
     def _pump(self) -> None:
         """Send queued publishes while the window has room, in one write."""
-        queue, inflight, window = self._queue, self._inflight, self._window
+        queue = self._queue
         if not self.connected:
             return
         packets = []
-        while queue and (len(inflight) < window or not queue[0][2]):
+        while queue and self._room(queue[0][2]):
             packets.append(self._packet(*queue.popleft()))
         if packets:
             self._write(b"".join(packets))
@@ -742,7 +800,7 @@ class LeanClient:
             outgoing.serial = serial = outgoing.serial + 1
         queue = self._queue
         if self.connected:
-            if not queue and (not qos or len(self._inflight) < self._window):
+            if not queue and self._room(qos):
                 self._write(self._packet(topic, payload, qos, retain, serial, properties))
                 return
             queue.append((topic, payload, qos, retain, serial, properties))
@@ -759,10 +817,26 @@ class LeanClient:
         queue.append((topic, payload, qos, retain, serial, properties))
         self.stats.buffered = len(queue)
 
+    def resume_qos2(self, packet_id: int, topic: str, payload: bytes, *, released: bool) -> int:
+        """Take over a QoS 2 publish of an earlier process under its packet id (before
+        :meth:`connect`): sent again with DUP, or its PUBREL when ``released``, if the broker
+        kept the session, so the broker never delivers it twice. Returns its new serial."""
+        outgoing = self._outgoing
+        outgoing.serial = serial = outgoing.serial + 1
+        self._inflight[packet_id] = (topic, payload, 2, False, serial, b"")
+        self._inflight2 += 1
+        if released:
+            self._released.add(packet_id)
+        return serial
+
     # ---- tracking what we published -----------------------------------------------------
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
         return self._outgoing.serial
+
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        return self._outgoing.low
 
     async def wait_outgoing(self, ticket: int) -> None:
         """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or

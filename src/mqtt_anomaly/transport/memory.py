@@ -440,6 +440,10 @@ class MemoryTransport:
     def outgoing_mark(self) -> int:
         return self._outgoing.serial
 
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        return self._outgoing.low
+
     async def wait_outgoing(self, ticket: int) -> None:
         if not self._paused:
             await self._outgoing.wait(ticket)

@@ -9,7 +9,9 @@ the parameter.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -59,8 +61,15 @@ def web(request: Request) -> WebState:
 @router.get("/healthz", response_model=models.Probe, tags=["probes"])
 def healthz(request: Request) -> dict[str, Any]:
     """Liveness: the service's event loop answers."""
-    svc = web(request).service
-    return {"status": "ok", "connected": svc.client.connected, "subscribed": svc.ready.is_set()}
+    w = web(request)
+    svc = w.service
+    phases = Counter(a.phase for a in w.view.assets())
+    return {
+        "status": "ok",
+        "connected": svc.client.connected,
+        "subscribed": svc.ready.is_set(),
+        "assets": dict(sorted(phases.items())),
+    }
 
 
 @router.get(
@@ -319,6 +328,50 @@ def remove_maintenance_window(
         raise HTTPException(404, f"no window {window_id!r} added here")
     svc.save_maintenance()
     return Response(status_code=204)
+
+
+# ---- assets -------------------------------------------------------------------------------
+AssetPath = Annotated[str, Path(min_length=1, max_length=MAX_SENSOR_ID_LENGTH)]
+
+
+@router.get("/api/assets", response_model=list[models.Asset], tags=["assets"])
+def assets(request: Request) -> list[dict[str, Any]]:
+    """Every asset with its phase, sensors, alarm and latest contributions."""
+    return [dataclasses.asdict(a) for a in web(request).view.assets()]
+
+
+@router.get(
+    "/api/assets/{asset_id:path}",
+    response_model=models.Asset,
+    tags=["assets"],
+    responses={404: {"description": "No such asset"}},
+)
+def asset(request: Request, asset_id: AssetPath) -> dict[str, Any]:
+    """One asset (its id may hold ``/``)."""
+    if asset_id.endswith("/recommission"):
+        raise HTTPException(405, "recommission is a POST")
+    found = web(request).view.asset(asset_id)
+    if found is None:
+        raise HTTPException(404, "no such asset")
+    return dataclasses.asdict(found)
+
+
+@router.post(
+    "/api/assets/{asset_id:path}/recommission",
+    response_model=models.Asset,
+    tags=["assets"],
+    responses={404: {"description": "No such asset"}},
+)
+def recommission(request: Request, asset_id: AssetPath) -> dict[str, Any]:
+    """Start learning the asset again (after maintenance): it raises nothing until its
+    commissioning is over."""
+    w = web(request)
+    if not w.service.recommission_asset(asset_id):
+        raise HTTPException(404, "no such asset")
+    found = w.view.asset(asset_id)
+    assert found is not None
+    w.hub.send("asset", dataclasses.asdict(found))
+    return dataclasses.asdict(found)
 
 
 # ---- live events ----------------------------------------------------------------------------

@@ -87,6 +87,8 @@ class AlertEvent(BaseModel):
     suppressed: str = Field(
         "", description="Why the alert reached nobody (maintenance, gate); empty: it was not"
     )
+    asset_id: str = ""
+    contributions: dict[str, float] | None = None
 
 
 class MaintenanceWindow(BaseModel):
@@ -106,6 +108,19 @@ class MaintenanceWindow(BaseModel):
     timezone: str
     source: Literal["config", "api"]
     open: bool = Field(description="Open now")
+
+
+class Asset(BaseModel):
+    """An asset: a group of sensors scored together, its lifecycle and latest explanation."""
+
+    id: str
+    phase: Literal["incomplete", "commissioning", "monitoring"]
+    sensors: list[str]
+    names: list[str]
+    rows: int
+    alarm: bool
+    score: float | None
+    contributions: dict[str, float]
 
 
 class ActiveAlert(BaseModel):
@@ -139,3 +154,5 @@ class Probe(BaseModel):
     status: Literal["ok", "unavailable"]
     connected: bool
     subscribed: bool
+    assets: dict[str, int] = {}
+    """How many assets are in each phase (``commissioning``, ``monitoring``, ``incomplete``)."""

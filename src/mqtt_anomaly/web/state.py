@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..pipeline import Output
+from ..view import PipelineView
 from .alerts import AlertDesk
 from .events import EventHub
 from .metrics import ServiceMetrics
@@ -24,6 +25,7 @@ class WebState:
     metrics: ServiceMetrics
     desk: AlertDesk
     hub: EventHub
+    view: PipelineView
     refused: dict[str, int] = field(
         default_factory=lambda: {"rate_limit": 0, "event_clients": 0}
     )  # requests refused by a limit, by reason (RateLimit, the event stream's cap)
@@ -38,6 +40,7 @@ class WebState:
             ServiceMetrics(service),
             AlertDesk(view, service.clock, settings.alert_history),
             EventHub(view, settings.sse_queue, settings.sse_heartbeat, settings.max_event_clients),
+            view,
         )
         state.metrics.sse_clients = lambda: state.hub.slots  # streams admitted, not yet ended
         state.metrics.http_refused = lambda: state.refused
