@@ -190,66 +190,77 @@ async def test_fleet_readings_alerts_offline_and_host_state(
 ) -> None:
     settings = sparkplug_settings(mosquitto, tmp_path, sensors=6, seed=1, faults=NO_FAULTS)
     spike = parse_injection("spike@1.0:2")
-    async with (
-        Observer(mosquitto.url, ["factory/#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#"]) as obs,
-        Running(settings) as run,
-    ):
-        await eventually(lambda: bool(obs.on("STATE/test-host")), what="host STATE")
-        assert msgspec.json.decode(obs.on("STATE/test-host")[0])["online"] is True
-        fleet = SparkplugFleet(settings, per_node=4, injections=[spike])  # 2 nodes: 4 + 2
-        async with fleet:
-            await fleet.run(count=40)
-            sid = fleet.sensor_of(1)
-            assert sid == "plant/edge-01/asset-01/SENSOR-02"
-            await eventually(
-                lambda: sum(s == sid for s, _ in run.processed) == 40, what="40 readings"
-            )
-            assert len(run.processed) == 6 * 40
-            alerts = [a for a in obs.json("/alerts") if a["detector"] == "threshold"]
-            assert [a["sensor_id"] for a in alerts][:1] == [sid]
-            assert alerts[0]["reading_ts"] is not None
-            tags = run.service.pipeline.tags[sid]
-            assert tags == {
-                "site": "plant",
-                "line": "edge-01",
-                "asset": "asset-01",
-                "quantity": "SENSOR-02",
-            }
-            # the second node dies: its will (NDEATH) takes its two sensors offline
-            fleet.crash(1)
-            gone = {fleet.sensor_of(4), fleet.sensor_of(5)}
+    async with Observer(mosquitto.url, ["factory/#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#"]) as obs:
+        async with Running(settings) as run:
+            await eventually(lambda: bool(obs.on("STATE/test-host")), what="host STATE")
+            assert msgspec.json.decode(obs.on("STATE/test-host")[0])["online"] is True
+            fleet = SparkplugFleet(settings, per_node=4, injections=[spike])  # 2 nodes: 4 + 2
+            async with fleet:
+                await fleet.run(count=40)
+                sid = fleet.sensor_of(1)
+                assert sid == "plant/edge-01/asset-01/SENSOR-02"
+                await eventually(
+                    lambda: sum(s == sid for s, _ in run.processed) == 40, what="40 readings"
+                )
+                assert len(run.processed) == 6 * 40
 
-            def offline() -> set[str]:
-                return {
-                    str(a["sensor_id"])
-                    for a in obs.json("/alerts")
-                    if a["detector"] == "offline" and a["state"] == "raised"
+                def threshold_alerts() -> list[dict[str, Any]]:
+                    return [a for a in obs.json("/alerts") if a["detector"] == "threshold"]
+
+                await eventually(lambda: bool(threshold_alerts()), what="the spike's alert")
+                alerts = threshold_alerts()
+                assert [a["sensor_id"] for a in alerts][:1] == [sid]
+                assert alerts[0]["reading_ts"] is not None
+                tags = run.service.pipeline.tags[sid]
+                assert tags == {
+                    "site": "plant",
+                    "line": "edge-01",
+                    "asset": "asset-01",
+                    "quantity": "SENSOR-02",
                 }
+                # the second node dies: its will (NDEATH) takes its two sensors offline
+                fleet.crash(1)
+                gone = {fleet.sensor_of(4), fleet.sensor_of(5)}
 
-            await eventually(lambda: offline() == gone, what="offline alerts")
-            await fleet.restart(1)  # bdSeq + 1, births again: back online
-            pl = run.service.pipeline
-            await eventually(
-                lambda: all(pl.health[pl.sensors[s]] == "ok" for s in gone),
-                what="back online",
-            )
-            # a lost DDATA (seq jumps): a data-loss alert and a rebirth request, answered
-            node = fleet.nodes[0]
-            node.seq += 3
-            births = node.births
-            node.send([(1, 25.0)], time.time())
-            await eventually(lambda: node.births > births, what="rebirth")
-            loss = [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
-            assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
-            assert loss[0]["state"] == "raised"
-            await eventually(
-                lambda: any(
-                    a["detector"] == "data_loss" and a["state"] == "cleared"
-                    for a in obs.json("/alerts")
-                ),
-                what="data loss cleared by the birth",
-            )
-            assert obs.on("NCMD/edge-01")
+                def offline() -> set[str]:
+                    return {
+                        str(a["sensor_id"])
+                        for a in obs.json("/alerts")
+                        if a["detector"] == "offline" and a["state"] == "raised"
+                    }
+
+                await eventually(lambda: offline() == gone, what="offline alerts")
+                await fleet.restart(1)  # bdSeq + 1, births again: back online
+                pl = run.service.pipeline
+                await eventually(
+                    lambda: all(pl.health[pl.sensors[s]] == "ok" for s in gone),
+                    what="back online",
+                )
+                # a lost DDATA (seq jumps): a data-loss alert and a rebirth request, answered
+                node = fleet.nodes[0]
+                node.seq += 3
+                births = node.births
+                node.send([(1, 25.0)], time.time())
+                await eventually(lambda: node.births > births, what="rebirth")
+
+                def loss_alerts() -> list[dict[str, Any]]:
+                    return [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
+
+                await eventually(lambda: bool(loss_alerts()), what="data-loss alert")
+                loss = loss_alerts()
+                assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
+                assert loss[0]["state"] == "raised"
+                await eventually(
+                    lambda: any(
+                        a["detector"] == "data_loss" and a["state"] == "cleared"
+                        for a in obs.json("/alerts")
+                    ),
+                    what="data loss cleared by the birth",
+                )
+                await eventually(lambda: bool(obs.on("NCMD/edge-01")), what="the NCMD seen")
+        await eventually(
+            lambda: obs.json("STATE/test-host")[-1]["online"] is False, what="STATE offline"
+        )
     states = obs.json("STATE/test-host")
     assert states[-1]["online"] is False  # the clean stop says offline
     assert states[-1]["timestamp"] == states[0]["timestamp"]
