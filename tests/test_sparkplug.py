@@ -71,7 +71,7 @@ def born_host(**kw: object) -> SparkplugHost:
     assert first.tags == {
         "site": "plant",
         "line": "edge-1",
-        "asset": "press-7",
+        "asset": "plant/edge-1/press-7",
         "quantity": "Pressure",
     }
     assert math.isnan(m.born[1].low)
@@ -215,7 +215,7 @@ async def test_fleet_readings_alerts_offline_and_host_state(
                 assert tags == {
                     "site": "plant",
                     "line": "edge-01",
-                    "asset": "asset-01",
+                    "asset": "plant/edge-01/asset-01",
                     "quantity": "SENSOR-02",
                 }
                 # the second node dies: its will (NDEATH) takes its two sensors offline
@@ -284,6 +284,8 @@ def test_the_pipeline_counts_sparkplug_events_for_the_metrics(tmp_path: Path) ->
     assert [r.value for r in out.readings] == [1.0, 2.0]
     assert [(a.detector, a.state) for a in out.alerts] == [("data_loss", "raised")]
     assert out.commands and out.commands[0][0] == "spBv1.0/plant/NCMD/edge-1"
+    sid = "plant/edge-1/press-7/P"  # a device's metrics are one asset, named uniquely
+    assert pl.assets.resolve(sid, pl.tags[sid]) == ("plant/edge-1/press-7", "P")
 
 
 def test_a_birth_range_seeds_the_sensor_threshold() -> None:
