@@ -25,6 +25,7 @@ import pytest
 
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.pipeline import Pipeline
+from mqtt_anomaly.transport.client import MqttClient
 
 from .helpers import eventually, reading_payload
 from .kafka import unique
@@ -79,6 +80,23 @@ def count_rows(db: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
     except sqlite3.OperationalError:  # the schema is not there yet
         return 0
+
+
+async def first_stored(history: History, pub: MqttClient, first: tuple[str, bytes]) -> None:
+    """The detector's session must exist before readings are published: send the first reading
+    again (the same one: a duplicate) until it is stored."""
+    tries = 0
+
+    def stored() -> bool:
+        nonlocal tries
+        if history.count() == 1:
+            return True
+        if tries % 50 == 0:
+            pub.publish(*first)
+        tries += 1
+        return False
+
+    await eventually(stored, timeout=30, what="first reading")
 
 
 class History:
@@ -149,20 +167,7 @@ async def test_sigkill_twice_loses_and_doubles_nothing(
     kills: list[int] = []
     try:
         async with publisher(mosquitto.url, "delivery-publisher") as pub:
-            # the detector's session must exist before readings are published: send the first
-            # reading again (the same one: a duplicate) until it is stored
-            tries = 0
-
-            def first_stored() -> bool:
-                nonlocal tries
-                if history.count() == 1:
-                    return True
-                if tries % 50 == 0:
-                    pub.publish(*messages[0])
-                tries += 1
-                return False
-
-            await eventually(first_stored, timeout=30, what="first reading")
+            await first_stored(history, pub, messages[0])
 
             async def publish_rest() -> None:
                 for i, (topic, payload) in enumerate(messages[1:], 1):

@@ -28,10 +28,11 @@ from mqtt_anomaly.outbox import Outbox
 from mqtt_anomaly.pipeline import Pipeline
 from mqtt_anomaly.transport.client import MqttClient
 from mqtt_anomaly.transport.memory import MemoryBroker, MemoryTransport
+from mqtt_anomaly.web.metrics import ServiceMetrics
 
 from .helpers import eventually, reading_payload
 from .mosquitto import Mosquitto
-from .test_delivery import History
+from .test_delivery import History, first_stored
 from .test_service import Running, memory_settings, publisher
 
 SENSORS = 200
@@ -126,18 +127,7 @@ async def test_sigkill_anywhere_sends_every_alert_once(tmp_path: Path) -> None:
     stored_at_kills: list[int] = []
     try:
         async with publisher(broker.url, "exactly-once-publisher") as pub:
-            tries = 0
-
-            def first_stored() -> bool:  # the detector's session exists: nothing is lost
-                nonlocal tries
-                if history.count() == 1:
-                    return True
-                if tries % 50 == 0:
-                    pub.publish(*messages[0])
-                tries += 1
-                return False
-
-            await eventually(first_stored, timeout=30, what="first reading")
+            await first_stored(history, pub, messages[0])
             detector = kill(detector)  # before the burst
 
             async def publish_rest() -> None:
@@ -182,7 +172,9 @@ async def test_sigkill_anywhere_sends_every_alert_once(tmp_path: Path) -> None:
         await watch.disconnect()
         broker.stop()
     assert detector.returncode == 0, err.decode()
-    assert all(0 < k < TOTAL for k in stored_at_kills), stored_at_kills
+    # the kills during the burst came mid-stream (the one while the broker is down may find
+    # everything stored already on a busy machine: the point there is the broker being down)
+    assert all(0 < k < TOTAL for k in stored_at_kills[:2]), stored_at_kills
 
     rows = history.query("SELECT sensor_id, seq, count(*) FROM readings GROUP BY 1, 2")
     assert len(rows) == TOTAL + 1 and {n for *_, n in rows} == {1}
@@ -215,8 +207,40 @@ async def test_journaled_readings_come_back_from_the_journal(tmp_path: Path) -> 
         await eventually(lambda: len(second.processed) == 10, what="processed again")
         assert second.service.outbox is not None
         assert second.service.outbox.suppressed >= 1  # the spike's alert: not sent again
+        collected = ServiceMetrics(second.service).collect()
+        metrics = {m.name: m.samples[0].value for m in collected if m.samples}
+        assert metrics["mqtt_anomaly_alerts_not_repeated"] == second.service.outbox.suppressed
+        assert metrics["mqtt_anomaly_alerts_resumed"] == 0
     assert broker.payloads("factory/+/alerts") == alerts
     assert second.processed == [("S1", q) for q in range(10)]
+
+
+async def test_readings_without_seq_journaled_and_sent_again_are_processed_once(
+    tmp_path: Path,
+) -> None:
+    """Killed after the journal write, before the PUBACKs reached the broker: the journal has
+    the readings and the broker sends them again. Without seq nothing else tells them apart."""
+    settings = memory_settings(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    at = time.time() - 10
+
+    def plain(k: int) -> tuple[str, bytes]:
+        payload = {"sensor_id": "S1", "ts": at + k, "value": 25.0, "unit": "C"}
+        return "factory/S1/temperature", msgspec.json.encode(payload)
+
+    journaled = [plain(k) for k in range(5)]
+    with Journal(state / "journal") as journal:  # what the killed process had written
+        journal.append([(t, p, at) for t, p in journaled])
+    broker = MemoryBroker()
+    async with Running(settings, transport=broker.transport) as run:
+        await eventually(lambda: len(run.processed) == 5, what="the journal processed again")
+        broker.send([*journaled[3:], plain(5)])  # the broker's redeliveries, then a new one
+        await eventually(lambda: broker.acknowledged == 3, what="acknowledged")
+        assert len(run.processed) == 6
+        broker.send([plain(6)])
+        await eventually(lambda: len(run.processed) == 7, what="the new reading")
+    assert len(run.processed) == 7  # 5 from the journal, 2 new: the 2 sent again dropped
 
 
 def test_a_journal_frame_cut_short_ends_the_segment(tmp_path: Path) -> None:

@@ -319,7 +319,7 @@ async def test_shutdown_with_everything_unacknowledged_returns_and_keeps_the_rou
 ) -> None:
     """The broker goes away with alerts and health in flight and queued: the stop waits a
     bounded time, does not raise, and leaves the state of the last complete round."""
-    base = settings_for(mosquitto, tmp_path)
+    base = settings_for(mosquitto, tmp_path, ack_after="durable")  # counts held acknowledgements
     settings = base.model_copy(
         update={
             "detector": base.detector.model_copy(update=FAST_SILENCE),

@@ -550,7 +550,7 @@ async def test_service_bridges_and_holds_acks_while_kafka_is_down(
     ks = topics_settings(kafka.url)
     create_topics(kafka, ks.readings_topic)
     with KafkaSink(ks, tracking=True) as sink:
-        settings = settings_for(mosquitto, tmp_path)
+        settings = settings_for(mosquitto, tmp_path, ack_after="durable")  # held acks
         async with Running(settings, kafka=sink) as run, publisher(mosquitto.url) as pub:
             tracker = run.service.tracker
             assert tracker is not None and tracker.sinks == [sink]
@@ -585,7 +585,7 @@ async def test_shutdown_while_kafka_is_down_leaves_the_readings_at_the_broker(
 
     ks = topics_settings(kafka.url)
     create_topics(kafka, ks.readings_topic)
-    settings = settings_for(mosquitto, tmp_path)
+    settings = settings_for(mosquitto, tmp_path, ack_after="durable")  # held acks
     async with publisher(mosquitto.url) as pub:
         with KafkaSink(ks, tracking=True) as sink:
             async with Running(settings, kafka=sink, shutdown_timeout=1.0) as run:

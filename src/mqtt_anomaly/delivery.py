@@ -58,6 +58,7 @@ class DeliveryTracker:
         idle: float = 0.002,
         warn_after: float = 5.0,
         retry: Backoff = SAVE_RETRY,
+        kept: str = "unacknowledged at the broker",
     ) -> None:
         self.client = client
         self.sinks = list(sinks)
@@ -69,6 +70,7 @@ class DeliveryTracker:
         self._last_round_end = time.monotonic()
         self._warn_after = warn_after
         self._retry = retry
+        self._kept = kept  # where readings not covered by a saved round wait, for the logs
         self._wake = asyncio.Event()
         self._rl = RateLimitedLog(log, period=10.0)
         self.stats = DeliveryStats()
@@ -91,10 +93,11 @@ class DeliveryTracker:
             await asyncio.wait_for(self._finish(), timeout)
         except TimeoutError:
             log.warning(
-                "not every sink confirmed within %.0f s at shutdown: the broker keeps the "
-                "readings of the last %.1f s and sends them again at the next start",
+                "not every sink confirmed within %.0f s at shutdown: the readings of the last "
+                "%.1f s stay %s and are processed again at the next start",
                 timeout,
                 time.monotonic() - self._last_round_end,
+                self._kept,
             )
             return False
         return True
@@ -160,8 +163,9 @@ class DeliveryTracker:
             self.stats.failed_rounds += 1
             self._rl.warning(
                 "failed",
-                "could not save the detector state (%s); readings stay unacknowledged",
+                "could not save the detector state (%s); readings stay %s",
                 exc,
+                self._kept,
             )
             self._wake.set()
             return False
@@ -201,10 +205,12 @@ class DeliveryTracker:
             self.stats.slow_rounds += 1
             self._rl.warning(
                 "slow",
-                "%s has not confirmed for %.0f s; %d readings stay unacknowledged at the broker",
+                "%s has not confirmed for %.0f s; the readings since the last saved round "
+                "(%d held) stay %s",
                 late.name,
                 time.monotonic() - started,
                 readings + self.client.held_acks,
+                self._kept,
             )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -44,10 +44,11 @@ _decode = msgspec.msgpack.Decoder(list[tuple[str, bytes, float]]).decode
 SUFFIX: Final = ".mqaj"
 
 
-def _segments(directory: Path) -> list[tuple[int, Path]]:
+def segments(directory: Path, suffix: str = SUFFIX) -> list[tuple[int, Path]]:
+    """The numbered segment files ``<number><suffix>`` in ``directory``, oldest first."""
     found = []
-    for path in directory.glob(f"*{SUFFIX}"):
-        stem = path.name[: -len(SUFFIX)]
+    for path in directory.glob(f"*{suffix}"):
+        stem = path.name[: -len(suffix)]
         if stem.isdigit():
             found.append((int(stem), path))
     return sorted(found)
@@ -88,7 +89,7 @@ class Journal(Closing):
         self.directory = directory
         self.fsync = fsync
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        existing = _segments(directory)
+        existing = segments(directory)
         self.segment = existing[-1][0] + 1 if existing else 1
         """The segment being written."""
         self._fd = self._open(self.segment)
@@ -123,7 +124,7 @@ class Journal(Closing):
 
     def unneeded(self, first: int) -> None:
         """Delete the segments before ``first`` (a saved checkpoint covers them)."""
-        for number, path in _segments(self.directory):
+        for number, path in segments(self.directory):
             if number >= first:
                 break
             path.unlink(missing_ok=True)
@@ -131,7 +132,7 @@ class Journal(Closing):
     def pending(self, first: int) -> Iterator[JournalBatch]:
         """The batches of the segments from ``first`` up to (not including) the one this
         journal writes, in order: what the saved checkpoint does not cover."""
-        for number, path in _segments(self.directory):
+        for number, path in segments(self.directory):
             if first <= number < self.segment:
                 yield from decode_frames(path.read_bytes())
 
@@ -139,3 +140,46 @@ class Journal(Closing):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class Redeliveries:
+    """The broker's redeliveries of messages the journal already has, dropped once each.
+
+    A kill between a read's journal write and its PUBACKs reaching the broker leaves messages
+    that are both journaled (processed again at start) and sent again by the broker, first
+    thing on the resumed session. A reading with ``seq`` is then dropped as a duplicate anyway;
+    one without is not, so: the last ``TAIL`` messages processed again are kept, and until a
+    read brings none of them, a message equal to one of them (topic and payload) is dropped,
+    once per copy kept. A new reading without ``seq`` byte for byte equal to one of the last
+    journaled, arriving in the first reads after the restart, is taken for a redelivery.
+    """
+
+    TAIL: Final = 1000
+
+    __slots__ = ("_left", "dropped")
+
+    def __init__(self, tail: Iterable[tuple[str, bytes]]) -> None:
+        self._left: dict[tuple[str, bytes], int] = {}
+        for key in tail:
+            self._left[key] = self._left.get(key, 0) + 1
+        self.dropped = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._left)
+
+    def drop(self, batch: JournalBatch) -> JournalBatch:
+        """``batch`` without the redeliveries; after a read with none, nothing more is dropped."""
+        left = self._left
+        kept: JournalBatch = []
+        for message in batch:
+            key = (message[0], message[1])
+            n = left.get(key, 0)
+            if n:
+                left[key] = n - 1
+                self.dropped += 1
+            else:
+                kept.append(message)
+        if len(kept) == len(batch):
+            left.clear()
+        return kept

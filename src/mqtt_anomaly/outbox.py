@@ -31,6 +31,7 @@ from typing import Any, Final
 import msgspec
 
 from ._lifecycle import Closing
+from .journal import segments
 from .transport.base import Transport
 from .transport.lean import LeanClient
 
@@ -43,12 +44,7 @@ _decode = msgspec.json.Decoder().decode
 
 
 def _segments(directory: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in directory.glob(f"*{SUFFIX}"):
-        stem = path.name[: -len(SUFFIX)]
-        if stem.isdigit():
-            found.append((int(stem), path))
-    return sorted(found)
+    return segments(directory, SUFFIX)
 
 
 def _lines(path: Path) -> Iterable[dict[str, Any]]:
@@ -263,8 +259,9 @@ class Outbox(Closing):
                 break
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        for number in [n for n in self._ids if n < first]:
-            del self._ids[number]
+        # one new dict, not deletions: this runs in the worker thread that saved the checkpoint
+        # while the event loop may be looking ids up in the current one
+        self._ids = {n: ids for n, ids in self._ids.items() if n >= first}
 
     def close(self) -> None:
         if self._fd >= 0:

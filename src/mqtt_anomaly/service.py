@@ -32,6 +32,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
 from .errors import ConfigError, StateFileError
 from .gates import Gates
-from .journal import Journal
+from .journal import Journal, Redeliveries
 from .maintenance import MaintenanceBook
 from .messages import Alert
 from .outbox import Outbox
@@ -121,6 +122,7 @@ class DetectorService(AsyncClosing):
         self.journal: Journal | None = None  # opened by restore()
         self.outbox: Outbox | None = None
         self._replay_from = (0, 0)  # the first journal and outbox segments the state lacks
+        self._redelivered: Redeliveries | None = None  # the journal's tail, sent again
         connect: TransportFactory = transport if transport is not None else LeanClient
         self.client: Transport = connect(
             settings.broker,
@@ -193,6 +195,7 @@ class DetectorService(AsyncClosing):
                 self._snapshot,
                 self._save_round,
                 min_interval=settings.service.ack_interval,
+                kept="in the journal" if self.journaled else "unacknowledged at the broker",
             )
         self.ready = asyncio.Event()
         self.last_batch = 0  # messages in the last network read: large when behind
@@ -222,6 +225,12 @@ class DetectorService(AsyncClosing):
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.last_batch = len(batch)
+        if self._redelivered is not None:  # the first reads after a restart
+            batch = self._redelivered.drop(batch)
+            if not self._redelivered.active:
+                self._redelivered = None
+            if not batch:
+                return
         if self.journal is not None:  # before processing: the PUBACKs follow on return
             self.journal.append(batch)
             if self.outbox is not None:
@@ -398,9 +407,13 @@ class DetectorService(AsyncClosing):
         self.journal.unneeded(first_journal)
         self.outbox.recover(first_outbox)
         n = 0
+        tail: deque[tuple[str, bytes]] = deque(maxlen=Redeliveries.TAIL)
         for batch in self.journal.pending(first_journal):
             n += len(batch)
+            tail.extend((topic, payload) for topic, payload, _ in batch)
             self._process(batch)
+        if tail:
+            self._redelivered = Redeliveries(list(tail))
         if n:
             log.info(
                 "processed again %d journaled messages (%d alerts already sent not repeated)",

@@ -69,6 +69,8 @@ METRICS: Final[dict[str, str]] = {
     "delivery_rounds": "counter",
     "delivery_slow_rounds": "counter",
     "delivery_round_seconds": "gauge",
+    "alerts_not_repeated": "counter",
+    "alerts_resumed": "counter",
     "intake_paused": "gauge",
     "store_duplicates": "counter",
     "broker_connected": "gauge",
@@ -256,6 +258,18 @@ class ServiceMetrics(Collector):
             "delivery_slow_rounds", "Rounds that waited over 5 s for a sink", st.slow_rounds
         )
         yield _gauge("delivery_round_seconds", "How long the last round took", st.last_round)
+        outbox = svc.outbox
+        if outbox is not None:
+            yield _counter(
+                "alerts_not_repeated",
+                "Alerts raised again after a restart and not sent again (already published)",
+                outbox.suppressed,
+            )
+            yield _counter(
+                "alerts_resumed",
+                "Alerts not acknowledged before a restart and sent or resumed at start",
+                outbox.resent,
+            )
 
     def _latency(self) -> Metric:
         h = HistogramMetricFamily(
