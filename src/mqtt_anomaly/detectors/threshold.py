@@ -33,6 +33,39 @@ class ThresholdDetector(Detector):
         if not self.clear < self.threshold:
             raise ValueError("clear must be below threshold")
         super().__init__()
+        # per-slot limits of sensors whose configuration overrides the threshold (NaN: the
+        # detector's own); configuration, not learned state: set again at every start
+        self._limits: np.ndarray | None = None
+
+    def set_limits(self, slot: int, threshold: float, clear: float) -> None:
+        """Give one slot its own threshold and clear level (``[overrides]``)."""
+        if not clear < threshold:
+            raise ValueError("clear must be below threshold")
+        lim = self._limits
+        if lim is None or slot >= len(lim):
+            new = np.full((max(slot + 1, 2 * (0 if lim is None else len(lim)), 16), 2), np.nan)
+            if lim is not None:
+                new[: len(lim)] = lim
+            lim = self._limits = new
+        lim[slot] = (threshold, clear)
+
+    def threshold_of(self, slot: int) -> float:
+        """The threshold that applies to ``slot``."""
+        lim = self._limits
+        if lim is None or slot >= len(lim) or np.isnan(lim[slot, 0]):
+            return self.threshold
+        return float(lim[slot, 0])
+
+    def _slot_limits(self, slots: IntArray) -> tuple[FloatArray, FloatArray] | None:
+        lim = self._limits
+        if lim is None:
+            return None
+        inside = slots < len(lim)
+        got = np.full((len(slots), 2), np.nan)
+        got[inside] = lim[slots[inside]]
+        thr = np.where(np.isnan(got[:, 0]), self.threshold, got[:, 0])
+        clr = np.where(np.isnan(got[:, 1]), self.clear, got[:, 1])
+        return thr, clr
 
     @classmethod
     def from_settings(cls, settings: DetectorSettings) -> Detector:
@@ -47,11 +80,18 @@ class ThresholdDetector(Detector):
         return {}
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
-        span = self.threshold - self.clear
-        score = np.clip(0.5 + 0.2 * (values - self.threshold) / span, 0.0, 1.0)
         n = len(values)
-        return Scores(score, np.full(n, -np.inf), np.full(n, self.threshold))
+        own = self._slot_limits(slots)
+        if own is None:
+            span = self.threshold - self.clear
+            score = np.clip(0.5 + 0.2 * (values - self.threshold) / span, 0.0, 1.0)
+            return Scores(score, np.full(n, -np.inf), np.full(n, self.threshold))
+        thr, clr = own
+        score = np.clip(0.5 + 0.2 * (values - thr) / (thr - clr), 0.0, 1.0)
+        return Scores(score, np.full(n, -np.inf), thr)
 
     def expected_band(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
-        """No lower bound; at most ``threshold``."""
-        return nan_band(len(slots)), np.full(len(slots), self.threshold)
+        """No lower bound; at most ``threshold`` (the slot's own, when it has one)."""
+        own = self._slot_limits(slots)
+        high = np.full(len(slots), self.threshold) if own is None else own[0]
+        return nan_band(len(slots)), high
