@@ -182,7 +182,9 @@ def test_quick_json_run_has_every_field() -> None:
     d = data["delivery"]
     assert d["lost"] == 0
     assert d["tracked_median"] > 0 and d["untracked_median"] > 0 and d["ratio"] > 0
-    assert len(d["trials"]) == 2
+    assert len(d["trials"]) == 4
+    assert list(d["modes"]) == ["processed", "durable", "journaled", "journaled+fsync"]
+    assert all(m["median"] > 0 and m["cpu_s_per_10k"] > 0 for m in d["modes"].values())
     mem = data["memory"]
     assert set(mem) >= MEMORY_FIELDS
     assert [r["sensors"] for r in mem["sizes"]] == [1000, 5000]
@@ -221,6 +223,10 @@ def test_private_broker_config_follows_nodelay(tmp_path: Path) -> None:
             with socket.create_connection(("127.0.0.1", broker.port), timeout=2):
                 pass
         assert ("set_tcp_nodelay true" in conf) is nodelay
+        assert "max_inflight_messages 0\n" in conf  # no limit unless asked
+    with Mosquitto(tmp_path / "stock", max_inflight=20) as broker:
+        conf = (broker.workdir / "mosquitto.conf").read_text()
+    assert "max_inflight_messages 20\n" in conf
 
 
 def test_counting_subscriber_parses_any_packet_size_and_acks_qos1() -> None:

@@ -214,7 +214,7 @@ async def test_acknowledgements_wait_for_the_store(tmp_path: Path) -> None:
     from .test_service import Running, memory_settings
 
     db = tmp_path / "history.db"
-    settings = memory_settings(tmp_path)
+    settings = memory_settings(tmp_path, ack_after="durable")
     broker = MemoryBroker()
 
     def send(seq: int) -> None:
@@ -250,7 +250,7 @@ async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> Non
 
     broker = Mosquitto(tmp_path / "mosquitto", extra_config="max_inflight_messages 1\n").start()
     try:
-        settings = settings_for(broker, tmp_path)
+        settings = settings_for(broker, tmp_path, ack_after="durable")
         async with Running(settings) as run, publisher(broker.url) as pub:
             for seq in range(200):
                 pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
@@ -269,7 +269,7 @@ async def test_a_state_that_cannot_be_saved_holds_the_acknowledgements(tmp_path:
 
     from .test_service import Running, memory_settings
 
-    settings = memory_settings(tmp_path)
+    settings = memory_settings(tmp_path, ack_after="durable")
     broker = MemoryBroker()
     async with Running(settings, transport=broker.transport) as run:
         tracker = run.service.tracker

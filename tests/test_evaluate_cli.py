@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mqtt_anomaly.detectors import available, create
+from mqtt_anomaly.detectors import create
 from mqtt_anomaly.evaluate import nab
 from mqtt_anomaly.evaluate.cli import app
 from mqtt_anomaly.evaluate.runner import run_nab
@@ -134,25 +134,27 @@ def test_csv_scores_a_labelled_file(labelled_csv: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert (doc["rows"], doc["labelled_rows"]) == (3000, 11)
-    (report,) = doc["results"]
-    assert report["columns"] == ["temp", "pressure"]
-    assert report["points"] == 6000
+    (file,) = doc["files"]
+    assert (file["rows"], file["labelled_rows"]) == (3000, 11)
+    assert file["columns"] == ["temp", "pressure"]
+    report, always = file["results"]
+    assert (report["detector"], always["detector"]) == ("zscore", "always")
     assert report["point"]["tp"] > 0 and report["point"]["precision"] > 0.5
     assert report["event"]["events"] == 2 and report["event"]["detected_events"] == 2
-    assert report["nab"]["windows"] == 2
     assert report["nab"]["optimised"]["standard"]["score"] > 50
+    assert always["point"]["tp"] == 11 and always["point"]["fp"] == 3000 - 11
+    assert doc["total"]["results"][0]["point"] == report["point"]
 
 
 def test_csv_value_column_and_table(labelled_csv: Path) -> None:
     args = ["csv", str(labelled_csv), "--label-column", "anomaly", "--value-column", "pressure"]
-    result = runner.invoke(app, [*args, "--json"])
+    result = runner.invoke(app, [*args, "--json", "-d", "zscore", "-d", "stuck"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)["results"]
-    assert [r["detector"] for r in report] == available()  # default: every registered one
-    assert all(r["columns"] == ["pressure"] for r in report)
-    table = runner.invoke(app, args)
-    assert table.exit_code == 0 and "zscore" in table.stdout
+    (file,) = json.loads(result.stdout)["files"]
+    assert [r["detector"] for r in file["results"]] == ["zscore", "stuck", "always"]
+    assert file["columns"] == ["pressure"]
+    table = runner.invoke(app, [*args, "-d", "zscore"])
+    assert table.exit_code == 0 and "zscore" in table.stdout and "always" in table.stdout
 
 
 def test_csv_user_errors(labelled_csv: Path, tmp_path: Path) -> None:

@@ -44,11 +44,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "retry",
             "mapping",
             "inherit",
+            "routeconf",
+            "maintenance",
+            "gates",
+            "sparkplug",
+            "_proto",
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view", "assets")),
-    ("io", ("transport", "store", "sinks", "writebehind")),
+    ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
@@ -328,6 +333,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'demo',",
         "'detect',",
         "'evaluate',",
+        "'maintenance',",
         "'replay',",
         "'simulate']",
     ]
@@ -355,8 +361,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 10 commands and groups, config show, evaluate's three, assets' two
-    assert len(paths) == 17
+    # the root, 11 commands and groups, config show, evaluate's three, maintenance's three,
+    # assets' two
+    assert len(paths) == 21
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

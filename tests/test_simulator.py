@@ -506,3 +506,101 @@ async def test_simulate_command_runs_and_stops_on_sigterm(
     (spike,) = read_labels(labels)
     assert spike.kind == "spike" and spike.sensor_id == "SENSOR-01"
     await obs.close()
+
+
+# ---- simulated machines (--assets) ----------------------------------------------------------
+def read_asset_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), np.array([[float(c) for c in ln.split(",")] for ln in lines[1:]])
+
+
+async def test_asset_fleet_publishes_each_sensor_and_writes_csv_and_labels(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from mqtt_anomaly.simulate.assetfleet import AssetFleet, build_model
+    from mqtt_anomaly.simulate.assets import parse_asset_injection
+
+    obs = await Observer(mosquitto.url).start()
+    settings = sim_settings(mosquitto.url, interval=0.05)
+    inj = parse_asset_injection("valve_restriction@0.5+0.5:2", "pump")
+    model = build_model("pump", 2, interval=0.05, seed=3, rates={}, injections=[inj])
+    labels = tmp_path / "labels.jsonl"
+    fleet = AssetFleet(settings, model, labels=labels, csv_dir=tmp_path / "csv")
+    try:
+        await fleet.start()
+        assert await fleet.run(count=30) == 30
+        await wait_for(lambda: len(obs.messages) >= 2 * 8 * 30 + 2, "every sensor's readings")
+    finally:
+        await fleet.stop()
+    sensors = model.sensor_names
+    readings = [
+        (t, msgspec.json.decode(p)) for t, p, _, _ in obs.messages if not t.endswith("/status")
+    ]
+    assert len(readings) == 2 * 8 * 30
+    for topic, r in readings:
+        _, asset, sensor = topic.split("/")
+        assert r["sensor_id"] == f"{asset}/{sensor}" and sensor in sensors
+        assert set(r) == {"sensor_id", "ts", "value", "unit", "seq"}
+    flows = [r for t, r in readings if t == "factory/PUMP-02/flow"]
+    assert [r["seq"] for r in flows] == list(range(30)) and flows[0]["unit"] == "m3/h"
+    await wait_for(lambda: len(obs.statuses("PUMP-02")) == 2, "offline from PUMP-02")
+    assert [p for p, _, _ in obs.statuses("PUMP-02")] == [b"online", b"offline"]
+    # the labels file: the forced fault, for the whole asset, with the sensors it moves
+    (label,) = read_labels(labels)
+    assert (label.asset, label.kind) == ("PUMP-02", "valve_restriction")
+    assert label.sensors == ("flow", "discharge_pressure", "motor_current")
+    # one CSV per asset: the published values, the anomaly column on the labelled rows
+    header, rows = read_asset_csv(tmp_path / "csv" / "PUMP-02.csv")
+    assert header == ["timestamp", *sensors, "anomaly"] and len(rows) == 30
+    assert np.allclose(rows[:, 1], [r["value"] for r in flows])
+    assert np.allclose(rows[:, 0], [r["ts"] for r in flows], atol=1e-3)
+    inside = (rows[:, 0] >= label.start - 1e-3) & (rows[:, 0] <= label.end + 1e-3)
+    assert inside.sum() == 10 and np.array_equal(rows[:, -1] == 1, inside)
+    assert read_asset_csv(tmp_path / "csv" / "PUMP-01.csv")[1][:, -1].sum() == 0
+    await obs.close()
+
+
+def test_simulate_assets_offline_writes_files_and_rejects_mistakes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "plant"
+    args = ["simulate", "--assets", "2", "--asset-kind", "compressor", "--offline"]
+    result = runner.invoke(
+        app,
+        [
+            *args,
+            "--count",
+            "1200",
+            "--csv",
+            str(out),
+            "--labels",
+            str(out / "labels.jsonl"),
+            "--seed",
+            "2",
+            "--no-faults",
+            "--inject",
+            "internal_leak@700+200:COMPRESSOR-01",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 compressors, 1200 readings each" in result.output
+    (label,) = read_labels(out / "labels.jsonl")
+    assert (label.asset, label.kind, label.end - label.start) == (
+        "COMPRESSOR-01",
+        "internal_leak",
+        199.0,
+    )
+    header, rows = read_asset_csv(out / "COMPRESSOR-01.csv")
+    assert len(rows) == 1200 and header[1:4] == ["flow", "discharge_pressure", "motor_current"]
+    assert rows[:, -1].sum() == 200 and np.all(np.diff(rows[:, 0]) == 1.0)
+    for bad, message in (
+        (["--count", "5"], "give --csv DIR and/or --labels FILE"),
+        (["--csv", str(out)], "--offline needs --count N"),
+        (["--count", "5", "--csv", str(out), "--rate", "flood=1"], "unknown compressor fault"),
+        (["--count", "5", "--csv", str(out), "--inject", "internal_leak@5:7"], "no asset number 7"),
+        (["--count", "5", "--csv", str(out), "--sensors", "3"], "exclude each other"),
+    ):
+        result = runner.invoke(app, [*args, *bad])
+        assert result.exit_code == 2, bad
+        assert result.output.count("\n") == 1 and message in result.output, (bad, result.output)
+    result = runner.invoke(app, ["simulate", "--csv", str(out)])
+    assert result.exit_code == 2 and "need --assets N" in result.output

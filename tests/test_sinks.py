@@ -158,7 +158,7 @@ async def test_console_shows_the_flood_not_its_alerts(
 async def test_unacknowledged_readings_come_again_on_the_next_start(tmp_path: Path) -> None:
     """Readings processed but never acknowledged (their rounds could not save the state)
     stay with the broker's session and reach the next connection with that client id."""
-    settings = memory_settings(tmp_path)
+    settings = memory_settings(tmp_path, ack_after="durable")
     broker = MemoryBroker()
     blocker = tmp_path / "state" / "detector-state.mqas.tmp"
     blocker.mkdir(parents=True)
@@ -188,9 +188,13 @@ async def test_run_service_starts_and_stops_store_service_in_order(tmp_path: Pat
     task = asyncio.create_task(run_service(settings, stop=stop, transport=broker.transport))
     await eventually(lambda: bool(broker.subscriptions("detector-under-test")), what="subscribed")
     broker.send(reading("S1", 25.0, seq, T0 + seq) for seq in range(50))
-    await eventually(lambda: broker.acknowledged == 50, what="stored, saved, acknowledged")
-    with sqlite3.connect(db) as conn:  # acknowledged: so committed
-        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 50
+    await eventually(lambda: broker.acknowledged == 50, what="journaled, acknowledged")
+
+    def stored() -> int:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+    await eventually(lambda: stored() == 50, what="committed")
     stop.set()
     await asyncio.wait_for(task, 20)
     assert broker.subscriptions("detector-under-test") == []  # disconnected

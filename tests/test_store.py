@@ -757,6 +757,68 @@ def test_version_1_database_is_upgraded(db: Path) -> None:
     assert "readings_sensor_ts" not in names
 
 
+# ---- schema version 4: why an alert was suppressed -------------------------------------
+def test_suppressed_alerts_keep_their_reason(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(alert("S1", ts=NOW, suppressed="maintenance: press 1 relining"))
+        st.add_alert(alert("S2", ts=NOW + 1))
+        assert st.flush(10)
+        got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
+    assert got == {"S1": "maintenance: press 1 relining", "S2": ""}
+    assert backend.count("SELECT count(*) FROM alerts WHERE suppressed IS NULL") == 1
+    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+
+
+def _as_version_2(backend: Backend) -> None:
+    """Turn the store's tables back into those of schema version 2."""
+    drop = "ALTER TABLE alerts DROP COLUMN suppressed"
+    back = "UPDATE schema_version SET version = 2"
+    if isinstance(backend, SqliteBackend):
+        with sqlite3.connect(backend.db) as conn:
+            conn.execute(drop)
+            conn.execute(back)
+        conn.close()
+    else:
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            conn.execute(drop.encode())
+            conn.execute(back.encode())
+
+
+def test_version_2_store_is_upgraded_in_place(backend: Backend) -> None:
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(alert("S1", ts=NOW))
+        assert st.flush(10)
+    _as_version_2(backend)
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(alert("S2", ts=NOW + 1, suppressed="gate: press-1 off"))
+        assert st.flush(10)
+        got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
+    assert got == {"S1": "", "S2": "gate: press-1 off"}
+    assert backend.count("SELECT max(version) FROM schema_version") == 4
+    assert backend.count("SELECT count(*) FROM schema_version") == 1
+
+
+def test_a_step_missing_at_the_current_version_is_still_applied(backend: Backend) -> None:
+    """Steps compose in any merge order: a store recorded at version 4 that lacks a step's
+    column (one written on another line of development) gets it on the next open."""
+    with backend.open(settings(flush_interval=0.05)) as st:
+        assert st.flush(10)
+    _as_version_2(backend)
+    if isinstance(backend, SqliteBackend):
+        with sqlite3.connect(backend.db) as conn:
+            conn.execute("UPDATE schema_version SET version = 4")
+        conn.close()
+    else:
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            conn.execute(b"UPDATE schema_version SET version = 4")
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(alert("S3", ts=NOW, suppressed="maintenance: x"))
+        assert st.flush(10)
+        assert [a.suppressed for a in st.recent_alerts(limit=10)] == ["maintenance: x"]
+
+
 def test_asset_alerts_keep_asset_and_contributions(store: Store) -> None:
     shares = {"PUMP-01/flow": 0.625, "PUMP-01/discharge_pressure": 0.25, "PUMP-01/voltage": 0.125}
     asset = alert("PUMP-01", NOW, detector="asset", asset_id="PUMP-01", contributions=shares)
@@ -800,31 +862,37 @@ def test_version_2_database_gains_the_asset_columns(db: Path) -> None:
         st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
         assert st.flush(10)
         assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
-    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 3
+    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
     with SqliteStore(db):  # opening again changes nothing
         pass
     assert count(db, "SELECT count(*) FROM alerts") == 2
 
 
 def test_migration_steps_are_idempotent(db: Path) -> None:
-    from mqtt_anomaly.store.migrations import statements
+    from mqtt_anomaly.store.migrations import postgres_steps, sqlite_steps
 
     version_2_file(db)
     with sqlite3.connect(db) as conn:
         # the asset_id column is already there (a crash after the first step, say)
         conn.execute("ALTER TABLE alerts ADD COLUMN asset_id TEXT NOT NULL DEFAULT ''")
 
-        def columns(table: str) -> set[str]:
-            return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        def existing() -> dict[str, set[str]]:
+            return {
+                table: {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                for table in ("readings", "alerts")
+            }
 
-        todo = list(statements("sqlite", 2, columns))
-        assert todo == ["ALTER TABLE alerts ADD COLUMN contributions TEXT"]
+        todo = sqlite_steps(existing())
+        assert todo == [
+            "ALTER TABLE alerts ADD COLUMN contributions TEXT",
+            "ALTER TABLE alerts ADD COLUMN suppressed TEXT",
+        ]
         for statement in todo:
             conn.execute(statement)
-        assert list(statements("sqlite", 2, columns)) == []
+        assert sqlite_steps(existing()) == []
     conn.close()
-    pg_steps = list(statements("postgres", 2, lambda table: set()))
-    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 2
+    pg_steps = postgres_steps()
+    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 3
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -852,7 +920,7 @@ def test_postgres_version_2_schema_is_upgraded(pg: PostgresBackend) -> None:
         st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
         assert st.flush(10)
         assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
-    assert pg.count("SELECT max(version) FROM schema_version") == 3
+    assert pg.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
 
 
 def test_migrations_doctest() -> None:

@@ -179,7 +179,12 @@ async def test_api_metrics_and_alert_workflow(shared_mosquitto: Mosquitto, tmp_p
             exposed = {re.split(r"[{ ]", k)[0] for k in m}
             assert exposed <= METRIC_NAMES
             kafka_sink = {n for n in METRIC_NAMES if n.startswith("mqtt_anomaly_kafka_")}
-            assert METRIC_NAMES - exposed <= {"mqtt_anomaly_sse_clients"} | kafka_sink
+            routing = {  # with [[routes]] only (tests/test_routing.py)
+                n
+                for n in METRIC_NAMES
+                if n.startswith(("mqtt_anomaly_receiver_", "mqtt_anomaly_routing_"))
+            }
+            assert METRIC_NAMES - exposed <= {"mqtt_anomaly_sse_clients"} | kafka_sink | routing
 
             # OpenAPI describes every endpoint
             spec = (await http.get("/openapi.json")).json()

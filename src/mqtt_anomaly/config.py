@@ -35,25 +35,17 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .gates import Gate, gate_names_unique
+from .maintenance import Window
 from .mapping import TopicMap, compile_rule
+from .routeconf import ReceiverSettings, Route, check_routes
+from .routeconf import read_secret as _secret
 from .topics import validate_filter, validate_template
 from .web.settings import HttpSettings
 
 ENV_PREFIX = "MQTT_ANOMALY_"
 _SUBKEY = "\x1f"  # a validation message naming a key below its location: _SUBKEY "key: why"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
-
-
-def _secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
-    """``value``, else the first line of ``file`` (named ``key`` in the error), else None."""
-    if value is not None:
-        return value.get_secret_value()
-    if file is not None:
-        try:
-            return file.read_text().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
-            raise ConfigError(f"{key}: cannot read: {exc}") from exc
-    return None
 
 
 class _Section(BaseModel):
@@ -78,9 +70,23 @@ class BrokerSettings(_Section):
     max_inflight: int = Field(1000, ge=1, le=65535)
     """QoS 1 publishes (alerts, health, dead letters) on the wire and not yet acknowledged by
     the broker; the rest wait in order in a local queue."""
+    max_inflight_qos2: int = Field(20, ge=1, le=65535)
+    """Of those, QoS 2 publishes (alerts with ``alerts.qos = 2``) at most: Mosquitto's
+    ``max_inflight_messages`` (20 by default) bounds the QoS 2 messages it takes from us at once."""
     max_queued: int = Field(100_000, ge=1)
     """Past this many publishes waiting for the window the service stops taking readings
     (the broker keeps them) until the queue is back under half."""
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    """The MQTT version of the service's connection (``docs/plant.md#mqtt-5``)."""
+    session_expiry: int = Field(86_400, ge=0, le=0xFFFFFFFF)
+    """MQTT 5: seconds the broker keeps our session (and queues readings) after we are gone."""
+    message_expiry: int = Field(0, ge=0, le=0xFFFFFFFF)
+    """MQTT 5: seconds the broker keeps an alert for a subscriber that is away (0: no limit)."""
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @field_validator("url")
     @classmethod
@@ -252,6 +258,10 @@ class AlertSettings(_Section):
     console_rate: float = Field(20.0, gt=0)
     """Alert lines per second on the console at most (outside floods); then one line with
     how many were not shown."""
+    qos: Literal[1, 2] = 2
+    """QoS of the alerts on the alert topic. 2: with ``service.ack_after = "journaled"`` the
+    packet state of every alert in flight is kept in the outbox and resumed after a crash on
+    the persistent session, so the broker never takes an alert twice."""
 
     @field_validator("group_pattern")
     @classmethod
@@ -312,7 +322,13 @@ KAFKA_RESERVED_OPTIONS = frozenset(
 def is_secret_key(key: str) -> bool:
     """True for a setting name that holds a secret (``sasl.password``, ``ssl.key.password``)."""
     k = key.lower()
-    return "password" in k or "secret" in k or k.endswith(".pem") or "token" in k
+    return (
+        "password" in k
+        or "secret" in k
+        or k.endswith(".pem")
+        or "token" in k
+        or k == "authorization"
+    )
 
 
 class KafkaSettings(_Section):
@@ -581,9 +597,15 @@ class ServiceSettings(_Section):
     """The detector service itself."""
 
     state_dir: Path = Path("state")
-    ack_after: Literal["durable", "processed"] = "durable"
-    """When a reading is acknowledged to the broker: once the durable sinks (history store,
-    Kafka) hold it and the detector state that saw it is saved, or once it was processed."""
+    ack_after: Literal["journaled", "durable", "processed"] = "journaled"
+    """When a reading is acknowledged to the broker: once it is written to the intake journal
+    (``state/journal``; processed again after a crash, alerts sent once through the outbox),
+    once the durable sinks (history store, Kafka) hold it and the detector state that saw it
+    is saved, or once it was processed."""
+    fsync: bool = False
+    """With ``ack_after = "journaled"``: every journal and outbox write reaches the disk
+    before the readings are acknowledged (power loss loses nothing acknowledged), at the cost
+    of one ``fdatasync`` per network read."""
     ack_interval: float = Field(0.1, gt=0, le=60)
     """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
     means fewer state saves, more messages in flight at the broker."""
@@ -634,15 +656,30 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
+    routes: tuple[Route, ...] = ()
+    receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
+    maintenance: tuple[Window, ...] = ()
+    gates: tuple[Gate, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        try:
+            check_routes(self.routes, self.receivers)
+            gate_names_unique(self.gates)
+        except ValueError as exc:
+            raise ValueError(f"{_SUBKEY}{exc}") from None
+        return self
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """What the service subscribes: ``topics.subscribe`` if set, else the mapping rules'
-        filters, the readings and status wildcards and, with Sparkplug on, its namespace."""
+        filters, the readings and status wildcards, the gates' state topics and, with
+        Sparkplug on, its namespace."""
         if self.topics.subscribe:
             return self.topics.subscribe
         filters = [r.filter for r in self.mapping.compiled.rules]
         filters += self.topics.filters
+        filters += [g.topic for g in self.gates if g.topic]
         if self.sparkplug.enabled:
             filters.append(f"spBv1.0/{self.sparkplug.group}/#")
         return tuple(dict.fromkeys(filters))
@@ -681,7 +718,7 @@ def _describe(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith(_SUBKEY):  # "field: why" of a key below the one located
         sub, _, msg = msg.removeprefix(_SUBKEY).partition(": ")
-        key = f"{key}.{sub}"
+        key = sub if key == "(root)" else f"{key}.{sub}"
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
     extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
@@ -720,20 +757,29 @@ def settings_as_toml(settings: Settings) -> str:
     def emit(prefix: str, model: BaseModel) -> None:
         nested: list[tuple[str, BaseModel]] = []
         lines.append(f"[{prefix}]")
-        for name in type(model).model_fields:
+        for name, spec in type(model).model_fields.items():
             value = getattr(model, name)
+            key = spec.alias or name
             if isinstance(value, BaseModel):
-                nested.append((f"{prefix}.{name}", value))
+                nested.append((f"{prefix}.{key}", value))
             elif value is None:
-                lines.append(f"# {name} = (unset)")
+                lines.append(f"# {key} = (unset)")
             else:
-                lines.append(f"{name} = {_toml_value(value)}")
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
         for p, m in nested:
             emit(p, m)
 
     for section in type(settings).model_fields:
-        emit(section, getattr(settings, section))
+        value = getattr(settings, section)
+        if isinstance(value, BaseModel):
+            emit(section, value)
+        elif isinstance(value, dict):  # [receivers.NAME]
+            for name, model in value.items():
+                emit(f"{section}.{_toml_key(name)}", model)
+        else:  # [[routes]]
+            for model in value:
+                emit(f"[{section}]", model)
     return "\n".join(lines).rstrip() + "\n"
 
 

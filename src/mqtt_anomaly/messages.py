@@ -72,6 +72,9 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     sensor's own alert."""
     contributions: dict[str, float] | None = None
     """Sensor id → share of the asset's index (summing to 1) at the row that raised it."""
+    suppressed: str = ""
+    """Why the alert reaches nobody (``maintenance: …``, ``gate: …``); empty: it is not
+    suppressed. A suppressed alert is stored and shown, not routed to receivers."""
 
 
 def alert_id(sensor_id: str, detector: str, state: str, seq: int, ts: float | None) -> str:

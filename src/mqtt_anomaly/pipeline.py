@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -56,6 +56,7 @@ from .messages import (
     MAX_TS_SKEW_S,
     NO_SEQ,
     Alert,
+    AlertState,
     DeadLetter,
     HealthState,
     Reading,
@@ -65,6 +66,7 @@ from .messages import (
     decode_reading,
     encode,
 )
+from .sparkplug import NAMESPACE, SparkplugHost
 from .topics import TopicTemplate, valid_sensor_id
 from .view import PipelineView
 
@@ -79,6 +81,7 @@ _SLOT, _RECEIVED = itemgetter(0), itemgetter(2)  # of a round's (slot, reading, 
 
 OFFLINE = "offline"
 SILENCE = "silence"
+DATA_LOSS = "data_loss"  # a Sparkplug node's seq gap
 
 
 class SeqWindow:
@@ -167,9 +170,21 @@ class Output:
     dead: list[DeadLetter] = field(default_factory=list)
     new_sensors: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)  # sensors whose slot went to a new one
+    commands: list[tuple[str, bytes]] = field(default_factory=list)  # (topic, payload), QoS 0
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.alerts or self.health or self.dead or self.evicted)
+        return bool(
+            self.readings
+            or self.alerts
+            or self.health
+            or self.dead
+            or self.evicted
+            or self.commands
+        )
+
+
+Round = list[tuple[int, Reading, float]]
+"""One round of a batch: ``(slot, reading, received_at)``, at most one reading per sensor."""
 
 
 @dataclass(slots=True, eq=False)
@@ -198,6 +213,9 @@ class Pipeline:
 
     def __init__(self, settings: Settings, detectors: Sequence[Detector] | None = None) -> None:
         self.settings = settings
+        self.gate: Callable[[Round], Round] | None = None
+        """Takes a round and returns the readings of it to score (operating-state gates,
+        :mod:`.gates`); None: every reading is scored."""
         ds = settings.detector
         self.readings_topic = TopicTemplate(settings.topics.readings)
         self.status_topic = TopicTemplate(settings.topics.status)
@@ -254,6 +272,13 @@ class Pipeline:
         # topic → (rule, tags, quantity → sensor id) for topics a mapping rule applies to
         self._mapped_topics: dict[str, tuple[Rule, dict[str, str], dict[str, str]]] = {}
         self.tags: dict[str, dict[str, str]] = {}  # sensor id → its tags (mapped sensors)
+        sp = settings.sparkplug
+        self.sparkplug = (
+            SparkplugHost(rebirth=sp.rebirth, rebirth_interval=sp.rebirth_interval)
+            if sp.enabled
+            else None
+        )
+        self._sp_prefix = NAMESPACE + "/"
         self.assets = AssetBook(settings.assets)
         self._view = PipelineView(self)
 
@@ -476,11 +501,15 @@ class Pipeline:
         cache = self._reading_topics
         check = self.seq.check
         mapped = self.mapping is not None
+        sparkplug, sp_prefix = self.sparkplug is not None, self._sp_prefix
         for topic, payload, received_at in batch:
             c.received += 1
             known = cache.get(topic)
             if known is None:
                 if mapped and self._decode_mapped(topic, payload, received_at, decoded):
+                    continue
+                if sparkplug and topic.startswith(sp_prefix):
+                    self._decode_sparkplug(topic, payload, received_at, decoded)
                     continue
                 known = self._classify(topic, payload, received_at, out)
                 if known is None:
@@ -560,6 +589,87 @@ class Pipeline:
             )
         return True
 
+    def _decode_sparkplug(
+        self, topic: str, payload: bytes, received_at: float, decoded: Decoded
+    ) -> None:
+        """A Sparkplug B message (:mod:`.sparkplug`): births give sensors their slots and tags,
+        data their readings, deaths take them offline, a seq gap raises a data-loss alert."""
+        assert self.sparkplug is not None
+        m = self.sparkplug.handle(topic, payload, received_at)
+        out = decoded.out
+        if m.error is not None:
+            self._reject(topic, payload, m.error, received_at, out)
+        if m.rebirth is not None:
+            out.commands.append(m.rebirth)
+        sensors = self.sensors
+        for b in m.born:
+            if (
+                b.sensor not in sensors
+                and self._admit(b.sensor, topic, payload, received_at, out) is None
+            ):
+                continue
+            self.tags[b.sensor] = b.tags
+        for sid, ts, value, unit in m.values:
+            slot = sensors.get(sid)
+            if slot is None:  # evicted since its birth
+                slot = self._admit(sid, topic, payload, received_at, out)
+                if slot is None:
+                    continue
+            self._place(slot, Reading(sid, ts, value, unit, NO_SEQ), received_at, decoded)
+        for sids, offline in ((m.offline, True), (m.online, False)):
+            for sid in sids:
+                slot = sensors.get(sid)
+                if slot is not None:
+                    self._set_offline(slot, sid, offline, received_at, m.why_offline, out)
+        if m.loss_started or m.gap_closed:
+            self._data_loss(m.gap, m.gap_closed, received_at, out)
+
+    def _data_loss(
+        self, gap: tuple[str, int] | None, closed: str, received_at: float, out: Output
+    ) -> None:
+        """A Sparkplug node's seq gap: a ``data_loss`` alert on the node's id (no slot: the
+        node is not a sensor), raised at its first gap and cleared by its next birth."""
+        if gap is not None:
+            node, lost = gap
+            why, value = f"Sparkplug seq gap: {lost} message(s) lost", float(lost)
+        else:
+            node, why, value = closed, "Sparkplug node born again", None
+        out.alerts.append(
+            self._event(node, DATA_LOSS, "warning", gap is not None, value, received_at, why)
+        )
+
+    def _event(
+        self,
+        sid: str,
+        detector: str,
+        severity: Severity,
+        raised: bool,
+        value: float | None,
+        ts: float,
+        message: str,
+    ) -> Alert:
+        """An alert raised or cleared by an event (a status, a death, a seq gap), counted."""
+        if raised:
+            self.counters.alerts_raised += 1
+        else:
+            self.counters.alerts_cleared += 1
+        state: AlertState = "raised" if raised else "cleared"
+        return Alert(
+            sensor_id=sid,
+            detector=detector,
+            severity=severity,
+            state=state,
+            value=value,
+            score=1.0 if raised else 0.0,
+            threshold=None,
+            expected_low=None,
+            expected_high=None,
+            reading_ts=None,
+            alert_ts=ts,
+            message=message,
+            id=alert_id(sid, detector, state, NO_SEQ, ts),
+        )
+
     def _place(
         self,
         slot: int,
@@ -635,8 +745,11 @@ class Pipeline:
         self._open = None
         out = decoded.out
         rounds = decoded.rounds
+        gate = self.gate
         for rnd in rounds:
-            self._score(rnd, out)
+            scored = rnd if gate is None else gate(rnd)  # gates: held sensors are not scored
+            if scored:
+                self._score(scored, out)
         if decoded.late:
             self._record_late(decoded.late)
         self.counters.processed += decoded.scored
@@ -842,30 +955,17 @@ class Pipeline:
                 return
         self.last_active[slot] = received_at
         offline = text == b"offline"
+        self._set_offline(slot, sid, offline, received_at, "sensor offline (Last Will)", out)
+
+    def _set_offline(
+        self, slot: int, sid: str, offline: bool, received_at: float, why: str, out: Output
+    ) -> None:
+        """The sensor's offline alert raised (``why``) or cleared, its health updated."""
         book = self.books[OFFLINE]
         if book.set_state(slot, offline, critical=offline):
-            state = "raised" if offline else "cleared"
-            if offline:
-                self.counters.alerts_raised += 1
-            else:
-                self.counters.alerts_cleared += 1
-            out.alerts.append(
-                Alert(
-                    sensor_id=sid,
-                    detector=OFFLINE,
-                    severity="critical",
-                    state=state,  # type: ignore[arg-type]
-                    value=None,
-                    score=1.0 if offline else 0.0,
-                    threshold=None,
-                    expected_low=None,
-                    expected_high=None,
-                    reading_ts=None,
-                    alert_ts=received_at,
-                    message="sensor offline (Last Will)" if offline else "sensor back online",
-                    id=alert_id(sid, OFFLINE, state, NO_SEQ, received_at),
-                )
-            )
+            message = why if offline else "sensor back online"
+            alert = self._event(sid, OFFLINE, "critical", offline, None, received_at, message)
+            out.alerts.append(alert)
         self._update_health({slot}, out)
 
     def check_silence(self, now: float) -> Output:

@@ -4,8 +4,9 @@ The MQTT connection (a :class:`~.transport.base.Transport`: :mod:`.transport.lea
 production, given as ``transport=``) hands over every message of one network read as a batch,
 so a burst costs one pipeline call, not one per message. Each batch's output goes to the sinks
 (:mod:`.sinks`), one contract for all, in this order: the history store, Kafka, the console,
-MQTT (alerts through the flood filter, flood events, retained health, dead letters), any
-extra sinks given, and the listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
+MQTT (alerts through the flood filter, flood events, retained health, dead letters), alert
+routing to receivers (:mod:`.routing`, with ``[[routes]]``), any extra sinks given, and the
+listeners (the dashboard, tests). The flood filter (:mod:`.floods`)
 applies to the MQTT alert topic and the console only: the store, Kafka and the listeners get
 every alert.
 
@@ -35,19 +36,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._lifecycle import AsyncClosing
 from .config import Settings
 from .delivery import DeliveryTracker
 from .detectors.river_adapter import RiverDetector
-from .errors import StateFileError
+from .errors import ConfigError, StateFileError
+from .gates import Gates
+from .journal import Journal
+from .maintenance import MaintenanceBook
+from .messages import Alert
+from .outbox import Outbox
 from .pipeline import Output, Pipeline
+from .routing.sink import RoutingSink
 from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
 from .sinks.console import ConsoleSink
 from .sinks.history import StoreSink
 from .sinks.listeners import Listener, ListenerSink
 from .sinks.mqtt import MqttSink
+from .sparkplug import state_payload, state_topic
 from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
+from .transport.codec import Will
 from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
@@ -58,6 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATE_FILE = "detector-state.mqas"
+MAINTENANCE_FILE = "maintenance.mqas"  # windows added at run time
 LEGACY_STATE_FILE = "detector-state.pkl"  # pickles: never loaded, moved aside
 DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
 __all__ = ["DetectorService", "Listener", "run_service", "save_state", "write_state"]
@@ -89,6 +101,12 @@ class DetectorService(AsyncClosing):
         sinks: Sequence[Sink] = (),
     ) -> None:
         self.settings = settings
+        shared = next((f for f in settings.subscriptions if f.startswith("$share/")), None)
+        if shared is not None:  # see docs/plant.md#mqtt-5
+            raise ConfigError(
+                f"topics.subscribe: {shared}: a shared subscription hands each message to one "
+                "of several subscribers, and a detector must see every reading of its sensor"
+            )
         self.pipeline = Pipeline(settings)
         self.store = store
         self.kafka = kafka
@@ -96,7 +114,13 @@ class DetectorService(AsyncClosing):
         self.clock = clock
         self.checkpoint_every = checkpoint_every
         self.shutdown_timeout = shutdown_timeout
-        tracked = settings.service.ack_after == "durable"
+        mode = settings.service.ack_after
+        tracked = mode != "processed"
+        self.journaled = mode == "journaled"
+        """Readings acknowledged once journaled (:mod:`.journal`), alerts through the outbox."""
+        self.journal: Journal | None = None  # opened by restore()
+        self.outbox: Outbox | None = None
+        self._replay_from = (0, 0)  # the first journal and outbox segments the state lacks
         connect: TransportFactory = transport if transport is not None else LeanClient
         self.client: Transport = connect(
             settings.broker,
@@ -106,8 +130,12 @@ class DetectorService(AsyncClosing):
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             name="detector",
-            hold_acks=tracked,
+            hold_acks=mode == "durable",
         )
+        self._state_ts = clock()  # the Sparkplug host's STATE birth and will carry this time
+        if settings.sparkplug.enabled and isinstance(self.client, LeanClient):
+            topic = state_topic(settings.sparkplug.host_id)
+            self.client.will = Will(topic, state_payload(False, self._state_ts), qos=1)
         self._console = (
             ConsoleSink(verbose=settings.service.verbose, rate=settings.alerts.console_rate)
             if console
@@ -130,7 +158,28 @@ class DetectorService(AsyncClosing):
             chain.append(KafkaBridge(kafka))
         if self._console is not None:
             chain.append(self._console)
-        chain += [self.mqtt, *sinks, self._listeners]
+        chain.append(self.mqtt)
+        tags_of, group_of = self.pipeline.tags.get, self.mqtt.floods.group_of
+        self.maintenance = MaintenanceBook(settings.maintenance, tags_of=tags_of, group_of=group_of)
+        """Maintenance windows: configured, and added at run time (REST API, dashboard)."""
+        self.gates: Gates | None = None
+        """Operating-state gates (``[[gates]]``): the pipeline scores no held sensor."""
+        if settings.gates:
+            self.gates = Gates(settings.gates, tags_of=tags_of, group_of=group_of)
+            self.pipeline.gate = self.gates.filter_round
+        self.routing: RoutingSink | None = None
+        """Alerts to people (``[[routes]]``), when routes are configured."""
+        if settings.routes:
+            self.routing = RoutingSink(
+                settings.routes,
+                settings.receivers,
+                settings.service.state_dir,
+                tags_of=tags_of,
+                group_of=group_of,
+                clock=clock,
+            )
+            chain.append(self.routing)
+        chain += [*sinks, self._listeners]
         self.sinks: tuple[Sink, ...] = tuple(chain)
         """Every output, in the order each batch is written to them."""
         self._writes = tuple(sink.write for sink in self.sinks)
@@ -140,7 +189,7 @@ class DetectorService(AsyncClosing):
             self.tracker = DeliveryTracker(
                 self.client,
                 durable,
-                self.pipeline.state_dict,
+                self._snapshot,
                 self._save_round,
                 min_interval=settings.service.ack_interval,
             )
@@ -172,11 +221,27 @@ class DetectorService(AsyncClosing):
     # ---- intake ---------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         self.last_batch = len(batch)
-        self._emit(self.pipeline.process(batch))
+        if self.journal is not None:  # before processing: the PUBACKs follow on return
+            self.journal.append(batch)
+            if self.outbox is not None:
+                self.outbox.note_acks(self.client.acknowledged_mark())
+        self._process(batch)
         if self.tracker is not None:
             self.tracker.touch()
 
+    def _process(self, batch: Batch) -> None:
+        """Score a batch (received or journaled) and emit what it raised."""
+        gates = self.gates
+        if gates is not None and gates.by_topic:  # a gate's state topic is not a reading
+            batch = [m for m in batch if not gates.on_state(*m)]
+        self._emit(self.pipeline.process(batch))
+
     def _on_connect(self, session_present: bool) -> None:
+        sp = self.settings.sparkplug
+        if sp.enabled:  # the host application is online (retained; the will says offline)
+            self.client.publish(
+                state_topic(sp.host_id), state_payload(True, self._state_ts), qos=1, retain=True
+            )
         if self._connected_once:
             log.info("reconnected to broker %s", self.settings.broker.address)
             self._line(f"[INFO] Reconnected to Broker at {self.settings.broker.address}")
@@ -188,9 +253,43 @@ class DetectorService(AsyncClosing):
 
     # ---- sinks ------------------------------------------------------------------------
     def _emit(self, out: Output) -> None:
-        """One batch's output to every sink, in order."""
+        """One batch's output to every sink, in order (alerts marked ``suppressed`` first,
+        inside a maintenance window or while a gate holds their sensor)."""
+        if out.alerts and (self.gates is not None or self.maintenance.windows):
+            out.alerts = [self._suppress(a) for a in out.alerts]
         for write in self._writes:
             write(out)
+
+    def _suppress(self, a: Alert) -> Alert:
+        ts = a.reading_ts if a.reading_ts is not None else a.alert_ts
+        why = self.maintenance.reason(a.sensor_id, ts)
+        if not why and self.gates is not None:
+            why = self.gates.reason(a.sensor_id, ts, a.alert_ts)
+        return msgspec.structs.replace(a, suppressed=why) if why else a
+
+    @property
+    def maintenance_path(self) -> Path:
+        return self.settings.service.state_dir / MAINTENANCE_FILE
+
+    def save_maintenance(self) -> None:
+        """Save the windows added at run time (atomically; a failure is logged)."""
+        try:
+            save_state(self.maintenance_path, self.maintenance.state_dict(), sync=False)
+        except (OSError, StateFileError) as exc:
+            log.error("could not save maintenance windows to %s: %s", self.maintenance_path, exc)
+
+    def _restore_maintenance(self) -> None:
+        path = self.maintenance_path
+        try:
+            loaded = self.maintenance.load_state_dict(load(path), self.clock())
+        except FileNotFoundError:
+            return
+        except (StateFileError, ValueError, KeyError, TypeError) as exc:
+            with contextlib.suppress(OSError):
+                move_aside(path, "corrupt")
+            log.warning("maintenance windows %s not loaded (%s)", path, " ".join(str(exc).split()))
+            return
+        log.info("restored %d maintenance windows from %s", loaded, path)
 
     def _line(self, text: str) -> None:
         if self._console is not None:
@@ -204,10 +303,19 @@ class DetectorService(AsyncClosing):
         starts fresh; a pickled state of an older version is moved aside unread."""
         state_dir = self.settings.service.state_dir
         prepare_dir(state_dir)
+        if self.journaled and self.journal is None:
+            fsync = self.settings.service.fsync
+            self.journal = Journal(state_dir / "journal", fsync=fsync)
+            qos = self.settings.alerts.qos
+            self.outbox = Outbox(state_dir / "outbox", self.client, fsync=fsync, qos=qos)
+            if qos == 2 and isinstance(self.client, LeanClient):
+                self.outbox.attach(self.client)
+            self.mqtt.outbox = self.outbox
         key = load_or_create_key(state_dir)
         for det in self.pipeline.detectors:
             if isinstance(det, RiverDetector):
                 det.state_key = key
+        self._restore_maintenance()
         legacy = state_dir / LEGACY_STATE_FILE
         if legacy.exists():
             try:
@@ -217,7 +325,8 @@ class DetectorService(AsyncClosing):
             log.warning("not loading pickled state %s (a pickle can run code), %s", legacy, where)
         path = self.state_path
         try:
-            skipped = self.pipeline.load_state_dict(load(path))
+            state = load(path)
+            skipped = self.pipeline.load_state_dict(state)
         except FileNotFoundError:
             return
         except StateFileError as exc:
@@ -230,6 +339,9 @@ class DetectorService(AsyncClosing):
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        covered = state.get("journal"), state.get("outbox")
+        if all(type(n) is int and n >= 0 for n in covered):
+            self._replay_from = covered  # type: ignore[assignment]
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
 
     def recommission_asset(self, asset_id: str) -> bool:
@@ -239,15 +351,53 @@ class DetectorService(AsyncClosing):
 
     def save(self) -> None:
         """Save detector state now (atomically: a crash mid-write keeps the old file)."""
-        write_state(self.state_path, self.pipeline.state_dict())
+        state = self._snapshot()
+        if write_state(self.state_path, state):
+            self._covered(state)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The detector state; journaled, with the first journal and outbox segments it does
+        not cover (both start a new segment here)."""
+        state = self.pipeline.state_dict()
+        if self.journal is not None and self.outbox is not None:
+            state["journal"] = self.journal.rotate()
+            state["outbox"] = self.outbox.rotate()
+        return state
+
+    def _covered(self, state: dict[str, Any]) -> None:
+        """``state`` is saved: the journal and outbox segments before it are not needed."""
+        if self.journal is not None and self.outbox is not None:
+            self.journal.unneeded(state["journal"])
+            self.outbox.unneeded(state["outbox"])
 
     def _save_round(self, state: dict[str, Any]) -> None:
         """Save the state of a delivery round (atomic for a crash of the process; the fsync
-        is left to the checkpoint at shutdown)."""
+        is left to the checkpoint at shutdown, or done with ``service.fsync``)."""
         try:
-            save_state(self.state_path, state, sync=False)
+            save_state(self.state_path, state, sync=self.settings.service.fsync)
         except StateFileError as exc:  # not data: the round acknowledges nothing
             raise OSError(str(exc)) from exc
+        self._covered(state)
+
+    def _replay(self) -> None:
+        """At start: send again the alerts no run saw acknowledged, then process again the
+        journaled readings the saved state does not cover (their alerts already sent are
+        not sent again)."""
+        if self.journal is None or self.outbox is None:
+            return
+        first_journal, first_outbox = self._replay_from
+        self.journal.unneeded(first_journal)
+        self.outbox.recover(first_outbox)
+        n = 0
+        for batch in self.journal.pending(first_journal):
+            n += len(batch)
+            self._process(batch)
+        if n:
+            log.info(
+                "processed again %d journaled messages (%d alerts already sent not repeated)",
+                n,
+                self.outbox.suppressed,
+            )
 
     # ---- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -256,6 +406,7 @@ class DetectorService(AsyncClosing):
         self.restore()
         for sink in self.sinks:
             await sink.start()
+        self._replay()
         s = self.settings
         await self.client.connect()
         self._line(f"[INFO] Connected to Broker at {s.broker.address}")
@@ -268,6 +419,7 @@ class DetectorService(AsyncClosing):
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         else:  # every delivery round saves the state
             self.tracker.start()
+            self.tracker.touch()  # a first checkpoint (covers what the journal replayed)
 
     async def close(self) -> None:
         """Stop the periodic tasks, then shut down cleanly (:meth:`shutdown`)."""
@@ -306,6 +458,10 @@ class DetectorService(AsyncClosing):
             except Exception:
                 log.exception("the last delivery round failed at shutdown")
                 complete = False
+        sp = self.settings.sparkplug
+        if sp.enabled and self.client.connected:  # a clean stop says offline itself
+            payload = state_payload(False, self._state_ts)
+            self.client.publish(state_topic(sp.host_id), payload, qos=1, retain=True)
         try:
             if not await self.client.drain(timeout=5.0):
                 log.warning(
@@ -321,6 +477,9 @@ class DetectorService(AsyncClosing):
                 log.exception("closing the %s sink failed at shutdown", sink.name)
         if complete:  # else the last complete round's state matches what the broker forgot
             self.save()
+        for log_file in (self.journal, self.outbox):
+            if log_file is not None:
+                log_file.close()
 
     async def _silence_loop(self) -> None:
         period = min(1.0, self.settings.detector.interval)
@@ -351,12 +510,14 @@ def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
     dump(path, state, sync=sync)
 
 
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    """:func:`save_state`, logging a failure instead of raising it."""
+def write_state(path: Path, state: dict[str, Any]) -> bool:
+    """:func:`save_state`, logging a failure instead of raising it (then False)."""
     try:
         save_state(path, state)
     except (OSError, StateFileError) as exc:
         log.error("could not save detector state to %s: %s", path, exc)
+        return False
+    return True
 
 
 async def run_service(
@@ -384,7 +545,7 @@ async def run_service(
         if settings.kafka.url:
             from .sinks.kafka import KafkaSink
 
-            tracked = settings.service.ack_after == "durable"
+            tracked = settings.service.ack_after != "processed"
             kafka = KafkaSink(settings.kafka, tracking=tracked)
             stack.push_async_callback(asyncio.to_thread, kafka.close, 10.0)
         service = DetectorService(settings, store=store, kafka=kafka, transport=transport)

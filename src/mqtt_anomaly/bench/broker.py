@@ -38,10 +38,20 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """One Mosquitto process; ``with Mosquitto(workdir) as broker: broker.url``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *, nodelay: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        nodelay: bool = False,
+        max_inflight: int = 0,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.nodelay = nodelay
+        self.max_inflight = max_inflight
+        """``max_inflight_messages``: 0 (no limit, as ``deploy/mosquitto/mosquitto.conf``)
+        or Mosquitto's stock 20."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,7 +74,7 @@ class Mosquitto:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
+            f"max_inflight_messages {self.max_inflight}\n"
             + ("set_tcp_nodelay true\n" if self.nodelay else "")
             + f"log_dest file {self.workdir / 'mosquitto.log'}\n"
             "log_type error\nlog_type warning\n"

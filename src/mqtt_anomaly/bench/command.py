@@ -48,6 +48,16 @@ def bench(
             "settings, Nagle's algorithm on, as most installations run it).",
         ),
     ] = False,
+    broker_inflight: Annotated[
+        int,
+        typer.Option(
+            "--broker-inflight",
+            help="Private Mosquitto's max_inflight_messages: 0 = no limit, as "
+            "deploy/mosquitto/mosquitto.conf (default); 20 = Mosquitto's stock window.",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
     sensors: Annotated[
         int | None,
         typer.Option(
@@ -132,6 +142,14 @@ def bench(
             show_default=False,
         ),
     ] = None,
+    payload: Annotated[
+        str,
+        typer.Option(
+            help="Throughput workload: flat (one JSON reading per message), nested-json (4 "
+            "values per message through a mapping rule) or sparkplug (Sparkplug B DDATA of 4 "
+            "metrics by alias); the ratio is per message.",
+        ),
+    ] = "flat",
     quick: Annotated[
         bool, typer.Option("--quick", help="Smoke size: every measurement, in seconds.")
     ] = False,
@@ -168,6 +186,7 @@ def bench(
             config=config,
             broker=broker,
             broker_nodelay=broker_nodelay,
+            broker_inflight=broker_inflight,
             sensors=sensors,
             readings=readings,
             rate=rate,
@@ -183,6 +202,7 @@ def bench(
             http_sensors=http_sensors,
             http_seconds=http_seconds,
             profile=profile,
+            payload=payload,
         )
         with _progress(opts, err) as step:
             result = run_bench(opts, step)
@@ -205,7 +225,10 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     def bad(option: str, why: str) -> ConfigError:
         return ConfigError(f"{option}: {why}")
 
-    changes: dict[str, Any] = {"broker_nodelay": o["broker_nodelay"]}
+    changes: dict[str, Any] = {
+        "broker_nodelay": o["broker_nodelay"],
+        "broker_inflight": o["broker_inflight"],
+    }
     if o["config"] is not None:
         load_settings(o["config"])  # a broken file stops here, with its own message
         changes["config"] = str(o["config"])
@@ -255,6 +278,13 @@ def _apply(opts: BenchOptions, **o: Any) -> BenchOptions:
     if o["compare_http"] and "http" not in sections:
         sections.append("http")
     changes["sections"] = tuple(sections)
+    from .payloads import PAYLOADS
+
+    if o["payload"] not in PAYLOADS:
+        raise bad("--payload", f"unknown {o['payload']!r} (choose from {', '.join(PAYLOADS)})")
+    if o["payload"] != "flat" and set(sections) - {"throughput", "memory"}:
+        raise bad("--payload", "applies to the throughput trials: add --only throughput")
+    changes["payload"] = o["payload"]
     if o["profile"] is not None:
         from .profile import py_spy
 

@@ -37,6 +37,7 @@ class ConsumerSpec:
     max_sensors: int | None = None
     profile: str | None = None  # record the service with py-spy into this file
     ack_after: str | None = None  # the service's service.ack_after; None: the configured one
+    overrides: dict[str, Any] | None = None  # the payload workload's settings (payloads.py)
 
 
 def baseline_main(conn: Connection, spec: ConsumerSpec) -> None:
@@ -125,8 +126,11 @@ async def _serve(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
     service_overrides: dict[str, Any] = {"state_dir": Path(spec.workdir) / f"state-{pid}"}
     if spec.max_sensors:
         service_overrides["max_sensors"] = spec.max_sensors
-    if spec.ack_after:
-        service_overrides["ack_after"] = spec.ack_after
+    if spec.ack_after:  # "journaled+fsync": journaled with service.fsync
+        mode, _, fsync = spec.ack_after.partition("+")
+        service_overrides["ack_after"] = mode
+        if fsync:
+            service_overrides["fsync"] = True
     store_url = spec.store_url
     if store_url == "sqlite":
         store_url = f"sqlite:///{Path(spec.workdir).resolve() / f'store-{pid}.db'}"
@@ -139,6 +143,7 @@ async def _serve(conn: Connection, spec: ConsumerSpec) -> dict[str, Any]:
             # the load injects spikes at 100/s across the fleet, a flood by design: every
             # alert is published one by one, so each one's latency is measured
             "alerts": {"flood_threshold": 0},
+            **(spec.overrides or {}),
         },
     )
     loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ import numpy as np
 from ..messages import Reading, encode
 from ..topics import TopicTemplate
 from ..transport import codec
+from .payloads import Messages, values_per_message
 from .rawmqtt import AckDrain, open_client, subscribe
 
 BATCH = 2000
@@ -53,9 +54,22 @@ class Fleet:
     readings_topic: str = "factory/{sensor_id}/temperature"
     alerts_topic: str = "factory/{sensor_id}/alerts"
     seed: int = 1
+    payload: str = "flat"  # or nested-json, sparkplug (see payloads.py): sensors are sources
 
     def sensor_id(self, i: int) -> str:
         return f"SENSOR-{i + 1:05d}"
+
+    @property
+    def values(self) -> int:
+        """Readings per message."""
+        return values_per_message(self.payload)
+
+    @property
+    def alerts_filter(self) -> str:
+        """Where the alerts of the fleet's sensors are (mapped ids have several levels)."""
+        if self.payload == "flat":
+            return TopicTemplate(self.alerts_topic).wildcard
+        return self.alerts_topic.split("{sensor_id}")[0] + "#"
 
 
 class Encoder:
@@ -71,30 +85,56 @@ class Encoder:
         self.values = np.round(25.0 + rng.normal(0.0, 0.5, 8192), 2).tolist()
         self.mid = 0
         self.spike_ts = 0.0
+        self.messages = Messages(fleet.payload, fleet.sensors) if fleet.payload != "flat" else None
 
     def packet(self, i: int, ts: float, value: float | None = None) -> bytes:
         s = i % self.fleet.sensors
-        v = self.values[i % len(self.values)] if value is None else value
-        payload = encode(Reading(self.ids[s], ts, v, "C", i // self.fleet.sensors + 1))
+        vals = self.values
+        v = vals[i % len(vals)] if value is None else value
+        seq = i // self.fleet.sensors + 1
+        m = self.messages
+        if m is None:
+            payload = encode(Reading(self.ids[s], ts, v, "C", seq))
+            topic = self.topics[s]
+        else:
+            k = self.fleet.values
+            more = [vals[(i * k + j) % len(vals)] for j in range(1, k)]
+            payload = m.payload_of(s, seq, ts, [v, *more])
+            topic = m.topics[s]
         self.mid = self.mid % 65535 + 1
-        return codec.publish(self.topics[s], payload, qos=self.qos, packet_id=self.mid)
+        return codec.publish(topic, payload, qos=self.qos, packet_id=self.mid)
+
+    def births(self) -> list[bytes]:
+        """Packets before the readings (the Sparkplug births), :meth:`batches` puts first."""
+        if self.messages is None:
+            return []
+        packets, self.mid = self.messages.births(self.qos, self.mid)
+        return packets
 
     def batches(self, n: int, size: int = BATCH) -> list[bytes]:
         """``n`` readings in writes of ``size``; the last one a spike with its own ``ts``
         (:meth:`last_spike` names it), so that its alert marks the end of the run."""
         ts = time.time()
-        self.spike_ts = ts + 1e-3
-        return [
+        self.spike_ts = round((ts + 1e-3) * 1000) / 1000  # exact in milliseconds (Sparkplug)
+        births = self.births()
+        readings = [
             b"".join(
                 self.packet(i, ts) if i < n - 1 else self.packet(i, self.spike_ts, SPIKE)
                 for i in range(lo, min(n, lo + size))
             )
             for lo in range(0, n, size)
         ]
+        return [b"".join(births[lo : lo + size]) for lo in range(0, len(births), size)] + readings
 
     def last_spike(self, n: int) -> tuple[str, float]:
         """(sensor_id, ts) of the spike :meth:`batches` put last."""
-        return self.ids[(n - 1) % self.fleet.sensors], self.spike_ts
+        s = (n - 1) % self.fleet.sensors
+        sid = self.ids[s] if self.messages is None else self.messages.sensor_id(s)
+        return sid, self.spike_ts
+
+    def packets(self, n: int) -> int:
+        """How many packets :meth:`batches` writes for ``n`` messages of readings."""
+        return n + (2 * self.fleet.sensors if self.fleet.payload == "sparkplug" else 0)
 
 
 def batch_size(rate: float) -> int:
@@ -327,8 +367,8 @@ def paced(
 def publisher_main(conn: Connection, url: str, fleet: Fleet) -> None:
     """The publisher process: runs commands from ``conn`` until ``("quit",)``."""
     sys.setswitchinterval(0.0005)  # the alert thread's timestamps should not wait for the GIL
-    cache: dict[tuple[int, int, int], tuple[list[bytes], tuple[str, float]]] = {}
-    alerts = TopicTemplate(fleet.alerts_topic).wildcard
+    cache: dict[tuple[int, int, int], tuple[list[bytes], tuple[str, float], int]] = {}
+    alerts = fleet.alerts_filter
     try:
         while True:
             cmd = conn.recv()
@@ -340,13 +380,13 @@ def publisher_main(conn: Connection, url: str, fleet: Fleet) -> None:
                 if key not in cache:
                     cache.clear()
                     enc = Encoder(fleet, qos)
-                    cache[key] = (enc.batches(n, key[2]), enc.last_spike(n))
-                batches, last = cache[key]
+                    cache[key] = (enc.batches(n, key[2]), enc.last_spike(n), enc.packets(n))
+                batches, last, packets = cache[key]
                 if cmd[0] == "prepare":
                     conn.send(("prepared", None))
                 else:
                     watch = (alerts, *last) if rest and rest[0] else None
-                    conn.send(("result", flat_out(url, batches, n, qos, rate, watch)))
+                    conn.send(("result", flat_out(url, batches, packets, qos, rate, watch)))
             elif cmd[0] == "paced":
                 _, qos, rate, seconds, spike_every, *rest = cmd
                 topic = rest[0] if rest else "alerts"

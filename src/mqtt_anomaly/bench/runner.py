@@ -21,6 +21,7 @@ from .broker import Mosquitto
 from .children import Child
 from .loadgen import Fleet, publisher_main
 from .memory import memory_main
+from .payloads import baseline_filters
 from .report import targets
 from .sysinfo import machine
 
@@ -34,6 +35,7 @@ class BenchOptions:
 
     broker: str | None = None
     broker_nodelay: bool = False  # the private Mosquitto: stock (Nagle on); True: set_tcp_nodelay
+    broker_inflight: int = 0  # the private Mosquitto's max_inflight_messages (stock: 20)
     sensors: int = 1000
     readings: int = 100_000
     pairs: int = 3
@@ -53,6 +55,7 @@ class BenchOptions:
     http_spikes_per_s: float = 5.0
     quick: bool = False
     profile_dir: str | None = None  # record each service process with py-spy into this dir
+    payload: str = "flat"  # the throughput workload: flat, nested-json, sparkplug (payloads.py)
 
     def quick_size(self) -> BenchOptions:
         """The smoke size: every measurement, seconds each."""
@@ -91,7 +94,8 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
                 "set_tcp_nodelay true (--broker-nodelay)"
                 if opts.broker_nodelay
                 else "stock settings: Nagle on (no set_tcp_nodelay)"
-            ),
+            )
+            + f", max_inflight_messages {opts.broker_inflight}",
             "store": opts.store,
         },
         "throughput": [],
@@ -127,21 +131,27 @@ def run_bench(opts: BenchOptions, step: Step = _nothing) -> dict[str, Any]:
 
 
 def _with_broker(opts: BenchOptions, wd: str, result: dict[str, Any], step: Step) -> None:
-    broker = None if opts.broker else Mosquitto(Path(wd) / "broker", nodelay=opts.broker_nodelay)
+    broker = (
+        None
+        if opts.broker
+        else Mosquitto(
+            Path(wd) / "broker", nodelay=opts.broker_nodelay, max_inflight=opts.broker_inflight
+        )
+    )
     if broker is not None:
         broker.start()
     try:
         url = opts.broker or (broker.url if broker else "")
         settings = load_settings(Path(opts.config) if opts.config else None)
         topics = settings.topics
-        fleet = Fleet(opts.sensors, topics.readings, topics.alerts)
+        fleet = Fleet(opts.sensors, topics.readings, topics.alerts, payload=opts.payload)
         publisher = Child("publisher", publisher_main, url, fleet)
         env = throughput.Env(
             url=url,
             workdir=wd,
             publisher=publisher,
             fleet=fleet,
-            filters=topics.filters,
+            filters=baseline_filters(opts.payload, topics.filters),
             store_url=opts.store,
             config=opts.config,
             max_sensors=opts.sensors if opts.sensors > settings.service.max_sensors else None,

@@ -25,6 +25,7 @@ from typing import Any
 from .children import Child
 from .consumers import ConsumerSpec, baseline_main, service_main
 from .loadgen import Fleet
+from .payloads import service_overrides
 from .sysinfo import cpu_seconds
 
 Step = Callable[[str], None]
@@ -55,17 +56,19 @@ def consumer(
     ack_after: str | None = None,
 ) -> Child:
     """Start a baseline or service process and wait until it is subscribed."""
+    service = kind == "service"
     spec = ConsumerSpec(
         url=env.url,
         workdir=env.workdir,
         expected=expected,
         mark=mark,
         filters=env.filters,
-        store_url=env.store_url if kind == "service" else "none://",
+        store_url=env.store_url if service else "none://",
         config=env.config,
         max_sensors=env.max_sensors,
         profile=profile,
         ack_after=ack_after,
+        overrides=service_overrides(env.fleet.payload) if service else None,
     )
     child = Child(kind, baseline_main if kind == "baseline" else service_main, spec)
     try:
@@ -83,7 +86,10 @@ def trial(
     profile = None
     if env.profile_dir and kind == "service":
         profile = str(Path(env.profile_dir) / f"service-qos{qos}-{int(time.time() * 1000)}.txt")
-    child = consumer(env, kind, n, mark=n // 10, profile=profile, ack_after=ack_after)
+    # the service counts readings (values per message × messages), the baseline messages
+    # (with the Sparkplug births)
+    expected = n * env.fleet.values if kind == "service" else n + _births(env.fleet)
+    child = consumer(env, kind, expected, mark=n // 10, profile=profile, ack_after=ack_after)
     broker_cpu = _cpu(env.broker_pid)
     publisher_cpu = _cpu(env.publisher.pid)
     try:
@@ -100,7 +106,7 @@ def trial(
     return {
         "kind": kind,
         "count": count,
-        "lost": max(0, n - count),
+        "lost": max(0, expected - count),
         "rate": (count - res["count_mark"]) / window if window > 0 else 0.0,
         # None: the service's alert for the last reading never arrived
         "end_to_end_rate": None if end is None else n / max(end - pub["t_start"], 1e-9),
@@ -135,6 +141,10 @@ def wait_for_profile(path: Path, cpu_us: float) -> dict[str, Any] | None:
     return None
 
 
+def _births(fleet: Fleet) -> int:
+    return 2 * fleet.sensors if fleet.payload == "sparkplug" else 0
+
+
 def _cpu(pid: int | None) -> float:
     if not pid:
         return 0.0
@@ -158,8 +168,11 @@ def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict
     b_med = statistics.median(t["rate"] for t in base)
     s_med = statistics.median(t["rate"] for t in serv)
     s_cpu = statistics.median(t["cpu_s_per_10k"] for t in serv)
+    k = env.fleet.values
     return {
         "qos": qos,
+        "payload": env.fleet.payload,
+        "values_per_message": k,
         "readings": n,
         "offered_rate": rate or None,
         "sensors": env.fleet.sensors,
@@ -167,7 +180,10 @@ def run(env: Env, qos: int, n: int, pairs: int, rate: float, step: Step) -> dict
         "service_rates": [round(t["rate"]) for t in serv],
         "baseline_median": round(b_med),
         "service_median": round(s_med),
-        "ratio": round(s_med / b_med, 3) if b_med else 0.0,
+        # per message: the service's readings/s over its values per message, against the
+        # baseline's messages/s (the same for one value per message)
+        "service_messages_median": round(s_med / k),
+        "ratio": round(s_med / k / b_med, 3) if b_med else 0.0,
         "service_end_to_end_median": _median_end_to_end(serv),
         "baseline_end_to_end_median": _median_end_to_end(base),
         "publisher_median": round(statistics.median(t["publisher_rate"] for t in trials)),
@@ -201,10 +217,16 @@ def _median_end_to_end(trials: list[dict[str, Any]]) -> int | None:
 
 def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:
     """What delivery tracking costs: ``pairs`` × the service at QoS 1 acknowledging after
-    processing, then after the durable sinks confirmed; medians and their ratio."""
+    processing, after the durable sinks confirmed, once journaled, and once journaled with
+    ``service.fsync``, alternately; medians and their ratio to the first."""
     env.publisher.send("prepare", 1, n, 0.0)
     env.publisher.expect("prepared", 120)
-    trials: dict[str, list[dict[str, Any]]] = {"processed": [], "durable": []}
+    trials: dict[str, list[dict[str, Any]]] = {
+        "processed": [],
+        "durable": [],
+        "journaled": [],
+        "journaled+fsync": [],
+    }
     for i in range(pairs):
         for mode, runs in trials.items():
             step(f"delivery tracking: ack after {mode} {i + 1}/{pairs}")
@@ -225,6 +247,14 @@ def run_delivery(env: Env, n: int, pairs: int, step: Step) -> dict[str, Any]:
         "tracked_cpu_s_per_10k": round(
             statistics.median(t["cpu_s_per_10k"] for t in trials["durable"]), 4
         ),
+        "modes": {
+            mode: {
+                "median": round(statistics.median(t["rate"] for t in runs)),
+                "cpu_s_per_10k": round(statistics.median(t["cpu_s_per_10k"] for t in runs), 4),
+                "ratio": round(statistics.median(t["rate"] for t in runs) / off, 3) if off else 0.0,
+            }
+            for mode, runs in trials.items()
+        },
         "lost": sum(t["lost"] for runs in trials.values() for t in runs),
         "trials": [t for runs in trials.values() for t in runs],
     }

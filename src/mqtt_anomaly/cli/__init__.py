@@ -1,6 +1,7 @@
 """The ``mqtt-anomaly`` command line: the typer app and :func:`main`.
 
-One module per command group: ``detect``, ``alerts``, ``demo`` and ``config`` live here; the
+One module per command group: ``detect``, ``alerts``, ``demo``, ``config`` and
+``maintenance`` live here; the
 other commands live with what they drive (``simulate/command.py``, ``bench/command.py``,
 ``certs.py``, ``replay/command.py``, ``evaluate/cli.py``) and are mounted by this module.
 Every command module takes its shared options from :mod:`.options` and its settings from
@@ -49,6 +50,7 @@ def _build_app() -> typer.Typer:
     from .config import config_app
     from .demo import demo
     from .detect import detect
+    from .maintenance import app as maintenance_app
 
     root = typer.Typer(
         name="mqtt-anomaly",
@@ -59,6 +61,7 @@ def _build_app() -> typer.Typer:
     )
     root.callback()(_root)
     root.add_typer(config_app, name="config")
+    root.add_typer(maintenance_app, name="maintenance")
     root.add_typer(assets_app, name="assets")
     root.command("detect")(detect)
     root.command("alerts")(alerts)

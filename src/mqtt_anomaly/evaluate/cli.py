@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,9 @@ from ..detectors import available, create
 from ..errors import ConfigError, MqttAnomalyError
 from . import leaderboard
 from .nab import load_corpus
-from .runner import CsvReport, evaluate_csv, read_labelled_csv, report_nab, run_nab, write_results
+from .rows import Counts, ScorerResult, Totals, evaluate_series
+from .runner import read_labelled_csv, report_nab, run_nab, write_results
+from .scorers import ALWAYS, create_scorer, scorer_names
 
 DEFAULT_DATA = Path("../shared/datasets/nab")
 
@@ -164,35 +167,64 @@ def nab(
     )
 
 
-def _csv_table(reports: list[CsvReport]) -> Table:
-    first = reports[0]
-    table = Table(
-        title=f"{first.file}: {first.rows:,} rows, {first.windows} NAB windows",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        show_edge=False,
-    )
-    for head in ("detector", "rows P/R/F1", "events P/R/F1", "NAB std/FP/FN", "points/s"):
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def rows_table(title: str, results: list[tuple[str, Counts, str]]) -> Table:
+    """Point and event metrics per detector; the third item is an extra cell (NAB, speed)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
+    heads = ("detector", "rows P/R/F1", "false alarms", "missed", "events P/R/F1", "found", "")
+    for head in heads:
         table.add_column(head, justify="left" if head == "detector" else "right", no_wrap=True)
-    for r in reports:
-        d = r.as_dict()
-        prf = [
-            "/".join(f"{d[k][m]:.2f}" for m in ("precision", "recall", "f1"))
-            for k in ("point", "event")
-        ]
-        nab = d["nab"]["optimised"]
-        scores = ("n/a" if nab[p]["score"] is None else f"{nab[p]['score']:.1f}" for p in nab)
-        pps = d["points_per_second"]
-        table.add_row(r.detector, *prf, "/".join(scores), "" if pps is None else f"{pps:,.0f}")
+    for name, c, extra in results:
+        p, e = c.point(), c.event()
+        table.add_row(
+            name,
+            "/".join(_f(p[k]) for k in ("precision", "recall", "f1")),
+            _f(p["false_alarm_rate"]),
+            _f(p["missed_alarm_rate"]),
+            "/".join(_f(e[k]) for k in ("precision", "recall", "f1")),
+            f"{e['detected_events']}/{e['events']}",
+            extra,
+        )
     return table
+
+
+def _extra(r: ScorerResult, cells: int) -> str:
+    parts = []
+    if r.nab is not None:
+        std = r.nab["optimised"]["standard"].score
+        parts.append(f"NAB {std:.1f}" if math.isfinite(std) else "NAB n/a")
+    if r.seconds > 0 and r.scorer != ALWAYS:
+        parts.append(f"{cells / r.seconds:,.0f} pts/s")
+    return " ".join(parts)
+
+
+RATES_NOTE = (
+    "rows P/R/F1 count rows; false alarms: share of normal rows flagged; missed: share of "
+    "anomalous rows not flagged; events: runs of labelled rows found / runs of flags touching "
+    "one. 'always' flags every row: a detector not above its F1 learned nothing the labels "
+    "reward."
+)
 
 
 @app.command("csv")
 def csv_command(
-    file: Annotated[Path, typer.Argument(help="CSV with a header row.", show_default=False)],
-    label_column: Annotated[
-        str, typer.Option(help="Column marking anomalous rows (1/0, true/false).")
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="CSV files with a header row (',', ';', tab or '|'); each is one asset.",
+            show_default=False,
+        ),
     ],
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Column marking anomalous rows (1/0, true/false); default: anomaly or label.",
+            show_default=False,
+        ),
+    ] = None,
     value_column: Annotated[
         list[str] | None,
         typer.Option(
@@ -200,46 +232,94 @@ def csv_command(
             show_default=False,
         ),
     ] = None,
-    timestamp_column: Annotated[
-        str | None,
+    exclude_column: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Epoch seconds or ISO times; default: 'timestamp' if present, else row numbers.",
+            help="Column not to score, e.g. a second label column (repeatable).",
             show_default=False,
         ),
     ] = None,
+    timestamp_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Epoch seconds or ISO times; default: timestamp, datetime, time, date or ts "
+            "if present, else row numbers.",
+            show_default=False,
+        ),
+    ] = None,
+    train_rows: Annotated[
+        int,
+        typer.Option(
+            help="Rows at the start of each file learned as normal (commissioning), not scored.",
+            min=0,
+        ),
+    ] = 0,
     detector: DetectorOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score detectors on a labelled CSV: precision/recall/F1 and NAB scores.
+    """Score detectors on labelled CSV exports: point and event precision/recall/F1,
+    false- and missed-alarm rates, per file and micro-averaged over all files.
 
-    A row is detected when any of its columns scores at or above the detector's alert level.
-    "rows" metrics count rows; "events" count runs of labelled rows found (recall) and runs of
-    detections that touch one (precision). NAB windows are built from the labels as NAB does.
+    Detectors: "default" (the configured set on every column), each univariate detector on
+    every column, the multivariate ones when installed; a row is flagged when any column is.
+    Each file is one asset scored on its own, from a fresh detector: its first --train-rows
+    rows are learned, not scored. "always" (flag every row) is in every report.
+
+    Example: mqtt-anomaly evaluate csv data/*.csv --train-rows 400 --exclude-column changepoint
     """
     try:
-        names, settings = _detectors(detector, config)
-        if not file.is_file():
-            raise ConfigError(f"{file}: no such file")
-        data = read_labelled_csv(file, label_column, value_column, timestamp_column)
-        reports = [evaluate_csv(data, name, settings) for name in names]
+        settings = load_settings(config).detector
+        names = list(dict.fromkeys(detector or scorer_names()))
+        for name in names:
+            create_scorer(name, settings)
+        reports = []
+        for file in files:
+            if not file.is_file():
+                raise ConfigError(f"{file}: no such file")
+            data = read_labelled_csv(
+                file, label_column, value_column, timestamp_column, exclude_column or ()
+            )
+            reports.append(
+                evaluate_series(
+                    str(file),
+                    data.columns,
+                    data.values,
+                    data.epoch,
+                    data.labels,
+                    names,
+                    train_rows=train_rows,
+                    settings=settings,
+                    nab=True,
+                )
+            )
     except MqttAnomalyError as exc:
         fail(str(exc))
+    total = Totals.of(reports)
     if as_json:
         _dump(
             {
-                "file": str(file),
-                "rows": len(data.labels),
-                "labelled_rows": int(data.labels.sum()),
-                "results": [r.as_dict() for r in reports],
+                "train_rows": train_rows,
+                "files": [r.as_dict() for r in reports],
+                "total": total.as_dict(),
             }
         )
         return
-    out.print(_csv_table(reports))
-    out.print(
-        "Classification at each detector's alert level; NAB scores at the threshold optimised "
-        "on this file."
-    )
+    if len(reports) == 1:
+        (rep,) = reports
+        cells = rep.scored_rows * len(rep.columns)
+        title = (
+            f"{rep.name}: {rep.scored_rows:,} rows scored after {rep.train_rows:,} learned, "
+            f"{rep.labelled_rows:,} labelled; columns {', '.join(rep.columns)}"
+        )
+        out.print(rows_table(title, [(r.scorer, r.counts, _extra(r, cells)) for r in rep.results]))
+    else:
+        title = (
+            f"{len(reports)} files, micro-averaged: {total.scored_rows:,} rows scored after "
+            f"{train_rows:,} learned in each, {total.labelled_rows:,} labelled"
+        )
+        out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
+    out.print(RATES_NOTE)
 
 
 if __name__ == "__main__":

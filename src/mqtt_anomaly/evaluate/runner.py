@@ -16,6 +16,7 @@ epoch seconds. A missing (NaN) value is not fed; its row has no score.
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ..config import DetectorSettings
 from ..detectors import create
 from ..detectors.base import Detector, FloatArray, IntArray
 from ..errors import ConfigError
-from .nab import Corpus, ProfileScore, Series, score_all, windows_from_labels
+from .nab import Corpus, ProfileScore, score_all
 
 Progress = Callable[[int, int], None]
 """Called with (rows fed, rows in all) as a run advances."""
@@ -125,13 +126,13 @@ class NabReport:
             "seconds": round(self.seconds, 4),
             "points_per_second": rounded(self.points_per_second, 1),
             "profiles": {
-                p: {**_score_dict(s), "at_alert_level": _score_dict(self.at_alert[p])}
+                p: {**score_dict(s), "at_alert_level": score_dict(self.at_alert[p])}
                 for p, s in self.optimised.items()
             },
         }
 
 
-def _score_dict(ps: ProfileScore) -> dict[str, Any]:
+def score_dict(ps: ProfileScore) -> dict[str, Any]:
     return {"threshold": ps.threshold, "raw": round(ps.raw, 6), "score": rounded(ps.score, 4)}
 
 
@@ -175,6 +176,9 @@ def write_results(corpus: Corpus, run: Run, results_dir: Path) -> int:
 
 _TRUE = {"true", "yes", "anomaly"}
 _FALSE = {"", "false", "no", "normal"}
+DELIMITERS = (";", ",", "\t", "|")
+TIMESTAMP_NAMES = ("timestamp", "datetime", "time", "date", "ts")
+LABEL_NAMES = ("anomaly", "label", "is_anomaly", "labels")
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,20 +190,52 @@ class LabelledCsv:
     values: FloatArray  # rows x columns, NaN where a cell is empty
     epoch: FloatArray
     labels: np.ndarray[Any, np.dtype[np.bool_]]
+    label_column: str = "anomaly"
+    delimiter: str = ","
 
 
-def _number(path: Path, line: int, col: str, cell: str) -> float:
-    try:
-        return float(cell) if cell.strip() else float("nan")
-    except ValueError as exc:
-        raise ConfigError(f"{path}:{line}: column {col!r}: {cell!r} is not a number") from exc
+def sniff_delimiter(header: str) -> str:
+    """The delimiter of a CSV from its header line: the most frequent of ``; , TAB |``
+    (``;`` wins a tie, as in European exports whose numbers may use decimal commas).
+
+    >>> sniff_delimiter("datetime;Accelerometer1RMS;Current;anomaly;changepoint")
+    ';'
+    >>> sniff_delimiter("timestamp,value,label"), sniff_delimiter("value")
+    (',', ',')
+    """
+    counts = [header.count(d) for d in DELIMITERS]
+    best = max(range(len(DELIMITERS)), key=lambda i: counts[i])
+    return DELIMITERS[best] if counts[best] else ","
 
 
-def _label(path: Path, line: int, col: str, cell: str) -> bool:
-    word = cell.strip().lower()
-    if word in _TRUE or word in _FALSE:
-        return word in _TRUE
-    return _number(path, line, col, cell) != 0.0
+class _Cells:
+    """Parses the cells of one file; error messages name the file, line and column."""
+
+    def __init__(self, path: Path, delimiter: str) -> None:
+        self.path = path
+        self.decimal_comma = delimiter != ","
+
+    def number(self, line: int, col: str, cell: str) -> float:
+        text = cell.strip()
+        if not text:
+            return float("nan")
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        if self.decimal_comma and "," in text:
+            try:
+                return float(text.replace(".", "").replace(",", "."))  # 1.234,5 and 3,25
+            except ValueError:
+                pass
+        raise ConfigError(f"{self.path}:{line}: column {col!r}: {cell!r} is not a number")
+
+    def label(self, line: int, col: str, cell: str) -> bool:
+        word = cell.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        value = self.number(line, col, cell)
+        return bool(value != 0.0 and not math.isnan(value))
 
 
 def _epoch(path: Path, col: str, cells: list[str]) -> FloatArray:
@@ -208,50 +244,78 @@ def _epoch(path: Path, col: str, cells: list[str]) -> FloatArray:
     except ValueError:
         pass
     try:
-        stamps = np.array([c.strip().replace(" ", "T") for c in cells], dtype="datetime64[us]")
+        stamps = np.array(
+            [c.strip().replace(" ", "T").removesuffix("Z") for c in cells], dtype="datetime64[us]"
+        )
     except ValueError as exc:
-        raise ConfigError(f"{path}: column {col!r} holds neither numbers nor timestamps") from exc
+        raise ConfigError(
+            f"{path}: column {col!r} holds neither epoch seconds nor ISO 8601 times "
+            "(pass --timestamp-column to choose another)"
+        ) from exc
     return stamps.astype(np.int64).astype(np.float64) / 1e6
+
+
+def _find(header: list[str], names: Sequence[str]) -> str | None:
+    """The first column whose name, ignoring case, is one of ``names``."""
+    lower = {h.lower(): h for h in reversed(header)}
+    return next((lower[n] for n in names if n in lower), None)
 
 
 def read_labelled_csv(
     path: Path,
-    label_column: str,
+    label_column: str | None = None,
     value_columns: Sequence[str] | None = None,
     timestamp_column: str | None = None,
+    exclude_columns: Sequence[str] = (),
 ) -> LabelledCsv:
-    """Read ``path``; value columns default to every column but the label and timestamp.
+    """Read ``path``; value columns default to every column but the label, the timestamp and
+    ``exclude_columns``.
 
-    The timestamp column (default ``timestamp`` when there is one) may hold epoch seconds or
+    The delimiter is found from the header (:func:`sniff_delimiter`); with ``;`` or a tab,
+    decimal commas (``3,25``) are read too. The label column defaults to the first of
+    ``anomaly``, ``label``, ``is_anomaly``, ``labels`` (any case); the timestamp column to the
+    first of ``timestamp``, ``datetime``, ``time``, ``date``, ``ts``. It may hold epoch seconds or
     ISO date-times; without one, row numbers stand in as seconds.
     """
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    delimiter = sniff_delimiter(text.split("\n", 1)[0])
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
     if len(rows) < 2:
         raise ConfigError(f"{path}: needs a header and at least one row")
     header = [h.strip() for h in rows[0]]
     body = [r for r in rows[1:] if any(c.strip() for c in r)]
-    if timestamp_column is None and "timestamp" in header:
-        timestamp_column = "timestamp"
-    cols = list(value_columns or [c for c in header if c not in (label_column, timestamp_column)])
-    for col in [label_column, *cols, *([timestamp_column] if timestamp_column else [])]:
+    columns = ", ".join(header)
+    if label_column is None:
+        label_column = _find(header, LABEL_NAMES)
+        if label_column is None:
+            raise ConfigError(f"{path}: which column is the label? pass --label-column ({columns})")
+    if timestamp_column is None:
+        timestamp_column = _find(header, TIMESTAMP_NAMES)
+    for col in [label_column, *exclude_columns, *([timestamp_column] if timestamp_column else [])]:
         if col not in header:
-            raise ConfigError(f"{path}: no column {col!r} (columns: {', '.join(header)})")
+            raise ConfigError(f"{path}: no column {col!r} (columns: {columns})")
+    skip = {label_column, timestamp_column, *exclude_columns}
+    cols = list(value_columns or [c for c in header if c not in skip])
+    for col in cols:
+        if col not in header:
+            raise ConfigError(f"{path}: no column {col!r} (columns: {columns})")
     if not cols:
         raise ConfigError(f"{path}: no value column to score")
-    at = {c: header.index(c) for c in header}
+    at = {c: header.index(c) for c in reversed(header)}
     for n, r in enumerate(body):
         if len(r) < len(header):
             raise ConfigError(f"{path}:{n + 2}: {len(r)} cells for {len(header)} columns")
+    cells = _Cells(path, delimiter)
     values = np.array(
-        [[_number(path, n + 2, c, r[at[c]]) for c in cols] for n, r in enumerate(body)],
+        [[cells.number(n + 2, c, r[at[c]]) for c in cols] for n, r in enumerate(body)],
         dtype=np.float64,
     ).reshape(len(body), len(cols))
     labels = np.array(
-        [_label(path, n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
+        [cells.label(n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
         dtype=bool,
     )
     epoch = (
@@ -259,7 +323,7 @@ def read_labelled_csv(
         if timestamp_column
         else np.arange(len(body), dtype=np.float64)
     )
-    return LabelledCsv(path.name, tuple(cols), values, epoch, labels)
+    return LabelledCsv(path.name, tuple(cols), values, epoch, labels, label_column, delimiter)
 
 
 def _runs(mask: np.ndarray[Any, np.dtype[np.bool_]]) -> tuple[IntArray, IntArray]:
@@ -274,7 +338,7 @@ def _touched(mask: np.ndarray[Any, np.dtype[np.bool_]], first: IntArray, last: I
     return int(np.count_nonzero(c[last + 1] - c[first] > 0))
 
 
-def _prf(tp: int, n_pred: int, n_true: int, hits: int | None = None) -> dict[str, float | int]:
+def prf(tp: int, n_pred: int, n_true: int, hits: int | None = None) -> dict[str, float | int]:
     p = tp / n_pred if n_pred else 0.0
     r = (tp if hits is None else hits) / n_true if n_true else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
@@ -301,7 +365,7 @@ def classification_metrics(
         "tp": tp,
         "fp": int(np.count_nonzero(detected & ~labels)),
         "fn": int(np.count_nonzero(~detected & labels)),
-        **_prf(tp, int(detected.sum()), int(labels.sum())),
+        **prf(tp, int(detected.sum()), int(labels.sum())),
     }
     events, alarms = _runs(labels), _runs(detected)
     found, true_alarms = _touched(detected, *events), _touched(labels, *alarms)
@@ -310,73 +374,6 @@ def classification_metrics(
         "detected_events": found,
         "alarms": len(alarms[0]),
         "true_alarms": true_alarms,
-        **_prf(true_alarms, len(alarms[0]), len(events[0]), found),
+        **prf(true_alarms, len(alarms[0]), len(events[0]), found),
     }
     return {"point": point, "event": event}
-
-
-@dataclass(frozen=True)
-class CsvReport:
-    """A detector on a labelled CSV: classification at its alert level, and NAB scores."""
-
-    file: str
-    detector: str
-    columns: tuple[str, ...]
-    rows: int
-    points: int
-    seconds: float
-    alert_level: float
-    metrics: dict[str, dict[str, float | int]]
-    windows: int
-    optimised: dict[str, ProfileScore]
-    at_alert: dict[str, ProfileScore]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "detector": self.detector,
-            "columns": list(self.columns),
-            "rows": self.rows,
-            "points": self.points,
-            "points_per_second": rounded(self.points / self.seconds, 1) if self.seconds else None,
-            "alert_level": self.alert_level,
-            **self.metrics,
-            "nab": {
-                "windows": self.windows,
-                "optimised": {p: _score_dict(s) for p, s in self.optimised.items()},
-                "at_alert_level": {p: _score_dict(s) for p, s in self.at_alert.items()},
-            },
-        }
-
-
-def evaluate_csv(
-    data: LabelledCsv, detector: str, settings: DetectorSettings | None = None
-) -> CsvReport:
-    """Run ``detector`` over every value column (one slot each) and score the row score.
-
-    A row's score is the highest of its columns' scores: a row is detected when any sensor is.
-    NAB windows are built from the label column with :func:`~.nab.windows_from_labels`.
-    """
-    det = create(detector, settings)
-    cols = [data.values[:, c] for c in range(len(data.columns))]
-    outs, seconds = feed(det, cols, [data.epoch] * len(cols))
-    stacked = np.column_stack(outs) if outs else np.zeros((len(data.labels), 0))
-    row_score = np.nan_to_num(np.fmax.reduce(stacked, axis=1), nan=0.0)
-    name = data.name
-    stamps = (data.epoch * 1e6).astype(np.int64).astype("datetime64[us]")
-    series = Series(name, stamps, row_score, windows_from_labels(data.labels))
-    corpus = Corpus([series])
-    scores = {name: row_score}
-    return CsvReport(
-        file=name,
-        detector=detector,
-        columns=data.columns,
-        rows=len(row_score),
-        points=int(np.count_nonzero(~np.isnan(data.values))),
-        seconds=seconds,
-        alert_level=det.raise_level,
-        metrics=classification_metrics(row_score >= det.raise_level, data.labels),
-        windows=corpus.n_windows,
-        optimised=score_all(corpus, scores),
-        at_alert=score_all(corpus, scores, det.raise_level),
-    )

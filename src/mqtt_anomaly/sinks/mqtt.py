@@ -8,6 +8,7 @@ service's own connection (a :class:`~mqtt_anomaly.transport.base.Transport`).
   retained payload) *before* this batch's health, so an id evicted and back in one batch keeps
   its new health; one log line per burst;
 - **health**: retained, on ``topics.health``;
+- **commands**: Sparkplug NCMD rebirth requests, QoS 0 as the specification has them;
 - **dead letters** to ``topics.deadletter``, at most ``dead_letter_rate`` a second (a token
   bucket; the rest are counted in :attr:`MqttSink.dead_letters_suppressed`), each logged
   (rate-limited by reason).
@@ -22,18 +23,50 @@ from typing import TYPE_CHECKING
 
 from ..console import RateLimitedLog
 from ..floods import FloodEvent, FloodFilter
-from ..messages import encode
+from ..messages import Alert, encode
 from ..topics import TopicTemplate
+from ..transport.codec import (
+    CONTENT_TYPE,
+    MESSAGE_EXPIRY,
+    PAYLOAD_FORMAT,
+    USER_PROPERTY,
+    PropertyValue,
+    encode_properties,
+)
 from .base import BaseSink
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..messages import Alert
+    from ..outbox import Outbox
     from ..pipeline import Output
     from ..transport.base import Transport
     from .console import ConsoleSink
 
 log = logging.getLogger("mqtt_anomaly.service")  # the operator knows these lines by this name
+
+
+def _alert_properties(alert: Alert, expiry: int) -> bytes:
+    """MQTT 5: what a consumer can route an alert by without parsing it, and its expiry.
+
+    >>> from mqtt_anomaly.transport.codec import decode_properties
+    >>> a = Alert("S1", "threshold", "critical", "raised", 98.2, 1.0, 90.0, None, None, 1.0, 1.0)
+    >>> decode_properties(_alert_properties(a, 60))  # doctest: +NORMALIZE_WHITESPACE
+    [(1, 1), (3, 'application/json'), (2, 60), (38, ('sensor_id', 'S1')),
+     (38, ('detector', 'threshold')), (38, ('severity', 'critical')), (38, ('state', 'raised'))]
+    """
+    props: list[tuple[int, PropertyValue]] = [
+        (PAYLOAD_FORMAT, 1),
+        (CONTENT_TYPE, "application/json"),
+    ]
+    if expiry:
+        props.append((MESSAGE_EXPIRY, expiry))
+    props += [
+        (USER_PROPERTY, ("sensor_id", alert.sensor_id)),
+        (USER_PROPERTY, ("detector", alert.detector)),
+        (USER_PROPERTY, ("severity", alert.severity)),
+        (USER_PROPERTY, ("state", alert.state)),
+    ]
+    return encode_properties(props)
 
 
 class MqttSink(BaseSink):
@@ -65,6 +98,8 @@ class MqttSink(BaseSink):
         self._dl_rate = dead_letter_rate
         self._dl_refill = time.monotonic()
         self.dead_letters_suppressed = 0
+        self.outbox: Outbox | None = None
+        """When set, alerts go out through it (:mod:`mqtt_anomaly.outbox`): once each."""
 
     def write(self, out: Output) -> None:
         if out.alerts:
@@ -78,6 +113,8 @@ class MqttSink(BaseSink):
                 publish(topic.format(sid), state.encode(), qos=1, retain=True)
         if out.dead:
             self._dead_letters(out)
+        for command, payload in out.commands:  # Sparkplug rebirth requests (NCMD: QoS 0)
+            self.transport.publish(command, payload, qos=0)
 
     def tick(self, now: float) -> None:
         """The flood filter's periodic check (updates, ends and their stragglers), then the
@@ -88,8 +125,24 @@ class MqttSink(BaseSink):
 
     def _publish_alerts(self, shown: list[Alert], floods: list[FloodEvent]) -> None:
         publish, topic = self.transport.publish, self._alerts_topic
-        for alert in shown:
-            publish(topic.format(alert.sensor_id), encode(alert), qos=1)
+        v5 = self.settings.broker.protocol == "5"
+        expiry = self.settings.broker.message_expiry
+        if self.outbox is not None:  # written down first, an id published already is not sent
+            self.outbox.send(
+                [
+                    (
+                        a.id,
+                        topic.format(a.sensor_id),
+                        encode(a),
+                        _alert_properties(a, expiry) if v5 else b"",
+                    )
+                    for a in shown
+                ]
+            )
+        else:
+            for alert in shown:
+                props = _alert_properties(alert, expiry) if v5 else b""
+                publish(topic.format(alert.sensor_id), encode(alert), qos=1, properties=props)
         console = self.console
         if console is not None and shown:
             console.show(shown)

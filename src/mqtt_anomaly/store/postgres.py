@@ -42,9 +42,9 @@ from psycopg import sql
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .migrations import SCHEMA_VERSION, statements
+from .migrations import ADDED_COLUMNS, SCHEMA_VERSION, postgres_steps
 from .queued import QueuedStore
-from .rows import ALERT_COLUMNS, ALERT_FIELDS, Batch, alert_row
+from .rows import ALERT_WIDTH, Batch, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,15 @@ _SCHEMA: Final = (
     "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key "
     "ON alerts (sensor_id, detector, state, reading_ts)",
 )
-
-
-def _no_columns(table: str) -> set[str]:
-    """PostgreSQL adds a column with IF NOT EXISTS: the steps need not know the columns."""
-    return set()
-
-
+# Version 1 had no unique keys: keep the first copy of each row, then add them (_SCHEMA).
+_MIGRATE_1: Final = (
+    """DELETE FROM readings r USING readings d
+        WHERE r.sensor_id = d.sensor_id AND r.ts = d.ts AND r.seq = d.seq AND r.ctid > d.ctid""",
+    """DELETE FROM alerts a USING alerts d
+        WHERE a.sensor_id = d.sensor_id AND a.detector = d.detector AND a.state = d.state
+        AND a.reading_ts = d.reading_ts AND a.id > d.id""",
+    "DROP INDEX IF EXISTS readings_sensor_ts",
+)
 # Readings are copied into a per-connection staging table, then inserted with ON CONFLICT:
 # COPY itself cannot skip a row that is already stored.
 _STAGING: Final = (
@@ -102,13 +104,14 @@ TABLES: Final = {
     "readings": ("sensor_id", "ts", "value", "seq"),
     "alerts": (
         "id", "sensor_id", "detector", "severity", "state", "value", "score", "threshold",
-        "expected_low", "expected_high", "reading_ts", "alert_ts", "message", "asset_id",
-        "contributions",
+        "expected_low", "expected_high", "reading_ts", "alert_ts", "message",
+        *ADDED_COLUMNS["alerts"],
     ),
 }  # fmt: skip
+_ALERT_COLUMNS: Final = ", ".join(TABLES["alerts"][1:])
 _COPY_READINGS: Final = "COPY readings_in (sensor_id, ts, value, seq) FROM STDIN (FORMAT BINARY)"
 _INSERT_ALERT: Final = (
-    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * ALERT_FIELDS)}) "
+    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join(['%s'] * ALERT_WIDTH)}) "
     "ON CONFLICT DO NOTHING"
 )
 _EXPIRE: Final = (
@@ -214,18 +217,20 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
                     conn.execute(_SCHEMA[0].encode())  # schema_version
                     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
                     version = row[0] if row else None
-                    if version is not None and version < SCHEMA_VERSION:
-                        for statement in statements("postgres", version, _no_columns):
+                    if version is not None and version < 2:
+                        for statement in _MIGRATE_1:
                             conn.execute(statement.encode())
+                    for statement in _SCHEMA[1:]:
+                        conn.execute(statement.encode())
+                    if version is None or version <= SCHEMA_VERSION:  # idempotent steps
+                        for statement in postgres_steps():
+                            conn.execute(statement.encode())
+                    if version is not None and version < SCHEMA_VERSION:
                         conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
                         log.info(
                             "history store %s: schema upgraded to %d", self.name, SCHEMA_VERSION
                         )
-                    for statement in _SCHEMA[1:]:
-                        conn.execute(statement.encode())
                     if version is None:
-                        for statement in statements("postgres", None, _no_columns):
-                            conn.execute(statement.encode())
                         conn.execute(
                             "INSERT INTO schema_version (version, created_at) VALUES (%s, %s)",
                             (SCHEMA_VERSION, time.time()),

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..messages import Alert
 from .base import FloatColumn, IntColumn
+from .migrations import ADDED_COLUMNS
 
 Batch = tuple[Sequence[str], FloatColumn, FloatColumn, IntColumn]
 """One ``add_readings`` call as given: sensor ids, timestamps, values, sequence numbers."""
@@ -25,11 +26,14 @@ def batch_rows(batch: Batch) -> int:
     return len(batch[0])
 
 
-ALERT_COLUMNS: Final = (
-    "sensor_id, detector, severity, state, value, score, threshold, expected_low, "
-    "expected_high, reading_ts, alert_ts, message, asset_id, contributions"
-)
-ALERT_FIELDS: Final = ALERT_COLUMNS.count(",") + 1
+ALERT_COLUMNS: Final = ", ".join(
+    (
+        "sensor_id", "detector", "severity", "state", "value", "score", "threshold",
+        "expected_low", "expected_high", "reading_ts", "alert_ts", "message",
+        *ADDED_COLUMNS["alerts"],
+    )
+)  # fmt: skip
+ALERT_WIDTH: Final = ALERT_COLUMNS.count(",") + 1
 
 
 def _contributions_text(shares: dict[str, float] | None) -> str | None:
@@ -67,6 +71,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.message,
         a.asset_id,
         _contributions_text(a.contributions),
+        a.suppressed or None,
     )
 
 
@@ -87,4 +92,5 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         message=r[11],
         asset_id=r[12] or "",
         contributions=_contributions_of(r[13]),
+        suppressed=r[14] or "",
     )

@@ -40,9 +40,9 @@ import numpy as np
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .migrations import SCHEMA_VERSION, statements
+from .migrations import SCHEMA_VERSION, sqlite_steps
 from .queued import QueuedStore
-from .rows import ALERT_COLUMNS, ALERT_FIELDS, Batch, alert_row
+from .rows import ALERT_COLUMNS, ALERT_WIDTH, Batch, alert_row
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +78,27 @@ CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts);
 CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts);
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_key ON alerts (sensor_id, detector, state, reading_ts);
 """
+# Version 1 had no unique keys: keep the first copy of each row, then add them.
+_MIGRATE_1: Final = """
+DELETE FROM readings WHERE rowid NOT IN
+    (SELECT min(rowid) FROM readings GROUP BY sensor_id, ts, seq);
+DELETE FROM alerts WHERE reading_ts IS NOT NULL AND id NOT IN
+    (SELECT min(id) FROM alerts GROUP BY sensor_id, detector, state, reading_ts);
+DROP INDEX IF EXISTS readings_sensor_ts;
+"""
 # ON CONFLICT skips a row already stored (uniqueness only: NOT NULL still refuses NaN)
 _INSERT_READING: Final = (
     "INSERT INTO readings (sensor_id, ts, value, seq) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-_PLACES: Final = ", ".join("?" * ALERT_FIELDS)
 _INSERT_ALERT: Final = (
-    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({_PLACES}) ON CONFLICT DO NOTHING"
+    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ({', '.join('?' * ALERT_WIDTH)}) "
+    "ON CONFLICT DO NOTHING"
 )
 _EXPIRE: Final = (
     "DELETE FROM readings WHERE rowid IN "
     "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?) AND ts < ?"
 )
 _PRAGMA_NAME: Final = re.compile(r"[a-z_]+")
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    """The columns ``table`` has now."""
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
 # Errors that mean "this data cannot be stored" rather than "the database cannot be written".
 _DATA_ERRORS: Final = (
     sqlite3.IntegrityError,
@@ -233,17 +234,24 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(_SCHEMA.split(";")[0])  # schema_version
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            if row[0] is not None and row[0] < SCHEMA_VERSION:
-                for statement in statements("sqlite", row[0], lambda t: _columns(conn, t)):
-                    conn.execute(statement)
-                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-                log.info("history store %s: schema upgraded to %d", self.path, SCHEMA_VERSION)
+            if row[0] is not None and row[0] < 2:
+                for statement in _MIGRATE_1.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if row[0] is None:
-                for statement in statements("sqlite", None, lambda t: _columns(conn, t)):
+            if row[0] is None or row[0] <= SCHEMA_VERSION:  # the added columns, idempotently
+                existing = {
+                    table: {c[1] for c in conn.execute(f"PRAGMA table_info({table})")}
+                    for table in ("readings", "alerts")
+                }
+                for statement in sqlite_steps(existing):
                     conn.execute(statement)
+            if row[0] is not None and row[0] < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                log.info("history store %s: schema upgraded to %d", self.path, SCHEMA_VERSION)
+            if row[0] is None:
                 conn.execute(
                     "INSERT INTO schema_version (version, created_at) VALUES (?, ?)",
                     (SCHEMA_VERSION, time.time()),

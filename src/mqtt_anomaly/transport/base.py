@@ -44,12 +44,25 @@ class Transport(Protocol):
         ...
 
     # ---- outgoing -------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Send now or queue in order; never blocks, never raises for a full window."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",
+    ) -> None:
+        """Send now or queue in order; never blocks, never raises for a full window.
+        ``properties``: MQTT 5 properties (ignored by a 3.1.1 connection)."""
         ...
 
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
+        ...
+
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
         ...
 
     async def wait_outgoing(self, ticket: int) -> None:

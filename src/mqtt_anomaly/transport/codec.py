@@ -13,12 +13,11 @@ Every MQTT packet of the project is built and parsed here: the service's connect
   A body that does not parse raises :class:`MalformedPacketError` (a :class:`ValueError` with a
   one-line message), never an :class:`IndexError`.
 
-MQTT 3.1.1 (protocol level 4) is what is implemented and tested. The functions of every
-packet that MQTT 5 changes take a ``level``; those of packets that carry properties in MQTT 5
-take ``properties`` (the encoded property block, written only for level 5), and the decoded
-acknowledgements hold reason codes, so that MQTT 5 can be added here without a second codec.
-For level 5 only the framing of the property block is done (its length prefix), not the
-properties themselves.
+MQTT 3.1.1 (protocol level 4) and MQTT 5 (level 5). The functions of every packet that MQTT 5
+changes take a ``level``; those of packets that carry properties in MQTT 5 take
+``properties`` (the encoded property block, written only for level 5:
+:func:`encode_properties`, :func:`decode_properties`), and the decoded acknowledgements hold
+reason codes (:func:`reason_text`).
 
 >>> packets, rest = split(puback(7) + pingreq() + puback(8)[:3])
 >>> [(p.kind, p.body) for p in packets], rest
@@ -35,9 +34,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 MQTT_311 = 4
-"""Protocol level of MQTT 3.1.1 (the only one implemented)."""
+"""Protocol level of MQTT 3.1.1."""
 MQTT_5 = 5
-"""Protocol level of MQTT 5 (framing of properties only; see the module docstring)."""
+"""Protocol level of MQTT 5."""
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
@@ -195,6 +194,167 @@ class _Reader:
             raise MalformedPacketError(f"{self.kind} packet: {self.left()} bytes too many")
 
 
+# ---- MQTT 5 properties -----------------------------------------------------------------------
+PAYLOAD_FORMAT, MESSAGE_EXPIRY, CONTENT_TYPE = 0x01, 0x02, 0x03
+SESSION_EXPIRY, ASSIGNED_CLIENT_ID, SERVER_KEEPALIVE, REASON_STRING = 0x11, 0x12, 0x13, 0x1F
+RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM, TOPIC_ALIAS, MAXIMUM_QOS = 0x21, 0x22, 0x23, 0x24
+USER_PROPERTY, MAXIMUM_PACKET_SIZE = 0x26, 0x27
+# property id → wire type: b byte, h two-byte, i four-byte, v varint, s string, d binary,
+# p string pair (MQTT 5, 2.2.2.2)
+_PROPERTY_TYPES: dict[int, str] = {
+    0x01: "b",
+    0x02: "i",
+    0x03: "s",
+    0x08: "s",
+    0x09: "d",
+    0x0B: "v",
+    0x11: "i",
+    0x12: "s",
+    0x13: "h",
+    0x15: "s",
+    0x16: "d",
+    0x17: "b",
+    0x18: "i",
+    0x19: "b",
+    0x1A: "s",
+    0x1C: "s",
+    0x1F: "s",
+    0x21: "h",
+    0x22: "h",
+    0x23: "h",
+    0x24: "b",
+    0x25: "b",
+    0x26: "p",
+    0x27: "i",
+    0x28: "b",
+    0x29: "b",
+    0x2A: "b",
+}
+PropertyValue = int | str | bytes | tuple[str, str]
+
+
+def encode_properties(props: Sequence[tuple[int, PropertyValue]]) -> bytes:
+    """An MQTT 5 property block (without its length prefix, which the packet functions add).
+
+    >>> encode_properties([(MESSAGE_EXPIRY, 60), (USER_PROPERTY, ("unit", "C"))]).hex(" ")
+    '02 00 00 00 3c 26 00 04 75 6e 69 74 00 01 43'
+    """
+    out = bytearray()
+    for pid, value in props:
+        kind = _PROPERTY_TYPES.get(pid)
+        if kind is None:
+            raise ValueError(f"unknown MQTT 5 property 0x{pid:02x}")
+        out.append(pid)
+        if kind == "p" and isinstance(value, tuple):
+            out += encode_string(value[0]) + encode_string(value[1])
+        elif kind in "sd" and isinstance(value, str | bytes):
+            out += encode_string(value)
+        elif isinstance(value, int):
+            if kind == "b":
+                out.append(value)
+            elif kind == "h":
+                out += _U16.pack(value)
+            elif kind == "i":
+                out += struct.pack("!I", value)
+            else:
+                out += encode_varint(value)
+        else:
+            raise ValueError(f"MQTT 5 property 0x{pid:02x}: {value!r} is not a {kind}")
+    return bytes(out)
+
+
+def decode_properties(block: bytes) -> list[tuple[int, PropertyValue]]:
+    """The properties of a block (as the packet decoders return it), in order.
+
+    >>> decode_properties(encode_properties([(RECEIVE_MAXIMUM, 20), (REASON_STRING, "no")]))
+    [(33, 20), (31, 'no')]
+    """
+    r = _Reader(block, "properties")
+    out: list[tuple[int, PropertyValue]] = []
+    while r.left():
+        pid = r.u8()
+        kind = _PROPERTY_TYPES.get(pid)
+        value: PropertyValue
+        if kind is None:
+            raise MalformedPacketError(f"unknown MQTT 5 property 0x{pid:02x}")
+        if kind == "b":
+            value = r.u8()
+        elif kind == "h":
+            value = r.u16()
+        elif kind == "i":
+            value = (r.u16() << 16) | r.u16()
+        elif kind == "v":
+            got = decode_varint(r.body, r.pos)
+            if got is None:
+                raise r.short()
+            value, r.pos = got
+        elif kind == "s":
+            value = r.text()
+        elif kind == "d":
+            value = r.binary()
+        else:
+            value = (r.text(), r.text())
+        out.append((pid, value))
+    return out
+
+
+REASON_CODES = {
+    0x04: "disconnect with Will message",
+    0x10: "no matching subscribers",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8B: "server shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x96: "message rate too high",
+    0x97: "quota exceeded",
+    0x98: "administrative action",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA0: "maximum connect time",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
+}
+"""MQTT 5 reason codes (CONNACK, PUBACK, SUBACK, DISCONNECT) as operators read them."""
+
+
+def reason_text(code: int, properties: bytes = b"") -> str:
+    """One line for an MQTT 5 reason code, with the broker's reason string if it sent one.
+
+    >>> reason_text(0x87, encode_properties([(REASON_STRING, "ACL")]))
+    'not authorized (0x87: ACL)'
+    """
+    text = REASON_CODES.get(code, "reason")
+    why = ""
+    if properties:
+        try:
+            why = next((str(v) for k, v in decode_properties(properties) if k == REASON_STRING), "")
+        except MalformedPacketError:
+            why = ""
+    return f"{text} (0x{code:02x}{': ' + why if why else ''})"
+
+
 # ---- framing --------------------------------------------------------------------------------
 class Packet(NamedTuple):
     """One whole packet: its type (1-14), the flags of its first byte, its body."""
@@ -348,12 +508,14 @@ class Connack:
         return "" if self.return_code == 0 else connack_reason(self.return_code)
 
 
-def connack_reason(code: int) -> str:
-    """The text of a CONNACK return code other than 0.
+def connack_reason(code: int, level: int = MQTT_311) -> str:
+    """The text of a CONNACK return code other than 0 (MQTT 5: a reason code).
 
-    >>> connack_reason(5), connack_reason(42)
-    ('not authorised', 'code 42')
+    >>> connack_reason(5), connack_reason(42), connack_reason(0x86, MQTT_5)
+    ('not authorised', 'code 42', 'bad user name or password (0x86)')
     """
+    if level >= MQTT_5:
+        return reason_text(code)
     return CONNACK_REASONS.get(code, f"code {code}")
 
 

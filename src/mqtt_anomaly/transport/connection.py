@@ -28,7 +28,7 @@ from typing import Any
 from ..config import BrokerSettings
 from ..errors import BrokerError, ConfigError
 from ..retry import Backoff
-from .codec import SUBACK_FAILURE, connack_reason
+from .codec import MQTT_311, SUBACK_FAILURE, connack_reason, reason_text
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,17 @@ async def await_suback(
         granted = await asyncio.wait_for(waiter, timeout)
     except TimeoutError as exc:
         raise BrokerError(f"no SUBACK from {settings.address} in {timeout}s") from exc
-    refused = [f for f, g in zip(filters, granted, strict=False) if g >= SUBACK_FAILURE]
+    refused = [(f, g) for f, g in zip(filters, granted, strict=False) if g >= SUBACK_FAILURE]
     if refused:
-        raise BrokerError(f"broker refused subscription to {', '.join(refused)}")
+        v5 = settings.protocol == "5"
+        names = [f"{f} ({reason_text(g)})" if v5 else f for f, g in refused]
+        raise BrokerError(f"broker refused subscription to {', '.join(names)}")
 
 
-def refusal(settings: BrokerSettings, name: str, code: int) -> str:
+def refusal(settings: BrokerSettings, name: str, code: int, level: int = MQTT_311) -> str:
     """The message for a CONNACK that refused us with return ``code``.
 
     >>> refusal(BrokerSettings(url="mqtt://b:1883"), "detector", 5)
     'broker b:1883 refused detector: not authorised'
     """
-    return f"broker {settings.address} refused {name}: {connack_reason(code)}"
+    return f"broker {settings.address} refused {name}: {connack_reason(code, level)}"

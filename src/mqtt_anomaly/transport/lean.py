@@ -45,25 +45,40 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import BrokerSettings
+from ..console import RateLimitedLog
 from ..errors import BrokerError
 from ..retry import Backoff
 from .codec import (
     CONNACK,
+    DISCONNECT,
     DISCONNECT_PACKET,
+    MQTT_5,
+    MQTT_311,
     PINGREQ_PACKET,
     PUBACK,
     PUBACK_HEAD,
+    PUBCOMP,
     PUBCOMP_HEAD,
     PUBLISH,
+    PUBREC,
     PUBREC_HEAD,
     PUBREL,
+    PUBREL_HEAD,
+    RECEIVE_MAXIMUM,
+    SESSION_EXPIRY,
     SUBACK,
+    TOPIC_ALIAS,
+    TOPIC_ALIAS_MAXIMUM,
     MalformedPacketError,
+    Will,
     connect,
     decode_connack,
+    decode_properties,
     decode_suback,
     decode_varint,
+    encode_properties,
     publish,
+    reason_text,
     subscribe,
 )
 from .connection import (
@@ -81,7 +96,7 @@ from .outgoing import OutgoingTracker
 log = logging.getLogger(__name__)
 
 Batch = list[tuple[str, bytes, float]]
-_Out = tuple[str, bytes, int, bool, int]
+_Out = tuple[str, bytes, int, bool, int, bytes]  # topic, payload, qos, retain, serial, MQTT 5 props
 
 
 def _tcp_options(sock: Any) -> Callable[[], None] | None:
@@ -228,6 +243,13 @@ class LeanClient:
         self._buffer_size = buffer_size
         self._inflight: dict[int, _Out] = {}  # on the wire, not yet acknowledged, in order
         self._window = settings.max_inflight
+        self._window2 = settings.max_inflight_qos2
+        self._inflight2 = 0  # of which QoS 2 (PUBLISH or PUBREL on the wire)
+        self._released: set[int] = set()  # QoS 2 packet ids whose PUBREC came (PUBREL sent)
+        self.on_qos2_sent: Callable[[int, int], None] | None = None
+        """Called with (serial, packet id) of a QoS 2 publish before its packet is written."""
+        self.on_qos2_received: Callable[[list[int]], None] | None = None
+        """Called with the packet ids whose PUBREC came, before their PUBRELs are written."""
         self._max_queued = settings.max_queued
         self.peak_inflight = 0  # the most QoS 1 publishes ever unacknowledged at once
         self.acked = 0  # PUBACKs of our publishes received
@@ -251,6 +273,13 @@ class LeanClient:
         self._acks = AckHold()  # PUBACKs of processed messages, not yet sent
         self._paused = False
         self._intake = True
+        self.will: Will | None = None  # sent in every CONNECT (the Sparkplug host's STATE)
+        # MQTT 5 (broker.protocol = "5"): the broker's receive maximum bounds the window;
+        # outgoing topic aliases, up to the broker's topic alias maximum, per connection
+        self.level = MQTT_5 if settings.protocol == "5" else MQTT_311
+        self._aliases: dict[str, int] = {}
+        self._alias_max = 0
+        self.reason_log = RateLimitedLog(log)
 
     # ---- receiving ------------------------------------------------------------------
     def _parse(self, data: bytes, proto: _Protocol) -> bytes:
@@ -265,6 +294,7 @@ class LeanClient:
         A malformed packet drops the connection with one error line.
         """
         self._last_in = time.monotonic()
+        v5 = self.level == MQTT_5
         pos, n = 0, len(data)
         batch: Batch = []
         acks: list[bytes] = []
@@ -292,6 +322,14 @@ class LeanClient:
                         mid = data[p : p + 2]
                         p += 2
                         acks.append((PUBACK_HEAD if qos == 1 else PUBREC_HEAD) + mid)
+                    if v5:  # skip the property block (a PUBACK of 2 bytes is a success)
+                        if data[p] < 0x80:
+                            p += 1 + data[p]
+                        else:
+                            got = decode_varint(data, p)
+                            if got is None:
+                                raise MalformedPacketError("PUBLISH properties truncated")
+                            p = got[1] + got[0]
                     if p > end:  # the topic (or packet id) runs past the packet
                         raise MalformedPacketError(f"PUBLISH packet truncated ({length} bytes)")
                     batch.append((topic, data[p:end], now))
@@ -300,16 +338,28 @@ class LeanClient:
                     if out is not None:
                         self.acked += 1
                         self._outgoing.completed(out[4])
+                        if length > 2 and data[i + 2] >= 0x80:  # MQTT 5: refused
+                            self._refused(out[0], data[i + 2], data[i + 3 : end])
+                elif kind in (PUBREC, PUBCOMP):  # of our QoS 2 publish
+                    self._qos2_ack(kind, (data[i] << 8) | data[i + 1], data[i + 2 : end])
                 elif kind == PUBREL:  # of an incoming QoS 2 message
                     acks.append(PUBCOMP_HEAD + data[i : i + 2])
                 elif kind == SUBACK:
-                    suback = decode_suback(data[i:end])
+                    suback = decode_suback(data[i:end], self.level)
                     fut = self._suback.get(suback.packet_id)
                     if fut is not None and not fut.done():
                         fut.set_result(suback.return_codes)
                 elif kind == CONNACK and self._connack is not None and not self._connack.done():
-                    connack = decode_connack(data[i:end])
+                    connack = decode_connack(data[i:end], self.level)
+                    self._negotiated(connack.properties)
                     self._connack.set_result((connack.session_present, connack.return_code))
+                elif kind == DISCONNECT and length:  # MQTT 5: the broker says why
+                    log.error(
+                        "broker %s disconnected %s: %s",
+                        self.settings.address,
+                        self.name,
+                        reason_text(data[i], data[i + 2 : end] if length > 1 else b""),
+                    )
                 pos = end
         except (MalformedPacketError, IndexError) as exc:
             why = str(exc) if isinstance(exc, MalformedPacketError) else "truncated packet"
@@ -317,8 +367,59 @@ class LeanClient:
             return b""
         return self._finish(data[pos:], batch, acks, proto)
 
+    def _negotiated(self, properties: bytes) -> None:
+        """MQTT 5: what the broker's CONNACK allows (receive maximum, topic aliases)."""
+        self._window = self.settings.max_inflight
+        self._alias_max = 0
+        self._aliases.clear()
+        if not properties:
+            return
+        for pid, value in decode_properties(properties):
+            if pid == RECEIVE_MAXIMUM and isinstance(value, int):
+                self._window = min(self._window, value)
+            elif pid == TOPIC_ALIAS_MAXIMUM and isinstance(value, int):
+                self._alias_max = value
+
+    def _refused(self, topic: str, code: int, properties: bytes) -> None:
+        """MQTT 5: the broker refused one of our publishes (one line per reason, rate-limited)."""
+        why = reason_text(code, properties[1:] if properties else b"")
+        self.reason_log.warning(
+            f"puback-{code}",
+            "broker %s refused a publish on %s: %s",
+            self.settings.address,
+            topic,
+            why,
+        )
+
+    def _qos2_ack(self, kind: int, mid: int, reason: bytes = b"") -> None:
+        """PUBREC: the broker has our QoS 2 message (it delivers it on our PUBREL), PUBCOMP:
+        done. Neither is the same step twice: a repeated PUBREC gets its PUBREL again."""
+        out = self._inflight.get(mid)
+        if out is None or out[2] != 2:
+            if kind == PUBREC:  # not ours any more (completed): let the broker finish
+                self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
+            return
+        if kind == PUBREC and reason and reason[0] >= 0x80:  # MQTT 5: refused, flow ends here
+            self._refused(out[0], reason[0], reason[1:])
+            del self._inflight[mid]
+            self._released.discard(mid)
+            self._inflight2 -= 1
+            self._outgoing.completed(out[4])
+            return
+        if kind == PUBREC:
+            if self.on_qos2_received is not None and mid not in self._released:
+                self.on_qos2_received([mid])
+            self._released.add(mid)
+            self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
+            return
+        del self._inflight[mid]
+        self._released.discard(mid)
+        self._inflight2 -= 1
+        self.acked += 1
+        self._outgoing.completed(out[4])
+
     def _finish(self, rest: bytes, batch: Batch, acks: list[bytes], proto: _Protocol) -> bytes:
-        if self._queue and len(self._inflight) < self._window:  # PUBACKs freed the window
+        if self._queue and self._room(self._queue[0][2]):  # PUBACKs freed the window
             self._pump()
         if (self._intake_held or self._parked) and (batch or acks):
             self._parked.append((batch, acks, proto))  # processed once the queue is shorter
@@ -484,7 +585,7 @@ class LeanClient:
             raise TimeoutError("no CONNACK in 10 s") from exc
         if rc != 0:
             proto.transport.abort()  # type: ignore[union-attr]
-            raise BrokerError(refusal(s, self.name, rc))
+            raise BrokerError(refusal(s, self.name, rc, self.level))
         self._proto = proto
         if self._paused:
             proto.transport.pause_reading()  # type: ignore[union-attr]
@@ -504,20 +605,44 @@ class LeanClient:
             keepalive=s.keepalive,
             username=username,
             password=s.secret_password() if username else None,
+            will=self.will,
+            level=self.level,
+            properties=encode_properties([(SESSION_EXPIRY, s.session_expiry)])
+            if self.level == MQTT_5
+            else b"",
         )
 
     def _resume(self, session_present: bool) -> None:
         """After CONNACK: re-send unacknowledged publishes, re-subscribe, send the queue."""
         pending = list(self._inflight.items())
-        if session_present:
+        released = self._released
+        if session_present:  # QoS 2: the broker drops a PUBLISH it has, finishes a PUBREL
+            level = self.level
             self._write(
                 b"".join(
-                    publish(topic, payload, qos=qos, retain=retain, dup=True, packet_id=mid)
-                    for mid, (topic, payload, qos, retain, _) in pending
+                    PUBREL_HEAD + mid.to_bytes(2, "big")
+                    if mid in released
+                    else publish(
+                        topic,
+                        payload,
+                        qos=qos,
+                        retain=retain,
+                        dup=True,
+                        packet_id=mid,
+                        level=level,
+                        properties=props if level == MQTT_5 else b"",
+                    )
+                    for mid, (topic, payload, qos, retain, _, props) in pending
                 )
             )
         else:  # the broker forgot them: new messages, ahead of those queued since
+            for mid, (*_, serial, _) in pending:
+                if mid in released:  # the broker had it: completed (it was lost with the session)
+                    self._outgoing.completed(serial)
+            pending = [(mid, out) for mid, out in pending if mid not in released]
             self._inflight.clear()
+            self._released.clear()
+            self._inflight2 = 0
             if self._filters:
                 self._send_subscribe(self._filters)
             self._queue.extendleft(reversed([out for _, out in pending]))
@@ -599,23 +724,53 @@ class LeanClient:
                 return self._next_mid
         raise BrokerError("no free packet identifier: 65,535 messages unacknowledged")
 
-    def _packet(self, topic: str, payload: bytes, qos: int, retain: bool, serial: int) -> bytes:
-        """The PUBLISH packet, with a packet id taken for QoS 1 (counted in flight)."""
+    def _packet(
+        self, topic: str, payload: bytes, qos: int, retain: bool, serial: int, props: bytes = b""
+    ) -> bytes:
+        """The PUBLISH packet, with a packet id taken for QoS 1 and 2 (counted in flight)."""
         mid = 0
         if qos:
             mid = self._mid()
             inflight = self._inflight
-            inflight[mid] = (topic, payload, 1, retain, serial)
+            inflight[mid] = (topic, payload, qos, retain, serial, props)
             self.peak_inflight = max(self.peak_inflight, len(inflight))
-        return publish(topic, payload, qos=min(qos, 1), retain=retain, packet_id=mid)
+            if qos == 2:
+                self._inflight2 += 1
+                if self.on_qos2_sent is not None:
+                    self.on_qos2_sent(serial, mid)
+        if self.level == MQTT_311:
+            return publish(topic, payload, qos=qos, retain=retain, packet_id=mid)
+        if self._alias_max:  # MQTT 5 topic aliases: the topic once, then its number
+            alias = self._aliases.get(topic)
+            if alias is not None:
+                props += encode_properties([(TOPIC_ALIAS, alias)])
+                topic = ""
+            elif len(self._aliases) < self._alias_max:
+                alias = self._aliases[topic] = len(self._aliases) + 1
+                props += encode_properties([(TOPIC_ALIAS, alias)])
+        return publish(
+            topic,
+            payload,
+            qos=qos,
+            retain=retain,
+            packet_id=mid,
+            level=MQTT_5,
+            properties=props,
+        )
+
+    def _room(self, qos: int) -> bool:
+        """Whether a publish of ``qos`` may go on the wire now (the in-flight windows)."""
+        if not qos:
+            return True
+        return len(self._inflight) < self._window and (qos < 2 or self._inflight2 < self._window2)
 
     def _pump(self) -> None:
         """Send queued publishes while the window has room, in one write."""
-        queue, inflight, window = self._queue, self._inflight, self._window
+        queue = self._queue
         if not self.connected:
             return
         packets = []
-        while queue and (len(inflight) < window or not queue[0][2]):
+        while queue and self._room(queue[0][2]):
             packets.append(self._packet(*queue.popleft()))
         if packets:
             self._write(b"".join(packets))
@@ -623,8 +778,18 @@ class LeanClient:
         if self._intake_held and len(queue) <= self._max_queued // 2:
             self._release_intake()
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",
+    ) -> None:
         """Publish now if connected and the in-flight window has room, else queue (in order).
+        ``properties``: an MQTT 5 property block (:func:`.codec.encode_properties`), left out
+        at 3.1.1.
 
         While connected the queue is not bounded, but past ``max_queued`` the intake is held
         (:attr:`intake_held`); while disconnected at most ``buffer_size`` wait (the oldest are
@@ -635,10 +800,10 @@ class LeanClient:
             outgoing.serial = serial = outgoing.serial + 1
         queue = self._queue
         if self.connected:
-            if not queue and (not qos or len(self._inflight) < self._window):
-                self._write(self._packet(topic, payload, qos, retain, serial))
+            if not queue and self._room(qos):
+                self._write(self._packet(topic, payload, qos, retain, serial, properties))
                 return
-            queue.append((topic, payload, qos, retain, serial))
+            queue.append((topic, payload, qos, retain, serial, properties))
             if len(queue) > self._max_queued:
                 self._hold_intake()
             self.stats.buffered = len(queue)
@@ -649,13 +814,29 @@ class LeanClient:
                 self._outgoing.completed(serial)
                 return
             self._outgoing.completed(queue.popleft()[4])
-        queue.append((topic, payload, qos, retain, serial))
+        queue.append((topic, payload, qos, retain, serial, properties))
         self.stats.buffered = len(queue)
+
+    def resume_qos2(self, packet_id: int, topic: str, payload: bytes, *, released: bool) -> int:
+        """Take over a QoS 2 publish of an earlier process under its packet id (before
+        :meth:`connect`): sent again with DUP, or its PUBREL when ``released``, if the broker
+        kept the session, so the broker never delivers it twice. Returns its new serial."""
+        outgoing = self._outgoing
+        outgoing.serial = serial = outgoing.serial + 1
+        self._inflight[packet_id] = (topic, payload, 2, False, serial, b"")
+        self._inflight2 += 1
+        if released:
+            self._released.add(packet_id)
+        return serial
 
     # ---- tracking what we published -----------------------------------------------------
     def outgoing_mark(self) -> int:
         """A ticket covering every QoS 1 message published so far."""
         return self._outgoing.serial
+
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        return self._outgoing.low
 
     async def wait_outgoing(self, ticket: int) -> None:
         """Wait until the broker acknowledged every QoS 1 message up to ``ticket``, or
@@ -665,7 +846,7 @@ class LeanClient:
 
     def _send_subscribe(self, filters: Sequence[tuple[str, int]]) -> int:
         mid = self._mid()
-        self._write(subscribe(mid, filters))
+        self._write(subscribe(mid, filters, level=self.level))
         return mid
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1, timeout: float = 10.0) -> None:

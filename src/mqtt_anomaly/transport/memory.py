@@ -386,7 +386,15 @@ class MemoryTransport:
         self._schedule()
 
     # ---- outgoing ------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        properties: bytes = b"",  # MQTT 5 only: the in-process broker speaks 3.1.1
+    ) -> None:
         serial = 0
         if qos:
             outgoing = self._outgoing
@@ -431,6 +439,10 @@ class MemoryTransport:
 
     def outgoing_mark(self) -> int:
         return self._outgoing.serial
+
+    def acknowledged_mark(self) -> int:
+        """Every QoS 1 message up to this serial is acknowledged by the broker (or dropped)."""
+        return self._outgoing.low
 
     async def wait_outgoing(self, ticket: int) -> None:
         if not self._paused:

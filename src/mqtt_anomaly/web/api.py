@@ -1,4 +1,5 @@
-"""The REST API: sensors, readings history, alerts (acknowledge, shelve), probes, metrics.
+"""The REST API: sensors, readings history, alerts (acknowledge, shelve), maintenance windows,
+probes, metrics.
 
 Every parameter is bounded: numbers are finite and within a range, texts (sensor ids,
 detector names, a search) have a maximum length. A value out of bounds answers 422 naming
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import Counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from ..maintenance import Window
 from ..store.base import NullStore
 from ..topics import MAX_SENSOR_ID_LENGTH
 from . import models
@@ -266,6 +270,64 @@ def unshelve(request: Request, sensor_id: SensorPath, detector: DetectorPath) ->
     """End an alert's shelving now."""
     w = web(request)
     return _changed(w, w.desk.shelve(sensor_id, detector, None))
+
+
+# ---- maintenance windows -----------------------------------------------------------------
+def _window_json(w: Window, source: str, now: float) -> dict[str, Any]:
+    return {**w.model_dump(mode="json"), "source": source, "open": w.open_at(now)}
+
+
+@router.get("/api/maintenance", response_model=list[models.MaintenanceWindow], tags=["maintenance"])
+def maintenance_windows(request: Request) -> list[dict[str, Any]]:
+    """The maintenance windows in force: from the configuration file and added here."""
+    book = web(request).service.maintenance
+    now = time.time()
+    return [
+        *(_window_json(w, "config", now) for w in book.configured),
+        *(_window_json(w, "api", now) for w in book.added.values()),
+    ]
+
+
+@router.post(
+    "/api/maintenance",
+    response_model=models.MaintenanceWindow,
+    status_code=201,
+    tags=["maintenance"],
+    responses={409: {"description": "A window of the configuration file has this id"}},
+)
+def add_maintenance_window(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Add a maintenance window (one-off: ``start``, ``end``; recurring: ``days``, ``at``,
+    ``duration``), or replace the one added here with the same ``id``."""
+    svc = web(request).service
+    try:
+        window = Window.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise HTTPException(422, f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    try:
+        svc.maintenance.add(window)
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    svc.save_maintenance()
+    return _window_json(window, "api", time.time())
+
+
+@router.delete(
+    "/api/maintenance/{window_id}",
+    status_code=204,
+    tags=["maintenance"],
+    responses={404: {"description": "No window of this id was added here"}},
+)
+def remove_maintenance_window(
+    request: Request, window_id: Annotated[str, Path(min_length=1, max_length=100)]
+) -> Response:
+    """Remove a window added here (those of the configuration file stay)."""
+    svc = web(request).service
+    if not svc.maintenance.remove(window_id):
+        raise HTTPException(404, f"no window {window_id!r} added here")
+    svc.save_maintenance()
+    return Response(status_code=204)
 
 
 # ---- assets -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from ..pipeline import Output
 
 if TYPE_CHECKING:
+    from ..routing.sink import RoutingSink
     from ..service import DetectorService
     from ..sinks.kafka import KafkaSink
 
@@ -88,6 +89,12 @@ METRICS: Final[dict[str, str]] = {
     "kafka_connected": "gauge",
     "sse_clients": "gauge",
     "http_refused": "counter",
+    "receiver_notices_sent": "counter",
+    "receiver_notices_failed": "counter",
+    "receiver_notices_dropped": "counter",
+    "receiver_queue_depth": "gauge",
+    "routing_incidents": "gauge",
+    "readings_gated": "counter",
 }
 _SUFFIXES: Final = {
     "counter": ("_total",),
@@ -206,6 +213,13 @@ class ServiceMetrics(Collector):
         )
         yield from self._store()
         yield from self._kafka()
+        yield from self._routing()
+        gates = svc.gates
+        yield _counter(
+            "readings_gated",
+            "Readings not scored: an operating-state gate held their sensor",
+            gates.held if gates is not None else 0,
+        )
         yield _gauge("sse_clients", "Dashboards connected to the event stream", self.sse_clients())
         refused = CounterMetricFamily(
             P + "http_refused", "HTTP requests refused by a limit", labels=["reason"]
@@ -301,6 +315,25 @@ class ServiceMetrics(Collector):
         yield _gauge("kafka_backlog", "Messages given to Kafka and not yet confirmed", k.backlog)
         yield _gauge("kafka_backlog_limit", "Backlog above which intake pauses", sink.backlog_limit)
         yield _gauge("kafka_connected", "1 while Kafka is reachable and delivering", k.connected)
+
+    def _routing(self) -> Iterator[Metric]:
+        sink: RoutingSink | None = getattr(self.service, "routing", None)
+        if sink is None:
+            return
+        stats = sink.stats()
+        families = [
+            (CounterMetricFamily, "sent", "Notices a receiver accepted"),
+            (CounterMetricFamily, "failed", "Attempts to send a notice that failed (retries too)"),
+            (CounterMetricFamily, "dropped", "Notices lost: outbox full, or refused for good"),
+            (GaugeMetricFamily, "queue_depth", "Notices waiting for their receiver"),
+        ]
+        for index, (family, what, doc) in enumerate(families):
+            name = f"receiver_notices_{what}" if index < 3 else f"receiver_{what}"
+            metric = family(P + name, doc, labels=["receiver"])
+            for receiver, values in sorted(stats.items()):
+                metric.add_metric([receiver], values[index])
+            yield metric
+        yield _gauge("routing_incidents", "Open incidents of the routes", sink.router.incidents)
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:

@@ -84,8 +84,30 @@ class AlertEvent(BaseModel):
     reading_ts: float | None
     alert_ts: float
     message: str
+    suppressed: str = Field(
+        "", description="Why the alert reached nobody (maintenance, gate); empty: it was not"
+    )
     asset_id: str = ""
     contributions: dict[str, float] | None = None
+
+
+class MaintenanceWindow(BaseModel):
+    """A maintenance window: which sensors, when (one-off or recurring), and where it is from."""
+
+    id: str
+    reason: str
+    sensors: list[str]
+    assets: list[str]
+    groups: list[str]
+    tags: dict[str, str]
+    start: str | None = Field(description="One-off: opens (ISO 8601)")
+    end: str | None = Field(description="One-off: closes (ISO 8601)")
+    days: list[str] = Field(description="Recurring: mon … sun (empty: every day)")
+    at: str | None = Field(description="Recurring: local time it opens")
+    duration: float = Field(description="Recurring: seconds it stays open")
+    timezone: str
+    source: Literal["config", "api"]
+    open: bool = Field(description="Open now")
 
 
 class Asset(BaseModel):
