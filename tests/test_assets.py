@@ -242,3 +242,15 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             assert (await http.get("/healthz")).json()["assets"] == {"commissioning": 1}
             assert (await http.post("/api/assets/NOPE/recommission")).status_code == 404
             assert (await http.get("/api/assets/NOPE")).status_code == 404
+
+
+def test_batches_that_split_rows_still_score_whole_rows() -> None:
+    p = Pipeline(settings())
+    x = machine(50, seed=17)
+    flat = [m for batch in messages("PUMP-01", x, 0) for m in batch]
+    # batches of 9 messages: most begin in the middle of a row and end in the next one
+    for i in range(0, len(flat), 9):
+        p.process(flat[i : i + 9])
+    kept = p.assets.detectors[K].rows[0]
+    np.testing.assert_array_equal(kept, x[: len(kept)])
+    assert len(kept) == 50  # each row scored as soon as its last sensor reported
