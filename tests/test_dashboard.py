@@ -143,24 +143,10 @@ async def test_asset_view_shows_contribution_bars_and_sensors_together(
 ) -> None:
     import json
 
-    from mqtt_anomaly.config import load_settings
+    from .test_assets import NAMES, K, service_settings, stationary
 
-    from .test_assets import NAMES, K, stationary
-
-    url = f"sqlite:///{tmp_path / 'history.db'}"
-    settings = load_settings(
-        None,
-        {
-            "broker": {"url": mosquitto.url, "client_id": "detector-dash-assets"},
-            "store": {"url": url, "flush_interval": 0.05},
-            "service": {"state_dir": tmp_path / "state"},
-            "mapping": {
-                "rules": [{"topic": "plant/{asset}/{sensor}", "value": "$.v", "timestamp": "$.ts"}]
-            },
-            "detector": {"detectors": ["threshold"], "threshold": 1e9},
-            "assets": {"commission_rows": 80},
-        },
-    )
+    settings = service_settings(mosquitto, tmp_path, "detector-dash-assets")
+    url = settings.store.url
     t0 = time.time() - 200  # one row a second, the last ones now
     x = stationary(160, seed=31)
     x[120:, 2] += 1.5
