@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..config import DetectorSettings
-from ..detectors import available, create
+from ..detectors import available, create, registry
 from ..detectors.base import Detector, FloatArray
 from ..errors import ConfigError
 from .runner import feed
@@ -228,4 +228,6 @@ def create_scorer(name: str, settings: DetectorSettings | None = None) -> RowSco
         return _multivariate[key](**settings.params.get(key, {}))
     if key in available():
         return _Columns([key], settings)
+    if key in registry.current().broken:  # a plug-in that fails to import says why
+        registry.get(key)
     raise ConfigError(f"unknown detector {name!r} (one of: {', '.join(scorer_names())})")
