@@ -181,3 +181,63 @@ async def test_asset_view_shows_contribution_bars_and_sensors_together(
             await page.screenshot(path=str(tmp_path / "asset.png"), full_page=True)
             assert (tmp_path / "asset.png").stat().st_size > 10_000
             assert errors == []
+
+
+async def test_maintenance_panel_starts_and_removes_a_window(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """The panel lists the windows, starts one, shows the suppressed alert with its reason,
+    and removes the window again."""
+    settings = web_settings(mosquitto, tmp_path)
+    async with Served(settings) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        assert await page.locator("#windows li").count() == 0
+
+        await page.fill("#win-sensors", "SENSOR-01")
+        await page.fill("#win-reason", "relining")
+        await page.select_option("#win-minutes", "60")
+        await page.click("#win-add")
+        item = await page.wait_for_selector(
+            '#windows li[data-source="api"][data-open="1"]', timeout=10_000
+        )
+        assert item is not None and "relining" in (await item.text_content() or "")
+        (window,) = srv.service.maintenance.added.values()
+        assert window.sensors == ("SENSOR-01",) and window.reason == "relining"
+        assert window.end is not None and window.start is not None
+        assert 3590 < (window.end - window.start).total_seconds() <= 3600
+
+        await feed(mosquitto.url, "SENSOR-01", [24.5] * 5 + [SPIKE])
+        await feed(mosquitto.url, "SENSOR-02", [24.5] * 5 + [SPIKE])
+        shown = await page.wait_for_selector(
+            '#alerts li.suppressed[data-sensor="SENSOR-01"][data-state="raised"]',
+            timeout=10_000,
+        )
+        assert shown is not None
+        assert "suppressed — maintenance: relining" in (await shown.text_content() or "")
+        other = await page.wait_for_selector(
+            '#alerts li[data-sensor="SENSOR-02"][data-state="raised"]', timeout=10_000
+        )
+        assert other is not None and await other.get_attribute("data-suppressed") is None
+
+        # an invalid window is refused with the service's reason
+        await page.fill("#win-sensors", "[")
+        await page.evaluate(
+            "() => { const o = document.querySelector('#win-minutes option');"
+            " o.value = '0'; document.querySelector('#win-minutes').value = '0'; }"
+        )
+        await page.click("#win-add")
+        await page.wait_for_function(
+            "() => document.querySelector('#win-error').textContent.includes('end must be after')",
+            timeout=10_000,
+        )
+
+        await page.click('#windows li[data-source="api"] button.remove')
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#windows li').length === 0", timeout=10_000
+        )
+        assert srv.service.maintenance.added == {}
+        assert errors == []

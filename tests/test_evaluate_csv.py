@@ -95,16 +95,40 @@ def test_semicolon_export_with_second_label_column_excluded_end_to_end(
     assert table.exit_code == 0, table.output
     assert "3 files, micro-averaged: 2,400 rows scored after 400 learned" in table.stdout
     assert "always" in table.stdout and "false alarms" in table.stdout
+    for f in doc["files"]:  # one line per file: the best detector's point F1 and always-alarm's
+        zscore, always = f["results"][0]["point"]["f1"], f["results"][-1]["point"]["f1"]
+        line = next(ln for ln in table.stdout.splitlines() if Path(f["file"]).name in ln)
+        assert f"{zscore:.2f} zscore" in line and line.rstrip().endswith(f"{always:.2f}")
 
 
 def test_without_exclude_the_second_label_column_is_scored(exports: list[Path]) -> None:
-    doc = run_json([str(exports[0]), "-d", "stuck"])
+    result = runner.invoke(app, ["csv", str(exports[0]), "-d", "stuck", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "column 'changepoint' holds only 0 and 1" in result.stderr
+    assert "--exclude-column changepoint" in result.stderr and result.stderr.count("\n") == 1
+    doc = json.loads(result.stdout)
     assert doc["files"][0]["columns"] == [*SENSORS, "changepoint"]
     assert doc["files"][0]["train_rows"] == 0
     default = run_json([str(exports[0]), "--exclude-column", "changepoint"])
     names = [r["detector"] for r in default["files"][0]["results"]]
-    assert names == scorer_names() and names[0] == "default" and names[-1] == "always"
-    assert set(available()) <= set(names)
+    assert names == ["default", *available(), "always"]  # multivariate: only with --train-rows
+    trained = run_json([str(exports[0]), "--exclude-column", "changepoint", "--train-rows", "400"])
+    assert [r["detector"] for r in trained["files"][0]["results"]] == scorer_names()
+
+
+def test_a_text_column_can_be_excluded_and_a_trailing_delimiter_is_no_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "status.csv"
+    rows = [
+        f"{20 + (i % 7) * 0.1:.1f};{'RUN' if i % 50 else 'STOP'};{int(i == 90)};"
+        for i in range(120)
+    ]
+    path.write_text("temp;state;anomaly;\n" + "\n".join(rows) + "\n")
+    result = runner.invoke(app, ["csv", str(path)])
+    assert result.exit_code == 2 and "column 'state': 'STOP' is not a number" in result.stderr
+    doc = run_json([str(path), "--exclude-column", "state", "-d", "zscore"])
+    assert doc["files"][0]["columns"] == ["temp"]
 
 
 def test_training_rows_are_learned_not_scored(tmp_path: Path) -> None:
@@ -167,11 +191,11 @@ def assert_user_error(args: list[str], message: str) -> None:
 
 
 def test_bad_files_and_options_fail_in_one_line(exports: list[Path], tmp_path: Path) -> None:
-    good = str(exports[0])
-    assert_user_error([good, "--exclude-column", "nope"], "no column 'nope'")
-    assert_user_error([good, "--train-rows", "1200"], "leaves none of its 1200 rows")
-    assert_user_error([good, str(tmp_path / "gone.csv")], "gone.csv: no such file")
-    assert_user_error([good, "-d", "nope"], "unknown detector 'nope'")
+    good = [str(exports[0]), "--exclude-column", "changepoint"]
+    assert_user_error([*good, "--exclude-column", "nope"], "no column 'nope'")
+    assert_user_error([*good, "--train-rows", "1200"], "leaves none of its 1200 rows")
+    assert_user_error([*good, str(tmp_path / "gone.csv")], "gone.csv: no such file")
+    assert_user_error([*good, "-d", "nope"], "unknown detector 'nope'")
     nolabel = tmp_path / "nolabel.csv"
     nolabel.write_text("a;b\n1;2\n")
     assert_user_error([str(nolabel)], "which column is the label? pass --label-column (a, b)")
@@ -183,7 +207,67 @@ def test_bad_files_and_options_fail_in_one_line(exports: list[Path], tmp_path: P
     assert_user_error([str(short)], "short.csv:3: 1 cells for 2 columns")
     word = tmp_path / "word.csv"
     word.write_text("temp;anomaly\n1,5;0\nhigh;1\n")
-    assert_user_error([str(word)], "word.csv:3: column 'temp': 'high' is not a number")
+    assert_user_error(
+        [str(word)],
+        "word.csv:3: column 'temp': 'high' is not a number (--exclude-column leaves a column out)",
+    )
     stamps = tmp_path / "stamps.csv"
     stamps.write_text("time,temp,anomaly\nyesterday,1,0\n")
     assert_user_error([str(stamps)], "column 'time' holds neither epoch seconds nor ISO 8601")
+
+
+OFFLINE = '''
+import numpy as np
+
+NAMES = ("rangecheck",)
+
+
+def score_rows(name, train, rows, *, margin=0.5):
+    """Flags rows with a column outside the commissioning range widened by ``margin``."""
+    lo, hi = train.min(axis=0), train.max(axis=0)
+    span = hi - lo
+    out = np.maximum(lo - margin * span - rows, rows - hi - margin * span).max(axis=1)
+    return out, out > 0, np.zeros_like(rows)
+'''
+
+
+def test_the_optional_offline_module_is_registered_by_its_names(
+    exports: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "offline_probe.py").write_text(OFFLINE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(scorers, "OFFLINE_MODULE", "offline_probe")
+    monkeypatch.setattr(scorers, "_offline_checked", False)
+    monkeypatch.setattr(scorers, "_multivariate", {})
+    assert "rangecheck" in scorer_names()
+    args = [*map(str, exports), "--train-rows", "400", "--exclude-column", "changepoint"]
+    doc = run_json([*args, "-d", "rangecheck"])
+    total = doc["total"]["results"][0]
+    assert total["detector"] == "rangecheck" and total["point"]["tp"] > 0
+    # its parameters come from [detector.params.rangecheck]
+    config = tmp_path / "wide.toml"
+    config.write_text("[detector.params.rangecheck]\nmargin = 1000.0\n")
+    wide = run_json([*args, "-d", "rangecheck", "--config", str(config)])
+    assert (
+        wide["total"]["results"][0]["point"]["tp"] + wide["total"]["results"][0]["point"]["fp"] == 0
+    )
+
+
+def test_without_the_offline_module_its_names_are_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scorers, "OFFLINE_MODULE", "no_such_module_here.offline")
+    monkeypatch.setattr(scorers, "_offline_checked", False)
+    monkeypatch.setattr(scorers, "_multivariate", {})
+    assert scorers.multivariate() == []
+    assert scorer_names() == ["default", *available(), "always"]
+
+
+def test_the_asset_detectors_score_plant_exports(exports: list[Path]) -> None:
+    """mqtt_anomaly.mvdetectors.offline is installed: its methods are row scorers."""
+    assert {"pca", "mewma", "pca_mewma"} <= set(scorer_names())
+    args = [*map(str, exports), "--exclude-column", "changepoint"]
+    doc = run_json([*args, "--train-rows", "400", "-d", "pca"])
+    pca = doc["total"]["results"][0]
+    assert pca["detector"] == "pca" and pca["event"]["detected_events"] == 3
+    assert pca["point"]["f1"] > doc["total"]["results"][-1]["point"]["f1"]  # above always-alarm
+    assert "nab" in doc["files"][0]["results"][0]  # a score scale: NAB scores too
+    assert_user_error([*args, "-d", "pca_mewma"], "pca_mewma: commission_rows must be at least")

@@ -4,9 +4,11 @@ adding, listing and removing them through the REST API and the CLI of a running 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import doctest
 import json
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -131,6 +133,26 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@contextlib.asynccontextmanager
+async def _served(service: DetectorService) -> AsyncIterator[str]:
+    """``service`` running with its HTTP server; yields the server's base URL."""
+    stop = asyncio.Event()
+    ports: list[int | None] = []
+
+    async def run() -> None:
+        async with http_server(service, HttpSettings(listen="127.0.0.1:0")) as port:
+            ports.append(port)
+            await service.run(stop)
+
+    task = asyncio.create_task(run())
+    try:
+        await eventually(lambda: bool(ports) and service.ready.is_set(), what="ready")
+        yield f"http://127.0.0.1:{ports[0]}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
 async def test_rest_api_and_cli_add_list_remove(tmp_path: Path) -> None:
     settings = load_settings(
         None,
@@ -143,18 +165,7 @@ async def test_rest_api_and_cli_add_list_remove(tmp_path: Path) -> None:
     )
     broker = MemoryBroker()
     service = DetectorService(settings, console=False, transport=broker.transport)
-    stop = asyncio.Event()
-    ports: list[int | None] = []
-
-    async def run() -> None:
-        async with http_server(service, HttpSettings(listen="127.0.0.1:0")) as port:
-            ports.append(port)
-            await service.run(stop)
-
-    task = asyncio.create_task(run())
-    try:
-        await eventually(lambda: bool(ports) and service.ready.is_set(), what="ready")
-        api = f"http://127.0.0.1:{ports[0]}"
+    async with _served(service) as api:
         code, out, err = await _cli(
             "add", "--api", api, "--id", "relining", "--asset", "press-2",
             "--start", "2026-01-01T00:00", "--end", "2099-01-01T00:00",
@@ -181,30 +192,13 @@ async def test_rest_api_and_cli_add_list_remove(tmp_path: Path) -> None:
         code, out, err = await _cli("add", "--api", api, "--at", "25:00", "--duration", "60")
         assert code == 2 and "error: at:" in err and "Traceback" not in err
         assert (tmp_path / "state" / "maintenance.mqas").exists()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
     # restarted: the window added through the API is still there
     again = DetectorService(settings, console=False, transport=broker.transport)
     again.restore()
     assert list(again.maintenance.added) == ["relining"]
-    stop2 = asyncio.Event()
-    ports.clear()
-
-    async def run2() -> None:
-        async with http_server(again, HttpSettings(listen="127.0.0.1:0")) as port:
-            ports.append(port)
-            await again.run(stop2)
-
-    task = asyncio.create_task(run2())
-    try:
-        await eventually(lambda: bool(ports) and again.ready.is_set(), what="ready again")
-        api = f"http://127.0.0.1:{ports[0]}"
+    async with _served(again) as api:
         code, out, err = await _cli("remove", "relining", "--api", api)
         assert code == 0, err
         code, _, err = await _cli("remove", "relining", "--api", api)
         assert code == 2 and "HTTP 404" in err
-    finally:
-        stop2.set()
-        await asyncio.wait_for(task, 20)
     assert again.maintenance.added == {}

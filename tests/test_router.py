@@ -169,3 +169,17 @@ def test_suppressed_raises_reach_nobody_but_clears_still_resolve() -> None:
     r.feed([msgspec.structs.replace(alert("S2", "cleared"), suppressed="gate: press off")], 2.0)
     (n,) = r.due(100.0)
     assert n.status == "resolved"
+
+
+def test_a_flood_is_one_notice_listing_at_most_max_alerts() -> None:
+    r = Router([route(group_wait=0, group_interval=1, max_alerts=100)])
+    crit = [alert(f"C{i}", sev="critical") for i in range(5)]
+    r.feed([*(alert(f"S{i}") for i in range(245)), *crit], 0.0)
+    (n,) = r.due(0.0)
+    assert (len(n.alerts), n.firing, n.resolved, n.truncated) == (100, 250, 0, True)
+    assert {a.sensor_id for a in n.alerts[:5]} == {f"C{i}" for i in range(5)}  # the worst first
+    assert n.summary.startswith("[CRITICAL] 250 firing: route-0")
+    r.feed([alert(f"S{i}", "cleared") for i in range(150)], 0.5)
+    (m,) = r.due(1.0)
+    assert (m.firing, m.resolved, len(m.alerts)) == (100, 150, 100)
+    assert all(a.status == "resolved" for a in m.alerts)  # the resolved first

@@ -18,6 +18,7 @@ from mqtt_anomaly.routeconf import ReceiverSettings, Route
 from mqtt_anomaly.routing.outbox import Outbox
 from mqtt_anomaly.routing.receivers import SIGNATURE_HEADER
 from mqtt_anomaly.routing.sink import RoutingSink
+from mqtt_anomaly.statefile import load
 from mqtt_anomaly.web.metrics import ServiceMetrics
 
 from .helpers import eventually, reading_payload
@@ -114,8 +115,8 @@ async def test_the_outbox_survives_a_restart(tmp_path: Path, hook_server: HookSe
     hook_server.status = 200
     again = sink_for(tmp_path, cfg)
     async with again:
-        await eventually(lambda: len(hook_server.requests) == 1, what="delivery after restart")
-        assert again.stats()["ops"][:3] == (1, 0, 0)
+        await eventually(lambda: again.stats()["ops"][0] == 1, what="delivery after restart")
+        assert again.stats()["ops"][:3] == (1, 0, 0) and len(hook_server.requests) == 1
     assert json.loads(hook_server.requests[0].body)["alerts"][0]["sensor_id"] == "S1"
 
 
@@ -239,3 +240,20 @@ async def test_service_routes_alerts_from_mqtt_to_a_webhook(
     assert body["alerts"][0]["detector"] == "threshold"
     assert body["group"]["group"] == "factory"
     assert (tmp_path / "state" / "routing-state.mqas").exists()
+
+
+async def test_open_incidents_are_saved_while_running(
+    tmp_path: Path, hook_server: HookServer
+) -> None:
+    cfg = {"ops": receiver("webhook", hook_server.url)}
+    sink = sink_for(tmp_path, cfg, group_by=["sensor"])
+    async with sink:
+        sink.write(Output(alerts=[alert("S1"), alert("S2")]))
+        sink.tick(time.time())  # the service's periodic tick
+        saving = sink._saving
+        assert saving is not None
+        await saving
+        saved = load(tmp_path / "state" / "routing-state.mqas")
+        assert sorted(i["key"] for i in saved["incidents"]) == ["sensor=S1", "sensor=S2"]
+        sink.tick(time.time())  # nothing changed since: no new save
+        assert sink._saving is saving

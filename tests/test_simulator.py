@@ -90,6 +90,26 @@ class Observer:
         return out
 
 
+async def simulate_until_sigterm(args: list[str], until: Callable[[], bool], what: str) -> str:
+    """Run ``mqtt-anomaly simulate ARGS`` until ``until()``, stop it with SIGTERM; it must exit
+    0. Returns its stdout."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_anomaly", "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
+    )
+    try:
+        await wait_for(until, what)
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 def by_sensor(readings: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in sorted(readings, key=lambda r: (r["sensor_id"], r["seq"])):
@@ -482,23 +502,9 @@ async def test_simulate_command_runs_and_stops_on_sigterm(
         "--labels",
         str(labels),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mqtt_anomaly", "simulate", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
+    text = await simulate_until_sigterm(
+        args, lambda: any(r["value"] == SPIKE_VALUE for r in obs.readings()), "the forced spike"
     )
-    try:
-        await wait_for(
-            lambda: any(r["value"] == SPIKE_VALUE for r in obs.readings()), "the forced spike"
-        )
-        proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode()
-    text = out.decode()
     assert "[SENSOR-01] Sending: 98.2°C <-- ANOMALY INJECTED!" in text
     assert "[SENSOR-02] Sending: " in text and "seed 4" in text
     await wait_for(lambda: len(obs.statuses("SENSOR-02")) == 2, "offline from SENSOR-02")
@@ -604,3 +610,29 @@ def test_simulate_assets_offline_writes_files_and_rejects_mistakes(tmp_path: Pat
         assert result.output.count("\n") == 1 and message in result.output, (bad, result.output)
     result = runner.invoke(app, ["simulate", "--csv", str(out)])
     assert result.exit_code == 2 and "need --assets N" in result.output
+
+
+async def test_simulate_assets_command_publishes_and_stops_on_sigterm(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    obs = await Observer(mosquitto.url).start()
+    csv_dir, labels = tmp_path / "csv", tmp_path / "labels.jsonl"
+    args = ["-b", mosquitto.url, "--assets", "2", "--asset-kind", "compressor"]
+    args += ["--interval", "0.05", "--seed", "3", "--csv", str(csv_dir)]
+    args += ["--labels", str(labels), "--inject", "cooler_fouling@0.2+60:2"]
+    topic = "factory/COMPRESSOR-02/oil_temperature"
+    text = await simulate_until_sigterm(
+        args, lambda: sum(t == topic for t, *_ in obs.messages) >= 20, "20 readings"
+    )
+    assert "2 compressors, 8 sensors each" in text and "seed 3" in text
+    assert "[COMPRESSOR-02] cooler fouling (oil_temperature, discharge_temperature)" in text
+    await wait_for(lambda: len(obs.statuses("COMPRESSOR-02")) == 2, "offline")
+    assert [p for p, _, _ in obs.statuses("COMPRESSOR-02")] == [b"online", b"offline"]
+    sent = [msgspec.json.decode(p) for t, p, _, _ in obs.messages if t == topic]
+    _, rows = read_asset_csv(csv_dir / "COMPRESSOR-02.csv")
+    assert len(rows) >= len(sent) and np.allclose(rows[: len(sent), 7], [r["value"] for r in sent])
+    # cut at the stop: the fault still in progress is labelled up to the last reading
+    (label,) = read_labels(labels)
+    assert label.kind == "cooler_fouling" and label.end == pytest.approx(rows[-1, 0], abs=1e-3)
+    assert rows[-1, -1] == 1 and rows[0, -1] == 0
+    await obs.close()

@@ -71,7 +71,7 @@ def born_host(**kw: object) -> SparkplugHost:
     assert first.tags == {
         "site": "plant",
         "line": "edge-1",
-        "asset": "press-7",
+        "asset": "plant/edge-1/press-7",
         "quantity": "Pressure",
     }
     assert math.isnan(m.born[1].low)
@@ -190,66 +190,147 @@ async def test_fleet_readings_alerts_offline_and_host_state(
 ) -> None:
     settings = sparkplug_settings(mosquitto, tmp_path, sensors=6, seed=1, faults=NO_FAULTS)
     spike = parse_injection("spike@1.0:2")
-    async with (
-        Observer(mosquitto.url, ["factory/#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#"]) as obs,
-        Running(settings) as run,
-    ):
-        await eventually(lambda: bool(obs.on("STATE/test-host")), what="host STATE")
-        assert msgspec.json.decode(obs.on("STATE/test-host")[0])["online"] is True
-        fleet = SparkplugFleet(settings, per_node=4, injections=[spike])  # 2 nodes: 4 + 2
-        async with fleet:
-            await fleet.run(count=40)
-            sid = fleet.sensor_of(1)
-            assert sid == "plant/edge-01/asset-01/SENSOR-02"
-            await eventually(
-                lambda: sum(s == sid for s, _ in run.processed) == 40, what="40 readings"
-            )
-            assert len(run.processed) == 6 * 40
-            alerts = [a for a in obs.json("/alerts") if a["detector"] == "threshold"]
-            assert [a["sensor_id"] for a in alerts][:1] == [sid]
-            assert alerts[0]["reading_ts"] is not None
-            tags = run.service.pipeline.tags[sid]
-            assert tags == {
-                "site": "plant",
-                "line": "edge-01",
-                "asset": "asset-01",
-                "quantity": "SENSOR-02",
-            }
-            # the second node dies: its will (NDEATH) takes its two sensors offline
-            fleet.crash(1)
-            gone = {fleet.sensor_of(4), fleet.sensor_of(5)}
+    async with Observer(mosquitto.url, ["factory/#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#"]) as obs:
+        async with Running(settings) as run:
+            await eventually(lambda: bool(obs.on("STATE/test-host")), what="host STATE")
+            assert msgspec.json.decode(obs.on("STATE/test-host")[0])["online"] is True
+            fleet = SparkplugFleet(settings, per_node=4, injections=[spike])  # 2 nodes: 4 + 2
+            async with fleet:
+                await fleet.run(count=40)
+                sid = fleet.sensor_of(1)
+                assert sid == "plant/edge-01/asset-01/SENSOR-02"
+                await eventually(
+                    lambda: sum(s == sid for s, _ in run.processed) == 40, what="40 readings"
+                )
+                assert len(run.processed) == 6 * 40
 
-            def offline() -> set[str]:
-                return {
-                    str(a["sensor_id"])
-                    for a in obs.json("/alerts")
-                    if a["detector"] == "offline" and a["state"] == "raised"
+                def threshold_alerts() -> list[dict[str, Any]]:
+                    return [a for a in obs.json("/alerts") if a["detector"] == "threshold"]
+
+                await eventually(lambda: bool(threshold_alerts()), what="the spike's alert")
+                alerts = threshold_alerts()
+                assert [a["sensor_id"] for a in alerts][:1] == [sid]
+                assert alerts[0]["reading_ts"] is not None
+                tags = run.service.pipeline.tags[sid]
+                assert tags == {
+                    "site": "plant",
+                    "line": "edge-01",
+                    "asset": "plant/edge-01/asset-01",
+                    "quantity": "SENSOR-02",
                 }
+                # the second node dies: its will (NDEATH) takes its two sensors offline
+                fleet.crash(1)
+                gone = {fleet.sensor_of(4), fleet.sensor_of(5)}
 
-            await eventually(lambda: offline() == gone, what="offline alerts")
-            await fleet.restart(1)  # bdSeq + 1, births again: back online
-            pl = run.service.pipeline
-            await eventually(
-                lambda: all(pl.health[pl.sensors[s]] == "ok" for s in gone),
-                what="back online",
-            )
-            # a lost DDATA (seq jumps): a data-loss alert and a rebirth request, answered
-            node = fleet.nodes[0]
-            node.seq += 3
-            births = node.births
-            node.send([(1, 25.0)], time.time())
-            await eventually(lambda: node.births > births, what="rebirth")
-            loss = [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
-            assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
-            assert loss[0]["state"] == "raised"
-            await eventually(
-                lambda: any(
-                    a["detector"] == "data_loss" and a["state"] == "cleared"
-                    for a in obs.json("/alerts")
-                ),
-                what="data loss cleared by the birth",
-            )
-            assert obs.on("NCMD/edge-01")
+                def offline() -> set[str]:
+                    return {
+                        str(a["sensor_id"])
+                        for a in obs.json("/alerts")
+                        if a["detector"] == "offline" and a["state"] == "raised"
+                    }
+
+                await eventually(lambda: offline() == gone, what="offline alerts")
+                await fleet.restart(1)  # bdSeq + 1, births again: back online
+                pl = run.service.pipeline
+                await eventually(
+                    lambda: all(pl.health[pl.sensors[s]] == "ok" for s in gone),
+                    what="back online",
+                )
+                # a lost DDATA (seq jumps): a data-loss alert and a rebirth request, answered
+                node = fleet.nodes[0]
+                node.seq += 3
+                births = node.births
+                node.send([(1, 25.0)], time.time())
+                await eventually(lambda: node.births > births, what="rebirth")
+
+                def loss_alerts() -> list[dict[str, Any]]:
+                    return [a for a in obs.json("/alerts") if a["detector"] == "data_loss"]
+
+                await eventually(lambda: bool(loss_alerts()), what="data-loss alert")
+                loss = loss_alerts()
+                assert loss[0]["sensor_id"] == "plant/edge-01" and loss[0]["value"] == 3.0
+                assert loss[0]["state"] == "raised"
+                await eventually(
+                    lambda: any(
+                        a["detector"] == "data_loss" and a["state"] == "cleared"
+                        for a in obs.json("/alerts")
+                    ),
+                    what="data loss cleared by the birth",
+                )
+                await eventually(lambda: bool(obs.on("NCMD/edge-01")), what="the NCMD seen")
+        await eventually(
+            lambda: obs.json("STATE/test-host")[-1]["online"] is False, what="STATE offline"
+        )
     states = obs.json("STATE/test-host")
     assert states[-1]["online"] is False  # the clean stop says offline
     assert states[-1]["timestamp"] == states[0]["timestamp"]
+
+
+def test_the_pipeline_counts_sparkplug_events_for_the_metrics(tmp_path: Path) -> None:
+    from mqtt_anomaly.config import load_settings
+    from mqtt_anomaly.pipeline import Pipeline
+
+    off = Pipeline(load_settings(None, {})).view().sparkplug_counters()
+    assert off and set(off.values()) == {0}
+    pl = Pipeline(load_settings(None, {"sparkplug": {"enabled": True}}))
+    births = [
+        (NODE.format("NBIRTH"), node_birth(bdseq=1, ts=T), T),
+        (DEV.format("DBIRTH"), device_birth(seq=1, metrics=[("P", 1, DOUBLE, 1.0, "")], ts=T), T),
+        (DEV.format("DDATA"), data(seq=4, metrics=[(1, DOUBLE, 2.0)], ts=T), T),
+    ]
+    out = pl.process(births)
+    got = pl.view().sparkplug_counters()
+    assert (got["births"], got["seq_gaps"], got["lost"], got["rebirths_requested"]) == (2, 1, 2, 1)
+    assert [r.value for r in out.readings] == [1.0, 2.0]
+    assert [(a.detector, a.state) for a in out.alerts] == [("data_loss", "raised")]
+    assert out.commands and out.commands[0][0] == "spBv1.0/plant/NCMD/edge-1"
+    sid = "plant/edge-1/press-7/P"  # a device's metrics are one asset, named uniquely
+    assert pl.assets.resolve(sid, pl.tags[sid]) == ("plant/edge-1/press-7", "P")
+
+
+def test_a_birth_range_seeds_the_sensor_threshold() -> None:
+    from mqtt_anomaly.config import load_settings
+    from mqtt_anomaly.pipeline import Pipeline
+
+    pl = Pipeline(load_settings(None, {"sparkplug": {"enabled": True}}))
+    metrics = [("Bar", 1, DOUBLE, None, "bar"), ("Temp", 2, DOUBLE, None, "C")]
+    birth = device_birth(seq=1, metrics=metrics, ranges={"Bar": (0.0, 10.0)}, ts=T)
+    pl.process(
+        [(NODE.format("NBIRTH"), node_birth(bdseq=1, ts=T), T), (DEV.format("DBIRTH"), birth, T)]
+    )
+
+    def alerts(seq: int, bar: float, temp: float) -> list[tuple[str, str]]:
+        msg = data(seq=seq, metrics=[(1, DOUBLE, bar), (2, DOUBLE, temp)], ts=T)
+        out = pl.process([(DEV.format("DDATA"), msg, T)])
+        return [(a.sensor_id.rsplit("/", 1)[-1], a.state) for a in out.alerts]
+
+    assert alerts(2, 5.0, 25.0) == []
+    assert alerts(3, 12.0, 25.0) == [("Bar", "raised")]  # above its engHigh 10, far below 90
+    assert alerts(4, 5.0, 25.0) == []  # clearing takes clear_after readings
+    band = pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Bar"])
+    assert (band.low, band.high) == (0.0, 10.0)
+    other = pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Temp"])
+    assert other.high == 90.0  # no range declared: the configured threshold
+    assert alerts(5, -3.0, 25.0) == []  # still raised (below the range now)
+    # a birth without a range gives the configured threshold back
+    plain = device_birth(seq=6, metrics=metrics, ts=T)
+    pl.process([(DEV.format("DBIRTH"), plain, T)])
+    assert pl.view().expected_band(pl.sensors["plant/edge-1/press-7/Bar"]).high == 90.0
+
+
+def test_threshold_detector_with_a_declared_range_scores_both_ends() -> None:
+    import numpy as np
+
+    from mqtt_anomaly.detectors.threshold import ThresholdDetector
+
+    d = ThresholdDetector(threshold=90.0, clear=88.0)
+    d.seed_range(1, 0.0, 10.0)
+    slots = np.array([0, 1, 2], dtype=np.intp)
+    s = d.update(slots, np.array([50.0, 10.0, 95.0]), np.zeros(3))
+    assert s.score.round(2).tolist() == [0.0, 0.5, 0.5 + 0.2 * 5 / 2]  # slot 1 at its high end
+    s = d.update(slots, np.array([89.0, -2.0, 20.0]), np.zeros(3))
+    assert s.score.round(2).tolist() == [0.4, 0.7, 0.0]  # slot 1 two below its low end
+    d.reset(np.array([1], dtype=np.intp))
+    s = d.update(slots, np.array([0.0, 50.0, 0.0]), np.zeros(3))
+    assert s.score.tolist() == [0.0, 0.0, 0.0]  # forgotten: the threshold again
+    assert "low" not in d.state_dict()["arrays"]  # the saved state keeps its format

@@ -13,6 +13,7 @@ import numpy as np
 from mqtt_anomaly.config import load_settings
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Output
+from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.transport.memory import MemoryBroker
 from mqtt_anomaly.web.metrics import ServiceMetrics
@@ -136,8 +137,9 @@ async def test_window_and_gate_on_a_seeded_simulation(tmp_path: Path) -> None:
     assert in_store[("P2-T", 250.0, "raised")] == ""
 
 
-async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
-    settings = load_settings(
+def _oven(tmp_path: Path) -> Any:
+    """Settings with one gate on the oven's state topic, holding the OV-* sensors."""
+    return load_settings(
         None,
         {
             "broker": {"url": "mqtt://127.0.0.1:1", "client_id": "detector-under-test"},
@@ -147,6 +149,10 @@ async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
             "gates": [{"name": "oven", "topic": "plant/oven/state", "sensors": ["OV-*"]}],
         },
     )
+
+
+async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
+    settings = _oven(tmp_path)
     assert "plant/oven/state" in settings.subscriptions
     broker = MemoryBroker()
     seen: list[Alert] = []
@@ -168,3 +174,30 @@ async def test_a_state_topic_gate_holds_its_sensors(tmp_path: Path) -> None:
         ("X", 1.0),
     ]
     assert run.service.gates is not None and run.service.gates.held == 1
+    # the machine's state survives a restart (saved at shutdown with the maintenance windows)
+    again = DetectorService(settings, console=False, transport=broker.transport)
+    assert again.gates is not None and again.gates.on == [True]  # the configured initial state
+    again.restore()
+    assert again.gates.on == [True] and again.gates.since[0] > 0
+
+
+async def test_a_gate_state_is_restored_after_a_restart(tmp_path: Path) -> None:
+    settings = _oven(tmp_path)
+    broker = MemoryBroker()
+    run = Running(settings, transport=broker.transport)
+    async with run:
+        broker.send([("plant/oven/state", b"off")])
+        await eventually(lambda: run.service.gates.on == [False], what="the oven off")  # type: ignore[union-attr]
+    again = DetectorService(settings, console=False, transport=broker.transport)
+    assert again.gates is not None and again.gates.on == [True]  # "initial" until restored
+    again.restore()
+    assert again.gates.on == [False]
+
+
+def test_the_console_line_of_a_suppressed_alert_says_why() -> None:
+    from mqtt_anomaly.sinks.console import alert_line
+
+    a = Alert("P2-T", "threshold", "critical", "raised", 98.0, 1.0, 90.0, None, None, T0, T0)
+    assert alert_line(a) == "[ALERT] 🚨 CRITICAL ANOMALY DETECTED: 98.0°C! (P2-T, threshold)"
+    quiet = msgspec.structs.replace(a, suppressed="maintenance: press 2 relining")
+    assert alert_line(quiet) == alert_line(a) + " [suppressed: maintenance: press 2 relining]"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import tomllib
 from contextvars import ContextVar
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 from .gates import Gate, gate_names_unique
-from .maintenance import Window
+from .maintenance import Window, zone
 from .mapping import TopicMap, compile_rule
 from .routeconf import ReceiverSettings, Route, check_routes
 from .routeconf import read_secret as _secret
@@ -230,6 +231,17 @@ class DetectorSettings(_Section):
     debounce: int = Field(1, ge=1)
     clear_after: int = Field(3, ge=1)
     params: dict[str, dict[str, float | int | bool | str]] = Field(default_factory=dict)
+    timezone: str = "UTC"
+    """The plant's time zone (IANA name): the seasonal detector's bins are in local time."""
+    holidays: tuple[date, ...] = ()
+    """Dates the seasonal detector treats as the weekday ``holiday_as``."""
+    holiday_as: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, v: str) -> str:
+        zone(v)
+        return v
 
     @model_validator(mode="after")
     def _check_clear(self) -> DetectorSettings:

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .errors import ConfigError
 from .messages import Reading
-from .routeconf import Selector
+from .routeconf import Selector, SelectorIndex, TagsOf
 from .topics import validate_filter
 
 __all__ = ["Gate", "Gates"]
@@ -84,12 +84,11 @@ class Gates:
         self,
         gates: Sequence[Gate],
         *,
-        tags_of: Callable[[str], Mapping[str, str] | None] = lambda _sid: None,
+        tags_of: TagsOf = lambda _sid: None,
         group_of: Callable[[str], str] = lambda _sid: "",
     ) -> None:
         self.gates = tuple(gates)
-        self.tags_of = tags_of
-        self.group_of = group_of
+        self._index = SelectorIndex(self.gates, tags_of=tags_of, group_of=group_of)
         self.on = [g.initial == "on" for g in self.gates]
         self.since = [float("-inf")] * len(self.gates)  # when each last turned on
         # per gate its last changes (time, on), oldest first: the state at an earlier time
@@ -101,7 +100,6 @@ class Gates:
         for i, g in enumerate(self.gates):
             if g.sensor:
                 self.by_rule.setdefault(g.sensor, []).append(i)
-        self._of_sensor: dict[str, tuple[int, ...]] = {}
         self.held = 0  # readings not scored (a gate off or warming up)
         self.changes = 0  # state changes seen
 
@@ -147,21 +145,11 @@ class Gates:
         for i in self.by_rule.get(sensor, ()):
             self._set(i, self.gates[i].is_on(value), ts)
 
-    def _gates_of(self, sensor: str) -> tuple[int, ...]:
-        found = self._of_sensor.get(sensor)
-        if found is None:
-            tags = self.tags_of(sensor) or {}
-            group = self.group_of(sensor)
-            found = tuple(i for i, g in enumerate(self.gates) if g.selects(sensor, tags, group))
-            if len(self._of_sensor) < 1_000_000:
-                self._of_sensor[sensor] = found
-        return found
-
     def reason(self, sensor: str, ts: float, received: float | None = None) -> str:
         """``gate: NAME off`` (or ``warming up``) while a gate held ``sensor`` at ``ts`` (the
         reading's time; ``received``: the receive time, the clock of state topics, by default
         ``ts``), else ``""``."""
-        for i in self._gates_of(sensor):
+        for i in self._index.of(sensor):
             g = self.gates[i]
             on, since = self._state_at(i, ts if g.sensor or received is None else received)
             if not on:

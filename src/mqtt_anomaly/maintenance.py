@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from .routeconf import Selector
+from .routeconf import Selector, SelectorIndex, TagsOf
 
 __all__ = ["WEEKDAYS", "MaintenanceBook", "Window"]
 
@@ -139,21 +139,19 @@ class Window(Selector):
 class MaintenanceBook:
     """The windows in force: those of the settings and those added at run time.
 
-    ``tags_of`` and ``group_of`` tell a sensor's tags and group (as for routes); the verdict
-    for a sensor is cached per window set."""
+    ``tags_of`` and ``group_of`` tell a sensor's tags and group (as for routes); which
+    windows select a sensor is remembered until the windows change."""
 
     def __init__(
         self,
         windows: Iterable[Window] = (),
         *,
-        tags_of: Callable[[str], Mapping[str, str] | None] = lambda _sid: None,
+        tags_of: TagsOf = lambda _sid: None,
         group_of: Callable[[str], str] = lambda _sid: "",
     ) -> None:
         self.configured = tuple(windows)
         self.added: dict[str, Window] = {}
-        self.tags_of = tags_of
-        self.group_of = group_of
-        self._of_sensor: dict[str, tuple[Window, ...]] = {}
+        self._index = SelectorIndex(self.configured, tags_of=tags_of, group_of=group_of)
         self.changed = 0  # bumped on every add or remove (the owner saves)
 
     @property
@@ -165,7 +163,7 @@ class MaintenanceBook:
         if any(w.id == window.id for w in self.configured):
             raise ValueError(f"window {window.id!r} is in the configuration file")
         self.added[window.id] = window
-        self._of_sensor.clear()
+        self._index.reset(self.windows)
         self.changed += 1
         return window
 
@@ -173,27 +171,18 @@ class MaintenanceBook:
         """Remove a run-time window; False when there is none of that id."""
         if self.added.pop(window_id, None) is None:
             return False
-        self._of_sensor.clear()
+        self._index.reset(self.windows)
         self.changed += 1
         return True
-
-    def _windows_of(self, sensor: str) -> tuple[Window, ...]:
-        found = self._of_sensor.get(sensor)
-        if found is None:
-            tags = self.tags_of(sensor) or {}
-            group = self.group_of(sensor)
-            found = tuple(w for w in self.windows if w.selects(sensor, tags, group))
-            if len(self._of_sensor) < 1_000_000:
-                self._of_sensor[sensor] = found
-        return found
 
     def reason(self, sensor: str, ts: float) -> str:
         """Why ``sensor``'s alerts at ``ts`` reach nobody, or ``""``."""
         if not self.configured and not self.added:
             return ""
-        for w in self._windows_of(sensor):
-            if w.open_at(ts):
-                return w.why
+        windows = self._index.items
+        for i in self._index.of(sensor):
+            if windows[i].open_at(ts):
+                return windows[i].why
         return ""
 
     # ---- saved state -----------------------------------------------------------------
@@ -210,5 +199,5 @@ class MaintenanceBook:
                 continue
             self.added[w.id] = w
             loaded += 1
-        self._of_sensor.clear()
+        self._index.reset(self.windows)
         return loaded

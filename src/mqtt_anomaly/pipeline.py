@@ -603,12 +603,14 @@ class Pipeline:
             out.commands.append(m.rebirth)
         sensors = self.sensors
         for b in m.born:
-            if (
-                b.sensor not in sensors
-                and self._admit(b.sensor, topic, payload, received_at, out) is None
-            ):
-                continue
+            slot = sensors.get(b.sensor)
+            if slot is None:
+                slot = self._admit(b.sensor, topic, payload, received_at, out)
+                if slot is None:
+                    continue
             self.tags[b.sensor] = b.tags
+            for det in self.detectors:  # the birth's engLow/engHigh (NaN: none)
+                det.seed_range(slot, b.low, b.high)
         for sid, ts, value, unit in m.values:
             slot = sensors.get(sid)
             if slot is None:  # evicted since its birth

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -33,6 +33,7 @@ __all__ = [
     "ReceiverSettings",
     "Route",
     "Selector",
+    "SelectorIndex",
     "check_routes",
     "read_secret",
 ]
@@ -111,6 +112,42 @@ class Selector(_Model):
         return True
 
 
+TagsOf = Callable[[str], Mapping[str, str] | None]
+S = TypeVar("S", bound=Selector)
+
+
+class SelectorIndex(Generic[S]):
+    """Which of ``items`` select a sensor, remembered per sensor id (at most a million)."""
+
+    def __init__(
+        self,
+        items: Sequence[S] = (),
+        *,
+        tags_of: TagsOf = lambda _sid: None,
+        group_of: Callable[[str], str] = lambda _sid: "",
+    ) -> None:
+        self.items = tuple(items)
+        self.tags_of = tags_of
+        self.group_of = group_of
+        self._of: dict[str, tuple[int, ...]] = {}
+
+    def reset(self, items: Sequence[S]) -> None:
+        """New items: every sensor is looked at again."""
+        self.items = tuple(items)
+        self._of.clear()
+
+    def of(self, sensor: str) -> tuple[int, ...]:
+        """The indices of the items that select ``sensor``."""
+        found = self._of.get(sensor)
+        if found is None:
+            tags = self.tags_of(sensor) or {}
+            group = self.group_of(sensor)
+            found = tuple(i for i, x in enumerate(self.items) if x.selects(sensor, tags, group))
+            if len(self._of) < 1_000_000:
+                self._of[sensor] = found
+        return found
+
+
 def _rx(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
 
@@ -133,6 +170,9 @@ class Route(Selector):
     """Seconds after which an unchanged, still firing incident is sent again."""
     escalate_after: float = Field(0.0, ge=0, le=30 * 86_400)
     """A warning still active after this many seconds becomes critical (0: never)."""
+    max_alerts: int = Field(100, ge=1, le=100_000)
+    """Alerts listed in one message at most (the counts always cover all): a flood of 70,000
+    silent sensors is one message of 100 alerts and the totals."""
     continue_: bool = Field(False, alias="continue")
     """Also try the routes after this one when it matches."""
 

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATE_FILE = "detector-state.mqas"
-MAINTENANCE_FILE = "maintenance.mqas"  # windows added at run time
+MAINTENANCE_FILE = "maintenance.mqas"  # windows added at run time, the gates' states
 LEGACY_STATE_FILE = "detector-state.pkl"  # pickles: never loaded, moved aside
 DEFAULT_CLIENT_ID = "mqtt-anomaly-detector"
 __all__ = ["DetectorService", "Listener", "run_service", "save_state", "write_state"]
@@ -164,6 +164,7 @@ class DetectorService(AsyncClosing):
         """Maintenance windows: configured, and added at run time (REST API, dashboard)."""
         self.gates: Gates | None = None
         """Operating-state gates (``[[gates]]``): the pipeline scores no held sensor."""
+        self._gate_changes = 0  # gate state changes saved
         if settings.gates:
             self.gates = Gates(settings.gates, tags_of=tags_of, group_of=group_of)
             self.pipeline.gate = self.gates.filter_round
@@ -272,16 +273,24 @@ class DetectorService(AsyncClosing):
         return self.settings.service.state_dir / MAINTENANCE_FILE
 
     def save_maintenance(self) -> None:
-        """Save the windows added at run time (atomically; a failure is logged)."""
+        """Save the windows added at run time and the gates' states (atomically; a failure
+        is logged)."""
+        state = self.maintenance.state_dict()
+        if self.gates is not None:
+            state["gates"] = self.gates.state_dict()
+            self._gate_changes = self.gates.changes
         try:
-            save_state(self.maintenance_path, self.maintenance.state_dict(), sync=False)
+            save_state(self.maintenance_path, state, sync=False)
         except (OSError, StateFileError) as exc:
             log.error("could not save maintenance windows to %s: %s", self.maintenance_path, exc)
 
     def _restore_maintenance(self) -> None:
         path = self.maintenance_path
         try:
-            loaded = self.maintenance.load_state_dict(load(path), self.clock())
+            state = load(path)
+            loaded = self.maintenance.load_state_dict(state, self.clock())
+            if self.gates is not None and "gates" in state:
+                self.gates.load_state_dict(state["gates"])
         except FileNotFoundError:
             return
         except (StateFileError, ValueError, KeyError, TypeError) as exc:
@@ -477,6 +486,8 @@ class DetectorService(AsyncClosing):
                 log.exception("closing the %s sink failed at shutdown", sink.name)
         if complete:  # else the last complete round's state matches what the broker forgot
             self.save()
+        if self.gates is not None and self.gates.changes != self._gate_changes:
+            self.save_maintenance()
         for log_file in (self.journal, self.outbox):
             if log_file is not None:
                 log_file.close()
@@ -494,6 +505,8 @@ class DetectorService(AsyncClosing):
                         self.tracker.touch()
                 for sink in self.sinks:  # the flood filter's checks, the console's summary
                     sink.tick(now)
+                if self.gates is not None and self.gates.changes != self._gate_changes:
+                    self.save_maintenance()  # a machine turned on or off
             except Exception:  # like a failing batch: must never stop the checks or the service
                 log.exception("the periodic silence check failed")
 

@@ -244,7 +244,7 @@ class SparkplugHost:
         """The metrics of a birth: aliases and names learned, their values read."""
         sensors = node.devices.setdefault(device, [])
         prefix = f"{node.id}/{device}/" if device else f"{node.id}/"
-        asset = device or node.node
+        asset = prefix[:-1]  # unique: two nodes may well name their devices alike
         for metric in metrics:
             name = metric.name
             if not name or metric.datatype not in _NUMERIC or name.startswith("Node Control/"):

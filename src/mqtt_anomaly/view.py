@@ -14,6 +14,7 @@ health topic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from .assets import AssetInfo
 from .detectors.base import FloatArray
 from .detectors.threshold import ThresholdDetector
 from .messages import HEALTH_STATES, HealthState, Severity
+from .sparkplug import SparkplugCounters
 
 if TYPE_CHECKING:
     from .pipeline import Counters, Pipeline
@@ -203,3 +205,8 @@ class PipelineView:
     def counters(self) -> Counters:
         """A copy of what the pipeline has counted."""
         return copy.deepcopy(self._pl.counters)
+
+    def sparkplug_counters(self) -> dict[str, int]:
+        """What the Sparkplug B host counted, by event (zeros when it is off)."""
+        host = self._pl.sparkplug
+        return dataclasses.asdict(SparkplugCounters() if host is None else host.counters)

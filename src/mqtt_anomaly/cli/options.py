@@ -24,3 +24,14 @@ BrokerOpt = Annotated[
         show_default=False,
     ),
 ]
+AssetsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="N simulated machines (see --asset-kind) instead of temperature sensors.",
+        metavar="N",
+        show_default=False,
+    ),
+]
+AssetKindOpt = Annotated[
+    str, typer.Option(help="Kind of machine with --assets: pump or compressor.")
+]

@@ -125,6 +125,13 @@ class Detector(ABC):
         for k, f in self.fields().items():
             self.state[k][slots] = f.fill
 
+    def seed_range(self, slot: int, low: float, high: float) -> None:
+        """The range a sensor's source declares for it (a Sparkplug birth's ``engLow`` and
+        ``engHigh``; NaN: none); a detector that has a use for it takes it. Not saved: the
+        source declares it again (a Sparkplug host asks every node for its births after a
+        restart)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """A copy of the learned state and the parameters it was learned with."""
         return {

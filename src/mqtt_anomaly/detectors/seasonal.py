@@ -7,6 +7,14 @@ at night and 9 °C by day is not anomalous at 14 °C at 02:00 but is at 14 °C a
 plain z-score cannot tell apart. ``period = 604800`` with ``bins = 168`` learns a weekly profile
 by the hour.
 
+**Calendars.** Bins are in the plant's local time (``timezone``, an IANA name; from
+``detector.timezone``): the 06:00 bin is 06:00 on the wall clock in summer and in winter, so a
+daylight-saving change does not make the profile alert until it relearns. ``holidays``
+(ISO dates, from ``detector.holidays``) are learned and scored as the declared weekday
+``holiday_as`` (``sun`` by default, from ``detector.holiday_as``): Christmas on a Friday looks
+like a Sunday to a weekly profile, not like a Friday. UTC without holidays (the default) costs
+nothing extra.
+
 Learning is winsorised (``clip`` standard deviations) and the variance has a floor
 (``min_std``, ``rel_std`` of the level). Score: ``z / (2 * z_alert)`` clipped to [0, 1]; a bin
 scores nothing until it has seen ``min_count`` readings.
@@ -23,14 +31,21 @@ scores nothing until it has seen ``min_count`` readings.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from ..config import DetectorSettings
 from ._common import TableDetector, check_ewma
 from ._stats import band, ewma_update, floor_rate, floored_std
-from .base import Field, FloatArray, IntArray, Scores
+from .base import Detector, Field, FloatArray, IntArray, Scores, check_params
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
+_OFFSET_STEP = 900.0  # UTC offsets change on quarter hours: one lookup per quarter hour
 
 
 class SeasonalDetector(TableDetector):
@@ -50,9 +65,29 @@ class SeasonalDetector(TableDetector):
         clip: float = 3.0,
         min_std: float = 0.01,
         rel_std: float = 1e-3,
+        timezone: str = "UTC",
+        holidays: str = "",
+        holiday_as: str = "sun",
     ) -> None:
         if period <= 0 or bins < 1 or z_alert <= 0 or min_count < 1:
             raise ValueError("period, bins, z_alert and min_count must be positive")
+        try:
+            self._zone = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {timezone!r}") from exc
+        if holiday_as not in WEEKDAYS:
+            raise ValueError(f"holiday_as must be one of {', '.join(WEEKDAYS)}")
+        try:
+            days = [dt.date.fromisoformat(d.strip()) for d in holidays.split(",") if d.strip()]
+        except ValueError as exc:
+            raise ValueError(f"holidays: {exc}") from exc
+        self.timezone = timezone
+        self.holidays = ",".join(d.isoformat() for d in sorted(set(days)))
+        self.holiday_as = holiday_as
+        epoch = dt.date(1970, 1, 1)
+        self._holidays = np.array(sorted({(d - epoch).days for d in days}), dtype=np.int64)
+        self._local = timezone != "UTC" or bool(days)
+        self._offsets: dict[int, float] = {}
         check_ewma(alpha, clip, min_std, rel_std)
         self.period = float(period)
         self.bins = int(bins)
@@ -63,6 +98,53 @@ class SeasonalDetector(TableDetector):
         self.min_std = float(min_std)
         self.rel_std = float(rel_std)
         super().__init__()
+
+    @classmethod
+    def from_settings(cls, settings: DetectorSettings) -> Detector:
+        params: dict[str, Any] = {
+            "timezone": settings.timezone,
+            "holidays": ",".join(d.isoformat() for d in settings.holidays),
+            "holiday_as": settings.holiday_as,
+            **settings.params.get(cls.name, {}),
+        }
+        return check_params(cls.name, cls, params)
+
+    def params(self) -> dict[str, Any]:
+        """The parameters; the calendar's only when not the default, so a state saved before
+        calendars existed still fits."""
+        p = super().params()
+        for key, default in (("timezone", "UTC"), ("holidays", ""), ("holiday_as", "sun")):
+            if p[key] == default:
+                del p[key]
+        return p
+
+    def local_time(self, ts: FloatArray) -> FloatArray:
+        """``ts`` as seconds on the plant's wall clock (holidays moved to ``holiday_as``)."""
+        if not self._local:
+            return ts
+        steps = np.floor(ts / _OFFSET_STEP).astype(np.int64)
+        uniq, inverse = np.unique(steps, return_inverse=True)
+        cache = self._offsets
+        if len(cache) > 100_000:
+            cache.clear()
+        offs = np.empty(len(uniq), dtype=np.float64)
+        zone = self._zone
+        for i, step in enumerate(uniq.tolist()):
+            off = cache.get(step)
+            if off is None:
+                when = dt.datetime.fromtimestamp(step * _OFFSET_STEP, dt.UTC).astimezone(zone)
+                delta = when.utcoffset()
+                off = cache[step] = delta.total_seconds() if delta is not None else 0.0
+            offs[i] = off
+        local = ts + offs[inverse]
+        if len(self._holidays):
+            day = np.floor(local / 86400.0).astype(np.int64)
+            hit = np.isin(day, self._holidays)
+            if hit.any():
+                weekday = (day[hit] + _EPOCH_WEEKDAY) % 7
+                target = WEEKDAYS.index(self.holiday_as)
+                local[hit] += ((target - weekday) % 7) * 86400.0
+        return local
 
     def fields(self) -> Mapping[str, Field]:
         return {
@@ -76,7 +158,7 @@ class SeasonalDetector(TableDetector):
 
     def _update(self, slots: IntArray, values: FloatArray, ts: FloatArray) -> Scores:
         st = self.state
-        phase = np.mod(ts, self.period) / self.period
+        phase = np.mod(self.local_time(ts), self.period) / self.period
         b = np.minimum((phase * self.bins).astype(np.intp), self.bins - 1)
         n = st["count"][slots, b]
         mean = st["mean"][slots, b]

@@ -16,20 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..cli.options import AssetKindOpt, AssetsOpt
 from ..config import DetectorSettings, load_settings
 from ..console import emit, err, fail, out
 from ..detectors import available, create
 from ..errors import ConfigError, MqttAnomalyError
 from . import leaderboard
 from .nab import load_corpus
-from .rows import Counts, ScorerResult, Totals, evaluate_series
-from .runner import read_labelled_csv, report_nab, run_nab, write_results
-from .scorers import ALWAYS, create_scorer, scorer_names
+from .rows import Counts, ScorerResult, SeriesReport, Totals, evaluate_series
+from .runner import LabelledCsv, read_labelled_csv, report_nab, run_nab, write_results
+from .scorers import ALWAYS, create_scorer, default_scorers
 
 DEFAULT_DATA = Path("../shared/datasets/nab")
 
@@ -201,6 +203,45 @@ def _extra(r: ScorerResult, cells: int) -> str:
     return " ".join(parts)
 
 
+def _note_label_like(data: LabelledCsv) -> None:
+    """One note per scored column that holds only 0 and 1: likely a second label column."""
+    for j, col in enumerate(data.columns):
+        v = data.values[:, j]
+        v = v[~np.isnan(v)]
+        if v.size and v.any() and np.isin(v, (0.0, 1.0)).all():
+            err.print(
+                f"note: {data.name}: column {col!r} holds only 0 and 1 and is scored as a "
+                f"sensor; if it is a label, pass --exclude-column {col}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _files_table(reports: list[SeriesReport]) -> Table:
+    """Per file: its rows, the best detector's point F1 and always-alarm's."""
+    table = Table(
+        "file",
+        "scored",
+        "labelled",
+        "best point F1",
+        "always F1",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    for rep in reports:
+        f1 = {r.scorer: float(r.counts.point()["f1"]) for r in rep.results}
+        always = f1.pop(ALWAYS)
+        best = max(f1, key=lambda k: f1[k], default=None)
+        table.add_row(
+            Path(rep.name).name,
+            f"{rep.scored_rows:,}",
+            f"{rep.labelled_rows:,}",
+            "-" if best is None else f"{f1[best]:.2f} {best}",
+            f"{always:.2f}",
+        )
+    return table
+
+
 RATES_NOTE = (
     "rows P/R/F1 count rows; false alarms: share of normal rows flagged; missed: share of "
     "anomalous rows not flagged; events: runs of labelled rows found / runs of flags touching "
@@ -262,7 +303,7 @@ def csv_command(
     false- and missed-alarm rates, per file and micro-averaged over all files.
 
     Detectors: "default" (the configured set on every column), each univariate detector on
-    every column, the multivariate ones when installed; a row is flagged when any column is.
+    every column, with --train-rows the multivariate ones; a row is flagged when any column is.
     Each file is one asset scored on its own, from a fresh detector: its first --train-rows
     rows are learned, not scored. "always" (flag every row) is in every report.
 
@@ -270,7 +311,7 @@ def csv_command(
     """
     try:
         settings = load_settings(config).detector
-        names = list(dict.fromkeys(detector or scorer_names()))
+        names = list(dict.fromkeys(detector or default_scorers(train_rows)))
         for name in names:
             create_scorer(name, settings)
         reports = []
@@ -280,6 +321,8 @@ def csv_command(
             data = read_labelled_csv(
                 file, label_column, value_column, timestamp_column, exclude_column or ()
             )
+            if not value_column:
+                _note_label_like(data)
             reports.append(
                 evaluate_series(
                     str(file),
@@ -319,11 +362,8 @@ def csv_command(
             f"{train_rows:,} learned in each, {total.labelled_rows:,} labelled"
         )
         out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
+        out.print(_files_table(reports))
     out.print(RATES_NOTE)
-
-
-if __name__ == "__main__":
-    app()
 
 
 @app.command()
@@ -336,21 +376,71 @@ def sim(
         ),
     ] = None,
     sensors: Annotated[int, typer.Option("--sensors", "-n", help="Simulated sensors.")] = 50,
-    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 0.2,
-    duration: Annotated[float, typer.Option(help="Seconds of simulation.")] = 120.0,
-    warmup: Annotated[float, typer.Option(help="Learning time not scored (s).")] = 20.0,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between readings (default 0.2; with --assets 1).", show_default=False
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of simulation (default 120; with --assets 21600 simulated seconds).",
+            show_default=False,
+        ),
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning time not scored, s (default 20; with --assets 600, the "
+            "commissioning run).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the fleet.")] = 1,
     rate_scale: Annotated[
-        float, typer.Option(help="Multiplies the fault rates (faults per sensor-hour).")
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            help="Multiplies the fault rates (default 30 × the live rates; with --assets 1 × "
+            "0.5 faults of each kind per asset-hour).",
+            show_default=False,
+        ),
+    ] = None,
+    assets: AssetsOpt = None,
+    asset_kind: AssetKindOpt = "pump",
+    detector: DetectorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score the live pipeline on the simulator's ground-truth labels.
+    """Score detectors on the simulator's ground-truth labels.
 
-    Runs a simulated fleet with injected faults (every kind, crashes included) and the
-    detector service together, then matches every raised alert to the injected faults:
-    precision over all alerts, recall and detection delay per fault kind.
+    Without --assets: runs a simulated fleet with injected faults (every kind, crashes
+    included) and the detector service together, then matches every raised alert to the
+    injected faults: precision over all alerts, recall and detection delay per fault kind.
+
+    With --assets N: simulates N machines for --duration simulated seconds (as fast as the
+    model runs) and scores each detector (--detector, default: the default set, each
+    univariate detector, the multivariate ones when installed, and always-alarm) on each asset
+    against the asset labels, after the commissioning run: point and event
+    precision/recall/F1, micro-averaged, and the faults found per fault kind.
     """
+    if assets is not None:
+        _sim_assets(
+            config,
+            assets,
+            asset_kind,
+            duration=21600.0 if duration is None else duration,
+            interval=1.0 if interval is None else interval,
+            warmup=600.0 if warmup is None else warmup,
+            seed=seed,
+            rate_scale=1.0 if rate_scale is None else rate_scale,
+            detector=detector,
+            as_json=as_json,
+        )
+        return
+    interval = 0.2 if interval is None else interval
+    duration = 120.0 if duration is None else duration
+    warmup = 20.0 if warmup is None else warmup
+    rate_scale = 30.0 if rate_scale is None else rate_scale
     from ..console import run, setup_logging
     from .sim import run_sim_evaluation
 
@@ -397,3 +487,74 @@ def sim(
         f"alerts {report.alerts}, false alarms {report.false_alarms}: precision "
         f"{report.precision:.2f}, recall {report.recall:.2f}, F1 {report.f1:.2f}"
     )
+
+
+def _sim_assets(
+    config: Path | None,
+    assets: int,
+    kind: str,
+    *,
+    duration: float,
+    interval: float,
+    warmup: float,
+    seed: int,
+    rate_scale: float,
+    detector: list[str] | None,
+    as_json: bool,
+) -> None:
+    """``evaluate sim --assets N`` (see :mod:`.assetsim`)."""
+    from .assetsim import run_asset_evaluation
+
+    try:
+        if not 1 <= assets <= 1000:
+            raise ConfigError("--assets must be between 1 and 1000")
+        if interval <= 0:
+            raise ConfigError("--interval must be positive")
+        settings = load_settings(config).detector
+        names = list(dict.fromkeys(detector or default_scorers(round(warmup / interval))))
+        for name in names:
+            create_scorer(name, settings)
+        report = run_asset_evaluation(
+            kind,
+            assets,
+            duration=duration,
+            interval=interval,
+            seed=seed,
+            rate_scale=rate_scale,
+            warmup=warmup,
+            scorers=names,
+            settings=settings,
+        )
+    except MqttAnomalyError as exc:
+        fail(str(exc))
+    if as_json:
+        _dump(report.as_dict())
+        return
+    total = report.totals
+    title = (
+        f"{assets} {report.kind}s, {duration:g} s each ({warmup:g} s learned), seed {seed}: "
+        f"{total.scored_rows:,} rows scored, {total.labelled_rows:,} in "
+        f"{report.settings['faults']} faults"
+    )
+    out.print(rows_table(title, [(k, c, "") for k, c in total.counts.items()]))
+    heads = [f"{k.kind} ({k.faults})" for k in report.by_kind]
+    kinds = Table(
+        "faults found",
+        *heads,
+        title="faults flagged at least once per fault kind, median delay to the first flag",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    for name in total.counts:
+        cells = []
+        for k in report.by_kind:
+            delay = k.delay_p50.get(name)
+            late = "" if delay is None else f", {delay:.0f} s"
+            cells.append(f"{k.detected.get(name, 0)}/{k.faults}{late}")
+        kinds.add_row(name, *cells)
+    out.print(kinds)
+    out.print(RATES_NOTE)
+
+
+if __name__ == "__main__":
+    app()

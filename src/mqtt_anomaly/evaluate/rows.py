@@ -122,6 +122,7 @@ class ScorerResult:
     counts: Counts
     seconds: float
     nab: dict[str, dict[str, ProfileScore]] | None = None
+    alarms: BoolArray | None = field(default=None, repr=False, compare=False)  # keep_alarms
 
     def as_dict(self, rows: int, columns: int) -> dict[str, Any]:
         cells = rows * columns
@@ -225,8 +226,11 @@ def evaluate_series(
     train_rows: int = 0,
     settings: DetectorSettings | None = None,
     nab: bool = False,
+    keep_alarms: bool = False,
 ) -> SeriesReport:
-    """Run every scorer (and ``always``) on one series; see the module docstring."""
+    """Run every scorer (and ``always``) on one series; see the module docstring. ``nab``:
+    NAB scores too, for scorers with a score scale; ``keep_alarms``: each result keeps its
+    flags on the scored rows."""
     rows = len(labels)
     if train_rows >= rows:
         raise ConfigError(f"{name}: --train-rows {train_rows} leaves none of its {rows} rows")
@@ -242,7 +246,7 @@ def evaluate_series(
         report_nab = None
         if nab and out.scores is not None and scorer_name != ALWAYS:
             report_nab = _nab(name, epoch[n:], out.scores, scored, out.level)
-        results.append(
-            ScorerResult(scorer_name, Counts.of(out.alarms, scored), seconds, report_nab)
-        )
+        counts = Counts.of(out.alarms, scored)
+        kept = out.alarms if keep_alarms else None
+        results.append(ScorerResult(scorer_name, counts, seconds, report_nab, kept))
     return SeriesReport(name, tuple(columns), rows, n, int(scored.sum()), results)

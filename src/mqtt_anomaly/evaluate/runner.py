@@ -298,7 +298,7 @@ def read_labelled_csv(
     for col in [label_column, *exclude_columns, *([timestamp_column] if timestamp_column else [])]:
         if col not in header:
             raise ConfigError(f"{path}: no column {col!r} (columns: {columns})")
-    skip = {label_column, timestamp_column, *exclude_columns}
+    skip = {label_column, timestamp_column, "", *exclude_columns}  # "": a trailing delimiter
     cols = list(value_columns or [c for c in header if c not in skip])
     for col in cols:
         if col not in header:
@@ -310,10 +310,15 @@ def read_labelled_csv(
         if len(r) < len(header):
             raise ConfigError(f"{path}:{n + 2}: {len(r)} cells for {len(header)} columns")
     cells = _Cells(path, delimiter)
-    values = np.array(
-        [[cells.number(n + 2, c, r[at[c]]) for c in cols] for n, r in enumerate(body)],
-        dtype=np.float64,
-    ).reshape(len(body), len(cols))
+    try:
+        values = np.array(
+            [[cells.number(n + 2, c, r[at[c]]) for c in cols] for n, r in enumerate(body)],
+            dtype=np.float64,
+        ).reshape(len(body), len(cols))
+    except ConfigError as exc:
+        if value_columns:
+            raise
+        raise ConfigError(f"{exc} (--exclude-column leaves a column out)") from exc
     labels = np.array(
         [cells.label(n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
         dtype=bool,

@@ -12,16 +12,16 @@ Built-ins:
 - ``default``: the configured detector set (``detector.detectors``) together, a row alarms
   when any detector alarms on any column. A fixed ``threshold`` is a temperature limit that
   means nothing for a pressure or a voltage, so in a row scorer (alone or in a set) it is
-  adapted per column:
-  each column's limit is its highest commissioning value plus a tenth of its commissioning
-  range (the configured ``detector.threshold`` when there are no commissioning rows);
+  adapted per column: each column's limit is its highest commissioning value plus a tenth of
+  its commissioning range (the configured ``detector.threshold`` without commissioning rows);
 - ``always``: the trivial detector that alarms on every row, the floor every report shows.
 
 Multivariate detectors plug in with :func:`register_multivariate`. When the optional module
 ``mqtt_anomaly.mvdetectors.offline`` is importable, its detectors are registered on first use:
-it names them in ``NAMES`` (or an ``available()`` function) and scores them with
-``score_rows(name, train, rows, **params) -> (scores, alarms, contributions)``; without it
-those names are simply absent.
+it names them in ``NAMES``, an ``available()`` function or ``METHODS`` and scores them with
+``score_rows(name, train, rows, **params) -> (scores, alarms, contributions)`` (scores in
+[0, 1], alarming from 0.5). Without commissioning rows they are left out of the scorers run
+by default (:func:`default_scorers`); without the module their names are simply absent.
 
 >>> import numpy as np
 >>> rows = np.column_stack([np.sin(np.arange(400) / 9.0), np.cos(np.arange(400) / 9.0)])
@@ -175,14 +175,22 @@ class _Offline:
 
     def score(self, rows: FloatArray, ts: FloatArray) -> RowScores:
         train = self.train_rows if self.train_rows is not None else rows[:0]
-        _, alarms, _ = self.module.score_rows(self.name, train, rows, **self.params)
-        return RowScores(np.asarray(alarms, dtype=bool))
+        try:
+            scores, alarms, _ = self.module.score_rows(self.name, train, rows, **self.params)
+        except (TypeError, ValueError) as exc:  # bad parameters, too few commissioning rows
+            raise ConfigError(f"{self.name}: {exc}") from exc
+        values = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+        scale = bool(np.all((values >= 0.0) & (values <= 1.0)))  # [0, 1]: NAB can score it
+        return RowScores(np.asarray(alarms, dtype=bool), values if scale else None)
 
 
 def _offline_names(module: Any) -> list[str]:
+    """The module's detectors: ``NAMES``, ``available()`` or ``METHODS``, the first it has."""
     names = getattr(module, "NAMES", None)
     if names is None and callable(getattr(module, "available", None)):
         names = module.available()
+    if names is None:
+        names = getattr(module, "METHODS", None)
     return [str(n) for n in names or ()]
 
 
@@ -214,6 +222,13 @@ def multivariate() -> list[str]:
 def scorer_names() -> list[str]:
     """Every scorer: ``default``, the univariate detectors, the multivariate ones, ``always``."""
     return [DEFAULT, *available(), *multivariate(), ALWAYS]
+
+
+def default_scorers(train_rows: int) -> list[str]:
+    """The scorers run when none is chosen: all of them, but the multivariate ones only with
+    commissioning rows to learn from (``train_rows`` > 0)."""
+    names = scorer_names()
+    return names if train_rows > 0 else [n for n in names if n not in _multivariate]
 
 
 def create_scorer(name: str, settings: DetectorSettings | None = None) -> RowScorer:

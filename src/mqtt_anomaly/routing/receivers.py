@@ -71,6 +71,8 @@ def _lines(n: Notice) -> list[str]:
         value = "" if a.value is None else f" value {a.value:g}"
         esc = " (escalated)" if a.escalated else ""
         out.append(f"- {a.status} {a.severity}{esc}: {a.sensor_id} {a.detector}{value} {a.message}")
+    if n.truncated:
+        out.append(f"- … and {n.firing + n.resolved - len(n.alerts)} more")
     return out
 
 

@@ -28,7 +28,9 @@ after a crash has the same key, a repeat has another.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +43,7 @@ from ..routeconf import Route
 __all__ = ["Notice", "RoutedAlert", "Router"]
 
 Status = Literal["firing", "resolved"]
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a tag name that is a valid label name too
 
 
 class RoutedAlert(msgspec.Struct, kw_only=True):
@@ -77,16 +80,25 @@ class Notice(msgspec.Struct, kw_only=True):
     """The highest severity among the incident's firing alerts (when none fires: among the
     resolved ones)."""
     alerts: list[RoutedAlert]
+    """At most the route's ``max_alerts``: the resolved ones first, then the firing ones,
+    the most severe and newest first."""
     ts: float
     valid_until: float
     """Until when the firing alerts hold without another notice (Alertmanager's endsAt):
     twice the repeat interval after ``ts``."""
+    firing: int = 0
+    """How many alerts of the incident fire (also those not listed)."""
+    resolved: int = 0
+    """How many resolved since the last notice (also those not listed)."""
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.alerts) < self.firing + self.resolved
 
     @property
     def summary(self) -> str:
         """One line: ``[CRITICAL] 3 firing, 1 resolved: zscore on factory/line-1``."""
-        firing = sum(1 for a in self.alerts if a.status == "firing")
-        resolved = len(self.alerts) - firing
+        firing, resolved = self.firing, self.resolved
         parts = [f"{firing} firing"] if firing else []
         if resolved:
             parts.append(f"{resolved} resolved")
@@ -167,7 +179,7 @@ class Router:
             taken = True
             route = self.routes[i]
             labels = {
-                **{k: v for k, v in tags.items() if k.isidentifier()},
+                **{k: v for k, v in tags.items() if _LABEL.fullmatch(k)},
                 "alertname": a.detector,
                 "sensor": a.sensor_id,
                 "detector": a.detector,
@@ -266,6 +278,11 @@ class Router:
         digest = hashlib.sha256(
             msgspec.json.encode([self.names[inc.route], inc.key, sorted(said), inc.repeats])
         ).hexdigest()[:32]
+        listed = inc.resolved[: route.max_alerts]
+        if len(listed) < route.max_alerts:
+            room = route.max_alerts - len(listed)
+            top = heapq.nlargest(room, firing, key=lambda a: (_rank(a.severity), a.starts_at))
+            listed = [*listed, *top]
         notice = Notice(
             key=digest,
             route=self.names[inc.route],
@@ -273,9 +290,11 @@ class Router:
             group=dict(inc.group),
             status="firing" if firing else "resolved",
             severity=inc.last_severity,
-            alerts=[msgspec.structs.replace(a, labels=dict(a.labels)) for a in alerts],
+            alerts=[msgspec.structs.replace(a, labels=dict(a.labels)) for a in listed],
             ts=now,
             valid_until=now + 2 * route.repeat_interval,
+            firing=len(firing),
+            resolved=len(inc.resolved),
         )
         inc.last_sent = now
         inc.changed = False

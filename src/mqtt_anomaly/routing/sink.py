@@ -6,8 +6,9 @@ router (no I/O) and wakes the sink's timer task, which sends the notices when th
 (``group_wait``, ``group_interval``, ``repeat_interval``, ``escalate_after``: to the
 millisecond, not on the service's one-second tick). Open incidents are saved in
 ``<state_dir>/routing-state.mqas`` (:mod:`~mqtt_anomaly.statefile`: data only) when they
-change, at most every ``save_every`` seconds, and at close; a restart takes them back, so an
-alert raised before it is resolved after it, in the same incident.
+change, at most every ``save_every`` seconds (written in a worker thread), and at close; a
+restart takes them back, so an alert raised before it is resolved after it, in the same
+incident.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -66,6 +67,7 @@ class RoutingSink(BaseSink):
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
         self._saved_at = 0.0
+        self._saving: asyncio.Future[None] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -124,17 +126,29 @@ class RoutingSink(BaseSink):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     def tick(self, now: float) -> None:
+        """Save the incidents when they changed, at most every ``save_every`` seconds: the
+        snapshot on the event loop, the file written in a worker thread."""
+        saving = self._saving
+        if saving is not None and not saving.done():
+            return
         if self._dirty and now - self._saved_at >= self.save_every:
-            self.save()
+            state = self._snapshot()
+            self._saving = asyncio.get_running_loop().run_in_executor(None, self._write, state)
+
+    def _snapshot(self) -> dict[str, Any]:
+        self._dirty = False
+        self._saved_at = self.clock()
+        return self.router.state_dict()
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            dump(self.state_path, state, sync=False)
+        except (OSError, StateFileError) as exc:
+            log.error("could not save routing state to %s: %s", self.state_path, exc)
 
     def save(self) -> None:
         """Save the open incidents now (atomically; a failure is logged)."""
-        self._dirty = False
-        self._saved_at = self.clock()
-        try:
-            dump(self.state_path, self.router.state_dict(), sync=False)
-        except (OSError, StateFileError) as exc:
-            log.error("could not save routing state to %s: %s", self.state_path, exc)
+        self._write(self._snapshot())
 
     async def close(self, timeout: float) -> None:
         task, self._task = self._task, None
@@ -143,6 +157,9 @@ class RoutingSink(BaseSink):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self._dispatch(self.router.due(self.clock()))
+            if self._saving is not None:  # the last periodic save first: it is older
+                with contextlib.suppress(Exception):
+                    await self._saving
             self.save()
         couriers, self.couriers = self.couriers, {}
         for courier in couriers.values():

@@ -7,9 +7,9 @@ one reading per sensor on ``factory/{asset}/{sensor}`` (:data:`ASSET_TOPIC`)::
 
     {"sensor_id": "PUMP-01/flow", "ts": 1767225600.25, "value": 96.41, "unit": "m3/h", "seq": 7}
 
-``sensor_id`` is ``{asset}/{sensor}``, the id a ``[[mapping.rules]]`` topic
-``factory/{asset}/{sensor}`` gives; ``seq`` is the asset's reading number, the same for all
-its sensors; ``ts`` the reading's scheduled time. The values come from an
+``sensor_id`` is ``{asset}/{sensor}`` (unique in the plant, as the ids the ``[mapping]`` rules
+join from topic levels); ``seq`` is the asset's reading number, the same for all its sensors;
+``ts`` the reading's scheduled time. The values come from an
 :class:`~.assets.AssetModel` (correlated sensors, faults within the normal range); faults go to
 the labels file one line per fault, for the whole asset, and with ``csv`` to one CSV file per
 asset (:class:`~.plant.AssetCsv`). The schedule is absolute: reading ``k`` of every asset goes

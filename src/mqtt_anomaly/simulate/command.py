@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..cli.options import BrokerOpt, ConfigOpt
+from ..cli.options import AssetKindOpt, AssetsOpt, BrokerOpt, ConfigOpt
 
 INJECT_HELP = (
     "Force a fault: KIND@SECONDS[+DURATION][:SENSOR] (repeatable). KIND: spike, level_shift, "
@@ -81,17 +81,8 @@ def simulate(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print every reading, whatever the fleet size.")
     ] = False,
-    assets: Annotated[
-        int | None,
-        typer.Option(
-            help="Simulate N machines instead of temperature sensors (see --asset-kind).",
-            metavar="N",
-            show_default=False,
-        ),
-    ] = None,
-    asset_kind: Annotated[
-        str, typer.Option(help="Kind of machine with --assets: pump or compressor.")
-    ] = "pump",
+    assets: AssetsOpt = None,
+    asset_kind: AssetKindOpt = "pump",
     csv: Annotated[
         Path | None,
         typer.Option(

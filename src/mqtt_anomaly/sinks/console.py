@@ -48,7 +48,12 @@ class ConsoleSink(BaseSink):
 
 
 def alert_line(a: Alert) -> str:
-    """The operator's line for one alert event."""
+    """The operator's line for one alert event (a suppressed one says why it is)."""
+    line = _alert_line(a)
+    return f"{line} [suppressed: {a.suppressed}]" if a.suppressed else line
+
+
+def _alert_line(a: Alert) -> str:
     value = f"{a.value:.1f}°C" if a.value is not None else ""
     if a.state == "cleared":
         return f"[CLEAR] {a.sensor_id} {a.detector} alert cleared {value}".rstrip()

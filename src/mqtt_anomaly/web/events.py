@@ -53,6 +53,7 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "reading_ts": a.reading_ts,
         "alert_ts": a.alert_ts,
         "message": a.message,
+        "suppressed": a.suppressed,
         "asset_id": a.asset_id,
         "contributions": a.contributions,
     }

@@ -50,6 +50,7 @@ METRICS: Final[dict[str, str]] = {
     "duplicates_dropped": "counter",
     "status_messages": "counter",
     "seq_conflicts": "counter",
+    "sparkplug_events": "counter",
     "sensors_evicted": "counter",
     "sensors_rejected": "counter",
     "dead_letters": "counter",
@@ -163,6 +164,12 @@ class ServiceMetrics(Collector):
             "sensors_evicted", "Silent sensors forgotten to make room", c.sensors_evicted
         )
         yield _counter("sensors_rejected", "Messages of sensors refused a slot", c.sensors_rejected)
+        sparkplug = CounterMetricFamily(
+            P + "sparkplug_events", "Sparkplug B host events by kind", labels=["event"]
+        )
+        for event, n in svc.pipeline.view().sparkplug_counters().items():
+            sparkplug.add_metric([event], n)
+        yield sparkplug
         dead = CounterMetricFamily(
             P + "dead_letters", "Rejected messages by reason", labels=["reason"]
         )

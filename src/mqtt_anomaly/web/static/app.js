@@ -126,6 +126,11 @@ function alertItem(a) {
     a.value !== null && a.value !== undefined ? ` ${a.value.toFixed(1)}` : "",
     a.severity === "critical" && a.state === "raised" ? " — critical" : ""),
   el("div", { class: "meta" }, `${fmtTime(a.alert_ts)} ${a.message || ""}`));
+  if (a.suppressed) {
+    li.classList.add("suppressed");
+    li.dataset.suppressed = a.suppressed;
+    li.append(el("div", { class: "why" }, `suppressed — ${a.suppressed}`));
+  }
   if (current) {
     li.dataset.active = "1";
     li.append(actions(act));
@@ -285,6 +290,57 @@ function drawAsset() {
   });
   c.dataset.series = String(d.series.filter((s) => s.buckets.length).length);
   c.dataset.points = String(points);
+}
+
+/* ---- maintenance windows ---------------------------------------------------------- */
+function windowWhen(w) {
+  if (w.at !== null) return `${w.days.length ? w.days.join(",") : "daily"} ${w.at} for ${Math.round(w.duration / 60)} min (${w.timezone})`;
+  return `${new Date(w.start).toLocaleString()} → ${new Date(w.end).toLocaleString()}`;
+}
+
+function windowItem(w) {
+  const who = [...w.sensors, ...w.assets.map((a) => "asset " + a), ...w.groups.map((g) => "group " + g)];
+  const li = el("li", { class: w.open ? "open" : "", dataset: { window: w.id, source: w.source, open: w.open ? "1" : "0" } },
+    el("b", {}, w.reason || w.id), ` ${who.join(", ") || "all sensors"}`,
+    el("div", { class: "meta" }, windowWhen(w)));
+  if (w.source === "api") {
+    li.prepend(el("button", { type: "button", class: "remove", onclick: () => removeWindow(w.id) }, "Remove"));
+  }
+  return li;
+}
+
+async function loadWindows() {
+  const windows = await api("/api/maintenance");
+  $("#windows").replaceChildren(...windows.map(windowItem));
+}
+
+async function removeWindow(id) {
+  const r = await fetch(`/api/maintenance/${encodeURIComponent(id)}`, { method: "DELETE" });
+  if (!r.ok && r.status !== 404) throw new Error(`${r.status} remove ${id}`);
+  await loadWindows();
+}
+
+async function addWindow(e) {
+  e.preventDefault();
+  const now = new Date();
+  const minutes = +$("#win-minutes").value;
+  const body = {
+    sensors: $("#win-sensors").value.split(/[\s,]+/).filter(Boolean),
+    reason: $("#win-reason").value,
+    start: now.toISOString(),
+    end: new Date(now.getTime() + minutes * 60000).toISOString(),
+  };
+  const r = await fetch("/api/maintenance", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  if (!r.ok) {
+    const detail = await r.json().catch(() => ({}));
+    $("#win-error").textContent = typeof detail.detail === "string" ? detail.detail : `error ${r.status}`;
+    return;
+  }
+  $("#win-error").textContent = "";
+  $("#window-form").reset();
+  await loadWindows();
 }
 
 /* ---- sensor view ------------------------------------------------------------------- */
@@ -474,6 +530,9 @@ function init() {
   window.addEventListener("resize", drawAsset);
   st.fleetTimer = setInterval(scheduleFleet, 3000);  // counts in the header, last-seen ages
   loadFeed().catch(console.error);
+  $("#window-form").addEventListener("submit", (e) => addWindow(e).catch(console.error));
+  loadWindows().catch(console.error);
+  setInterval(() => loadWindows().catch(console.error), 30000);  // windows open and close
   route();
 }
 
