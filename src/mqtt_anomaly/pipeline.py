@@ -222,17 +222,7 @@ class Pipeline:
         self.detectors: list[Detector] = (
             list(detectors) if detectors is not None else [create(n, ds) for n in ds.detectors]
         )
-        self.books: dict[str, AlertBook] = {
-            d.name: AlertBook(
-                d.name,
-                raise_level=d.raise_level,
-                clear_level=d.clear_level,
-                critical_level=d.critical_level,
-                debounce=ds.debounce,
-                clear_after=ds.clear_after,
-            )
-            for d in self.detectors
-        }
+        self.books: dict[str, AlertBook] = {d.name: _book(d, ds) for d in self.detectors}
         # [overrides]: detectors some sensors choose beyond the defaults, and per-slot masks of
         # which sensors each detector scores (only for detectors a sensor may leave or join)
         self._enabled: dict[str, NDArray[np.bool_]] = {}
@@ -291,14 +281,7 @@ class Pipeline:
             if name not in have:
                 det = create(name, ds)
                 self.detectors.append(det)
-                self.books[name] = AlertBook(
-                    name,
-                    raise_level=det.raise_level,
-                    clear_level=det.clear_level,
-                    critical_level=det.critical_level,
-                    debounce=ds.debounce,
-                    clear_after=ds.clear_after,
-                )
+                self.books[name] = _book(det, ds)
         if any(c.detectors is not None for c in chosen):
             for d in self.detectors:
                 self._enabled[d.name] = np.zeros(0, dtype=bool)
@@ -1137,6 +1120,18 @@ class Pipeline:
             except (ValueError, KeyError, TypeError):
                 skipped.append(ASSET_DETECTOR)
         return skipped
+
+
+def _book(det: Detector, ds: DetectorSettings) -> AlertBook:
+    """The alert book of one detector: its levels, the configured debounce and clear run."""
+    return AlertBook(
+        det.name,
+        raise_level=det.raise_level,
+        clear_level=det.clear_level,
+        critical_level=det.critical_level,
+        debounce=ds.debounce,
+        clear_after=ds.clear_after,
+    )
 
 
 def _invalid(r: Reading) -> PayloadError:
