@@ -238,6 +238,9 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             assert max(shares, key=shares.__getitem__) == "PUMP-07/s2"
             one = (await http.get("/api/assets/PUMP-07")).json()
             assert one["alarm"] is True and one["contributions"]["PUMP-07/s2"] > 0.5
+            metrics = (await http.get("/metrics")).text
+            assert 'mqtt_anomaly_assets{alarm="any",phase="monitoring"} 1.0' in metrics
+            assert 'mqtt_anomaly_assets{alarm="true",phase="any"} 1.0' in metrics
             assert store.flush(10)
             stored = (await http.get("/api/alerts", params={"sensor": "PUMP-07"})).json()
             assert stored[0]["asset_id"] == "PUMP-07"
