@@ -184,21 +184,28 @@ def stationary(n: int, seed: int) -> np.ndarray:
     return 50.0 + t * np.array([1.0, 1.0, -1.0, 2.0, 0.5, -0.5]) + rng.normal(0, 0.05, (n, K))
 
 
-async def test_service_raises_asset_alerts_and_serves_assets(
-    shared_mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'h.db'}"
-    s = load_settings(
+def service_settings(broker: Mosquitto, tmp_path: Path, client_id: str) -> Settings:
+    """A service with a SQLite store that reads ``plant/{asset}/{sensor}`` readings (value
+    ``v``, time ``ts``) and commissions assets on 80 rows; no per-sensor alert fires."""
+    rule = {"topic": "plant/{asset}/{sensor}", "value": "$.v", "timestamp": "$.ts"}
+    return load_settings(
         None,
         {
-            "broker": {"url": shared_mosquitto.url, "client_id": "detector-assets"},
-            "store": {"url": url, "flush_interval": 0.05},
+            "broker": {"url": broker.url, "client_id": client_id},
+            "store": {"url": f"sqlite:///{tmp_path / 'h.db'}", "flush_interval": 0.05},
             "service": {"state_dir": tmp_path / "state"},
-            "mapping": {"rules": [{"topic": "plant/{asset}/{sensor}", "value": "$.v"}]},
+            "mapping": {"rules": [rule]},
             "detector": {"detectors": ["threshold"], "threshold": 1e9},
             "assets": {"commission_rows": 80},
         },
     )
+
+
+async def test_service_raises_asset_alerts_and_serves_assets(
+    shared_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    s = service_settings(shared_mosquitto, tmp_path, "detector-assets")
+    url = s.store.url
     x = stationary(160, seed=21)
     x[120:, 2] += 1.5  # 30 noise sd: the relation of s2 to the others breaks
     with open_store(url, s.store) as store:
@@ -211,7 +218,8 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             pl = srv.service.pipeline
             for i in range(100):
                 for j in range(K):
-                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps({"v": x[i, j]}).encode())
+                    doc = {"v": x[i, j], "ts": T0 + i}
+                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps(doc).encode())
             await eventually(lambda: pl.counters.processed == 100 * K, what="rows processed")
             (listed,) = (await http.get("/api/assets")).json()
             assert listed["id"] == "PUMP-07" and listed["phase"] == "monitoring"
@@ -220,7 +228,8 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             assert probe["assets"] == {"monitoring": 1}
             for i in range(100, 160):
                 for j in range(K):
-                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps({"v": x[i, j]}).encode())
+                    doc = {"v": x[i, j], "ts": T0 + i}
+                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps(doc).encode())
             await eventually(lambda: bool(obs.on("/alerts")), what="asset alert on MQTT")
             (payload,) = obs.json("/alerts")
             assert payload["asset_id"] == "PUMP-07" and payload["detector"] == "asset"
@@ -229,6 +238,9 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             assert max(shares, key=shares.__getitem__) == "PUMP-07/s2"
             one = (await http.get("/api/assets/PUMP-07")).json()
             assert one["alarm"] is True and one["contributions"]["PUMP-07/s2"] > 0.5
+            metrics = (await http.get("/metrics")).text
+            assert 'mqtt_anomaly_assets{alarm="any",phase="monitoring"} 1.0' in metrics
+            assert 'mqtt_anomaly_assets{alarm="true",phase="any"} 1.0' in metrics
             assert store.flush(10)
             stored = (await http.get("/api/alerts", params={"sensor": "PUMP-07"})).json()
             assert stored[0]["asset_id"] == "PUMP-07"
@@ -242,3 +254,15 @@ async def test_service_raises_asset_alerts_and_serves_assets(
             assert (await http.get("/healthz")).json()["assets"] == {"commissioning": 1}
             assert (await http.post("/api/assets/NOPE/recommission")).status_code == 404
             assert (await http.get("/api/assets/NOPE")).status_code == 404
+
+
+def test_batches_that_split_rows_still_score_whole_rows() -> None:
+    p = Pipeline(settings())
+    x = machine(50, seed=17)
+    flat = [m for batch in messages("PUMP-01", x, 0) for m in batch]
+    # batches of 9 messages: most begin in the middle of a row and end in the next one
+    for i in range(0, len(flat), 9):
+        p.process(flat[i : i + 9])
+    kept = p.assets.detectors[K].rows[0]
+    np.testing.assert_array_equal(kept, x[: len(kept)])
+    assert len(kept) == 50  # each row scored as soon as its last sensor reported

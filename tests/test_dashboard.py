@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -134,6 +135,51 @@ async def test_spike_shows_in_feed_and_fleet(
             await page.fill("#q", "fleet-1999")
             await page.wait_for_selector('tr[data-sensor="FLEET-1999"]')
             assert await page.locator("#sensors tbody tr").count() == 1
+            assert errors == []
+
+
+async def test_asset_view_shows_contribution_bars_and_sensors_together(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    import json
+
+    from .test_assets import NAMES, K, service_settings, stationary
+
+    settings = service_settings(mosquitto, tmp_path, "detector-dash-assets")
+    url = settings.store.url
+    t0 = time.time() - 200  # one row a second, the last ones now
+    x = stationary(160, seed=31)
+    x[120:, 2] += 1.5
+    with open_store(url, settings.store) as store:
+        async with Served(settings, store) as srv, publisher(mosquitto.url, "pub-dash") as pub:
+            page = await browser.new_page()  # type: ignore[attr-defined]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(srv.base + "/")
+            await page.wait_for_selector("#live.on", timeout=10_000)
+            for i in range(160):
+                for j in range(K):
+                    doc = {"v": x[i, j], "ts": t0 + i}
+                    pub.publish(f"plant/PUMP-07/{NAMES[j]}", json.dumps(doc).encode())
+            row = '#asset-table tr[data-asset="PUMP-07"][data-phase="monitoring"][data-alarm="1"]'
+            await page.wait_for_selector(row, timeout=20_000)
+            await page.click(row)
+            await page.wait_for_selector('#asset-phase[data-phase="monitoring"]')
+            await page.wait_for_function(
+                """() => {
+                    const bar = document.querySelector('#bars .bar[data-sensor="PUMP-07/s2"]');
+                    return bar && +bar.dataset.share > 0.5
+                        && document.querySelectorAll('#bars .bar').length === 6;
+                }""",
+                timeout=10_000,
+            )
+            await page.wait_for_function(
+                "() => +document.querySelector('#asset-chart').dataset.series === 6"
+                " && +document.querySelector('#asset-chart').dataset.points >= 6 * 150",
+                timeout=10_000,
+            )
+            await page.screenshot(path=str(tmp_path / "asset.png"), full_page=True)
+            assert (tmp_path / "asset.png").stat().st_size > 10_000
             assert errors == []
 
 

@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "pki",
             "retry",
             "mapping",
+            "inherit",
             "routeconf",
             "maintenance",
             "gates",

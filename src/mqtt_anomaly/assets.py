@@ -7,7 +7,8 @@ per sensor slot of the pipeline, the asset and column it belongs to and its late
 
 **Rows.** A row of an asset is its sensors' latest values. It is scored once every sensor has
 reported since the last row, or, when a sensor reports a second time before the others did,
-with what there is: a sensor whose latest value is older than ``stale_after`` seconds (reading
+with what there is (the readings of a round that belong to the pending row are taken
+first): a sensor whose latest value is older than ``stale_after`` seconds (reading
 time) before the row, or that never reported, is missing (NaN, imputed by the detector from
 the others), never zero.
 
@@ -260,18 +261,31 @@ class AssetBook:
         s, a, v, t = slots[m], a[m], values[m], ts[m]
         bit = np.left_shift(np.uint64(1), self.column[s].astype(np.uint64))
         alerts: list[Alert] = []
+        # A round holds one reading per sensor, but not one row per asset: the round of a
+        # batch that began mid-row has the rest of that row and the start of the next. The
+        # readings of sensors not yet in the pending row complete it; the asset's row is then
+        # scored, and the readings of sensors already in it start the next row.
         repeat = (self.got[a] & bit) != 0
         if repeat.any():
+            cur = ~repeat
+            self._take_readings(s[cur], a[cur], bit[cur], v[cur], t[cur])
             alerts += self._rows(np.unique(a[repeat]))
-        self.latest[s] = v
-        self.latest_ts[s] = t
-        np.bitwise_or.at(self.got, a, bit)
-        np.maximum.at(self.row_ts, a, t)
+            self._take_readings(s[repeat], a[repeat], bit[repeat], v[repeat], t[repeat])
+        else:
+            self._take_readings(s, a, bit, v, t)
         touched = np.unique(a)
         done = touched[self.got[touched] == self.full[touched]]
         if len(done):
             alerts += self._rows(done)
         return alerts
+
+    def _take_readings(
+        self, s: IntArray, a: IntArray, bit: NDArray[np.uint64], v: FloatArray, t: FloatArray
+    ) -> None:
+        self.latest[s] = v
+        self.latest_ts[s] = t
+        np.bitwise_or.at(self.got, a, bit)
+        np.maximum.at(self.row_ts, a, t)
 
     def _rows(self, assets: IntArray) -> list[Alert]:
         """Score the pending rows of ``assets`` (by width), then start new rows."""

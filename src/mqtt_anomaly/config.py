@@ -483,6 +483,39 @@ class MappingRule(_Section):
         return self
 
 
+class Override(_Section):
+    """Settings of a group, an asset or a sensor that differ from ``[detector]`` (unset: the
+    next level down decides). See :mod:`mqtt_anomaly.inherit`."""
+
+    threshold: float | None = None
+    threshold_clear: float | None = None
+    detectors: tuple[str, ...] | None = None
+
+
+class GroupOverride(Override):
+    """An override for the sensors whose id matches ``pattern``: levels split at ``/``, ``+``
+    one level, ``#`` the rest (MQTT topic filter rules), e.g. ``+/voltage``."""
+
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, v: str) -> str:
+        return validate_filter(v, key="pattern")
+
+
+class OverrideSettings(_Section):
+    """Per-group, per-asset and per-sensor settings: defaults < group (in order; a later
+    group wins) < asset < sensor."""
+
+    groups: tuple[GroupOverride, ...] = ()
+    assets: dict[str, Override] = Field(default_factory=dict)
+    sensors: dict[str, Override] = Field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups or self.assets or self.sensors)
+
+
 class AssetDefinition(_Section):
     """One asset named in the configuration: its id and its sensors' ids."""
 
@@ -634,6 +667,7 @@ class Settings(BaseSettings):
     mapping: MappingSettings = MappingSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
+    overrides: OverrideSettings = OverrideSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

@@ -40,13 +40,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from . import inherit
 from .alerting import AlertBook
 from .assets import DETECTOR as ASSET_DETECTOR
 from .assets import AssetBook
-from .config import Settings
-from .detectors import Detector, create
+from .config import DetectorSettings, Settings
+from .detectors import Detector, available, create
 from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
+from .detectors.threshold import ThresholdDetector
 from .errors import PayloadError, StateFileError
 from .mapping import Rule
 from .messages import (
@@ -220,17 +222,13 @@ class Pipeline:
         self.detectors: list[Detector] = (
             list(detectors) if detectors is not None else [create(n, ds) for n in ds.detectors]
         )
-        self.books: dict[str, AlertBook] = {
-            d.name: AlertBook(
-                d.name,
-                raise_level=d.raise_level,
-                clear_level=d.clear_level,
-                critical_level=d.critical_level,
-                debounce=ds.debounce,
-                clear_after=ds.clear_after,
-            )
-            for d in self.detectors
-        }
+        self.books: dict[str, AlertBook] = {d.name: _book(d, ds) for d in self.detectors}
+        # [overrides]: detectors some sensors choose beyond the defaults, and per-slot masks of
+        # which sensors each detector scores (only for detectors a sensor may leave or join)
+        self._enabled: dict[str, NDArray[np.bool_]] = {}
+        if settings.overrides:
+            inherit.check(settings, available())
+            self._add_chosen_detectors(ds)
         self.books[SILENCE] = AlertBook(SILENCE, debounce=1, clear_after=1)
         self.books[OFFLINE] = AlertBook(OFFLINE, critical_level=0.5, debounce=1, clear_after=1)
         self.sensors: dict[str, int] = {}
@@ -274,6 +272,35 @@ class Pipeline:
         self.assets = AssetBook(settings.assets)
         self._view = PipelineView(self)
 
+    def _add_chosen_detectors(self, ds: DetectorSettings) -> None:
+        o = self.settings.overrides
+        chosen = [*o.groups, *o.assets.values(), *o.sensors.values()]
+        names = dict.fromkeys(n for c in chosen for n in (c.detectors or ()))
+        have = {d.name for d in self.detectors}
+        for name in names:
+            if name not in have:
+                det = create(name, ds)
+                self.detectors.append(det)
+                self.books[name] = _book(det, ds)
+        if any(c.detectors is not None for c in chosen):
+            for d in self.detectors:
+                self._enabled[d.name] = np.zeros(0, dtype=bool)
+
+    def _configure(self, slot: int, sid: str) -> None:
+        """Apply ``[overrides]`` to a new sensor: its threshold and its detectors."""
+        asset = self.assets.resolve(sid, self.tags.get(sid))
+        eff = inherit.effective(self.settings, sid, asset[0] if asset else None)
+        for det in self.detectors:
+            if isinstance(det, ThresholdDetector) and eff["threshold"].source != "defaults":
+                det.set_limits(slot, eff["threshold"].value, eff["threshold_clear"].value)
+            mask = self._enabled.get(det.name)
+            if mask is not None:
+                if slot >= len(mask):
+                    mask = self._enabled[det.name] = grown(
+                        mask, capacity_for(slot + 1, len(mask)), False
+                    )
+                mask[slot] = det.name in eff["detectors"].value
+
     def view(self) -> PipelineView:
         """Read-only access to the sensor table, health, alerts and counters (for dashboards
         and metrics)."""
@@ -298,6 +325,8 @@ class Pipeline:
         self.seq.grow(slot + 1)
         self.last_active[slot] = now
         out.new_sensors.append(sensor_id)
+        if self.settings.overrides:
+            self._configure(slot, sensor_id)
         return slot
 
     def _admit(
@@ -536,6 +565,8 @@ class Pipeline:
                 if slot is None:
                     continue
                 self.tags[sid] = {**tags, "quantity": quantity} if quantity else tags
+                if self.settings.overrides:  # the asset may come from the tags
+                    self._configure(slot, sid)
             self._place(
                 slot, Reading(sid, ts, value, unit, seq), received_at, decoded, topic, payload
             )
@@ -823,8 +854,15 @@ class Pipeline:
             self.seq_values[slots[has_seq], seqs[has_seq] & _RING] = values[has_seq]
         self._arrived(slots, recv)
         touched: set[int] = set()
+        enabled = self._enabled
         for det in self.detectors:
             scores = det.update(slots, values, ts)
+            if enabled:
+                mask = enabled[det.name]
+                on = np.zeros(len(slots), dtype=bool)
+                inside = slots < len(mask)
+                on[inside] = mask[slots[inside]]
+                scores = scores._replace(score=np.where(on, scores.score, 0.0))
             book = self.books[det.name]
             tr = book.step(slots, scores.score)
             for k, i in enumerate(tr.raised.tolist()):
@@ -862,7 +900,11 @@ class Pipeline:
     ) -> Alert:
         lo = float(scores.low[i])
         hi = float(scores.high[i])
-        threshold = getattr(det, "threshold", None)
+        threshold = (
+            det.threshold_of(slot)
+            if isinstance(det, ThresholdDetector)
+            else getattr(det, "threshold", None)
+        )
         if state == "raised":
             self.counters.alerts_raised += 1
         else:
@@ -1078,6 +1120,18 @@ class Pipeline:
             except (ValueError, KeyError, TypeError):
                 skipped.append(ASSET_DETECTOR)
         return skipped
+
+
+def _book(det: Detector, ds: DetectorSettings) -> AlertBook:
+    """The alert book of one detector: its levels, the configured debounce and clear run."""
+    return AlertBook(
+        det.name,
+        raise_level=det.raise_level,
+        clear_level=det.clear_level,
+        critical_level=det.critical_level,
+        debounce=ds.debounce,
+        clear_after=ds.clear_after,
+    )
 
 
 def _invalid(r: Reading) -> PayloadError:

@@ -6,7 +6,9 @@ threshold and cleared once it falls below the clear level: hysteresis in value t
 
 A sensor whose source declared a range (:meth:`seed_range`: a Sparkplug birth's ``engLow`` and
 ``engHigh``) is held to that range instead: the score is 0.5 at its high end (and at its low
-end, from below), with the same hysteresis width ``threshold - clear``.
+end, from below), with the same hysteresis width ``threshold - clear``. A sensor whose
+configuration gives it its own threshold and clear level (:meth:`set_limits`, ``[overrides]``)
+is held to those, with its own width.
 
 >>> import numpy as np
 >>> d = ThresholdDetector(threshold=90.0, clear=88.0)
@@ -42,6 +44,7 @@ class ThresholdDetector(Detector):
         # per slot: the declared range (NaN: none), not part of the saved state
         self.low = np.empty(0)
         self.high = np.empty(0)
+        self.span = np.empty(0)  # per slot: threshold - clear of its own (NaN: the detector's)
         self._seeded = False
 
     @classmethod
@@ -69,12 +72,28 @@ class ThresholdDetector(Detector):
         self.high[slot] = high if math.isfinite(high) else np.nan
         self._seeded = True
 
+    def set_limits(self, slot: int, threshold: float, clear: float) -> None:
+        """Give one slot its own threshold and clear level (``[overrides]``)."""
+        if not clear < threshold:
+            raise ValueError("clear must be below threshold")
+        self.seed_range(slot, -math.inf, threshold)
+        if slot >= len(self.span):
+            self.span = grown(self.span, capacity_for(slot + 1, len(self.span)), np.nan)
+        self.span[slot] = threshold - clear
+
+    def threshold_of(self, slot: int) -> float:
+        """The (upper) limit that applies to ``slot``."""
+        if slot < len(self.high) and not np.isnan(self.high[slot]):
+            return float(self.high[slot])
+        return self.threshold
+
     def reset(self, slots: IntArray) -> None:
         super().reset(slots)
         if self._seeded:
             inside = slots[slots < len(self.high)]
             self.low[inside] = np.nan
             self.high[inside] = np.nan
+            self.span[slots[slots < len(self.span)]] = np.nan
 
     def _limits(self, slots: IntArray) -> tuple[FloatArray, FloatArray]:
         """Per slot: (low, high) limits; -inf low and ``threshold`` without a declared range."""
@@ -95,8 +114,14 @@ class ThresholdDetector(Detector):
             n = len(values)
             return Scores(score, np.full(n, -np.inf), np.full(n, self.threshold))
         low, high = self._limits(slots)
-        above = 0.5 + 0.2 * (values - high) / span
-        below = np.where(np.isfinite(low), 0.5 + 0.2 * (low - values) / span, 0.0)
+        width: FloatArray | float = span
+        if len(self.span):
+            own = np.full(len(slots), np.nan)
+            inside = slots < len(self.span)
+            own[inside] = self.span[slots[inside]]
+            width = np.where(np.isnan(own), span, own)
+        above = 0.5 + 0.2 * (values - high) / width
+        below = np.where(np.isfinite(low), 0.5 + 0.2 * (low - values) / width, 0.0)
         score = np.clip(np.maximum(above, below), 0.0, 1.0)
         return Scores(score, low, high)
 

@@ -26,6 +26,8 @@ from numpy.typing import NDArray
 from .spc import METHODS, AssetDetector
 
 FloatArray = NDArray[np.float64]
+NAMES = METHODS
+"""The detectors :func:`score_rows` knows (what ``evaluate`` registers as row scorers)."""
 
 
 def score_rows(

@@ -341,6 +341,37 @@ def assets(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get(
+    "/api/assets/{asset_id:path}/readings",
+    response_model=models.AssetReadings,
+    tags=["assets"],
+    responses={404: {"description": "No such asset"}},
+)
+async def asset_readings(
+    request: Request,
+    asset_id: AssetPath,
+    start: Annotated[float | None, epoch_query("From (epoch s)")] = None,
+    buckets: Annotated[
+        int, Query(ge=1, le=MAX_BUCKETS, description="At most this many points a sensor")
+    ] = 300,
+) -> dict[str, Any]:
+    """The readings history of every sensor of the asset, downsampled, to chart them
+    together (sensor ids may hold ``/``, which a sensor's own readings path cannot)."""
+    w = web(request)
+    found = w.view.asset(asset_id)
+    if found is None:
+        raise HTTPException(404, "no such asset")
+    buckets = min(buckets, w.settings.max_points)
+    store = w.service.store
+    series = []
+    for sid, name in zip(found.sensors, found.names, strict=True):
+        rows: list[Any] = []
+        if store is not None:
+            rows = await asyncio.to_thread(store.readings, sid, start=start, limit=MAX_ROWS)
+        series.append({"sensor_id": sid, "name": name, "buckets": downsample(rows, buckets)})
+    return {"asset_id": found.id, "series": series}
+
+
+@router.get(
     "/api/assets/{asset_id:path}",
     response_model=models.Asset,
     tags=["assets"],

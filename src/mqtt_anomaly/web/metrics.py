@@ -59,6 +59,7 @@ METRICS: Final[dict[str, str]] = {
     "latency_seconds": "histogram",
     "sensors": "gauge",
     "sensors_active": "gauge",
+    "assets": "gauge",
     "last_batch_size": "gauge",
     "outgoing_pending": "gauge",
     "outgoing_queued": "gauge",
@@ -289,6 +290,18 @@ class ServiceMetrics(Collector):
         yield g
         active = view.sensors_active(self.service.clock())
         yield _gauge("sensors_active", "Sensors that sent a reading recently", active)
+        phases = {"commissioning": 0, "monitoring": 0, "incomplete": 0}
+        alarms = 0
+        for a in view.assets():
+            phases[a.phase] = phases.get(a.phase, 0) + 1
+            alarms += a.alarm
+        g = GaugeMetricFamily(
+            P + "assets", "Assets by phase, and those in alarm", labels=["phase", "alarm"]
+        )
+        for phase, count in phases.items():
+            g.add_metric([phase, "any"], count)
+        g.add_metric(["any", "true"], alarms)
+        yield g
 
     def _store(self) -> Iterator[Metric]:
         store = self.service.store

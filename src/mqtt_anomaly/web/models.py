@@ -123,6 +123,21 @@ class Asset(BaseModel):
     contributions: dict[str, float]
 
 
+class AssetSeries(BaseModel):
+    """One sensor's downsampled history in an asset's chart."""
+
+    sensor_id: str
+    name: str
+    buckets: list[Bucket]
+
+
+class AssetReadings(BaseModel):
+    """Every sensor of an asset, to chart them together."""
+
+    asset_id: str
+    series: list[AssetSeries]
+
+
 class ActiveAlert(BaseModel):
     """An active alert and what operators did with it."""
 

@@ -6,7 +6,7 @@ const HEALTHS = ["anomalous", "offline", "silent", "ok"];
 const FEED_MAX = 300;
 const st = {
   sort: "health", desc: false, offset: 0, limit: 100, q: "", health: "",
-  sensor: null, es: null, timer: null, fleetTimer: null,
+  sensor: null, asset: null, assetData: null, es: null, timer: null, fleetTimer: null,
   active: new Map(),          // "sensor\u0000detector" → active alert (ack/shelve state)
   points: [], band: null, marks: [], windowS: 900,
 };
@@ -100,7 +100,11 @@ async function loadFleet() {
 let fleetPending = null;
 function scheduleFleet() {
   if (fleetPending) return;
-  fleetPending = setTimeout(() => { fleetPending = null; loadFleet().catch(console.error); }, 200);
+  fleetPending = setTimeout(() => {
+    fleetPending = null;
+    loadFleet().catch(console.error);
+    if (!st.sensor && !st.asset) loadAssets().catch(console.error);
+  }, 200);
 }
 
 function onFilter() {
@@ -199,6 +203,93 @@ async function loadFeed() {
   st.active = new Map(active.map((a) => [key(a.sensor_id, a.detector), a]));
   $("#alerts").replaceChildren(...recent.map(alertItem));
   applyShelvedFilter();
+}
+
+/* ---- assets ------------------------------------------------------------------------- */
+const COLORS = ["#5c6bc0", "#26a69a", "#ef6c00", "#8d6e63", "#ab47bc", "#c62828", "#00838f",
+  "#9e9d24", "#6d4c41", "#1565c0"];
+
+function leading(contrib, n) {
+  return Object.entries(contrib).sort((a, b) => b[1] - a[1]).slice(0, n).filter((kv) => kv[1] > 0);
+}
+
+async function loadAssets() {
+  let assets = [];
+  try { assets = await api("/api/assets"); } catch (e) { return; }
+  $("#assets").hidden = !!st.sensor || !!st.asset || assets.length === 0;
+  $("#asset-table tbody").replaceChildren(...assets.map((a) => el("tr", {
+    dataset: { asset: a.id, phase: a.phase, alarm: a.alarm ? "1" : "0" },
+    onclick: () => { location.hash = "#/asset/" + encodeURIComponent(a.id); },
+  }, el("td", {}, a.id), el("td", {}, el("span", { class: "phase " + a.phase }, a.phase)),
+    el("td", { class: "num" }, String(a.sensors.length)), el("td", {}, a.alarm ? "alarm" : ""),
+    el("td", {}, leading(a.contributions, 3).map(([s, x]) => `${s} ${Math.round(x * 100)}%`).join(", ")))));
+}
+
+async function loadAsset() {
+  const id = st.asset;
+  if (!id) return;
+  const enc = encodeURIComponent(id).replace(/%2F/g, "/");
+  const since = Date.now() / 1000 - st.windowS;
+  try {
+    const [a, hist] = await Promise.all([
+      api(`/api/assets/${enc}`), api(`/api/assets/${enc}/readings?start=${since}&buckets=300`),
+    ]);
+    if (id !== st.asset) return;
+    st.assetData = { asset: a, series: hist.series };
+  } catch (e) {
+    st.assetData = null;
+    $("#asset-phase").textContent = "unknown asset";
+  }
+  showAsset();
+}
+
+function showAsset() {
+  const d = st.assetData;
+  if (!d) return;
+  const a = d.asset;
+  const ph = $("#asset-phase");
+  ph.className = "phase " + a.phase; ph.textContent = a.phase; ph.dataset.phase = a.phase;
+  $("#asset-alarm").textContent = a.alarm ? "alarm" : "";
+  $("#bars").replaceChildren(...a.sensors.map((sid) => {
+    const x = a.contributions[sid] || 0;
+    return el("div", { class: "bar", dataset: { sensor: sid, share: x.toFixed(4) } },
+      el("span", {}, sid), el("div", { class: "fill", style: `width:${(x * 100).toFixed(1)}%` }),
+      el("span", { class: "num" }, `${Math.round(x * 100)}%`));
+  }));
+  $("#asset-legend").replaceChildren(...d.series.map((s, i) =>
+    el("span", { style: `color:${COLORS[i % COLORS.length]}` }, "— " + s.name)));
+  drawAsset();
+}
+
+function drawAsset() {
+  const c = $("#asset-chart");
+  const d = st.assetData;
+  if (!c || $("#asset").hidden || !d) return;
+  const w = c.clientWidth || 900, h = c.clientHeight || 320;
+  const dpr = window.devicePixelRatio || 1;
+  if (c.width !== w * dpr) { c.width = w * dpr; c.height = h * dpr; }
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const all = d.series.flatMap((s) => s.buckets.map((b) => b.ts));
+  const t0 = Math.min(...all), t1 = Math.max(...all);
+  let points = 0;
+  d.series.forEach((s, i) => {
+    const vals = s.buckets.map((b) => b.mean);
+    if (!vals.length) return;
+    const lo = Math.min(...vals), hi = Math.max(...vals), span = hi - lo || 1;
+    g.strokeStyle = COLORS[i % COLORS.length];
+    g.beginPath();
+    s.buckets.forEach((b, j) => {
+      const x = 10 + (w - 20) * (t1 > t0 ? (b.ts - t0) / (t1 - t0) : 0.5);
+      const y = h - 12 - (h - 24) * ((b.mean - lo) / span);
+      if (j) g.lineTo(x, y); else g.moveTo(x, y);
+    });
+    g.stroke();
+    points += vals.length;
+  });
+  c.dataset.series = String(d.series.filter((s) => s.buckets.length).length);
+  c.dataset.points = String(points);
 }
 
 /* ---- maintenance windows ---------------------------------------------------------- */
@@ -395,12 +486,21 @@ function rowData(tr) {
 function route() {
   const m = location.hash.match(/^#\/sensor\/(.+)$/);
   const sensor = m ? decodeURIComponent(m[1]) : null;
+  const am = location.hash.match(/^#\/asset\/(.+)$/);
+  st.asset = am ? decodeURIComponent(am[1]) : null;
   const changed = sensor !== st.sensor;
   st.sensor = sensor;
-  $("#fleet").hidden = !!sensor;
+  $("#fleet").hidden = !!sensor || !!st.asset;
   $("#sensor").hidden = !sensor;
+  $("#asset").hidden = !st.asset;
+  $("#assets").hidden = true;
   clearInterval(st.timer);
-  if (sensor) {
+  if (st.asset) {
+    $("#asset-title").textContent = st.asset;
+    st.assetData = null;
+    loadAsset();
+    st.timer = setInterval(loadAsset, 2000);
+  } else if (sensor) {
     $("#sensor-title").textContent = sensor;
     st.points = []; st.marks = []; st.band = null;
     loadSensor();
@@ -427,6 +527,7 @@ function init() {
   }
   window.addEventListener("hashchange", route);
   window.addEventListener("resize", draw);
+  window.addEventListener("resize", drawAsset);
   st.fleetTimer = setInterval(scheduleFleet, 3000);  // counts in the header, last-seen ages
   loadFeed().catch(console.error);
   $("#window-form").addEventListener("submit", (e) => addWindow(e).catch(console.error));
