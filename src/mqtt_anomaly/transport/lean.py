@@ -399,23 +399,20 @@ class LeanClient:
             if kind == PUBREC:  # not ours any more (completed): let the broker finish
                 self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
             return
-        if kind == PUBREC and reason and reason[0] >= 0x80:  # MQTT 5: refused, flow ends here
-            self._refused(out[0], reason[0], reason[1:])
-            del self._inflight[mid]
-            self._released.discard(mid)
-            self._inflight2 -= 1
-            self._outgoing.completed(out[4])
-            return
-        if kind == PUBREC:
+        refused = kind == PUBREC and len(reason) > 0 and reason[0] >= 0x80  # MQTT 5: ends here
+        if kind == PUBREC and not refused:
             if self.on_qos2_received is not None and mid not in self._released:
                 self.on_qos2_received([mid])
             self._released.add(mid)
             self._write(PUBREL_HEAD + mid.to_bytes(2, "big"))
             return
+        if refused:
+            self._refused(out[0], reason[0], reason[1:])
+        else:
+            self.acked += 1
         del self._inflight[mid]
         self._released.discard(mid)
         self._inflight2 -= 1
-        self.acked += 1
         self._outgoing.completed(out[4])
 
     def _finish(self, rest: bytes, batch: Batch, acks: list[bytes], proto: _Protocol) -> bytes:
