@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from .errors import PayloadError
-from .messages import MAX_TS_SKEW_S, NO_SEQ
+from .messages import MAX_TS_SKEW_S, NO_SEQ, parse_number
 from .topics import MAX_SENSOR_ID_LENGTH
 
 TAGS: Final = ("site", "area", "line", "asset", "sensor", "quantity")
@@ -256,12 +256,7 @@ class Rule:
         Raises :class:`PayloadError` for a message that gives no value at all (``not_json``,
         ``missing_field``, ``invalid_field``, ``bad_timestamp``)."""
         if self.fmt == "number":
-            try:
-                v = float(payload)
-            except ValueError as exc:
-                raise PayloadError("not_json", "not a number") from exc
-            if not math.isfinite(v):
-                raise PayloadError("non_finite", payload[:32].decode("ascii", "replace"))
+            v = parse_number(payload)
             q = self.values[0][0] if self.values else ""
             return [(q, received_at, v, self.units.get(q, self.unit), NO_SEQ)], []
         try:

@@ -163,14 +163,20 @@ def decode_reading(
     return Reading(topic_sensor_id, ts, wire.value, wire.unit or "C", seq)
 
 
-def _bare_number(payload: bytes, sensor_id: str, received_at: float) -> Reading:
+def parse_number(payload: bytes, expected: str = "a number") -> float:
+    """A payload that is one bare, finite number (``not_json`` naming what was ``expected``,
+    or ``non_finite``, otherwise)."""
     try:
         value = float(payload)
     except ValueError as exc:
-        raise PayloadError("not_json", "not a number or a JSON object") from exc
+        raise PayloadError("not_json", f"not {expected}") from exc
     if not math.isfinite(value):
         raise PayloadError("non_finite", payload[:32].decode("ascii", "replace"))
-    return Reading(sensor_id, received_at, value)
+    return value
+
+
+def _bare_number(payload: bytes, sensor_id: str, received_at: float) -> Reading:
+    return Reading(sensor_id, received_at, parse_number(payload, "a number or a JSON object"))
 
 
 def dead_letter(topic: str, payload: bytes, exc: PayloadError, received_at: float) -> DeadLetter:
