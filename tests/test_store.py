@@ -223,6 +223,7 @@ def test_schema(sqlite_store: SqliteStore, db: Path) -> None:
             )
         }
         assert sorted(alert_idx.values()) == [
+            ["alert_id"],  # feedback finds an alert by its id
             ["alert_ts"],
             ["sensor_id", "alert_ts"],
             ["sensor_id", "detector", "state", "reading_ts"],
@@ -641,7 +642,7 @@ def test_postgres_schema_and_open_store(pg: PostgresBackend) -> None:
         pass
     assert pg.count("SELECT count(*) FROM schema_version") == 1
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
-    assert pg.count(tables) == 3
+    assert pg.count(tables) == 4  # schema_version, readings, alerts, feedback
     indexes = (
         "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN "
         "('readings_key', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts', 'alerts_key')"
@@ -766,7 +767,7 @@ def test_suppressed_alerts_keep_their_reason(backend: Backend) -> None:
         got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
     assert got == {"S1": "maintenance: press 1 relining", "S2": ""}
     assert backend.count("SELECT count(*) FROM alerts WHERE suppressed IS NULL") == 1
-    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 5
 
 
 def _as_version_2(backend: Backend) -> None:
@@ -795,7 +796,7 @@ def test_version_2_store_is_upgraded_in_place(backend: Backend) -> None:
         assert st.flush(10)
         got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
     assert got == {"S1": "", "S2": "gate: press-1 off"}
-    assert backend.count("SELECT max(version) FROM schema_version") == 4
+    assert backend.count("SELECT max(version) FROM schema_version") == 5
     assert backend.count("SELECT count(*) FROM schema_version") == 1
 
 
@@ -862,7 +863,7 @@ def test_version_2_database_gains_the_asset_columns(db: Path) -> None:
         st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
         assert st.flush(10)
         assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
-    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 5
     with SqliteStore(db):  # opening again changes nothing
         pass
     assert count(db, "SELECT count(*) FROM alerts") == 2
@@ -886,13 +887,14 @@ def test_migration_steps_are_idempotent(db: Path) -> None:
         assert todo == [
             "ALTER TABLE alerts ADD COLUMN contributions TEXT",
             "ALTER TABLE alerts ADD COLUMN suppressed TEXT",
+            "ALTER TABLE alerts ADD COLUMN alert_id TEXT NOT NULL DEFAULT ''",
         ]
         for statement in todo:
             conn.execute(statement)
         assert sqlite_steps(existing()) == []
     conn.close()
     pg_steps = postgres_steps()
-    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 3
+    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 4
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

@@ -1,0 +1,177 @@
+"""Model lifecycle: the format, the registry, the ``models`` commands, ``detect`` from the
+current model, operator feedback as labels. Real SQLite (and PostgreSQL) stores, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mqtt_anomaly import __version__
+from mqtt_anomaly.cli import app
+from mqtt_anomaly.config import StoreSettings, load_settings
+from mqtt_anomaly.messages import Alert, Reading
+from mqtt_anomaly.models.format import MANIFEST, STATE
+from mqtt_anomaly.models.registry import Registry
+from mqtt_anomaly.replay.engine import Columns, Replayer
+from mqtt_anomaly.store import Store
+from mqtt_anomaly.store.sqlite import SqliteStore
+
+runner = CliRunner()
+T0 = float(math.floor(time.time()) - 7200)
+N = 2000
+SPLIT = 1000  # training: readings before T0 + SPLIT; evaluation: from there on
+SPIKES = (1300, 1500, 1700)  # S1's spikes (faults of the labels file)
+
+
+def value(sensor: str, i: int) -> float:
+    if sensor == "S1" and i in SPIKES:
+        return 98.2
+    base = 25.0 if sensor == "S1" else 40.0
+    return base + 0.3 * math.sin(i / 7.0) + 0.05 * math.cos(i / 3.0)
+
+
+def history(lo: int = 0, hi: int = N) -> list[Reading]:
+    return [Reading(s, T0 + i, value(s, i), "C", i) for i in range(lo, hi) for s in ("S1", "S2")]
+
+
+def fill(store: Store, readings: list[Reading]) -> None:
+    for k in range(0, len(readings), 500):
+        part = readings[k : k + 500]
+        store.add_readings(
+            [r.sensor_id for r in part], [r.ts for r in part], [r.value for r in part],
+            [r.seq for r in part],
+        )  # fmt: skip
+    assert store.flush(10)
+
+
+def columns(readings: list[Reading]) -> Columns:
+    return Columns(
+        [r.sensor_id for r in readings],
+        np.array([r.ts for r in readings]),
+        [r.value for r in readings],
+        [r.seq for r in readings],
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "history.db"
+    with SqliteStore(path, StoreSettings(flush_interval=0.05)) as st:
+        fill(st, history())
+    return path
+
+
+@pytest.fixture
+def labels(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"sensor_id": "S1", "kind": "spike", "start": T0 + i, "end": T0 + i}) + "\n"
+            for i in SPIKES
+        )
+    )
+    return path
+
+
+def cli(*args: str) -> Any:
+    res = runner.invoke(app, [str(a) for a in args], prog_name="mqtt-anomaly")
+    return res
+
+
+def train(db: Path, reg: Path, *extra: str) -> str:
+    res = cli(
+        "models", "train", "--store", f"sqlite:///{db}", "--registry", reg,
+        "--until", str(T0 + SPLIT - 1), *extra,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    version = res.output.strip().split(":", 1)[0]
+    assert version.startswith("v"), res.output
+    return version
+
+
+# ---- train, list, show -----------------------------------------------------------------------
+def test_train_writes_a_model_directory_from_the_store(db: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "models"
+    assert train(db, reg) == "v1"
+    res = cli(
+        "models", "train", "--store", f"sqlite:///{db}", "--registry", reg,
+        "--until", str(T0 + SPLIT - 1), "--sensor", "S1", "--detectors", "threshold,zscore",
+    )  # fmt: skip
+    assert res.output.strip().startswith("v2: trained on 1,000 readings of 1 sensor "), res.output
+    model = reg / "versions" / "v1"
+    assert sorted(p.name for p in model.iterdir()) == [MANIFEST, STATE]
+    manifest = json.loads((model / MANIFEST).read_text())
+    assert manifest["format"] == "mqtt-anomaly-model" and manifest["package"] == __version__
+    assert manifest["version"] == "v1" and manifest["evaluation"] is None
+    t = manifest["training"]
+    assert t["readings"] == 2 * SPLIT and t["sensors"] == ["S1", "S2"]
+    assert t["source"] == f"sqlite:///{db}" and t["until"] == T0 + SPLIT - 1
+    assert t["first_ts"] == T0 and t["last_ts"] == T0 + SPLIT - 1
+    # the hash of the training data as read: per reading, id NUL ts value seq
+    h = hashlib.sha256()
+    for r in history(0, SPLIT):
+        h.update(r.sensor_id.encode() + b"\0" + np.array([r.ts, r.value]).tobytes())
+        h.update(np.array([r.seq], dtype="<i8").tobytes())
+    assert t["data_sha256"] == h.hexdigest()
+    assert manifest["config"]["detector"]["detectors"] == ["threshold", "zscore", "stuck"]
+    data = (model / STATE).read_bytes()
+    assert manifest["state"] == {
+        "file": STATE, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()
+    }  # fmt: skip
+    # the second model: one sensor, two detectors
+    m2 = json.loads((reg / "versions" / "v2" / MANIFEST).read_text())
+    assert m2["training"]["sensors"] == ["S1"] and m2["training"]["readings"] == SPLIT
+    assert m2["config"]["detector"]["detectors"] == ["threshold", "zscore"]
+
+    res = cli("models", "list", "--registry", reg, "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["models"]
+    assert [(r["version"], r["current"], r["sensors"]) for r in rows] == [
+        ("v1", False, 2), ("v2", False, 1)
+    ]  # fmt: skip
+    shown = json.loads(cli("models", "show", "v2", "--registry", reg).output)
+    assert shown == m2
+    res = cli("models", "show", "v9", "--registry", reg)
+    assert res.exit_code == 2 and "has no model v9" in res.output
+
+
+def test_the_model_state_is_what_the_pipeline_learned(db: Path, tmp_path: Path) -> None:
+    """Loaded into a new pipeline, the model scores on as the pipeline that trained it."""
+    settings = load_settings(None)
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    model = Registry(reg).load(Registry(reg).ref(version))
+    continued = Replayer(settings)
+    continued.pipeline = model.pipeline(settings)
+    whole = Replayer(settings)
+    whole.feed(columns(history(0, SPLIT)))
+    later: list[Alert] = []
+    again: list[Alert] = []
+    whole.on_alert, continued.on_alert = later.append, again.append
+    whole.feed(columns(history(SPLIT, N)))
+    continued.feed(columns(history(SPLIT, N)))
+    assert [a.alert_ts for a in later] == [a.alert_ts for a in again]
+    assert len([a for a in again if a.state == "raised"]) >= len(SPIKES)
+    a, b = whole.pipeline.state_dict(), continued.pipeline.state_dict()
+    assert same(a["detectors"], b["detectors"]) and same(a["interval"], b["interval"])
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal trees of dicts, lists, arrays and scalars (NaN equal to NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
+        return np.array_equal(a, b, equal_nan=True)
+    if isinstance(a, list) and a and isinstance(a[0], float):
+        return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return bool(a == b)
