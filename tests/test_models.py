@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from mqtt_anomaly import __version__
 from mqtt_anomaly.cli import app
 from mqtt_anomaly.config import StoreSettings, load_settings
+from mqtt_anomaly.errors import ModelError
 from mqtt_anomaly.messages import Alert, Reading
-from mqtt_anomaly.models.format import MANIFEST, STATE
+from mqtt_anomaly.models.format import MANIFEST, STATE, load_model
 from mqtt_anomaly.models.registry import Registry
 from mqtt_anomaly.replay.engine import Columns, Replayer
 from mqtt_anomaly.store import Store
@@ -175,3 +176,142 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b)
     return bool(a == b)
+
+
+# ---- evaluate, promote, rollback ---------------------------------------------------------------
+def evaluate(db: Path, reg: Path, version: str, labels: str) -> dict[str, Any]:
+    res = cli(
+        "models", "evaluate", version, "--labels", labels, "--registry", reg,
+        "--from", f"sqlite:///{db}", "--since", str(T0 + SPLIT), "--until", str(T0 + N), "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc: dict[str, Any] = json.loads(res.output.strip().splitlines()[-1])
+    return doc
+
+
+def test_evaluate_promote_refused_when_worse_forced_then_rolled_back(
+    db: Path, tmp_path: Path, labels: Path
+) -> None:
+    reg = tmp_path / "models"
+    good = train(db, reg)  # threshold, zscore, stuck
+    worse = train(db, reg, "--detectors", "stuck")  # sees no spike
+    # the first model needs no evaluation
+    res = cli("models", "promote", good, "--registry", reg)
+    assert res.exit_code == 0 and "the first model of the registry" in res.output, res.output
+    # not evaluated: refused, one line
+    res = cli("models", "promote", worse, "--registry", reg)
+    assert res.exit_code == 2 and "not evaluated" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+    ev = evaluate(db, reg, worse, f"sim:{labels}")
+    cand, base = ev["candidate"], ev["baseline"]
+    assert base["version"] == good and cand["version"] == worse
+    assert base["faults"] == len(SPIKES) and base["detected"] == len(SPIKES), base
+    assert base["recall"] == 1.0 and base["f1"] > 0.5, base
+    assert cand["recall"] == 0.0 and cand["f1"] == 0.0, cand
+    assert cand["readings"] == base["readings"] == 2 * (N - SPLIT)
+    # the figures are in the candidate's manifest
+    assert Registry(reg).manifest(Registry(reg).ref(worse))["evaluation"] == ev
+
+    res = cli("models", "promote", worse, "--registry", reg)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert "\n" not in line and f"{worse} not promoted: f1 0.000 is below" in line, line
+    assert Registry(reg).current().version == good  # type: ignore[union-attr]
+
+    res = cli("models", "promote", worse, "--registry", reg, "--force")
+    assert res.exit_code == 0 and "forced" in res.output, res.output
+    assert Registry(reg).current().version == worse  # type: ignore[union-attr]
+    listed = json.loads(cli("models", "list", "--registry", reg, "--json").output)["models"]
+    assert [r["version"] for r in listed if r["current"]] == [worse]
+
+    res = cli("models", "rollback", "--registry", reg)
+    assert res.exit_code == 0 and f"{good} is the current model" in res.output, res.output
+    assert Registry(reg).current().version == good  # type: ignore[union-attr]
+    res = cli("models", "rollback", "--registry", reg)
+    assert res.exit_code == 2 and "nothing to roll back to" in res.output
+    actions = [(h["action"], h["version"], h["forced"]) for h in Registry(reg).history()]
+    assert actions == [
+        ("promote", good, False), ("promote", worse, True), ("rollback", good, False)
+    ]  # fmt: skip
+
+
+def test_a_better_candidate_is_promoted(db: Path, tmp_path: Path, labels: Path) -> None:
+    reg = tmp_path / "models"
+    weak = train(db, reg, "--detectors", "stuck")
+    assert cli("models", "promote", weak, "--registry", reg).exit_code == 0
+    strong = train(db, reg)
+    ev = evaluate(db, reg, strong, str(labels))  # PATH.jsonl: simulator labels
+    assert ev["candidate"]["f1"] > ev["baseline"]["f1"]
+    res = cli("models", "promote", strong, "--registry", reg)
+    assert res.exit_code == 0 and f"f1 {ev['candidate']['f1']:.3f} >= 0.000" in res.output
+
+
+# ---- refused models --------------------------------------------------------------------------
+def _damage(model: Path, how: str) -> None:
+    state = model / STATE
+    manifest = json.loads((model / MANIFEST).read_text())
+    if how == "truncated":
+        state.write_bytes(state.read_bytes()[:-100])
+    elif how == "tampered":  # one byte changed: the manifest's hash no longer matches
+        data = bytearray(state.read_bytes())
+        data[200] ^= 0x01
+        state.write_bytes(bytes(data))
+    elif how == "rehashed":  # changed, and the manifest rewritten to match: the state's own
+        data = bytearray(state.read_bytes())  # checksum still refuses it
+        data[200] ^= 0x01
+        state.write_bytes(bytes(data))
+        manifest["state"]["sha256"] = hashlib.sha256(data).hexdigest()
+        (model / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "foreign-format":
+        manifest["format"] = "someone-elses-model"
+        (model / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "foreign-major":
+        manifest["package"] = "7.0.0"
+        (model / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "pickle":
+        import pickle
+
+        data = pickle.dumps({"x": 1})
+        state.write_bytes(data)
+        manifest["state"] = {
+            "file": STATE,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        (model / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "bad-config":
+        manifest["config"]["detector"]["debounce"] = 0
+        (model / MANIFEST).write_text(json.dumps(manifest))
+    elif how == "no-manifest":
+        (model / MANIFEST).unlink()
+
+
+DAMAGE = {
+    "truncated": "bytes, the manifest says",
+    "tampered": "does not match the SHA-256 in the manifest",
+    "rehashed": "checksum",
+    "foreign-format": "not an mqtt-anomaly-model manifest",
+    "foreign-major": "another major version",
+    "pickle": "not a mqtt-anomaly state file",
+    "bad-config": "config.detector.debounce",
+    "no-manifest": "no manifest.json",
+}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGE))
+def test_a_damaged_model_is_refused_with_one_line_and_the_current_kept(
+    db: Path, tmp_path: Path, how: str
+) -> None:
+    reg = tmp_path / "models"
+    good = train(db, reg)
+    assert cli("models", "promote", good, "--registry", reg).exit_code == 0
+    bad = train(db, reg)
+    _damage(reg / "versions" / bad, how)
+    with pytest.raises(ModelError, match=DAMAGE[how]) as caught:
+        load_model(reg / "versions" / bad)
+    assert "\n" not in str(caught.value)
+    res = cli("models", "promote", bad, "--registry", reg, "--force")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert Registry(reg).current().version == good  # type: ignore[union-attr]
