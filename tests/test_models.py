@@ -315,3 +315,116 @@ def test_a_damaged_model_is_refused_with_one_line_and_the_current_kept(
     assert res.exit_code == 2, res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert Registry(reg).current().version == good  # type: ignore[union-attr]
+
+
+# ---- detect starts from the current model ------------------------------------------------------
+def _stored(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _detect(tmp_path: Path, broker_url: str, reg: Path, http: int) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mqtt_anomaly", "detect", "--broker", broker_url),
+            *(
+                "--store",
+                f"sqlite:///{tmp_path / 'live.db'}",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ),
+            *("--registry", str(reg), "--http", str(http), "--client-id", "models-under-test"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
+
+
+async def _ready(http: int, proc: Any) -> None:
+    """Poll /readyz until the service is connected and subscribed (or has died)."""
+    import asyncio
+
+    import httpx
+
+    async def probe() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=1) as c:
+                return (await c.get(f"http://127.0.0.1:{http}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while not await probe():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "detect did not become ready"
+        await asyncio.sleep(0.05)
+
+
+def _stop(proc: Any) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    return str(err.decode())
+
+
+async def test_detect_starts_from_the_current_model_and_continues_it(
+    db: Path, tmp_path: Path, mosquitto: Any
+) -> None:
+    from mqtt_anomaly.statefile import load
+
+    from .helpers import eventually, reading_payload
+    from .mosquitto import free_port
+    from .test_service import publisher
+
+    reg = tmp_path / "models"
+    version = train(db, reg, "--detectors", "threshold,zscore")
+    assert cli("models", "promote", version, "--registry", reg).exit_code == 0
+    # what an uninterrupted pass over every reading learns
+    whole = Replayer(load_settings(None, {"detector": {"detectors": ("threshold", "zscore")}}))
+    whole.feed(columns(history()))
+    expected = whole.pipeline.state_dict()
+
+    http = free_port()
+    proc = _detect(tmp_path, mosquitto.url, reg, http)
+    try:
+        await _ready(http, proc)
+        async with publisher(mosquitto.url, "models-publisher") as pub:
+            for r in history(SPLIT, N):
+                pub.publish(
+                    f"factory/{r.sensor_id}/temperature",
+                    reading_payload(r.sensor_id, r.value, r.seq, r.ts),
+                )
+        await eventually(lambda: _stored(tmp_path / "live.db") == 2 * (N - SPLIT), timeout=30)
+    finally:
+        err = _stop(proc)
+    assert f"model {version}: starting from its state (2 sensors; no saved state)" in err, err
+    saved = load(tmp_path / "state" / "detector-state.mqas")
+    assert saved["model"] == version
+    # the model's configuration, and no relearning: the same state as the uninterrupted pass
+    assert sorted(saved["detectors"]) == ["threshold", "zscore"]
+    assert same(saved["detectors"], expected["detectors"])
+
+    # the next start continues from the saved state, which is of the same model
+    proc = _detect(tmp_path, mosquitto.url, reg, http)
+    try:
+        await _ready(http, proc)
+    finally:
+        err = _stop(proc)
+    assert f"model {version}: continued from the saved state" in err, err

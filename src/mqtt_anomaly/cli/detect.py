@@ -61,6 +61,14 @@ def detect(
     state_dir: Annotated[
         Path | None, typer.Option(help="Where detector state is saved.", show_default=False)
     ] = None,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model registry: start from its current model (default "
+            "<state-dir>/models, [models] registry).",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print every reading received.")
     ] = False,
@@ -70,7 +78,8 @@ def detect(
     Prints `[ALERT]` lines, publishes alerts on `factory/{sensor_id}/alerts` and a retained
     `factory/{sensor_id}/health`, and keeps history in the store (and Kafka, with `--kafka`).
     A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
-    saving detector state for the next start.
+    saving detector state for the next start. With a current model in the model registry
+    (`mqtt-anomaly models promote`), starts from it: its detector configuration and state.
     """
     settings = settings_from_cli(
         config,
@@ -82,9 +91,14 @@ def detect(
             "store": {"url": store},
             "kafka": {"url": kafka},
             "service": {"state_dir": state_dir, "verbose": verbose or None},
+            "models": {"registry": registry},
         },
     )
+    from ..models.registry import current_model
     from ..service import run_service
 
     setup_logging(False)
-    run(lambda: run_service(settings))
+    model = current_model(settings)
+    if model is not None:
+        settings = model.settings(settings)
+    run(lambda: run_service(settings, model=model))

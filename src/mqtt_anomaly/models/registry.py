@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -48,7 +49,9 @@ from .format import (
     write_model,
 )
 
-__all__ = ["METRICS", "ModelRef", "Registry", "registry_path"]
+__all__ = ["METRICS", "ModelRef", "Registry", "current_model", "registry_path"]
+
+log = logging.getLogger(__name__)
 
 INDEX: Final = "registry.json"
 VERSIONS: Final = "versions"
@@ -59,6 +62,23 @@ _VERSION: Final = re.compile(r"v([1-9][0-9]{0,8})")
 def registry_path(settings: Settings) -> Path:
     """``[models] registry``, or ``<service.state_dir>/models`` when it is not set."""
     return settings.models.registry or settings.service.state_dir / "models"
+
+
+def current_model(settings: Settings) -> LoadedModel | None:
+    """The registry's current model, read, checked and tried on a new pipeline; None (with
+    one error line) when it cannot be used, None when there is none."""
+    path = registry_path(settings)
+    try:
+        reg = Registry(path)
+        ref = reg.current()
+        if ref is None:
+            return None
+        model = reg.load(ref)
+        model.pipeline(settings)  # its state fits its configuration
+    except ModelError as exc:
+        log.error("model registry %s: current model not used: %s", path, exc)
+        return None
+    return model
 
 
 @dataclass(frozen=True, order=True)
