@@ -428,3 +428,32 @@ async def test_detect_starts_from_the_current_model_and_continues_it(
     finally:
         err = _stop(proc)
     assert f"model {version}: continued from the saved state" in err, err
+
+
+def test_a_damaged_current_model_is_refused_at_start_and_the_running_one_kept(
+    db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mqtt_anomaly.models.registry import current_model
+    from mqtt_anomaly.statefile import dump
+
+    reg = tmp_path / "models"
+    settings = load_settings(None, {"models": {"registry": reg}})
+    running = train(db, reg)
+    assert cli("models", "promote", running, "--registry", reg).exit_code == 0
+    model = current_model(settings)
+    assert model is not None and model.version == running
+    saved = tmp_path / "detector-state.mqas"
+    dump(saved, {**model.state, "model": running})  # what the service saved while running it
+    newer = train(db, reg)
+    assert cli("models", "promote", newer, "--registry", reg, "--force").exit_code == 0
+    _damage(reg / "versions" / newer, "tampered")
+    with caplog.at_level("ERROR", logger="mqtt_anomaly.models.registry"):
+        kept = current_model(settings, saved)
+    assert kept is not None and kept.version == running
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "current model refused" in line and "does not match the SHA-256" in line
+    assert f"keeping {running}, the model the saved state continues" in line
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="mqtt_anomaly.models.registry"):
+        assert current_model(settings) is None  # no saved state: no model
+    assert "starting without a model" in caplog.records[0].getMessage()

@@ -95,10 +95,10 @@ def detect(
         },
     )
     from ..models.registry import current_model
-    from ..service import run_service
+    from ..service import STATE_FILE, run_service
 
     setup_logging(False)
-    model = current_model(settings)
+    model = current_model(settings, settings.service.state_dir / STATE_FILE)
     if model is not None:
         settings = model.settings(settings)
     run(lambda: run_service(settings, model=model))

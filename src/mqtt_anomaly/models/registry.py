@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..config import Settings
-from ..errors import ModelError
+from ..errors import ModelError, StateFileError
+from ..statefile import load
 from .format import (
     LoadedModel,
     fsync_dir,
@@ -64,21 +65,55 @@ def registry_path(settings: Settings) -> Path:
     return settings.models.registry or settings.service.state_dir / "models"
 
 
-def current_model(settings: Settings) -> LoadedModel | None:
-    """The registry's current model, read, checked and tried on a new pipeline; None (with
-    one error line) when it cannot be used, None when there is none."""
+def current_model(settings: Settings, saved_state: Path | None = None) -> LoadedModel | None:
+    """The registry's current model, read, checked and tried on a new pipeline; None when
+    there is none.
+
+    A current model that cannot be used (damaged, foreign, tampered with) is refused with
+    one error line; then the model the saved state ``saved_state`` continues (the one that
+    was running) is kept if it loads, else None (the configured detectors)."""
     path = registry_path(settings)
+    reg = Registry(path)
     try:
-        reg = Registry(path)
         ref = reg.current()
         if ref is None:
             return None
-        model = reg.load(ref)
-        model.pipeline(settings)  # its state fits its configuration
+        return _usable(reg, ref, settings)
     except ModelError as exc:
-        log.error("model registry %s: current model not used: %s", path, exc)
-        return None
+        refused = " ".join(str(exc).split())
+    running = _running_version(saved_state)
+    kept: LoadedModel | None = None
+    if running is not None:
+        try:
+            kept = _usable(reg, reg.ref(running), settings)
+        except ModelError:
+            kept = None
+    log.error(
+        "model registry %s: current model refused: %s; %s",
+        path,
+        refused,
+        f"keeping {running}, the model the saved state continues"
+        if kept is not None
+        else "starting without a model",
+    )
+    return kept
+
+
+def _usable(reg: Registry, ref: ModelRef, settings: Settings) -> LoadedModel:
+    model = reg.load(ref)
+    model.pipeline(settings)  # its state fits its configuration
     return model
+
+
+def _running_version(saved_state: Path | None) -> str | None:
+    """The model version the saved state continues (None: none, or no usable state)."""
+    if saved_state is None:
+        return None
+    try:
+        version = load(saved_state).get("model")
+    except (OSError, StateFileError):
+        return None
+    return version if isinstance(version, str) and _VERSION.fullmatch(version) else None
 
 
 @dataclass(frozen=True, order=True)
