@@ -135,7 +135,13 @@ def read_labels(spec: str, settings: Settings) -> Labels:
     """The labels ``--labels SPEC`` names (see the module); ConfigError for a bad spec."""
     kind, _, rest = spec.partition(":")
     if kind == "feedback":
-        return _feedback_labels(spec, rest or settings.store.url, settings)
+        url = rest or settings.store.url
+        if not url.startswith(("sqlite:", "postgresql:", "postgres:")):
+            raise ConfigError(
+                f"--labels {spec}: feedback needs a history store (sqlite:///PATH or "
+                f"postgresql://...), not {url.split('://', 1)[0]}://"
+            )
+        return _feedback_labels(spec, url, settings)
     if kind == "sim" or (not rest and spec.endswith(".jsonl")):
         from ..simulate import read_labels as read_sim
 
