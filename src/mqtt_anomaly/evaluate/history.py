@@ -91,7 +91,7 @@ def history(
                     batches = store_batches(st, since=start, until=end)
                     shown = _safe_url(parsed.url)
             alerts, n = replay_alerts(settings, None, batches)
-        result = score(None, lab, alerts, n, grace)
+        result = score(None, lab, alerts, n, grace, start, end)
     except MqttAnomalyError as exc:
         fail(escape(" ".join(str(exc).split())))
     doc = {

@@ -418,7 +418,7 @@ def evaluate(
                     batches(stack),
                     _ticker(bar, task),
                 )
-            scores.append(score(name, lab, alerts, n, grace))
+            scores.append(score(name, lab, alerts, n, grace, start, end))
         if not scores[0].readings:
             raise ConfigError(f"no readings from {_safe_url(shown)} in the labelled period")
         evaluation = {

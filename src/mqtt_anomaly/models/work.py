@@ -195,14 +195,23 @@ def score_points(
 
 
 def score(
-    version: str | None, labels: Labels, alerts: list[Alert], readings: int, grace: float
+    version: str | None,
+    labels: Labels,
+    alerts: list[Alert],
+    readings: int,
+    grace: float,
+    since: float | None = None,
+    until: float | None = None,
 ) -> Score:
-    """``alerts`` scored on ``labels`` (see the module)."""
+    """``alerts`` scored on the labels of ``labels`` from ``since`` to ``until`` (the period
+    replayed; see the module)."""
+    lo = -math.inf if since is None else since
+    hi = math.inf if until is None else until
     raised = sum(1 for a in alerts if a.state == "raised")
     if labels.faults:
         from ..evaluate.sim import score_alerts
 
-        r = score_alerts(list(labels.faults), alerts, grace=grace)
+        r = score_alerts(list(labels.faults), alerts, grace=grace, since=lo, until=hi)
         return Score(
             version,
             r.precision,
@@ -215,7 +224,8 @@ def score(
             readings,
             {"faults": r.faults, "detected": r.detected},
         )
-    tp, fp, fn = score_points(labels.points, alerts, grace)
+    points = [p for p in labels.points if lo <= p.ts <= hi]
+    tp, fp, fn = score_points(points, alerts, grace)
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     return Score(
@@ -228,5 +238,5 @@ def score(
         fp,
         fn,
         readings,
-        {"points": len(labels.points)},
+        {"points": len(points)},
     )
