@@ -282,8 +282,12 @@ class LoadedModel:
             skipped = pipeline.load_state_dict(self.state)
         except (StateFileError, ConfigError, ValueError) as exc:
             raise ModelError(f"model {self.version}: state does not fit: {exc}") from exc
-        if skipped:
-            raise ModelError(f"model {self.version}: state of {', '.join(skipped)} does not fit")
+        from ..detectors.river_adapter import RiverDetector
+
+        river = {d.name for d in pipeline.detectors if isinstance(d, RiverDetector)}
+        misfits = [name for name in skipped if name not in river]  # River relearns
+        if misfits:
+            raise ModelError(f"model {self.version}: state of {', '.join(misfits)} does not fit")
         return pipeline
 
 

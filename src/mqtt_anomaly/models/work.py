@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Settings
+from ..detectors.river_adapter import RiverDetector
 from ..messages import Alert
 from ..pipeline import OFFLINE, SILENCE
 from ..replay.engine import Columns, Replayer
@@ -86,7 +87,11 @@ def train(
         "assets": sorted(a.id for a in pipeline.assets.assets),
         "data_sha256": digest.hexdigest(),
     }
-    return Trained(model_config(settings), training, model_state(pipeline.state_dict()))
+    state = model_state(pipeline.state_dict())
+    for det in pipeline.detectors:  # River models only pickle: not carried, they relearn
+        if isinstance(det, RiverDetector):
+            del state["detectors"][det.name]
+    return Trained(model_config(settings), training, state)
 
 
 # ---- evaluation -----------------------------------------------------------------------------
