@@ -515,3 +515,41 @@ def test_models_evaluate_on_operator_feedback(db: Path, tmp_path: Path) -> None:
     assert (cand["true_positives"], cand["false_positives"], cand["false_negatives"]) == (1, 0, 0)
     assert cand["f1"] == 1.0
     assert ev["baseline"]["version"] is None  # no current model: the configured detectors
+
+
+def test_train_from_kafka_learns_what_the_store_teaches(
+    shared_kafka: Any, db: Path, tmp_path: Path
+) -> None:
+    from .kafka import unique
+    from .test_replay import produce
+
+    topic = unique("train")
+    produce(shared_kafka, topic, history(), [])
+    reg = tmp_path / "models"
+    from_store = train(db, reg)
+    res = cli(
+        "models", "train", "--kafka", f"{shared_kafka.url}/{topic}", "--registry", reg,
+        "--until", str(T0 + SPLIT - 1),
+    )  # fmt: skip
+    assert res.exit_code == 0 and res.output.strip().startswith("v2: trained on 2,000 readings")
+    a = Registry(reg).load(Registry(reg).ref(from_store))
+    b = Registry(reg).load(Registry(reg).ref("v2"))
+    assert b.manifest["training"]["source"] == f"{shared_kafka.url}/{topic}"
+    assert same(a.state["detectors"], b.state["detectors"])
+
+
+def test_train_on_the_sensors_of_an_asset(db: Path, tmp_path: Path) -> None:
+    config = tmp_path / "plant.toml"
+    config.write_text('[[assets.define]]\nid = "pump-1"\nsensors = ["S2", "S9"]\n')
+    reg = tmp_path / "models"
+    res = cli(
+        "models", "train", "-c", config, "--store", f"sqlite:///{db}", "--registry", reg,
+        "--asset", "pump-1",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    t = Registry(reg).manifest(Registry(reg).ref("v1"))["training"]
+    assert t["sensors"] == ["S2"] and t["selected_assets"] == ["pump-1"] and t["readings"] == N
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--registry", reg, "--sensor", "S7")
+    assert res.exit_code == 2 and "no readings to train on" in res.output
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--csv", "x.csv", "--registry", reg)
+    assert res.exit_code == 2 and "give one source" in res.output
