@@ -553,3 +553,68 @@ def test_train_on_the_sensors_of_an_asset(db: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no readings to train on" in res.output
     res = cli("models", "train", "--store", f"sqlite:///{db}", "--csv", "x.csv", "--registry", reg)
     assert res.exit_code == 2 and "give one source" in res.output
+
+
+def test_concurrent_trainings_get_distinct_versions(db: Path, tmp_path: Path) -> None:
+    """Versions are claimed under the registry's lock: four writers at once, four versions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = load_settings(None)
+    reg = Registry(tmp_path / "models")
+    trained = Replayer(settings)
+    trained.feed(columns(history(0, 50)))
+    state = trained.pipeline.state_dict()
+    from mqtt_anomaly.models.format import model_config, model_state
+
+    def create(_: int) -> str:
+        return reg.create(
+            config=model_config(settings), training={"readings": 100}, state=model_state(state)
+        ).version
+
+    with ThreadPoolExecutor(4) as pool:
+        made = sorted(pool.map(create, range(4)))
+    assert made == ["v1", "v2", "v3", "v4"]
+    assert [r.version for r in reg.versions()] == made
+    assert not [p for p in (tmp_path / "models" / "versions").iterdir() if p.name.startswith(".")]
+    for version in made:
+        reg.load(reg.ref(version))
+
+
+def test_a_damaged_registry_index_is_one_line(db: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    assert cli("models", "promote", version, "--registry", reg).exit_code == 0
+    (reg / "registry.json").write_text('{"current": "v1", "stack": [], "history": []}')
+    for args in (("list",), ("promote", version), ("rollback",)):
+        res = cli("models", *args, "--registry", reg)
+        assert res.exit_code == 2 and "not a registry index" in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
+    db: Path, tmp_path: Path
+) -> None:
+    from mqtt_anomaly.service import DetectorService
+    from mqtt_anomaly.transport.memory import MemoryBroker
+
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    settings = load_settings(
+        None,
+        {
+            "broker": {"url": "mqtt://127.0.0.1:1"},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state"},
+        },
+    )
+    model = Registry(reg).load(Registry(reg).ref(version))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "detector-state.mqas").write_bytes(b"not a state file")
+    svc = DetectorService(
+        model.settings(settings), console=False, transport=MemoryBroker().transport, model=model
+    )
+    svc.restore()
+    assert svc.pipeline.sensor_ids == ["S1", "S2"]
+    aside = [p.name for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1
+    assert svc._snapshot()["model"] == version
