@@ -124,3 +124,12 @@ def test_feedback_labels_need_a_store(tmp_path: Path) -> None:
         read_labels("feedback", settings)
     with pytest.raises(StoreError, match="no history store at"):
         read_labels(f"feedback:sqlite:///{tmp_path / 'missing.db'}", settings)
+
+
+def test_a_feedback_store_password_is_never_written_down() -> None:
+    from mqtt_anomaly.models.data import shown_spec
+
+    assert shown_spec("feedback:postgresql://ops:pw@db:5432/plant") == (
+        "feedback:postgresql://ops:***@db:5432/plant"
+    )
+    assert shown_spec("feedback") == "feedback" and shown_spec("sim:x.jsonl") == "sim:x.jsonl"
