@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
-    ("pipeline", ("pipeline", "view", "assets")),
+    ("pipeline", ("pipeline", "view", "assets", "drift")),
     ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.

@@ -605,6 +605,23 @@ class SparkplugSettings(_Section):
         return v
 
 
+class DriftSettings(_Section):
+    """Drift and model health per sensor (``docs/operations.md#drift-and-model-health``)."""
+
+    warmup: int = Field(100, ge=0)
+    """Scored readings of a sensor before its reference starts (the detectors learn)."""
+    min_readings: int = Field(500, ge=50, le=100_000_000)
+    """Scored readings counted in the reference score distribution before it is frozen."""
+    window: float = Field(3600.0, ge=1, le=1e9)
+    """Seconds: the recent distribution weighs a reading this old 1/e of a new one."""
+    threshold: float = Field(0.25, gt=0, le=100)
+    """Drift (population stability index) above which a sensor's model is stale."""
+    alert_factor: float = Field(5.0, gt=1, le=1e6)
+    """Stale when the recent alert rate exceeds this × the reference rate."""
+    max_age: float = Field(0.0, ge=0)
+    """Seconds after commissioning from which a model is stale (0: no limit)."""
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -668,6 +685,7 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
+    drift: DriftSettings = DriftSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

@@ -49,6 +49,7 @@ from .detectors import Detector, available, create
 from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 from .detectors.threshold import ThresholdDetector
+from .drift import DriftBook
 from .errors import PayloadError, StateFileError
 from .mapping import Rule
 from .messages import (
@@ -82,6 +83,7 @@ _SLOT, _RECEIVED = itemgetter(0), itemgetter(2)  # of a round's (slot, reading, 
 OFFLINE = "offline"
 SILENCE = "silence"
 DATA_LOSS = "data_loss"  # a Sparkplug node's seq gap
+DRIFT = "drift"  # the model health book (drift.py), named in load_state_dict's skipped
 
 
 class SeqWindow:
@@ -270,6 +272,7 @@ class Pipeline:
         )
         self._sp_prefix = NAMESPACE + "/"
         self.assets = AssetBook(settings.assets)
+        self.drift = DriftBook(settings.drift)  # score distributions: model health
         self._view = PipelineView(self)
 
     def _add_chosen_detectors(self, ds: DetectorSettings) -> None:
@@ -324,6 +327,7 @@ class Pipeline:
             self._grow_columns(capacity_for(slot + 1, len(self.last_seen), limit=cap))
         self.seq.grow(slot + 1)
         self.last_active[slot] = now
+        self.drift.admit(slot)
         out.new_sensors.append(sensor_id)
         if self.settings.overrides:
             self._configure(slot, sensor_id)
@@ -443,6 +447,7 @@ class Pipeline:
                 )
             book.reset(idx)
         self.assets.forget(slot)
+        self.drift.reset(slot)
         self.seq.reset(slot)
         self.seq_values[slot] = math.nan
         self.last_value[slot] = math.nan
@@ -855,6 +860,7 @@ class Pipeline:
         self._arrived(slots, recv)
         touched: set[int] = set()
         enabled = self._enabled
+        top: FloatArray | None = None  # the highest score of each reading (drift)
         for det in self.detectors:
             scores = det.update(slots, values, ts)
             if enabled:
@@ -863,6 +869,7 @@ class Pipeline:
                 inside = slots < len(mask)
                 on[inside] = mask[slots[inside]]
                 scores = scores._replace(score=np.where(on, scores.score, 0.0))
+            top = scores.score if top is None else np.maximum(top, scores.score)
             book = self.books[det.name]
             tr = book.step(slots, scores.score)
             for k, i in enumerate(tr.raised.tolist()):
@@ -877,6 +884,8 @@ class Pipeline:
                 touched.add(slot)
         self.last_value[slots] = values
         self.last_ts[slots] = ts
+        if top is not None:
+            self.drift.update(slots, top, recv)
         asset_alerts = self.assets.observe(slots, values, ts, self._identity)
         if asset_alerts:
             out.alerts += asset_alerts
@@ -1047,6 +1056,7 @@ class Pipeline:
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
             "assets": self.assets.state_dict(),
+            "drift": self.drift.state_dict(n),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
@@ -1119,6 +1129,12 @@ class Pipeline:
                 self.assets.load_state_dict(assets, self.sensors)  # all or nothing
             except (ValueError, KeyError, TypeError):
                 skipped.append(ASSET_DETECTOR)
+        drift = state.get("drift")
+        if drift is not None:  # state saved before drift was kept: it starts learning
+            try:
+                self.drift.load_state_dict(drift, n)  # all or nothing
+            except ValueError:
+                skipped.append(DRIFT)
         return skipped
 
 
