@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from mqtt_anomaly import statefile
-from mqtt_anomaly.config import load_settings
+from mqtt_anomaly.config import Settings, load_settings
 from mqtt_anomaly.drift import BINS, DriftBook, Reference
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.messages import Reading
 from mqtt_anomaly.pipeline import Pipeline
+from mqtt_anomaly.web.metrics import METRIC_NAMES
+
+from .helpers import eventually
+from .mosquitto import Mosquitto
+from .test_web import Served, feed, scrape, web_settings
 
 T0 = 1.7e9
 DRIFT = {"warmup": 50, "min_readings": 300, "window": 200}
@@ -163,3 +168,75 @@ def test_drift_settings_are_checked(key: str, bad: object, message: str) -> None
     with pytest.raises(ConfigError) as err:
         load_settings(None, {"drift": {key: bad}})
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+# ---- REST, metrics -------------------------------------------------------------------------
+WEB_DRIFT = {"warmup": 40, "min_readings": 100, "window": 100_000}  # no decay within a test
+
+
+def web_drift_settings(broker: Mosquitto, tmp_path: Path) -> Settings:
+    base = web_settings(broker, tmp_path).model_dump()
+    return load_settings(None, {**base, "drift": WEB_DRIFT})
+
+
+def fleet_values(seed: int = 5) -> dict[str, list[float]]:
+    """Two sensors, the same for 140 readings (warm-up and reference); then ``W-square``
+    alternates between two levels while ``W-steady`` goes on as before."""
+    rng = np.random.default_rng(seed)
+    steady = [float(20 + rng.normal(0, 0.5)) for _ in range(440)]
+    square = [float(20 + rng.normal(0, 0.5)) for _ in range(140)]
+    square += [20.0 + (0.5 if k % 2 else -0.5) for k in range(300)]
+    return {"W-steady": steady, "W-square": square}
+
+
+async def test_models_health_rest_and_metrics(shared_mosquitto: Mosquitto, tmp_path: Path) -> None:
+    async with Served(web_drift_settings(shared_mosquitto, tmp_path)) as srv, srv.client() as http:
+        page = (await http.get("/api/models/health")).json()
+        assert page == {
+            "total": 0, "sensors": 0, "stale": 0, "learning": 0, "threshold": 0.25,
+            "offset": 0, "items": [],
+        }  # fmt: skip
+        for sid, values in fleet_values().items():
+            await feed(shared_mosquitto.url, sid, values)
+        pl = srv.service.pipeline
+        await eventually(lambda: pl.counters.processed == 880, what="readings processed")
+
+        page = (await http.get("/api/models/health")).json()
+        assert (page["total"], page["sensors"], page["stale"], page["learning"]) == (2, 2, 1, 0)
+        first, second = page["items"]  # the most drifted first
+        assert first["sensor_id"] == "W-square" and first["stale"] is True
+        assert first["reasons"] == ["drift"] and first["drift"] > 0.25 and first["ks"] > 0.2
+        assert first["phase"] == "monitoring" and first["age"] >= 0
+        assert second["sensor_id"] == "W-steady" and second["stale"] is False
+        assert second["drift"] < 0.25 and second["reasons"] == []
+        assert 0 <= second["alert_rate"] <= 0.01
+        only = (await http.get("/api/models/health", params={"stale": "false"})).json()
+        assert [m["sensor_id"] for m in only["items"]] == ["W-steady"] and only["total"] == 1
+        named = (
+            await http.get(
+                "/api/models/health", params={"sort": "sensor_id", "desc": "false", "limit": 1}
+            )
+        ).json()
+        assert [m["sensor_id"] for m in named["items"]] == ["W-square"] and named["total"] == 2
+        nxt = (await http.get("/api/models/health", params={"offset": 1, "limit": 1})).json()
+        assert [m["sensor_id"] for m in nxt["items"]] == ["W-steady"]
+        for bad in ({"sort": "nope"}, {"limit": 0}, {"limit": 5001}, {"offset": -1}):
+            assert (await http.get("/api/models/health", params=bad)).status_code == 422
+
+        metrics = scrape((await http.get("/metrics")).text)
+        assert metrics['mqtt_anomaly_models_stale{reason="any"}'] == 1
+        assert metrics['mqtt_anomaly_models_stale{reason="drift"}'] == 1
+        assert metrics['mqtt_anomaly_models_stale{reason="age"}'] == 0
+        assert metrics["mqtt_anomaly_models_learning"] == 0
+        assert metrics['mqtt_anomaly_model_drift{quantile="1.0"}'] == pytest.approx(
+            first["drift"], rel=1e-4
+        )
+        assert metrics['mqtt_anomaly_model_drift{quantile="0.5"}'] < first["drift"]
+        top = 'mqtt_anomaly_model_drift_top{rank="1",sensor_id="W-square"}'
+        assert metrics[top] == pytest.approx(first["drift"], rel=1e-4)
+        assert {k for k in metrics if "drift_top" in k} == {
+            top,
+            'mqtt_anomaly_model_drift_top{rank="2",sensor_id="W-steady"}',
+        }
+        names = {k.partition("{")[0] for k in metrics}
+        assert {n for n in names if "model" in n} <= METRIC_NAMES

@@ -26,6 +26,7 @@ import numpy as np
 from .assets import AssetInfo
 from .detectors.base import FloatArray
 from .detectors.threshold import ThresholdDetector
+from .drift import DriftReport
 from .messages import HEALTH_STATES, HealthState, Severity
 from .sparkplug import SparkplugCounters
 
@@ -200,6 +201,12 @@ class PipelineView:
     def asset(self, asset_id: str) -> AssetInfo | None:
         """One asset, or None."""
         return next((a for a in self._pl.assets.info() if a.id == asset_id), None)
+
+    # ---- model health ----------------------------------------------------------------------
+    def model_health(self, now: float) -> DriftReport:
+        """Drift, alert rates, commissioning age and stale flags of every sensor at ``now``
+        (epoch s), by slot: one vectorised pass over the table (:mod:`.drift`)."""
+        return self._pl.drift.report(now, len(self))
 
     # ---- counters --------------------------------------------------------------------------
     def counters(self) -> Counters:

@@ -97,12 +97,26 @@ async function loadFleet() {
   }
 }
 
+/* Stale models: a banner over the fleet naming the most drifted (GET /api/models/health). */
+async function loadModelHealth() {
+  const page = await api("/api/models/health?stale=true&limit=5");
+  const banner = $("#stale-banner");
+  banner.hidden = page.stale === 0;
+  if (!page.stale) return;
+  const named = page.items.map((m) => `${m.sensor_id} (${m.reasons.join(", ")}` +
+    (m.drift === null ? ")" : `, drift ${m.drift.toFixed(2)})`));
+  const more = page.stale > named.length ? ` and ${page.stale - named.length} more` : "";
+  banner.textContent = `⚠ ${page.stale} sensor model${page.stale === 1 ? "" : "s"} look stale: ` +
+    named.join(", ") + more;
+}
+
 let fleetPending = null;
 function scheduleFleet() {
   if (fleetPending) return;
   fleetPending = setTimeout(() => {
     fleetPending = null;
     loadFleet().catch(console.error);
+    loadModelHealth().catch(console.error);
     if (!st.sensor && !st.asset) loadAssets().catch(console.error);
   }, 200);
 }
