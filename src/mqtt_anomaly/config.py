@@ -83,6 +83,12 @@ class BrokerSettings(_Section):
     """MQTT 5: seconds the broker keeps our session (and queues readings) after we are gone."""
     message_expiry: int = Field(0, ge=0, le=0xFFFFFFFF)
     """MQTT 5: seconds the broker keeps an alert for a subscriber that is away (0: no limit)."""
+    unit_property: str = Field("unit", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's unit
+    (``docs/plant.md#mqtt-5``; empty: not read)."""
+    asset_property: str = Field("asset", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's asset
+    (empty: not read)."""
 
     @field_validator("protocol", mode="before")
     @classmethod

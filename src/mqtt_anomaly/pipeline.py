@@ -37,6 +37,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -264,6 +265,7 @@ class Pipeline:
         # topic → (rule, tags, quantity → sensor id) for topics a mapping rule applies to
         self._mapped_topics: dict[str, tuple[Rule, dict[str, str], dict[str, str]]] = {}
         self.tags: dict[str, dict[str, str]] = {}  # sensor id → its tags (mapped sensors)
+        self.units: dict[str, str] = {}  # sensor id → unit named by an MQTT 5 user property
         sp = settings.sparkplug
         self.sparkplug = (
             SparkplugHost(rebirth=sp.rebirth, rebirth_interval=sp.rebirth_interval)
@@ -372,6 +374,7 @@ class Pipeline:
         del self.sensors[old]
         self._reading_topics.pop(self.readings_topic.format(old), None)
         self.tags.pop(old, None)
+        self.units.pop(old, None)
         self.sensors[sid] = slot
         self.sensor_ids[slot] = sid
         self.counters.sensors_evicted += 1
@@ -519,7 +522,43 @@ class Pipeline:
                 rounds.append([])
             rounds[r].append((slot, reading, received_at))
             out.readings.append(reading)
+        if self.units:  # MQTT 5 unit properties: the batch's readings of those sensors
+            self._apply_units(out.readings)
         return decoded
+
+    def note_properties(self, topic: str, unit: str | None, asset: str | None) -> None:
+        """MQTT 5 user properties of a message on ``topic`` (a sensor's readings topic):
+        ``unit`` becomes the sensor's unit (shown with it, carried by its readings from
+        then on), ``asset`` puts the sensor in that asset (above a mapping rule's tag and
+        ``assets.template``, below ``assets.define``). Called before the message's batch is
+        decoded; a message repeating what the sensor has costs two dict lookups."""
+        known = self._reading_topics.get(topic)
+        sid = known[0] if known is not None else self.readings_topic.sensor_id(topic)
+        if sid is None:
+            return
+        cap = self.settings.service.max_sensors  # bounded whatever ids come
+        units = self.units
+        if unit is not None and units.get(sid) != unit and (sid in units or len(units) < cap):
+            units[sid] = unit[:32]
+        if asset is None:
+            return
+        tags = self.tags.get(sid)
+        if tags is not None and tags.get("asset") == asset:
+            return
+        if tags is None and sid not in self.sensors and len(self.tags) >= 2 * cap:
+            return
+        self.tags[sid] = {**(tags or {}), "asset": asset}
+        slot = self.sensors.get(sid)  # already placed: moved to that asset if it is another
+        moved = slot is not None and self.assets.moved(slot, sid, self.tags[sid])
+        if moved and slot is not None and self.settings.overrides:
+            self._configure(slot, sid)
+
+    def _apply_units(self, readings: list[Reading]) -> None:
+        units = self.units
+        for i, r in enumerate(readings):
+            unit = units.get(r.sensor_id)
+            if unit is not None and unit != r.unit:
+                readings[i] = msgspec.structs.replace(r, unit=unit)
 
     def _decode_mapped(
         self, topic: str, payload: bytes, received_at: float, decoded: Decoded

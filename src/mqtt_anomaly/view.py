@@ -93,6 +93,10 @@ class PipelineView:
         """The sensor's slot, None for a sensor not known (or forgotten)."""
         return self._pl.sensors.get(sensor_id)
 
+    def unit(self, sensor_id: str) -> str | None:
+        """The sensor's unit as an MQTT 5 user property named it (None: none did)."""
+        return self._pl.units.get(sensor_id)
+
     def __contains__(self, sensor_id: object) -> bool:
         return sensor_id in self._pl.sensors
 

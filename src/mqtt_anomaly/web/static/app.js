@@ -62,11 +62,12 @@ function row(s) {
   }
   tr.dataset.sensor = s.sensor_id;
   tr.dataset.health = s.health;
+  tr.dataset.unit = s.unit || "";
   const [id, health, value, seen, alerts] = tr.children;
   id.textContent = s.sensor_id;
   health.firstChild.className = "health " + s.health;
   health.firstChild.textContent = s.health;
-  value.textContent = fmtValue(s.last_value);
+  value.textContent = fmtValue(s.last_value) + (s.unit ? " " + s.unit : "");
   seen.textContent = fmtAgo(s.last_seen);
   alerts.textContent = s.active_alerts.join(", ");
   return tr;
@@ -385,7 +386,8 @@ function showSensorState(s) {
   h.className = "health " + s.health;
   h.textContent = s.health;
   h.dataset.health = s.health;
-  $("#sensor-value").textContent = `${fmtValue(s.last_value)} · ${fmtAgo(s.last_seen)}`;
+  const unit = s.unit ? " " + s.unit : "";
+  $("#sensor-value").textContent = `${fmtValue(s.last_value)}${unit} · ${fmtAgo(s.last_seen)}`;
   st.band = s.band;
 }
 
@@ -493,7 +495,7 @@ function connect() {
 function rowData(tr) {
   const [id, , value, , alerts] = tr.children;
   const v = parseFloat(value.textContent);
-  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v,
+  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v, unit: tr.dataset.unit || null,
     last_seen: null, active_alerts: alerts.textContent ? alerts.textContent.split(", ") : [] };
 }
 
