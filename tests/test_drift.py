@@ -147,7 +147,7 @@ def test_weights_are_rebased_far_into_a_sensor_s_life() -> None:
     book.admit(0)
     slots = np.zeros(1, dtype=np.intp)
     rng = np.random.default_rng(0)
-    for t in range(80_000):  # 800 windows: exp(t / window) would overflow long before
+    for t in range(80_000):  # 800 windows: exp(t / window) would overflow long before (e^88)
         book.update(slots, rng.uniform(0, 0.05, 1), np.array([T0 + t]))
     assert book.t0 > T0
     r = book.report(T0 + 80_000, 1)

@@ -614,9 +614,9 @@ class SparkplugSettings(_Section):
 class DriftSettings(_Section):
     """Drift and model health per sensor (``docs/operations.md#drift-and-model-health``)."""
 
-    warmup: int = Field(100, ge=0)
+    warmup: int = Field(100, ge=0, le=1_000_000_000)
     """Scored readings of a sensor before its reference starts (the detectors learn)."""
-    min_readings: int = Field(500, ge=50, le=100_000_000)
+    min_readings: int = Field(500, ge=50, le=1_000_000_000)
     """Scored readings counted in the reference score distribution before it is frozen."""
     window: float = Field(3600.0, ge=1, le=1e9)
     """Seconds: the recent distribution weighs a reading this old 1/e of a new one."""

@@ -69,7 +69,9 @@ ALERT_BIN: Final = int(np.searchsorted(EDGES, 0.5, side="right"))
 _LUT_SCALE: Final = 1000  # every edge is a multiple of 1/_LUT_SCALE: a score's bin is _LUT[...]
 _LUT: Final = np.searchsorted(EDGES, np.arange(_LUT_SCALE + 1) / _LUT_SCALE, side="right")
 _NONE: Final = np.zeros(0, dtype=bool)  # no reading taken (see DriftBook._learn)
-REBASE: Final = 300  # windows after which weights are rebased (exp(300) is far from overflow)
+REBASE: Final = 40
+"""Windows after which weights are rebased: float32 holds e^88, so a bin's sum of weights up to
+e^40 each has room for e^48 (7·10^20) readings."""
 LEARNING, MONITORING = "learning", "monitoring"
 
 
@@ -154,9 +156,9 @@ class DriftBook:
         self.t0 = math.nan  # the time whose weight is 1 (moved forward now and then)
         self.capacity = 0
         self.learning = 0  # admitted slots whose reference is not frozen yet
-        self.scored = np.zeros(0, dtype=np.int64)  # readings seen while learning (-1: no sensor)
+        self.scored = np.zeros(0, dtype=np.int32)  # readings seen while learning (-1: no sensor)
         self.ref = np.zeros((0, BINS), dtype=np.float32)  # counts per score bin
-        self.recent = np.zeros((0, BINS))  # weights per score bin (time-decayed)
+        self.recent = np.zeros((0, BINS), dtype=np.float32)  # weights per bin (time-decayed)
         self._flat = self.recent.reshape(-1)
         self.started = np.zeros(0)  # time of the first scored reading (NaN: none)
         self.frozen = np.zeros(0)  # time the reference froze (NaN: learning)
@@ -271,7 +273,7 @@ class DriftBook:
         self.reserve(n)
         s = self.settings
         ref = self.ref[:n].astype(np.float64)
-        rec = self.recent[:n]
+        rec = self.recent[:n].astype(np.float64)
         ref_n = ref.sum(axis=1)
         rec_n = rec.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
