@@ -11,6 +11,7 @@ from mqtt_anomaly.config import Settings, load_settings
 from mqtt_anomaly.messages import Reading
 from mqtt_anomaly.pipeline import Output, Pipeline
 from mqtt_anomaly.transport import codec
+from mqtt_anomaly.transport.lean import LeanClient
 
 from .helpers import eventually, reading_payload
 from .mosquitto import Mosquitto
@@ -147,3 +148,22 @@ def test_note_properties_is_bounded_and_forgets_evicted_sensors() -> None:
     assert pl2.units == {"A": "bar"} and pl2.tags["A"] == {"asset": "pump"}
     pl2.process([("factory/B/temperature", reading_payload("B", 1.0, 1, 1.7e9 + 99), 1.7e9 + 99)])
     assert pl2.sensor_ids == ["B"] and pl2.units == {} and pl2.tags == {}  # A evicted
+
+
+def test_a_repeated_property_block_is_not_decoded_again_but_still_reported() -> None:
+    settings = load_settings(None, {"broker": {"protocol": "5"}})
+    client = LeanClient(settings.broker, "t", on_batch=lambda batch: None)
+    calls: list[tuple[str, str | None, str | None]] = []
+    client.on_properties = lambda *args: calls.append(args)
+
+    def block(*pairs: tuple[str, str]) -> bytes:
+        return codec.encode_properties([(codec.USER_PROPERTY, kv) for kv in pairs])
+
+    topic = "factory/A/temperature"
+    first = block(("unit", "bar"), ("asset", "pump"))
+    client._user_properties(topic, first)
+    client._user_properties(topic, bytes(first))  # the same block: from the cache
+    client._user_properties(topic, block(("unit", "kPa")))
+    client._user_properties(topic, block(("site", "north"), ("unit", "")))  # nothing to read
+    assert calls == [(topic, "bar", "pump"), (topic, "bar", "pump"), (topic, "kPa", None)]
+    assert client._property_blocks[topic][1:] == (None, None)

@@ -279,6 +279,7 @@ class LeanClient:
         """MQTT 5: called with ``(topic, unit, asset)`` of an incoming PUBLISH that carries
         either user property (``broker.unit_property``, ``broker.asset_property``), before
         the batch holding it goes to ``on_batch``. None (the default): not read."""
+        self._property_blocks: dict[str, tuple[bytes, str | None, str | None]] = {}
         # MQTT 5 (broker.protocol = "5"): the broker's receive maximum bounds the window;
         # outgoing topic aliases, up to the broker's topic alias maximum, per connection
         self.level = MQTT_5 if settings.protocol == "5" else MQTT_311
@@ -378,7 +379,20 @@ class LeanClient:
 
     def _user_properties(self, topic: str, block: bytes) -> None:
         """MQTT 5: an incoming PUBLISH's unit and asset user properties (names in
-        ``broker.unit_property`` and ``broker.asset_property``) to ``on_properties``."""
+        ``broker.unit_property`` and ``broker.asset_property``) to ``on_properties``. A
+        topic's block the same as its last one is not decoded again."""
+        last = self._property_blocks.get(topic)
+        if last is not None and last[0] == block:
+            unit, asset = last[1], last[2]
+        else:
+            unit, asset = self._read_properties(block)
+            if len(self._property_blocks) >= 100_000:
+                self._property_blocks.clear()  # bounded whatever topics come
+            self._property_blocks[topic] = (block, unit, asset)
+        if (unit is not None or asset is not None) and self.on_properties is not None:
+            self.on_properties(topic, unit, asset)
+
+    def _read_properties(self, block: bytes) -> tuple[str | None, str | None]:
         s = self.settings
         unit = asset = None
         for pid, value in decode_properties(block):
@@ -390,8 +404,7 @@ class LeanClient:
                     unit = text
                 elif name == s.asset_property:
                     asset = text
-        if (unit is not None or asset is not None) and self.on_properties is not None:
-            self.on_properties(topic, unit, asset)
+        return unit, asset
 
     def _negotiated(self, properties: bytes) -> None:
         """MQTT 5: what the broker's CONNACK allows (receive maximum, topic aliases)."""
