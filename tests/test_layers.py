@@ -49,15 +49,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gates",
             "sparkplug",
             "_proto",
+            "liveconf",
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
-    ("pipeline", ("pipeline", "view", "assets")),
+    ("pipeline", ("pipeline", "view", "assets", "swap", "shadow")),
     ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
-    ("service", ("delivery", "service")),
+    ("service", ("delivery", "reloading", "service")),
     # What every command takes: the shared options and settings_from_cli.
     ("command plumbing", ("cli.options", "cli.settings")),
     ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo")),

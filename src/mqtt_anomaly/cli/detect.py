@@ -70,21 +70,22 @@ def detect(
     Prints `[ALERT]` lines, publishes alerts on `factory/{sensor_id}/alerts` and a retained
     `factory/{sensor_id}/health`, and keeps history in the store (and Kafka, with `--kafka`).
     A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
-    saving detector state for the next start.
+    saving detector state for the next start. SIGHUP reads the configuration file again
+    and applies its detection settings without a restart.
     """
-    settings = settings_from_cli(
-        config,
-        {
-            "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
-            "topics": {"subscribe": tuple(topic) if topic else None},
-            "http": {"listen": http},
-            "detector": {"threshold": threshold},
-            "store": {"url": store},
-            "kafka": {"url": kafka},
-            "service": {"state_dir": state_dir, "verbose": verbose or None},
-        },
-    )
+    overrides = {
+        "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
+        "topics": {"subscribe": tuple(topic) if topic else None},
+        "http": {"listen": http},
+        "detector": {"threshold": threshold},
+        "store": {"url": store},
+        "kafka": {"url": kafka},
+        "service": {"state_dir": state_dir, "verbose": verbose or None},
+    }
+    settings = settings_from_cli(config, overrides)
+    from ..liveconf import ConfigSource
     from ..service import run_service
 
     setup_logging(False)
-    run(lambda: run_service(settings))
+    source = ConfigSource(config, overrides)  # read again on SIGHUP and POST /api/reload
+    run(lambda: run_service(settings, source=source))

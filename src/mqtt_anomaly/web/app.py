@@ -20,6 +20,7 @@ from .. import __version__
 from .api import router
 from .auth import TokenAuth
 from .guard import BodyLimit, CatchErrors, RateLimit
+from .lifecycle import router as lifecycle_router
 from .settings import MIN_TOKEN_LENGTH, HttpSettings
 from .state import WebState
 
@@ -57,6 +58,7 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
     )
     web = app.state.web = WebState.attach(service, settings)
     app.include_router(router)
+    app.include_router(lifecycle_router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit)  # each add_middleware wraps those before: this is innermost
