@@ -250,7 +250,7 @@ class ShadowRun:
         self.alerts += len(alerts)
         self.agreement.observe(alerts, "shadow", names & shadow_names)
         for a in alerts:
-            marked = msgspec.structs.replace(a, message=f"shadow {self.label}")
+            marked = msgspec.structs.replace(a, shadow=self.label)
             self.publish(self.topic.format(a.sensor_id), encode(marked))
             if self.store is not None:
                 self.store(marked)

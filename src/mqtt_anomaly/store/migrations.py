@@ -9,10 +9,14 @@ database refuses to open it.
 
 Version 1 → 2 (unique keys, duplicates removed) is not additive and stays in each backend.
 
+Indexes are steps too (:data:`INDEXES`: statements both backends run as they stand, idempotent,
+after the columns): version 5 puts ``shadow`` in the alerts' unique key, so a shadow alert and
+the live alert of the same reading are both kept.
+
 >>> [version for version, _ in MIGRATIONS]
-[3, 4]
+[3, 4, 5]
 >>> ADDED_COLUMNS["alerts"]
-('asset_id', 'contributions', 'suppressed')
+('asset_id', 'contributions', 'suppressed', 'shadow')
 """
 
 from __future__ import annotations
@@ -40,8 +44,24 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[AddColumn, ...]], ...]] = (
     ),
     # 4: why an alert was suppressed (maintenance window, operating-state gate); NULL: it was not
     (4, (AddColumn("alerts", "suppressed", "TEXT", "text"),)),
+    # 5: the alerts of a shadow candidate ([shadow]): its label; '' for the live configuration
+    (5, (AddColumn("alerts", "shadow", "TEXT NOT NULL DEFAULT ''", "text NOT NULL DEFAULT ''"),)),
 )
-SCHEMA_VERSION: Final = max([2, *(version for version, _ in MIGRATIONS)])
+INDEXES: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    # 5: the unique key of alerts with the shadow label (a live and a shadow alert of one
+    # reading are two rows); the key of version 2 goes
+    (
+        5,
+        (
+            "DROP INDEX IF EXISTS alerts_key",
+            "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key_shadow "
+            "ON alerts (sensor_id, detector, state, reading_ts, shadow)",
+        ),
+    ),
+)
+SCHEMA_VERSION: Final = max(
+    [2, *(version for version, _ in MIGRATIONS), *(version for version, _ in INDEXES)]
+)
 ADDED_COLUMNS: Final = {
     table: tuple(c.column for _, steps in MIGRATIONS for c in steps if c.table == table)
     for table in {c.table for _, steps in MIGRATIONS for c in steps}
@@ -53,17 +73,23 @@ def sqlite_steps(existing: dict[str, set[str]]) -> list[str]:
     """The ``ALTER TABLE`` statements still needed, given each table's existing columns
     (SQLite has no ``ADD COLUMN IF NOT EXISTS``)."""
     return [
-        f"ALTER TABLE {c.table} ADD COLUMN {c.column} {c.sqlite_type}"
-        for _, steps in MIGRATIONS
-        for c in steps
-        if c.column not in existing.get(c.table, set())
+        *(
+            f"ALTER TABLE {c.table} ADD COLUMN {c.column} {c.sqlite_type}"
+            for _, steps in MIGRATIONS
+            for c in steps
+            if c.column not in existing.get(c.table, set())
+        ),
+        *(statement for _, statements in INDEXES for statement in statements),
     ]
 
 
 def postgres_steps() -> list[str]:
     """Every step as ``ALTER TABLE … ADD COLUMN IF NOT EXISTS`` (idempotent as it stands)."""
     return [
-        f"ALTER TABLE {c.table} ADD COLUMN IF NOT EXISTS {c.column} {c.postgres_type}"
-        for _, steps in MIGRATIONS
-        for c in steps
+        *(
+            f"ALTER TABLE {c.table} ADD COLUMN IF NOT EXISTS {c.column} {c.postgres_type}"
+            for _, steps in MIGRATIONS
+            for c in steps
+        ),
+        *(statement for _, statements in INDEXES for statement in statements),
     ]
