@@ -336,6 +336,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'evaluate',",
         "'maintenance',",
         "'replay',",
+        "'shadow',",
         "'simulate']",
     ]
 
@@ -362,9 +363,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 11 commands and groups, config show, evaluate's three, maintenance's three,
-    # assets' two
-    assert len(paths) == 21
+    # the root, 12 commands and groups, config show, evaluate's three, maintenance's three,
+    # assets' two, shadow report
+    assert len(paths) == 23
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

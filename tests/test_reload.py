@@ -11,6 +11,7 @@ its configuration when the new file is invalid, with every reading stored and sc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -25,7 +26,9 @@ import httpx
 import msgspec
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from mqtt_anomaly.cli import app
 from mqtt_anomaly.config import FaultRates, Settings, load_settings
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.liveconf import ConfigSource, changed_keys, refused_keys
@@ -36,6 +39,7 @@ from mqtt_anomaly.shadow import Agreement, ShadowRun, candidate_settings, positi
 from mqtt_anomaly.simulate.model import FleetModel
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.swap import REMOVED, swap_detection
+from mqtt_anomaly.web import HttpSettings, http_server
 
 from .helpers import Observer, eventually, reading_payload
 from .mosquitto import Mosquitto
@@ -346,6 +350,15 @@ async def test_service_reload_between_batches(mosquitto: Mosquitto, tmp_path: Pa
         back = svc.reloads.rollback()
         assert back.result == "applied" and svc.settings.detector.threshold == 90.0
         assert svc.reloads.counts == {"applied": 2, "unchanged": 0, "refused": 0, "failed": 1}
+        # the file watch (service.watch_config): a change of the file is a reload
+        watch = asyncio.create_task(svc.reloads.watch(0.02))
+        try:
+            write_config(config, "[detector]\nthreshold = 70.0\nsilence_factor = 1e9\n")
+            await eventually(lambda: svc.settings.detector.threshold == 70.0, what="the watch")
+            assert svc.reloads.last is not None and svc.reloads.last.trigger == "watch"
+            assert svc.reloads.counts["applied"] == 3
+        finally:
+            watch.cancel()
 
 
 async def test_shadow_alerts_only_on_the_shadow_topic(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -374,7 +387,25 @@ async def test_shadow_alerts_only_on_the_shadow_topic(mosquitto: Mosquitto, tmp_
                     pub.publish(f"factory/{sid}/temperature", reading_payload(sid, 60.0, k, t0 + k))
             await eventually(lambda: len(running.processed) == 60, what="60 readings")
             await eventually(lambda: len(obs.on("/alerts")) == 2, what="two shadow alerts")
-            report = running.service.shadow.report()  # type: ignore[union-attr]
+            async with http_server(running.service, HttpSettings(listen="127.0.0.1:0")) as port:
+                api = f"http://127.0.0.1:{port}"
+                async with httpx.AsyncClient(base_url=api) as http:
+                    report = (await http.get("/api/shadow")).json()
+                    status = (await http.get("/api/status")).json()
+                    metrics = (await http.get("/metrics")).text
+                    active = (await http.get("/api/alerts/active")).json()
+                    refused = await http.post("/api/reload", json={})  # no token: off
+                runner = CliRunner()
+                cli = [*("shadow", "report", "--api", api)]
+                as_json = await asyncio.to_thread(runner.invoke, app, [*cli, "--json"])
+                table = await asyncio.to_thread(runner.invoke, app, [*cli, "--sensor", "A"])
+            assert as_json.exit_code == 0, as_json.output
+            assert json.loads(as_json.output) == report
+            assert table.exit_code == 0, table.output
+            assert "both 0, live only 0, shadow only 1" in table.output
+            assert status["shadow"] == {"enabled": True, "label": "t50"}
+            assert "mqtt_anomaly_shadow_alerts_total 2.0" in metrics
+            assert active == [] and refused.status_code == 403
         assert store.flush(10)
         topics = sorted(t for t, *_ in obs.messages)
         assert topics == ["mqtt-anomaly/shadow/A/alerts", "mqtt-anomaly/shadow/B/alerts"]
