@@ -80,20 +80,21 @@ def detect(
     A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
     saving detector state for the next start. With a current model in the model registry
     (`mqtt-anomaly models promote`), starts from it: its detector configuration and state.
+    SIGHUP reads the configuration file again and applies its detection settings without a
+    restart.
     """
-    settings = settings_from_cli(
-        config,
-        {
-            "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
-            "topics": {"subscribe": tuple(topic) if topic else None},
-            "http": {"listen": http},
-            "detector": {"threshold": threshold},
-            "store": {"url": store},
-            "kafka": {"url": kafka},
-            "service": {"state_dir": state_dir, "verbose": verbose or None},
-            "models": {"registry": registry},
-        },
-    )
+    overrides = {
+        "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
+        "topics": {"subscribe": tuple(topic) if topic else None},
+        "http": {"listen": http},
+        "detector": {"threshold": threshold},
+        "store": {"url": store},
+        "kafka": {"url": kafka},
+        "service": {"state_dir": state_dir, "verbose": verbose or None},
+        "models": {"registry": registry},
+    }
+    settings = settings_from_cli(config, overrides)
+    from ..liveconf import ConfigSource
     from ..models.registry import current_model
     from ..service import STATE_FILE, run_service
 
@@ -101,4 +102,5 @@ def detect(
     model = current_model(settings, settings.service.state_dir / STATE_FILE)
     if model is not None:
         settings = model.settings(settings)
-    run(lambda: run_service(settings, model=model))
+    source = ConfigSource(config, overrides)  # read again on SIGHUP and POST /api/reload
+    run(lambda: run_service(settings, model=model, source=source))

@@ -378,6 +378,31 @@ async function addWindow(e) {
 }
 
 /* ---- sensor view ------------------------------------------------------------------- */
+/* ---- configuration and shadow candidate ---------------------------------------------- */
+const SHADOW_ROWS = 20;
+
+async function loadShadow() {
+  let status, report;
+  try { [status, report] = await Promise.all([api("/api/status"), api("/api/shadow")]); }
+  catch (e) { return; }
+  const model = status.model_version ? `, model ${status.model_version}` : "";
+  $("#config-version").textContent = `configuration ${status.config_version}${model}`;
+  $("#shadow").hidden = !report.enabled;
+  if (!report.enabled) return;
+  const t = report.totals;
+  $("#shadow-label").textContent = report.label;
+  $("#shadow-summary").textContent =
+    `${report.detectors.shadow.join(", ")}: both ${t.both}, live only ${t.live_only}, ` +
+    `shadow only ${t.shadow_only} (±${report.tolerance} seqs)`;
+  const rows = [...report.sensors].sort((a, b) =>
+    (b.live_only + b.shadow_only) - (a.live_only + a.shadow_only) || b.both - a.both);
+  $("#shadow-table tbody").replaceChildren(...rows.slice(0, SHADOW_ROWS).map((r) => el("tr", {
+    dataset: { sensor: r.sensor_id, detector: r.detector },
+    onclick: () => { location.hash = "#/sensor/" + encodeURIComponent(r.sensor_id); },
+  }, el("td", {}, r.sensor_id), el("td", {}, r.detector), el("td", { class: "num" }, String(r.both)),
+    el("td", { class: "num" }, String(r.live_only)), el("td", { class: "num" }, String(r.shadow_only)))));
+}
+
 async function loadSensor() {
   const id = st.sensor;
   if (!id) return;
@@ -568,6 +593,8 @@ function init() {
   $("#window-form").addEventListener("submit", (e) => addWindow(e).catch(console.error));
   loadWindows().catch(console.error);
   setInterval(() => loadWindows().catch(console.error), 30000);  // windows open and close
+  loadShadow().catch(console.error);
+  setInterval(() => loadShadow().catch(console.error), 5000);  // agreement, after a reload
   route();
 }
 
