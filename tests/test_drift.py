@@ -240,3 +240,22 @@ async def test_models_health_rest_and_metrics(shared_mosquitto: Mosquitto, tmp_p
         }
         names = {k.partition("{")[0] for k in metrics}
         assert {n for n in names if "model" in n} <= METRIC_NAMES
+
+
+def test_a_model_carries_the_references_and_a_pipeline_loading_it_compares_with_them() -> None:
+    from mqtt_anomaly.models.format import model_state
+
+    trained = pipeline()
+    run(trained, 0, 800, shift_at=800)  # the training period: all steady
+    state = model_state(trained.state_dict())
+    assert not state["drift"]["arrays"]["recent"].any()
+    loaded = pipeline()
+    assert loaded.load_state_dict(state) == []
+    assert loaded.drift.learning == 0
+    for sid, slot in loaded.sensors.items():
+        assert loaded.drift.reference(slot) == trained.drift.reference(trained.sensors[sid])
+    r = loaded.drift.report(T0 + 800, 3)
+    assert r.phase == ("monitoring",) * 3 and np.isnan(r.drift).all() and not r.stale.any()
+    run(loaded, 800, 1600, shift_at=800)  # in service, the square sensor changes
+    after = health(loaded, T0 + 1600)
+    assert after["square"][0] and not after["steady"][0]

@@ -628,6 +628,15 @@ class DriftSettings(_Section):
     """Seconds after commissioning from which a model is stale (0: no limit)."""
 
 
+class ModelSettings(_Section):
+    """``[models]``: the model registry (:mod:`mqtt_anomaly.models`, docs/models.md)."""
+
+    registry: Path | None = None
+    """The registry folder; None: ``<service.state_dir>/models``."""
+    metric: Literal["f1", "precision", "recall"] = "f1"
+    """What ``models promote`` compares: a candidate below the current model on it is refused."""
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -657,6 +666,9 @@ class ServiceSettings(_Section):
     """A regular expression every sensor id must match as a whole (empty: any id). A reading
     or status of another id is a dead letter (``sensor_not_allowed``) and gets no state."""
     verbose: bool = False
+    watch_config: float = Field(0.0, ge=0, le=3600)
+    """Seconds between two checks of the configuration file's modification time; a change
+    reloads it as SIGHUP does (0: no watch)."""
 
     @field_validator("sensor_pattern")
     @classmethod
@@ -666,6 +678,30 @@ class ServiceSettings(_Section):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from exc
         return v
+
+
+class ShadowSettings(_Section):
+    """A candidate detector configuration scored beside the live one (``[shadow]``): its
+    alerts go only to ``topic`` and to the store marked as shadow, never to operators."""
+
+    enabled: bool = False
+    detector: dict[str, Any] = Field(default_factory=dict)
+    """Keys of ``[detector]`` the candidate changes (the rest is the live configuration's);
+    ``params`` are merged per detector."""
+    topic: str = "mqtt-anomaly/shadow/{sensor_id}/alerts"
+    label: str = Field("candidate", min_length=1, max_length=100)
+    """What the shadow alerts are marked with in the store and the report (a version)."""
+    tolerance: int = Field(5, ge=0, le=100_000)
+    """Two alerts of one sensor and detector agree when their readings' seqs are at most this
+    far apart."""
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        try:
+            return validate_template(v, key="template")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("template: ")) from exc
 
 
 class Settings(BaseSettings):
@@ -692,10 +728,12 @@ class Settings(BaseSettings):
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
     drift: DriftSettings = DriftSettings()
+    models: ModelSettings = ModelSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()
     gates: tuple[Gate, ...] = ()
+    shadow: ShadowSettings = ShadowSettings()
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:

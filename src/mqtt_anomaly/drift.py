@@ -73,6 +73,7 @@ REBASE: Final = 40
 """Windows after which weights are rebased: float32 holds e^88, so a bin's sum of weights up to
 e^40 each has room for e^48 (7·10^20) readings."""
 LEARNING, MONITORING = "learning", "monitoring"
+DRIFT: Final = "drift"  # the books' key in the saved state, named when their state is skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,16 +287,17 @@ class DriftBook:
             ref_rate = ref[:, ALERT_BIN:].sum(axis=1) / ref_n
             rate = rec[:, ALERT_BIN:].sum(axis=1) / rec_n
         frozen = self.frozen[:n]
-        monitoring = ~np.isnan(frozen) & (ref_n > 0) & (rec_n > 0)
-        psi = np.where(monitoring, psi, math.nan)
-        ks = np.where(monitoring, ks, math.nan)
+        monitoring = ~np.isnan(frozen) & (ref_n > 0)  # commissioned
+        comparable = monitoring & (rec_n > 0)  # and readings since (a model just loaded: none)
+        psi = np.where(comparable, psi, math.nan)
+        ks = np.where(comparable, ks, math.nan)
         rate = np.where(rec_n > 0, rate, math.nan)
         ref_rate = np.where(ref_n > 0, ref_rate, math.nan)
         age = now - frozen
         limit = s.alert_factor * np.maximum(np.nan_to_num(ref_rate), 1.0 / s.min_readings)
         with np.errstate(invalid="ignore"):
-            stale_drift = monitoring & (psi > s.threshold)
-            stale_alerts = monitoring & (rate > limit)
+            stale_drift = comparable & (psi > s.threshold)
+            stale_alerts = comparable & (rate > limit)
             stale_age = monitoring & (age > s.max_age) if s.max_age > 0 else np.zeros(n, bool)
         return DriftReport(
             phase=tuple(MONITORING if m else LEARNING for m in monitoring.tolist()),
@@ -347,6 +349,15 @@ class DriftBook:
         if math.isnan(self.t0):  # weights of an unknown time: the recent histograms restart
             self.recent[:n] = 0
         self.learning = int(np.count_nonzero(np.isnan(self.frozen[:n])))
+
+    @staticmethod
+    def reference_state(state: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`state_dict` output with only the references kept (for a model file): the
+        recent histograms empty, so a pipeline that loads it compares what it sees from then
+        on with what the model saw while it learned."""
+        arrays = dict(state["arrays"])
+        arrays["recent"] = np.zeros_like(arrays["recent"])
+        return {**state, "arrays": arrays, "t0": math.nan}
 
     def bytes_per_sensor(self) -> int:
         """Bytes of the per-slot arrays for one sensor."""

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -50,7 +50,7 @@ from .detectors import Detector, available, create
 from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 from .detectors.threshold import ThresholdDetector
-from .drift import DriftBook
+from .drift import DRIFT, DriftBook
 from .errors import PayloadError, StateFileError
 from .mapping import Rule
 from .messages import (
@@ -84,7 +84,6 @@ _SLOT, _RECEIVED = itemgetter(0), itemgetter(2)  # of a round's (slot, reading, 
 OFFLINE = "offline"
 SILENCE = "silence"
 DATA_LOSS = "data_loss"  # a Sparkplug node's seq gap
-DRIFT = "drift"  # the model health book (drift.py), named in load_state_dict's skipped
 
 
 class SeqWindow:
@@ -190,6 +189,16 @@ Round = list[tuple[int, Reading, float]]
 """One round of a batch: ``(slot, reading, received_at)``, at most one reading per sensor."""
 
 
+class ShadowTap(Protocol):
+    """What scores a candidate configuration beside the pipeline's (:mod:`.shadow`)."""
+
+    def score(self, rnd: Round, slots: IntArray, values: FloatArray, ts: FloatArray) -> None:
+        """Score one round (the pipeline's, after its gates)."""
+
+    def forget(self, slot: int) -> None:
+        """The slot goes to another sensor: forget what was learned for it."""
+
+
 @dataclass(slots=True, eq=False)
 class Decoded:
     """One batch decoded and placed, not scored yet (:meth:`Pipeline.decode`).
@@ -219,6 +228,8 @@ class Pipeline:
         self.gate: Callable[[Round], Round] | None = None
         """Takes a round and returns the readings of it to score (operating-state gates,
         :mod:`.gates`); None: every reading is scored."""
+        self.shadow: ShadowTap | None = None
+        """A candidate configuration scoring the same rounds (``[shadow]``, :mod:`.shadow`)."""
         ds = settings.detector
         self.readings_topic = TopicTemplate(settings.topics.readings)
         self.status_topic = TopicTemplate(settings.topics.status)
@@ -451,6 +462,8 @@ class Pipeline:
             book.reset(idx)
         self.assets.forget(slot)
         self.drift.reset(slot)
+        if self.shadow is not None:
+            self.shadow.forget(slot)
         self.seq.reset(slot)
         self.seq_values[slot] = math.nan
         self.last_value[slot] = math.nan
@@ -898,6 +911,30 @@ class Pipeline:
             self.seq_values[slots[has_seq], seqs[has_seq] & _RING] = values[has_seq]
         self._arrived(slots, recv)
         touched: set[int] = set()
+        top = self.detect(rnd, slots, values, ts, out, touched)
+        if top is not None:  # model health: the round's top scores
+            self.drift.update(slots, top, recv)
+        if self.shadow is not None:  # a candidate configuration scores the same readings
+            self.shadow.score(rnd, slots, values, ts)
+        self.last_value[slots] = values
+        self.last_ts[slots] = ts
+        asset_alerts = self.assets.observe(slots, values, ts, self._identity)
+        if asset_alerts:
+            out.alerts += asset_alerts
+        self._update_health(touched, out)
+
+    def detect(
+        self,
+        rnd: Round,
+        slots: IntArray,
+        values: FloatArray,
+        ts: FloatArray,
+        out: Output,
+        touched: set[int],
+    ) -> FloatArray | None:
+        """Every detector scores one round, its alert book turns scores into alerts (in
+        ``out``; their slots added to ``touched``); returns each reading's highest score
+        (None without detectors)."""
         enabled = self._enabled
         top: FloatArray | None = None  # the highest score of each reading (drift)
         for det in self.detectors:
@@ -921,14 +958,7 @@ class Pipeline:
                 sev = "critical" if book.critical[slot] else "warning"
                 out.alerts.append(self._alert(reading, det, "cleared", sev, scores, i, slot))
                 touched.add(slot)
-        self.last_value[slots] = values
-        self.last_ts[slots] = ts
-        if top is not None:
-            self.drift.update(slots, top, recv)
-        asset_alerts = self.assets.observe(slots, values, ts, self._identity)
-        if asset_alerts:
-            out.alerts += asset_alerts
-        self._update_health(touched, out)
+        return top
 
     def _identity(self, slot: int) -> tuple[str, dict[str, str] | None]:
         """A slot's sensor id and its tags (for the assets)."""

@@ -105,6 +105,10 @@ METRICS: Final[dict[str, str]] = {
     "models_learning": "gauge",
     "model_drift": "gauge",
     "model_drift_top": "gauge",
+    "reloads": "counter",
+    "config_info": "gauge",
+    "shadow_alerts": "counter",
+    "shadow_seconds": "counter",
 }
 _SUFFIXES: Final = {
     "counter": ("_total",),
@@ -220,6 +224,7 @@ class ServiceMetrics(Collector):
             "alerts_aggregated", "Alerts of floods not published one by one", fl.aggregated
         )
         yield from self._delivery()
+        yield from self._lifecycle()
         yield _gauge(
             "broker_connected", "1 while connected to the broker", float(svc.client.connected)
         )
@@ -244,6 +249,28 @@ class ServiceMetrics(Collector):
         for reason, n in sorted(self.http_refused().items()):
             refused.add_metric([reason], n)
         yield refused
+
+    def _lifecycle(self) -> Iterator[Metric]:
+        svc = self.service
+        r = svc.reloads
+        reloads = CounterMetricFamily(
+            P + "reloads", "Configuration reloads by result", labels=["result"]
+        )
+        for result, n in r.counts.items():
+            reloads.add_metric([result], n)
+        yield reloads
+        info = GaugeMetricFamily(
+            P + "config_info",
+            "The configuration and model version in force (always 1)",
+            labels=["config_version", "model_version"],
+        )
+        info.add_metric([r.version, r.model_version or ""], 1)
+        yield info
+        if svc.shadow is not None:
+            sc = svc.shadow.scorer
+            n = svc.shadow.alerts
+            yield _counter("shadow_alerts", "Alert events of the shadow candidate", n)
+            yield _counter("shadow_seconds", "CPU seconds the shadow candidate scored", sc.seconds)
 
     def _delivery(self) -> Iterator[Metric]:
         svc = self.service
