@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gates",
             "sparkplug",
             "_proto",
+            "clusterconf",
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
@@ -57,7 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
-    ("service", ("delivery", "service")),
+    ("service", ("delivery", "service", "cluster")),
     # What every command takes: the shared options and settings_from_cli.
     ("command plumbing", ("cli.options", "cli.settings")),
     ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo")),
@@ -329,6 +330,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'assets',",
         "'bench',",
         "'certs',",
+        "'cluster',",
         "'config',",
         "'demo',",
         "'detect',",
@@ -361,9 +363,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 11 commands and groups, config show, evaluate's three, maintenance's three,
-    # assets' two
-    assert len(paths) == 21
+    # the root, 12 commands and groups, config show, evaluate's three, maintenance's three,
+    # assets' two, cluster's two
+    assert len(paths) == 24
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

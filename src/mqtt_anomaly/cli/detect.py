@@ -64,6 +64,15 @@ def detect(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print every reading received.")
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Run as a worker of a NATS JetStream cluster: nats://HOST:PORT[,HOST:PORT...] "
+            "(see docs/architecture.md#scale-out-on-nats-jetstream).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Subscribe to the fleet's readings, score every reading, publish alerts.
 
@@ -82,8 +91,15 @@ def detect(
             "store": {"url": store},
             "kafka": {"url": kafka},
             "service": {"state_dir": state_dir, "verbose": verbose or None},
+            "cluster": {"urls": cluster},
         },
     )
+    if settings.cluster.enabled:
+        from ..cluster.worker import run_worker
+
+        setup_logging(False)
+        run(lambda: run_worker(settings))
+        return
     from ..service import run_service
 
     setup_logging(False)
