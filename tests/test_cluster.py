@@ -16,6 +16,7 @@ then checks against one uninterrupted pass of the same readings through one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -240,6 +241,15 @@ async def checkpoints(js: Any) -> dict[int, dict[str, Any]]:
     return out
 
 
+async def owners(js: Any) -> dict[int, str]:
+    kv = await js.key_value("mqa-owners")
+    out = {}
+    for p in range(PARTITIONS):
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            out[p] = msgspec.json.decode((await kv.get(f"p{p}")).value)["worker"]
+    return out
+
+
 async def verify(
     js: Any, workers: Workers, store: str, activity: Activity
 ) -> dict[int, dict[str, Any]]:
@@ -393,7 +403,8 @@ async def test_node_killed_and_worker_added(
         )
         workers.start("w2")
         pub = asyncio.create_task(publish(js, messages[third : 2 * third]))
-        await eventually(lambda: len({p for p, _ in activity.by("w2")}) >= 3, 30, "w2 takes some")
+        while await owners(js) != {p: f"w{p % 2 + 1}" for p in range(PARTITIONS)}:
+            await asyncio.sleep(0.1)  # polling the owners bucket until rebalanced
         await pub
         cluster.kill(cluster.nodes[0])
         await publish_retrying(js, messages[2 * third :])
