@@ -112,12 +112,12 @@ class Workers:
         self.config.write_text(CONFIG)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, wid: str) -> subprocess.Popen[bytes]:
+    def start(self, wid: str, *extra: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "MQTT_ANOMALY_CLUSTER__WORKER_ID": wid}
         log = (self.tmp / f"{wid}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "mqtt_anomaly", "detect", "--config", str(self.config)]
-            + ["--cluster", self.cluster.urls, "--store", self.store],
+            + ["--cluster", self.cluster.urls, "--store", self.store, *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -465,6 +465,78 @@ async def test_paused_worker_never_scores_beside_the_new_owner(
         await verify(js, workers, store_url, activity)
         log = workers.log("w1")
         assert "lease not renewed in time" in log or "ownership record gone" in log
+    finally:
+        workers.stop_all()
+        await nc.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mqtt_anomaly", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_status_command_rest_and_metrics(
+    cluster: NatsCluster, store_url: str, tmp_path: Path
+) -> None:
+    """``cluster status``, ``/api/cluster`` and ``/metrics`` show the owner, position and lag of
+    every partition; ``cluster mapping`` prints the servers' mapping; bad input is one line."""
+    import httpx
+
+    from .mosquitto import free_port
+
+    activity = Activity()
+    nc = await connect(cluster, activity)
+    js = nc.jetstream()
+    workers = Workers(tmp_path, cluster, store_url)
+    port = free_port()
+    try:
+        workers.start("w1", "--http", str(port))
+        await workers.joined("w1")
+        messages = stream(time.time())[: 10 * SENSORS]
+        await publish(js, messages)
+        await eventually(lambda: sum(n["n"] for _, n in activity.notes) == len(messages), 30)
+
+        def settled() -> bool:
+            res = cli("cluster", "status", "--cluster", cluster.urls, "--json")
+            assert res.returncode == 0, res.stderr
+            st = msgspec.json.decode(res.stdout)
+            parts = st["partitions"]
+            return all(p["owner"] == "w1" and p["lag"] == 0 for p in parts) and sum(
+                p["scored"] for p in parts
+            ) == len(messages)
+
+        await eventually(settled, 30, "status shows every partition scored by w1")
+        res = cli("cluster", "status", "--cluster", cluster.urls)
+        assert res.returncode == 0, res.stderr
+        assert f"1 workers, {PARTITIONS} partitions, {len(messages)} readings" in res.stdout
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            body = (await http.get("/api/cluster")).json()
+            assert list(body["workers"]) == ["w1"]
+            assert body["worker"]["id"] == "w1"
+            assert sorted(body["worker"]["partitions"], key=int) == [
+                str(p) for p in range(PARTITIONS)
+            ]
+            assert body["readings"] == len(messages)
+            metrics = (await http.get("/metrics")).text
+            assert f"mqtt_anomaly_cluster_scored_total {float(len(messages))}" in metrics
+            assert f"mqtt_anomaly_cluster_partitions_owned {float(PARTITIONS)}" in metrics
+            assert 'mqtt_anomaly_cluster_partition_lag{p="0"} 0.0' in metrics
+        cfg = tmp_path / "p.toml"
+        cfg.write_text(f"[cluster]\npartitions = {PARTITIONS}\n")
+        res = cli("cluster", "mapping", "--config", str(cfg))
+        assert res.returncode == 0
+        for src, dest in cluster.mappings.items():
+            assert f'"{src}": "{dest}"' in res.stdout
+        res = cli("cluster", "status")
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+        res = cli("cluster", "status", "--cluster", "http://nowhere")
+        assert res.returncode == 2 and "cluster.urls" in res.stderr
+        assert "Traceback" not in res.stderr
     finally:
         workers.stop_all()
         await nc.close()

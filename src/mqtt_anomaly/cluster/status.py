@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from .setup import connect
 
 if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
     from nats.js.kv import KeyValue
 
     from ..clusterconf import ClusterSettings
@@ -77,41 +78,45 @@ async def read_status(cs: ClusterSettings) -> ClusterStatus:
     """The cluster's state now; ConfigError when no server answers or no worker ever ran."""
     nc = await connect(cs, "mqtt-anomaly-status", timeout=5.0)
     try:
-        js = nc.jetstream(timeout=5.0)
-        try:
-            owners = await js.key_value(cs.owners_bucket)
-            workers = await js.key_value(cs.workers_bucket)
-        except nats.js.errors.BucketNotFoundError:
-            raise ConfigError(
-                f"cluster: no bucket {cs.owners_bucket}: no worker has joined yet"
-            ) from None
-        status = ClusterStatus()
-        with contextlib.suppress(nats.js.errors.NoKeysError):
-            for key in sorted(await workers.keys()):
-                status.workers[key] = await _value(workers, key) or {}
-        for p in range(cs.partitions):
-            rec = await _value(owners, f"p{p}") or {}
-            status.partitions.append(
-                PartitionStatus(
-                    p,
-                    owner=str(rec.get("worker", "")),
-                    epoch=int(rec.get("epoch", 0)),
-                    seq=int(rec.get("seq", 0)),
-                    checkpoint_seq=int(rec.get("checkpoint_seq", 0)),
-                    lag=int(rec["pending"]) if "pending" in rec else None,
-                    scored=int(rec.get("scored", 0)),
-                    handoffs=int(rec.get("handoffs", 0)),
-                )
-            )
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            si = await js.stream_info(cs.stream)
-            status.readings = si.state.messages
-            status.last_seq = si.state.last_seq
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            status.alerts = (await js.stream_info(cs.alerts_stream)).state.messages
-        return status
+        return await collect(nc.jetstream(timeout=5.0), cs)
     except (nats.errors.Error, TimeoutError) as exc:
         raise ConfigError(f"cluster: status not read ({exc!r})") from exc
     finally:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await nc.close()
+
+
+async def collect(js: JetStreamContext, cs: ClusterSettings) -> ClusterStatus:
+    """:func:`read_status` on a connection of the caller's (a worker's HTTP endpoint)."""
+    try:
+        owners = await js.key_value(cs.owners_bucket)
+        workers = await js.key_value(cs.workers_bucket)
+    except nats.js.errors.BucketNotFoundError:
+        raise ConfigError(
+            f"cluster: no bucket {cs.owners_bucket}: no worker has joined yet"
+        ) from None
+    status = ClusterStatus()
+    with contextlib.suppress(nats.js.errors.NoKeysError):
+        for key in sorted(await workers.keys()):
+            status.workers[key] = await _value(workers, key) or {}
+    for p in range(cs.partitions):
+        rec = await _value(owners, f"p{p}") or {}
+        status.partitions.append(
+            PartitionStatus(
+                p,
+                owner=str(rec.get("worker", "")),
+                epoch=int(rec.get("epoch", 0)),
+                seq=int(rec.get("seq", 0)),
+                checkpoint_seq=int(rec.get("checkpoint_seq", 0)),
+                lag=int(rec["pending"]) if "pending" in rec else None,
+                scored=int(rec.get("scored", 0)),
+                handoffs=int(rec.get("handoffs", 0)),
+            )
+        )
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        si = await js.stream_info(cs.stream)
+        status.readings = si.state.messages
+        status.last_seq = si.state.last_seq
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        status.alerts = (await js.stream_info(cs.alerts_stream)).state.messages
+    return status

@@ -662,6 +662,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from .http import worker_http
+
     with open_store(settings.store.url, settings.store) as store:
         worker = ClusterWorker(settings, store=store)
-        await worker.run(stop)
+        async with worker_http(worker, settings.http):
+            await worker.run(stop)
