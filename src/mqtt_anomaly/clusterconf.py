@@ -191,6 +191,7 @@ def server_config(
     lines = [
         f"server_name: {name}",
         f"listen: {host}:{port}",
+        "max_payload: 8MB",  # a partition's checkpoint is one KV value (~0.5 kB per sensor)
         "jetstream {",
         f'  store_dir: "{store_dir}"',
         "  max_memory_store: 256MB",

@@ -6,12 +6,13 @@ a time, and the owner keeps that partition's own :class:`~mqtt_anomaly.pipeline.
 
 - **Ownership** is a record in the ``owners`` bucket (key ``p{p}``), created with
   ``create`` (fails while another worker's record exists) and renewed with a revision-checked
-  ``update`` every quarter of ``lease_ttl``; the bucket's TTL deletes a record not renewed for
-  ``lease_ttl``. A worker scores a partition only while its lease is *locally* valid: until
-  80 % of ``lease_ttl`` after the renewal request was sent (the server's expiry counts from
-  when it stored the renewal, later), so a paused or cut-off worker stops scoring before
-  another can take over. Which worker should own which partition: the live workers (records
-  in the ``workers`` bucket, same TTL) sorted by id, partition ``p`` to worker ``p mod W``;
+  ``update`` every quarter of ``lease_ttl`` (at most 1 s); the bucket's TTL deletes a record
+  not renewed for ``lease_ttl``. A worker scores a partition only while its lease is
+  *locally* valid: until 80 % of ``lease_ttl`` after the renewal request was sent (the
+  server's expiry counts from when it stored the renewal, later), so a paused or cut-off
+  worker stops scoring before another can take over. Which worker should own which
+  partition: the live workers (records in the ``workers`` bucket, same TTL) sorted by id,
+  partition ``p`` to worker ``p mod W``;
   a worker releases what is no longer its (checkpoint, then delete the record) and claims
   what is.
 - **Checkpoints** (``checkpoints`` bucket, key ``p{p}``, the statefile format: data only)
@@ -506,7 +507,8 @@ class ClusterWorker:
 
     @property
     def period(self) -> float:
-        return self.cs.lease_ttl / 4
+        """Seconds between two coordinator rounds (renewals, joins and leaves seen)."""
+        return min(self.cs.lease_ttl / 4, 1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._nc = await connect(self.cs, self.worker_id)
