@@ -314,7 +314,7 @@ def test_compose_services_and_profiles(compose: dict[str, Any]) -> None:
     assert services["postgres"]["profiles"] == ["postgres"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
-    assert set(_ours(compose)) == {"detector", "simulator"}
+    assert set(_ours(compose)) == {"detector", "simulator", "worker"}
     for svc in _ours(compose).values():
         assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]) == DOCKERFILE
 
@@ -400,6 +400,42 @@ def test_compose_files_secrets_volumes_exist(compose: dict[str, Any]) -> None:
             assert dep in compose["services"], f"{name}: depends on unknown {dep}"
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} beyond loopback"
+
+
+def test_compose_cluster_profile(compose: dict[str, Any], clean_env: pytest.MonkeyPatch) -> None:
+    """Three NATS nodes routed to each other, each with the mapping the workers' settings
+    need (the default topics, their P), valid for nats-server (``-t``) when it is installed;
+    the workers name those nodes and load as a cluster configuration."""
+    from mqtt_anomaly.clusterconf import server_mappings
+
+    services = compose["services"]
+    nodes = [n for n in services if n.startswith("nats-")]
+    assert nodes == ["nats-1", "nats-2", "nats-3"]
+    worker = services["worker"]
+    assert worker["profiles"] == ["cluster"]
+    env = {k: _interpolate(str(v), {}) for k, v in worker["environment"].items()}
+    s = _load_with_env(clean_env, env)
+    assert worker["command"][:2] == ["detect", "--cluster"]
+    urls = worker["command"][2].split(",")
+    assert [urlsplit(u).hostname for u in urls] == nodes
+    assert s.http.address is not None and s.http.token_file is not None
+    want = server_mappings(s.topics.readings, s.topics.status, s.cluster.partitions)
+    binary = shutil.which("nats-server") or str(Path(sys.executable).with_name("nats-server"))
+    for name in nodes:
+        svc = services[name]
+        assert svc["profiles"] == ["cluster"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        conf = ROOT / mounts["/etc/nats/nats.conf"]
+        text = conf.read_text()
+        assert f"server_name: {name}" in text
+        for other in nodes:
+            assert (f"nats-route://{other}:6222" in text) == (other != name)
+        for src, dest in want.items():
+            assert f'"{src}": "{dest}"' in text
+        assert 'store_dir: "/data"' in text and mounts["/data"] == f"{name}-data"
+        if Path(binary).exists():
+            res = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, timeout=30)
+            assert res.returncode == 0, res.stderr
 
 
 def test_compose_mosquitto_config(compose: dict[str, Any]) -> None:
