@@ -7,7 +7,8 @@
   / ``_seq`` / ``_checkpoint_seq`` / ``_handoffs``, and the worker's counters
   (``mqtt_anomaly_cluster_{scored,alerts,claimed,released,fenced,lapsed,checkpoints}_total``,
   ``mqtt_anomaly_cluster_partitions_owned``, ``mqtt_anomaly_cluster_workers``).
-- ``GET /healthz``: 200 once the worker has joined.
+- ``GET /healthz``: 200 once the worker has joined; ``GET /readyz``: and owns partitions
+  (or sees other workers that own them).
 
 The same ``[http]`` token rules as the service's API (:class:`~mqtt_anomaly.web.auth.TokenAuth`).
 """
@@ -111,6 +112,12 @@ def create_app(worker: ClusterWorker, settings: HttpSettings) -> FastAPI:
     async def healthz() -> JSONResponse:
         ok = worker.ready.is_set()
         return JSONResponse({"status": "ok" if ok else "starting"}, 200 if ok else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready once joined and owning its share (or all there is to own)."""
+        ok = worker.ready.is_set() and bool(worker.runners or len(worker.alive) > 1)
+        return JSONResponse({"status": "ready" if ok else "not ready"}, 200 if ok else 503)
 
     @app.get("/api/cluster")
     async def cluster() -> JSONResponse:

@@ -429,6 +429,9 @@ class PartitionRunner:
             t0 = time.time()
             out = self.pipeline.process(batch)
             t1 = time.time()
+            if not self.valid():  # paused while scoring: drop the output (the runner ends)
+                raise LapsedError
+            await w.activity(self.p, self.epoch, first, last, len(batch), t0, t1)
             self.seq = last
             self.scored += len(batch)
             w.stats.scored += len(batch)
@@ -436,7 +439,6 @@ class PartitionRunner:
                 self._store.write(out)
             if out.alerts:
                 await self._publish(out.alerts)
-            await w.activity(self.p, self.epoch, first, last, len(batch), t0, t1)
         elif last != self.seq:
             self.seq = last
         if gap:
