@@ -180,7 +180,13 @@ async def publish(js: Any, messages: list[tuple[str, bytes]]) -> None:
 async def read_stream(js: Any, name: str, count: int) -> list[Any]:
     """Every message of a stream, in order (an ephemeral consumer, no acks)."""
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
-    sub = await js.pull_subscribe(">", stream=name, config=config)
+    deadline = time.monotonic() + 30
+    while True:  # right after a node is killed the meta leader may be moving: ask again
+        try:
+            sub = await js.pull_subscribe(">", stream=name, config=config)
+            break
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
+            assert time.monotonic() < deadline, f"no consumer on {name} in 30 s"
     got: list[Any] = []
     while len(got) < count:
         try:
@@ -427,8 +433,12 @@ async def publish_retrying(js: Any, messages: list[tuple[str, bytes]]) -> None:
             try:
                 await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
                 break
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                await asyncio.sleep(0.1)
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,  # no responders, as JetStream says it
+            ):
+                await asyncio.sleep(0.1)  # a retry interval, not a synchronisation
 
 
 async def test_paused_worker_never_scores_beside_the_new_owner(
