@@ -1,7 +1,7 @@
 """The ``mqtt-anomaly`` command line: the typer app and :func:`main`.
 
-One module per command group: ``detect``, ``alerts``, ``demo``, ``config`` and
-``maintenance`` live here; the
+One module per command group: ``detect``, ``alerts``, ``demo``, ``config``,
+``maintenance`` and ``shadow`` live here; the
 other commands live with what they drive (``simulate/command.py``, ``bench/command.py``,
 ``certs.py``, ``replay/command.py``, ``evaluate/cli.py``,
 ``models/cli.py``) and are mounted by this module.
@@ -49,10 +49,12 @@ def _build_app() -> typer.Typer:
     from ..simulate.command import simulate
     from .alerts import alerts
     from .assets import assets_app
+    from .cluster import app as cluster_app
     from .config import config_app
     from .demo import demo
     from .detect import detect
     from .maintenance import app as maintenance_app
+    from .shadow import app as shadow_app
 
     root = typer.Typer(
         name="mqtt-anomaly",
@@ -65,6 +67,8 @@ def _build_app() -> typer.Typer:
     root.add_typer(config_app, name="config")
     root.add_typer(maintenance_app, name="maintenance")
     root.add_typer(assets_app, name="assets")
+    root.add_typer(shadow_app, name="shadow")
+    root.add_typer(cluster_app, name="cluster")
     root.command("detect")(detect)
     root.command("alerts")(alerts)
     root.command("demo")(demo)

@@ -72,6 +72,15 @@ def detect(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print every reading received.")
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Run as a worker of a NATS JetStream cluster: nats://HOST:PORT[,HOST:PORT...] "
+            "(see docs/architecture.md#scale-out-on-nats-jetstream).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Subscribe to the fleet's readings, score every reading, publish alerts.
 
@@ -80,20 +89,28 @@ def detect(
     A reading is acknowledged to the broker once stored. Stops cleanly on Ctrl-C or SIGTERM,
     saving detector state for the next start. With a current model in the model registry
     (`mqtt-anomaly models promote`), starts from it: its detector configuration and state.
+    SIGHUP reads the configuration file again and applies its detection settings without a
+    restart.
     """
-    settings = settings_from_cli(
-        config,
-        {
-            "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
-            "topics": {"subscribe": tuple(topic) if topic else None},
-            "http": {"listen": http},
-            "detector": {"threshold": threshold},
-            "store": {"url": store},
-            "kafka": {"url": kafka},
-            "service": {"state_dir": state_dir, "verbose": verbose or None},
-            "models": {"registry": registry},
-        },
-    )
+    overrides = {
+        "broker": {"url": broker, "client_id": client_id, "password_file": password_file},
+        "topics": {"subscribe": tuple(topic) if topic else None},
+        "http": {"listen": http},
+        "detector": {"threshold": threshold},
+        "store": {"url": store},
+        "kafka": {"url": kafka},
+        "service": {"state_dir": state_dir, "verbose": verbose or None},
+        "models": {"registry": registry},
+        "cluster": {"urls": cluster},
+    }
+    settings = settings_from_cli(config, overrides)
+    if settings.cluster.enabled:
+        from ..cluster.worker import run_worker
+
+        setup_logging(False)
+        run(lambda: run_worker(settings))
+        return
+    from ..liveconf import ConfigSource
     from ..models.registry import current_model
     from ..service import STATE_FILE, run_service
 
@@ -101,4 +118,5 @@ def detect(
     model = current_model(settings, settings.service.state_dir / STATE_FILE)
     if model is not None:
         settings = model.settings(settings)
-    run(lambda: run_service(settings, model=model))
+    source = ConfigSource(config, overrides)  # read again on SIGHUP and POST /api/reload
+    run(lambda: run_service(settings, model=model, source=source))

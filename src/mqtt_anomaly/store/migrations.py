@@ -9,13 +9,15 @@ database refuses to open it.
 
 Version 1 → 2 (unique keys, duplicates removed) is not additive and stays in each backend.
 
-A step may also create a table or an index (:class:`Create`, ``IF NOT EXISTS``), run after
-the columns of every step are in place.
+A step may also run a statement that is idempotent as it stands (:class:`Create`: ``CREATE …
+IF NOT EXISTS``, ``DROP INDEX IF EXISTS``), run after the columns of every step are in place:
+version 6 puts ``shadow`` in the alerts' unique key, so a shadow alert and the live alert of the
+same reading are both kept.
 
 >>> [version for version, _ in MIGRATIONS]
-[3, 4, 5]
+[3, 4, 5, 6]
 >>> ADDED_COLUMNS["alerts"]
-('asset_id', 'contributions', 'suppressed', 'alert_id')
+('asset_id', 'contributions', 'suppressed', 'alert_id', 'shadow')
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class AddColumn(NamedTuple):
 
 
 class Create(NamedTuple):
-    """A ``CREATE TABLE IF NOT EXISTS`` or ``CREATE INDEX IF NOT EXISTS`` statement."""
+    """A statement idempotent as it stands (``CREATE TABLE IF NOT EXISTS``, ``CREATE INDEX IF
+    NOT EXISTS``, ``DROP INDEX IF EXISTS``), for each backend."""
 
     sqlite: str
     postgres: str
@@ -76,6 +79,22 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[AddColumn | Create, ...]], ...]] = (
                 "sensor_id text NOT NULL, detector text NOT NULL, reading_ts double precision, "
                 "alert_ts double precision NOT NULL, verdict text NOT NULL, "
                 "note text NOT NULL DEFAULT '', at double precision NOT NULL)",
+            ),
+        ),
+    ),
+    # 6: the alerts of a shadow candidate ([shadow]): its label; '' for the live configuration.
+    # The unique key of alerts gains the label (a live and a shadow alert of one reading are two
+    # rows); the key of version 2 goes.
+    (
+        6,
+        (
+            AddColumn("alerts", "shadow", "TEXT NOT NULL DEFAULT ''", "text NOT NULL DEFAULT ''"),
+            Create("DROP INDEX IF EXISTS alerts_key", "DROP INDEX IF EXISTS alerts_key"),
+            Create(
+                "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key_shadow "
+                "ON alerts (sensor_id, detector, state, reading_ts, shadow)",
+                "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key_shadow "
+                "ON alerts (sensor_id, detector, state, reading_ts, shadow)",
             ),
         ),
     ),
@@ -115,6 +134,6 @@ def postgres_steps() -> list[str]:
 
 
 def create_steps(backend: str) -> list[str]:
-    """The steps' ``CREATE ... IF NOT EXISTS`` statements (idempotent) for ``"sqlite"`` or
-    ``"postgres"``, run after the columns are in place."""
+    """The steps' statements that are idempotent as they stand (:class:`Create`), for
+    ``"sqlite"`` or ``"postgres"``, in order, run after the columns are in place."""
     return [getattr(c, backend) for _, steps in MIGRATIONS for c in steps if isinstance(c, Create)]

@@ -81,9 +81,7 @@ _SCHEMA: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts)",
     "CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key "
-    "ON alerts (sensor_id, detector, state, reading_ts)",
-)
+)  # the alerts' unique key is a migration step (version 6 of migrations.MIGRATIONS)
 # Version 1 had no unique keys: keep the first copy of each row, then add them (_SCHEMA).
 _MIGRATE_1: Final = (
     """DELETE FROM readings r USING readings d

@@ -73,6 +73,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         _contributions_text(a.contributions),
         a.suppressed or None,
         a.id,
+        a.shadow,
     )
 
 
@@ -95,4 +96,5 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         contributions=_contributions_of(r[13]),
         suppressed=r[14] or "",
         id=r[15] or "",
+        shadow=r[16] or "",
     )
