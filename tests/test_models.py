@@ -618,3 +618,21 @@ def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
     aside = [p.name for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1
     assert svc._snapshot()["model"] == version
+
+
+def test_the_promotion_metric_is_a_setting(db: Path, tmp_path: Path, labels: Path) -> None:
+    """On precision the detector that raises nothing is not worse (nothing it raised was
+    wrong): [models] metric decides what promote compares."""
+    reg = tmp_path / "models"
+    good = train(db, reg)
+    assert cli("models", "promote", good, "--registry", reg).exit_code == 0
+    quiet = train(db, reg, "--detectors", "stuck")
+    ev = evaluate(db, reg, quiet, f"sim:{labels}")
+    assert ev["candidate"]["precision"] == ev["baseline"]["precision"] == 1.0
+    assert cli("models", "promote", quiet, "--registry", reg).exit_code == 2  # f1: worse
+    res = runner.invoke(
+        app,
+        ["models", "promote", quiet, "--registry", str(reg)],
+        env={"MQTT_ANOMALY_MODELS__METRIC": "precision"},
+    )
+    assert res.exit_code == 0 and "precision 1.000 >= 1.000" in res.output, res.output
