@@ -133,3 +133,13 @@ def test_a_feedback_store_password_is_never_written_down() -> None:
         "feedback:postgresql://ops:***@db:5432/plant"
     )
     assert shown_spec("feedback") == "feedback" and shown_spec("sim:x.jsonl") == "sim:x.jsonl"
+
+
+async def test_feedback_needs_a_store_that_keeps_it(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    settings = web_settings(mosquitto, tmp_path)  # none://
+    async with Served(settings) as srv, srv.client() as c:
+        res = await c.post(
+            "/api/alerts/S1:threshold:raised:1@5.0/feedback", json={"verdict": "confirmed"}
+        )
+        assert res.status_code == 409 and "needs a history store" in res.json()["detail"]
+        assert (await c.get("/api/feedback")).status_code == 409
