@@ -39,10 +39,9 @@ from typing import Any, Final
 
 from ..config import Settings
 from ..errors import ModelError, StateFileError
-from ..statefile import load
+from ..statefile import fsync_dir, load
 from .format import (
     LoadedModel,
-    fsync_dir,
     load_model,
     read_manifest,
     utc_now,
