@@ -591,6 +591,25 @@ def test_a_damaged_registry_index_is_one_line(db: Path, tmp_path: Path) -> None:
         assert len(res.output.strip().splitlines()) == 1
 
 
+def test_a_deeply_nested_index_and_a_registry_that_is_a_file_are_one_line(
+    db: Path, tmp_path: Path
+) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    (reg / "registry.json").write_text("[" * 100_000)
+    res = cli("models", "list", "--registry", reg)
+    assert res.exit_code == 2 and "not JSON" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (("list",), ("show", version), ("promote", version), ("rollback",)):
+        res = cli("models", *args, "--registry", afile)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output.strip() == f"error: registry {afile}: not a folder", (args, res.output)
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--registry", afile)
+    assert res.exit_code == 2 and f"registry {afile}: not a folder" in res.output, res.output
+
+
 def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
     db: Path, tmp_path: Path
 ) -> None:
