@@ -610,6 +610,25 @@ def test_a_deeply_nested_index_and_a_registry_that_is_a_file_are_one_line(
     assert res.exit_code == 2 and f"registry {afile}: not a folder" in res.output, res.output
 
 
+@pytest.mark.parametrize("grace", ["inf", "nan", "-1"])
+def test_a_grace_that_is_not_finite_and_positive_is_one_line(
+    db: Path, tmp_path: Path, labels: Path, grace: str
+) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    before = (reg / "versions" / version / MANIFEST).read_bytes()
+    for args in (
+        ("models", "evaluate", version, "--registry", reg),
+        ("evaluate", "history"),
+    ):
+        res = cli(*args, "--labels", labels, "--from", f"sqlite:///{db}", "--grace", grace)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output.strip() == (
+            f"error: --grace {float(grace)}: expected a finite number of seconds, 0 or more"
+        ), res.output
+    assert (reg / "versions" / version / MANIFEST).read_bytes() == before
+
+
 def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
     db: Path, tmp_path: Path
 ) -> None:
