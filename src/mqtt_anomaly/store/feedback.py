@@ -76,9 +76,13 @@ class FeedbackSql:
     def _write_now(self, statement: str, args: Sequence[Any]) -> None: ...
 
     def alert_by_id(self, alert_id: str) -> Alert | None:
-        """The stored alert event with this id (None: not stored, or not yet written)."""
+        """The live configuration's stored alert event with this id (None: not stored, not
+        yet written, or only a shadow candidate's, which no operator was shown)."""
         p = self._PARAM
-        rows = self._query(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p}", (alert_id,))
+        rows = self._query(
+            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''",
+            (alert_id,),
+        )
         return alert_from_row(rows[0]) if rows and alert_id else None
 
     def add_feedback(self, alert_id: str, verdict: str, note: str = "") -> Feedback:
