@@ -22,8 +22,9 @@ from mqtt_anomaly.messages import Alert, Reading, alert_id
 from mqtt_anomaly.models.format import MANIFEST, STATE, load_model
 from mqtt_anomaly.models.registry import Registry
 from mqtt_anomaly.replay.engine import Columns, Replayer
-from mqtt_anomaly.store import Store
 from mqtt_anomaly.store.sqlite import SqliteStore
+
+from .helpers import fill_store
 
 runner = CliRunner()
 T0 = float(math.floor(time.time()) - 7200)
@@ -43,16 +44,6 @@ def history(lo: int = 0, hi: int = N) -> list[Reading]:
     return [Reading(s, T0 + i, value(s, i), "C", i) for i in range(lo, hi) for s in ("S1", "S2")]
 
 
-def fill(store: Store, readings: list[Reading]) -> None:
-    for k in range(0, len(readings), 500):
-        part = readings[k : k + 500]
-        store.add_readings(
-            [r.sensor_id for r in part], [r.ts for r in part], [r.value for r in part],
-            [r.seq for r in part],
-        )  # fmt: skip
-    assert store.flush(10)
-
-
 def columns(readings: list[Reading]) -> Columns:
     return Columns(
         [r.sensor_id for r in readings],
@@ -66,7 +57,7 @@ def columns(readings: list[Reading]) -> Columns:
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "history.db"
     with SqliteStore(path, StoreSettings(flush_interval=0.05)) as st:
-        fill(st, history())
+        fill_store(st, history())
     return path
 
 
