@@ -43,9 +43,11 @@ a truncated file), another format version, a manifest that is not the JSON above
 in the whitelist, arrays whose shape, size or offset do not fit the data, and any tag it does
 not know.
 
-Also here: :func:`prepare_dir` (the state directory 0700, checked writable), the state key
-(:func:`load_or_create_key`, 32 random bytes, 0600) and HMAC-SHA256 signing of opaque blobs
-(:func:`sign`, :func:`verify`), and :func:`move_aside` for a file that cannot be loaded.
+Also here: :func:`write_atomic` and :func:`fsync_dir` (the atomic file write of state files,
+model manifests and the model registry index), :func:`prepare_dir` (the state directory 0700,
+checked writable), the state key (:func:`load_or_create_key`, 32 random bytes, 0600) and
+HMAC-SHA256 signing of opaque blobs (:func:`sign`, :func:`verify`), and :func:`move_aside` for a
+file that cannot be loaded.
 """
 
 from __future__ import annotations
