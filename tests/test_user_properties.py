@@ -167,3 +167,23 @@ def test_a_repeated_property_block_is_not_decoded_again_but_still_reported() -> 
     client._user_properties(topic, block(("site", "north"), ("unit", "")))  # nothing to read
     assert calls == [(topic, "bar", "pump"), (topic, "bar", "pump"), (topic, "kPa", None)]
     assert client._property_blocks[topic][1:] == (None, None)
+
+
+def test_an_asset_property_that_is_no_id_and_unprintable_values_are_not_read() -> None:
+    """An asset id becomes the sensor id of its alerts and a level of their topic: a value
+    with a topic separator, a wildcard or over the id length is ignored, as are values with
+    control characters."""
+    settings = load_settings(None, {"broker": {"protocol": "5"}})
+    client = LeanClient(settings.broker, "t", on_batch=lambda batch: None)
+    calls: list[tuple[str, str | None, str | None]] = []
+    client.on_properties = lambda *args: calls.append(args)
+    topic = "factory/A/temperature"
+    for asset in ("pump/7", "pump-#", "+", "p" * 129, "pump\n7"):
+        block = codec.encode_properties(
+            [(codec.USER_PROPERTY, ("asset", asset)), (codec.USER_PROPERTY, ("unit", "bar\x1b"))]
+        )
+        client._user_properties(topic, block)
+    assert calls == []
+    ok = codec.encode_properties([(codec.USER_PROPERTY, ("asset", "pump-7"))])
+    client._user_properties(topic, ok)
+    assert calls == [(topic, None, "pump-7")]
