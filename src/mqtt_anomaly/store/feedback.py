@@ -92,6 +92,7 @@ class FeedbackSql:
         :data:`MAX_NOTE`; LookupError when the store holds no such raised alert."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r}: expected confirmed or false_alarm")
+        checked: Verdict = "confirmed" if verdict == "confirmed" else "false_alarm"
         if len(note) > MAX_NOTE:
             raise ValueError(f"note: at most {MAX_NOTE} characters")
         alert = self.alert_by_id(alert_id)
@@ -105,7 +106,7 @@ class FeedbackSql:
             alert.detector,
             alert.reading_ts,
             alert.alert_ts,
-            verdict,  # type: ignore[arg-type]
+            checked,
             note,
             time.time(),
         )
