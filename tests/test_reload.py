@@ -29,21 +29,23 @@ import pytest
 from typer.testing import CliRunner
 
 from mqtt_anomaly.cli import app
-from mqtt_anomaly.config import FaultRates, Settings, load_settings
+from mqtt_anomaly.config import FaultRates, Settings, ShadowSettings, load_settings
 from mqtt_anomaly.errors import ConfigError
 from mqtt_anomaly.liveconf import ConfigSource, changed_keys, refused_keys
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Pipeline
 from mqtt_anomaly.reloading import Reloads
+from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.shadow import Agreement, ShadowRun, candidate_settings, position
 from mqtt_anomaly.simulate.model import FleetModel
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.swap import REMOVED, swap_detection
+from mqtt_anomaly.transport.memory import MemoryBroker
 from mqtt_anomaly.web import HttpSettings, http_server
 
 from .helpers import Observer, eventually, reading_payload
 from .mosquitto import Mosquitto
-from .test_service import Running, publisher, settings_for
+from .test_service import Running, memory_settings, publisher, settings_for
 
 Message = tuple[str, bytes, float]
 
@@ -584,3 +586,33 @@ async def test_detect_reloads_on_sighup_and_api_mid_stream(
     assert len(lines) == 5, lines
     assert "applied (sighup" in lines[0] and "detector.threshold" in lines[0]
     assert "refused (api" in lines[2] and "service.ack_after" in lines[2]
+
+
+async def test_the_shadow_s_state_survives_a_restart(tmp_path: Path) -> None:
+    def candidate(alpha: float) -> ShadowSettings:
+        return ShadowSettings(enabled=True, detector={"params": {"zscore": {"alpha": alpha}}})
+
+    s = memory_settings(tmp_path).model_copy(update={"shadow": candidate(0.1)})
+    broker = MemoryBroker()
+    async with Running(s, transport=broker.transport) as run:
+        broker.send(
+            ("factory/S1/temperature", reading_payload("S1", 25.0 + (seq % 3) * 0.1, seq))
+            for seq in range(60)
+        )
+        await eventually(lambda: len(run.processed) == 60)
+        assert run.service.shadow is not None
+        learned = run.service.shadow.scorer.state_dict()["detectors"]["zscore"]
+    assert learned["arrays"]["n"][0] == 60 and learned["params"]["alpha"] == 0.1
+    restarted = DetectorService(s, console=False, transport=broker.transport)
+    restarted.restore()
+    assert restarted.shadow is not None
+    again = restarted.shadow.scorer.state_dict()["detectors"]["zscore"]
+    for k, v in learned["arrays"].items():
+        assert np.array_equal(again["arrays"][k][:1], v[:1]), k
+    # another candidate: its detectors do not fit the saved state and learn again
+    other = s.model_copy(update={"shadow": candidate(0.2)})
+    fresh = DetectorService(other, console=False, transport=broker.transport)
+    fresh.restore()
+    assert fresh.shadow is not None
+    n = fresh.shadow.scorer.state_dict()["detectors"]["zscore"]["arrays"]["n"]
+    assert n[:1].tolist() in ([], [0])

@@ -372,6 +372,11 @@ class DetectorService(AsyncClosing):
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        shadow_state = state.get("shadow")
+        if self.shadow is not None and isinstance(shadow_state, dict):
+            missed = self.shadow.scorer.load_state_dict(shadow_state)
+            if missed:
+                log.warning("saved state of shadow %s does not fit: relearning", missed)
         covered = state.get("journal"), state.get("outbox")
         if all(type(n) is int and n >= 0 for n in covered):
             self._replay_from = covered  # type: ignore[assignment]
@@ -453,6 +458,8 @@ class DetectorService(AsyncClosing):
         """The detector state; journaled, with the first journal and outbox segments it does
         not cover (both start a new segment here)."""
         state = self.pipeline.state_dict()
+        if self.shadow is not None:  # the candidate's, by the same slots
+            state["shadow"] = self.shadow.scorer.state_dict()
         if self.journal is not None and self.outbox is not None:
             state["journal"] = self.journal.rotate()
             state["outbox"] = self.outbox.rotate()
@@ -602,7 +609,7 @@ class DetectorService(AsyncClosing):
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.checkpoint_every)
-            await asyncio.to_thread(write_state, self.state_path, self.pipeline.state_dict())
+            await asyncio.to_thread(write_state, self.state_path, self._snapshot())
 
 
 def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:

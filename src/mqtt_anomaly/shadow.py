@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from .config import DetectorSettings, Settings
 from .detectors.base import FloatArray, IntArray
 from .errors import ConfigError
 from .messages import Alert, encode
-from .pipeline import Output, Pipeline, Round
+from .pipeline import Output, Pipeline, Round, _book_state
 from .topics import TopicTemplate
 
 __all__ = ["Agreement", "ShadowRun", "ShadowScorer", "candidate_settings", "position"]
@@ -118,6 +118,34 @@ class ShadowScorer:
             book.reset(idx)
         if slot < len(self.configured):
             self.configured[slot] = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The candidate's learned state (its detectors and alert books, by the live slots)."""
+        return {
+            "detectors": {d.name: d.state_dict() for d in self.probe.detectors},
+            "books": {n: b.state_dict() for n, b in self.probe.books.items() if n in self.names},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
+        """Restore :meth:`state_dict` (saved with the live pipeline's, same slots); returns
+        the detectors whose state did not fit (they learn again)."""
+        dets = state.get("detectors")
+        books = state.get("books")
+        if not isinstance(dets, Mapping) or not isinstance(books, Mapping):
+            return self.names
+        skipped = []
+        for det in self.probe.detectors:
+            saved = dets.get(det.name)
+            try:
+                if not isinstance(saved, Mapping):
+                    raise ValueError("no saved state")
+                det.load_state_dict(saved)
+                book = _book_state(books[det.name], det.name)
+            except (ValueError, KeyError):  # StateFileError is a ValueError
+                skipped.append(det.name)
+                continue
+            self.probe.books[det.name].load_state_dict(book)
+        return skipped
 
     def take(self) -> list[Alert]:
         """The alerts raised and cleared since the last call."""
