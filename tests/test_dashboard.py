@@ -17,6 +17,7 @@ import pytest
 
 from mqtt_anomaly.store import open_store
 
+from .helpers import eventually
 from .mosquitto import Mosquitto
 from .test_service import publisher
 from .test_web import SPIKE, Served, feed, web_settings
@@ -241,6 +242,41 @@ async def test_maintenance_panel_starts_and_removes_a_window(
         )
         assert srv.service.maintenance.added == {}
         assert errors == []
+
+
+async def test_feedback_buttons_on_the_alert_list(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """An operator marks a raised alert a false alarm from the feed: stored, shown, and kept
+    across a reload of the page."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    settings = web_settings(mosquitto, tmp_path, url)
+    with open_store(url, settings.store) as store:
+        async with Served(settings, store) as srv:
+            page = await browser.new_page()  # type: ignore[attr-defined]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(srv.base + "/")
+            await page.wait_for_selector("#live.on", timeout=10_000)
+            await feed(mosquitto.url, "SENSOR-01", [24.5 + 0.1 * (i % 3) for i in range(40)])
+            await feed(mosquitto.url, "SENSOR-01", [SPIKE], start_seq=40)
+            item = (
+                '#alerts li[data-sensor="SENSOR-01"][data-detector="threshold"]'
+                '[data-state="raised"]'
+            )
+            await page.wait_for_selector(item + " button.fb-false", timeout=10_000)
+            alert_id = await page.get_attribute(item, "data-id")
+            assert alert_id and alert_id.startswith("SENSOR-01:threshold:raised:40@")
+            # the live alert reaches the page before the store has written it
+            await eventually(lambda: store.alert_by_id(alert_id) is not None)  # type: ignore[attr-defined]
+            await page.click(item + " button.fb-false")
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert "false alarm" in (await page.text_content(item + " .verdict") or "")
+            [fb] = store.feedback()  # type: ignore[attr-defined]
+            assert (fb.alert_id, fb.verdict) == (alert_id, "false_alarm")
+            await page.reload()
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert errors == []
 
 
 async def test_shadow_panel_shows_the_agreement_not_the_alerts(

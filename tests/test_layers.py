@@ -54,14 +54,27 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
     ("pipeline", ("pipeline", "view", "assets", "swap", "shadow")),
-    ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
+    (
+        "io",
+        (
+            "transport",
+            "store",
+            "sinks",
+            "writebehind",
+            "routing",
+            "journal",
+            "outbox",
+            "models.format",
+            "models.registry",
+        ),
+    ),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
     ("service", ("delivery", "reloading", "service")),
     # What every command takes: the shared options and settings_from_cli.
     ("command plumbing", ("cli.options", "cli.settings")),
-    ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo")),
+    ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo", "models")),
     ("cli", ("cli", "__main__", "")),
 ]
 
@@ -309,6 +322,7 @@ def test_an_undeclared_module_is_reported() -> None:
         "mqtt_anomaly.bench.command",
         "mqtt_anomaly.certs",
         "mqtt_anomaly.evaluate.cli",
+        "mqtt_anomaly.models.cli",
         "mqtt_anomaly.cli.options",
         "mqtt_anomaly.cli.settings",
     ],
@@ -335,6 +349,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'detect',",
         "'evaluate',",
         "'maintenance',",
+        "'models',",
         "'replay',",
         "'shadow',",
         "'simulate']",
@@ -363,9 +378,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 12 commands and groups, config show, evaluate's three, maintenance's three,
-    # assets' two, shadow report
-    assert len(paths) == 23
+    # the root, 14 commands and groups, config show, evaluate's four, maintenance's three,
+    # assets' two, models' six, shadow report
+    assert len(paths) == 31
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

@@ -605,6 +605,15 @@ class SparkplugSettings(_Section):
         return v
 
 
+class ModelSettings(_Section):
+    """``[models]``: the model registry (:mod:`mqtt_anomaly.models`, docs/models.md)."""
+
+    registry: Path | None = None
+    """The registry folder; None: ``<service.state_dir>/models``."""
+    metric: Literal["f1", "precision", "recall"] = "f1"
+    """What ``models promote`` compares: a candidate below the current model on it is refused."""
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -695,6 +704,7 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
+    models: ModelSettings = ModelSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

@@ -68,6 +68,7 @@ from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
     from .floods import FloodFilter
+    from .models.format import LoadedModel
     from .sinks.kafka import KafkaSink
     from .store.base import Store
     from .transport.base import Transport, TransportFactory
@@ -104,8 +105,12 @@ class DetectorService(AsyncClosing):
         shutdown_timeout: float = 10.0,
         transport: TransportFactory | None = None,
         sinks: Sequence[Sink] = (),
+        model: LoadedModel | None = None,
     ) -> None:
         self.settings = settings
+        self.model = model
+        """The registry's current model (:mod:`.models`): the pipeline starts from its state
+        unless the saved state continues it; ``settings`` already carry its configuration."""
         shared = next((f for f in settings.subscriptions if f.startswith("$share/")), None)
         if shared is not None:  # see docs/plant.md#mqtt-5
             raise ConfigError(
@@ -357,10 +362,16 @@ class DetectorService(AsyncClosing):
                 where = f"left in place: {err.strerror or err}"
             log.warning("not loading pickled state %s (a pickle can run code), %s", legacy, where)
         path = self.state_path
+        model = self.model
         try:
             state = load(path)
-            skipped = self.pipeline.load_state_dict(state)
+            if model is not None and state.get("model") != model.version:
+                skipped = self._start_from_model(model, f"saved state {path} is not of it")
+            else:
+                skipped = self.pipeline.load_state_dict(state)
         except FileNotFoundError:
+            if model is not None:
+                self._start_from_model(model, "no saved state")
             return
         except StateFileError as exc:
             try:
@@ -369,6 +380,8 @@ class DetectorService(AsyncClosing):
                 where = f"and cannot be moved aside: {err.strerror or err}"
             why = " ".join(str(exc).split())
             log.warning("saved state %s not loaded (%s), %s: starting fresh", path, why, where)
+            if model is not None and not self.pipeline.sensor_ids:
+                self._start_from_model(model, "saved state unusable")
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
@@ -380,7 +393,20 @@ class DetectorService(AsyncClosing):
         covered = state.get("journal"), state.get("outbox")
         if all(type(n) is int and n >= 0 for n in covered):
             self._replay_from = covered  # type: ignore[assignment]
+        if model is not None and state.get("model") == model.version:
+            log.info("model %s: continued from the saved state", model.version)
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
+
+    def _start_from_model(self, model: LoadedModel, why: str) -> list[str]:
+        """Load the model's state into the (new) pipeline; the model was checked when loaded."""
+        skipped = self.pipeline.load_state_dict(model.state)
+        log.info(
+            "model %s: starting from its state (%d sensors; %s)",
+            model.version,
+            len(self.pipeline.sensor_ids),
+            why,
+        )
+        return skipped
 
     # ---- reload --------------------------------------------------------------------
     def _new_shadow(self, settings: Settings) -> ShadowRun:
@@ -457,12 +483,18 @@ class DetectorService(AsyncClosing):
     def _snapshot(self) -> dict[str, Any]:
         """The detector state; journaled, with the first journal and outbox segments it does
         not cover (both start a new segment here)."""
-        state = self.pipeline.state_dict()
+        state = self._tagged(self.pipeline.state_dict())
         if self.shadow is not None:  # the candidate's, by the same slots
             state["shadow"] = self.shadow.scorer.state_dict()
         if self.journal is not None and self.outbox is not None:
             state["journal"] = self.journal.rotate()
             state["outbox"] = self.outbox.rotate()
+        return state
+
+    def _tagged(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with the version of the model it continues (none: no model)."""
+        if self.model is not None:
+            state["model"] = self.model.version
         return state
 
     def _covered(self, state: dict[str, Any]) -> None:
@@ -634,6 +666,7 @@ async def run_service(
     *,
     stop: asyncio.Event | None = None,
     transport: TransportFactory | None = None,
+    model: LoadedModel | None = None,
     source: ConfigSource | None = None,
 ) -> None:
     """Run the service as ``mqtt-anomaly detect`` does, until ``stop`` (or SIGINT/SIGTERM).
@@ -658,7 +691,9 @@ async def run_service(
             tracked = settings.service.ack_after != "processed"
             kafka = KafkaSink(settings.kafka, tracking=tracked)
             stack.push_async_callback(asyncio.to_thread, kafka.close, 10.0)
-        service = DetectorService(settings, store=store, kafka=kafka, transport=transport)
+        service = DetectorService(
+            settings, store=store, kafka=kafka, transport=transport, model=model
+        )
         service.reloads = Reloads(service, source)
         await stack.enter_async_context(http_server(service, settings.http))
         await stack.enter_async_context(service)

@@ -3,7 +3,8 @@
 One module per command group: ``detect``, ``alerts``, ``demo``, ``config``,
 ``maintenance`` and ``shadow`` live here; the
 other commands live with what they drive (``simulate/command.py``, ``bench/command.py``,
-``certs.py``, ``replay/command.py``, ``evaluate/cli.py``) and are mounted by this module.
+``certs.py``, ``replay/command.py``, ``evaluate/cli.py``,
+``models/cli.py``) and are mounted by this module.
 Every command module takes its shared options from :mod:`.options` and its settings from
 :mod:`.settings`, never from this module.
 
@@ -43,6 +44,7 @@ def _build_app() -> typer.Typer:
     from ..bench.command import bench
     from ..certs import certs
     from ..evaluate.cli import app as evaluate_app
+    from ..models.cli import app as models_app
     from ..replay.command import replay
     from ..simulate.command import simulate
     from .alerts import alerts
@@ -73,6 +75,7 @@ def _build_app() -> typer.Typer:
     root.command("certs")(certs)
     root.command("replay")(replay)
     root.add_typer(evaluate_app, name="evaluate", help="Score detectors: NAB, your own CSV.")
+    root.add_typer(models_app, name="models")
     return root
 
 

@@ -89,6 +89,9 @@ class AlertEvent(BaseModel):
     )
     asset_id: str = ""
     contributions: dict[str, float] | None = None
+    id: str = Field(
+        "", description="The alert's identity (feedback: POST /api/alerts/{id}/feedback)"
+    )
 
 
 class MaintenanceWindow(BaseModel):

@@ -8,6 +8,7 @@ const st = {
   sort: "health", desc: false, offset: 0, limit: 100, q: "", health: "",
   sensor: null, asset: null, assetData: null, es: null, timer: null, fleetTimer: null,
   active: new Map(),          // "sensor\u0000detector" → active alert (ack/shelve state)
+  feedback: new Map(),        // alert id → operator verdict ("confirmed" | "false_alarm")
   points: [], band: null, marks: [], windowS: 900,
 };
 const $ = (sel) => document.querySelector(sel);
@@ -136,6 +137,10 @@ function alertItem(a) {
     li.append(actions(act));
     li.classList.toggle("shelved", act.shelved);
   }
+  if (a.state === "raised" && a.id) {
+    li.dataset.id = a.id;
+    li.append(feedbackBox(a.id));
+  }
   li.addEventListener("click", (e) => {
     if (e.target.tagName !== "BUTTON") location.hash = "#/sensor/" + encodeURIComponent(a.sensor_id);
   });
@@ -149,6 +154,33 @@ function actions(act) {
   if (act.shelved) box.append(el("button", { type: "button", class: "unshelve", onclick: () => alertAction(act, "unshelve") }, `Unshelve (until ${fmtTime(act.shelved_until)})`));
   else box.append(el("button", { type: "button", class: "shelve", onclick: () => alertAction(act, "shelve") }, "Shelve 1 h"));
   return box;
+}
+
+/* Operator feedback: the verdict becomes a label for `models evaluate --labels feedback`. */
+function feedbackBox(id) {
+  const box = el("div", { class: "feedback" });
+  const verdict = st.feedback.get(id);
+  if (verdict) {
+    box.append(el("span", { class: "verdict" }, verdict === "confirmed" ? "confirmed" : "false alarm"));
+    return box;
+  }
+  box.append(
+    el("button", { type: "button", class: "fb-confirmed", onclick: () => sendFeedback(id, "confirmed") }, "Confirm"),
+    el("button", { type: "button", class: "fb-false", onclick: () => sendFeedback(id, "false_alarm") }, "False alarm"));
+  return box;
+}
+
+async function sendFeedback(id, verdict) {
+  const fb = await api(`/api/alerts/${encodeURIComponent(id)}/feedback`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verdict }) });
+  onFeedback(fb);
+}
+
+function onFeedback(fb) {
+  st.feedback.set(fb.alert_id, fb.verdict);
+  for (const li of document.querySelectorAll("#alerts li[data-id]")) {
+    if (li.dataset.id === fb.alert_id) li.querySelector(".feedback").replaceWith(feedbackBox(fb.alert_id));
+  }
 }
 
 async function alertAction(act, what) {
@@ -201,6 +233,8 @@ function addAlert(a) {
 async function loadFeed() {
   const [active, recent] = await Promise.all([api("/api/alerts/active"), api("/api/alerts?limit=100")]);
   st.active = new Map(active.map((a) => [key(a.sensor_id, a.detector), a]));
+  const given = await api("/api/feedback?limit=10000").catch(() => []);  // 409: no store keeps it
+  st.feedback = new Map(given.map((f) => [f.alert_id, f.verdict]));
   $("#alerts").replaceChildren(...recent.map(alertItem));
   applyShelvedFilter();
 }
@@ -497,6 +531,7 @@ function connect() {
   });
   es.addEventListener("sensors", scheduleFleet);
   es.addEventListener("alert-state", (e) => onAlertState(JSON.parse(e.data)));
+  es.addEventListener("feedback", (e) => onFeedback(JSON.parse(e.data)));
   es.addEventListener("reading", (e) => onReading(JSON.parse(e.data)));
   es.addEventListener("overflow", () => { es.close(); setTimeout(connect, 1000); });
 }
