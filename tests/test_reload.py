@@ -139,7 +139,7 @@ def test_a_model_s_state_is_taken_by_sensor_id() -> None:
     live = Pipeline(settings())
     live.process([msg("S1", 20.0, 0, t0), msg("S9", 20.0, 0, t0), msg("S0", 20.0, 0, t0)])
     res = swap_detection(live, settings(params={"zscore": {"alpha": 0.05}}), state=model)
-    assert res.changed == ["zscore"] and res.from_state == ["zscore"]
+    assert res.changed == ["zscore"] and res.from_state == ["threshold", "zscore", "stuck"]
     z = next(d for d in live.detectors if d.name == "zscore")
     mean = z.state["mean"]
     assert mean[live.sensors["S0"]] == pytest.approx(trained.detectors[1].state["mean"][0])
@@ -616,3 +616,73 @@ async def test_the_shadow_s_state_survives_a_restart(tmp_path: Path) -> None:
     assert fresh.shadow is not None
     n = fresh.shadow.scorer.state_dict()["detectors"]["zscore"]["arrays"]["n"]
     assert n[:1].tolist() in ([], [0])
+
+
+# ---- a model promoted in the registry ------------------------------------------------------
+def _model(reg: Path, s: Settings, alpha: float, base: float) -> str:
+    """A model of zscore with ``alpha``, trained on S1 and S2 around ``base``; promoted."""
+    from mqtt_anomaly.models.format import model_config, model_state
+    from mqtt_anomaly.models.registry import Registry
+
+    trained = s.model_copy(
+        update={"detector": s.detector.model_copy(update={"params": {"zscore": {"alpha": alpha}}})}
+    )
+    p = Pipeline(trained)
+    t0 = time.time() - 5000
+    p.process([msg(sid, base, k, t0 + k) for k in range(200) for sid in ("S2", "S1")])
+    ref = Registry(reg).create(
+        config=model_config(trained), training={"test": True}, state=model_state(p.state_dict())
+    )
+    Registry(reg).promote(ref.version, force=True)
+    return ref.version
+
+
+async def test_a_promoted_model_is_picked_up_by_reload(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    write_config(config, "[detector]\nsilence_factor = 1e9\n")
+    overrides = {
+        "broker": {"url": mosquitto.url, "client_id": "detector-under-test", "keepalive": 2},
+        "store": {"url": "none://"},
+        "service": {"state_dir": tmp_path / "state"},
+    }
+    source = ConfigSource(config, overrides)
+    running = Running(source.load())
+    svc = running.service
+    svc.reloads = Reloads(svc, source)
+    reg = tmp_path / "state" / "models"  # the default registry
+    t0 = time.time() - 100
+    async with running, publisher(mosquitto.url) as pub:
+        for k in range(40):
+            pub.publish("factory/S1/temperature", reading_payload("S1", 60.0, k, t0 + k))
+        await eventually(lambda: len(running.processed) == 40, what="40 readings")
+        assert svc.reloads.from_source("test").result == "unchanged"  # no model yet
+        v1 = _model(reg, svc.settings, alpha=0.05, base=25.0)
+        outcome = svc.reloads.from_source("sighup")
+        assert outcome.result == "applied", outcome
+        assert "model none -> v1" in outcome.message and outcome.changed == ["detector.params"]
+        assert svc.model is not None and svc.model.version == v1 == svc.reloads.model_version
+        z = next(d for d in svc.pipeline.detectors if d.name == "zscore")
+        assert z.params()["alpha"] == 0.05
+        slot = svc.pipeline.sensors["S1"]
+        assert z.state["mean"][slot] == pytest.approx(25.0)  # the model's, not 60 learned here
+        assert z.state["n"][slot] == 200
+        assert svc.pipeline.sensors.keys() == {"S1"}  # the model's S2 is not a sensor here
+        pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 40, t0 + 40))
+        await eventually(lambda: len(running.processed) == 41, what="the next reading")
+        assert z.state["n"][slot] == 201
+        assert svc.reloads.from_source("sighup").result == "unchanged"  # v1 goes on learning
+        assert z.state["n"][slot] == 201
+        # the watch sees a promotion in the registry
+        watch = asyncio.create_task(svc.reloads.watch(0.02))
+        try:
+            v2 = _model(reg, svc.settings, alpha=0.1, base=30.0)
+            await eventually(lambda: svc.reloads.model_version == v2, what="the watch")
+        finally:
+            watch.cancel()
+        z2 = next(d for d in svc.pipeline.detectors if d.name == "zscore")
+        assert z2.params()["alpha"] == 0.1 and z2.state["mean"][slot] == pytest.approx(30.0)
+        assert svc._snapshot()["model"] == v2  # the saved state continues v2
+        status = svc.reloads.status()
+        assert status["model_version"] == v2 and status["reloads"]["applied"] == 2

@@ -700,7 +700,7 @@ async def run_service(
         loop.add_signal_handler(signal.SIGHUP, service.reloads.from_source, "sighup")
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         watch = settings.service.watch_config
-        if watch > 0 and source is not None and source.path is not None:
+        if watch > 0 and source is not None:  # the file and the model registry
             task = asyncio.create_task(service.reloads.watch(watch))
             stack.callback(task.cancel)
         await stop.wait()

@@ -7,9 +7,11 @@ books, the assets. Per detector:
 
 - **unchanged** (same name, class and :meth:`~.detectors.base.Detector.params`): the same
   object, its learned state kept;
-- **changed** or **added**: a new one, with fresh state, or with the state given (a model's:
-  its arrays by sensor id, :func:`remapped`); its alert book is kept (an active alert stays
-  active until the new configuration clears it), with the new debounce and clear run;
+- **changed** or **added**: a new one, with fresh state; its alert book is kept (an active
+  alert stays active until the new configuration clears it), with the new debounce and clear
+  run;
+- with a **state given** (a model promoted): every detector it has state for that fits
+  starts from it (its arrays by sensor id, :func:`remapped`), unchanged ones included;
 - **removed**: its active alerts are cleared (one ``cleared`` event each, message
   ``detector removed by a configuration reload``) and its book dropped.
 
@@ -122,18 +124,20 @@ def swap_detection(
     detectors: list[Detector] = []
     for det in probe.detectors:
         was = old.get(det.name)
-        if was is not None and _same(was, det):
-            detectors.append(was)
-            res.kept.append(det.name)
-            continue
-        (res.changed if was is not None else res.added).append(det.name)
         saved = given.get(det.name)
-        if isinstance(saved, Mapping):
+        if isinstance(saved, Mapping):  # checked on the new object, taken below
             try:
                 det.load_state_dict(remapped(saved, given_ids, pipeline.sensors))
                 res.from_state.append(det.name)
             except (ValueError, TypeError, KeyError):
-                pass  # another configuration: it learns afresh
+                pass  # another configuration: it does not take this state
+        if was is not None and _same(was, det):
+            res.kept.append(det.name)
+            if det.name not in res.from_state:
+                detectors.append(was)
+                continue
+        else:
+            (res.changed if was is not None else res.added).append(det.name)
         det.reserve(n)
         if isinstance(det, ThresholdDetector) and isinstance(was, ThresholdDetector):
             _keep_declared_ranges(was, det)
