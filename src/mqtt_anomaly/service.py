@@ -386,7 +386,8 @@ class DetectorService(AsyncClosing):
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
         shadow_state = state.get("shadow")
-        if self.shadow is not None and isinstance(shadow_state, dict):
+        continued = model is None or state.get("model") == model.version  # the same slots
+        if self.shadow is not None and isinstance(shadow_state, dict) and continued:
             missed = self.shadow.scorer.load_state_dict(shadow_state)
             if missed:
                 log.warning("saved state of shadow %s does not fit: relearning", missed)
