@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from mqtt_anomaly.cli import app
 from mqtt_anomaly.config import FaultRates, Settings, ShadowSettings, load_settings
-from mqtt_anomaly.errors import ConfigError
+from mqtt_anomaly.errors import ConfigError, ModelError
 from mqtt_anomaly.liveconf import ConfigSource, changed_keys, refused_keys
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Pipeline
@@ -686,3 +686,35 @@ async def test_a_promoted_model_is_picked_up_by_reload(
         assert svc._snapshot()["model"] == v2  # the saved state continues v2
         status = svc.reloads.status()
         assert status["model_version"] == v2 and status["reloads"]["applied"] == 2
+
+
+async def test_a_model_version_as_the_shadow_candidate(tmp_path: Path) -> None:
+    base = memory_settings(tmp_path)
+    reg = tmp_path / "state" / "models"
+    version = _model(reg, base, alpha=0.05, base=25.0)
+    s = base.model_copy(update={"shadow": ShadowSettings(enabled=True, model=version)})
+    broker = MemoryBroker()
+    t0 = time.time() - 100
+    async with Running(s, transport=broker.transport) as run:
+        shadow = run.service.shadow
+        assert shadow is not None and shadow.label == version
+        first = [
+            (f"factory/{sid}/temperature", reading_payload(sid, 25.0, 0, t0))
+            for sid in ["S1", "S3"]
+        ]
+        broker.send(first)
+        await eventually(lambda: len(run.processed) == 2)
+        z = next(d for d in shadow.scorer.probe.detectors if d.name == "zscore")
+        assert z.params()["alpha"] == 0.05
+        sensors = run.service.pipeline.sensors
+        assert z.state["n"][sensors["S1"]] == 201  # the model's 200, and this one
+        assert z.state["n"][sensors["S3"]] == 1  # not in the model: learns from here
+        live = next(d for d in run.service.pipeline.detectors if d.name == "zscore")
+        assert live.state["n"][sensors["S1"]] == 1
+        report = shadow.report()
+        assert report["model"] == version and "zscore" in report["from_model"]
+    with pytest.raises(ValueError, match="either model or detector"):
+        ShadowSettings(enabled=True, model="v1", detector={"threshold": 50.0})
+    missing = base.model_copy(update={"shadow": ShadowSettings(enabled=True, model="v9")})
+    with pytest.raises(ModelError, match="no model v9"):
+        DetectorService(missing, console=False, transport=broker.transport)

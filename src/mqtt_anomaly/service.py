@@ -417,11 +417,20 @@ class DetectorService(AsyncClosing):
             if store is not None:
                 store.add_alert(a)
 
+        model = None
+        version = settings.shadow.model
+        if version is not None:  # a model of the registry as the candidate
+            from .models.registry import Registry, registry_path
+
+            reg = Registry(registry_path(settings))
+            loaded = reg.load(reg.ref(version))  # ModelError: one line
+            model = (loaded.settings(settings), loaded.state)
         return ShadowRun(
             self.pipeline,
             settings,
             publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
             store=keep if store is not None else None,
+            model=model,
         )
 
     def reload(self, settings: Settings, state: Mapping[str, Any] | None = None) -> str:
