@@ -311,3 +311,29 @@ async def test_shadow_panel_shows_the_agreement_not_the_alerts(
         assert "t50" in (await page.text_content("#shadow h2") or "")
         assert await page.locator("#alerts li").count() == 0  # not an operator's alert
         assert not errors, errors
+
+
+async def test_stale_models_show_in_a_banner(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """A sensor whose scores drift from its reference: the banner names it; none before."""
+    from .test_drift import fleet_values, web_drift_settings
+
+    async with Served(web_drift_settings(mosquitto, tmp_path)) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        values = fleet_values()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][:140])
+        await page.wait_for_selector('tr[data-sensor="W-steady"]')
+        assert await page.locator("#stale-banner").is_hidden()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][140:], start_seq=140)
+        await feed(mosquitto.url, "W-square", values["W-square"])
+        banner = await page.wait_for_selector("#stale-banner:visible", timeout=15_000)
+        assert banner is not None
+        text = await banner.text_content() or ""
+        assert text.startswith("⚠ 1 sensor model look stale: W-square (drift, drift ")
+        assert "W-steady" not in text
+        assert errors == []

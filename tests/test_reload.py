@@ -74,7 +74,9 @@ def test_unchanged_detectors_keep_their_state_the_new_threshold_scores_the_next_
     assert not p.process(steady(3, 100, t0, value=60.0)).alerts
     zscore = next(d for d in p.detectors if d.name == "zscore")
     learned = zscore.state_dict()
+    assert p.drift.scored[:3].tolist() == [100, 100, 100]
     res = swap_detection(p, settings(threshold=50.0))
+    assert p.drift.scored[:3].tolist() == [0, 0, 0]  # scores of another configuration: again
     assert (res.kept, res.changed, res.added, res.removed) == (
         ["zscore", "stuck"],
         ["threshold"],
@@ -669,6 +671,8 @@ async def test_a_promoted_model_is_picked_up_by_reload(
         assert z.state["mean"][slot] == pytest.approx(25.0)  # the model's, not 60 learned here
         assert z.state["n"][slot] == 200
         assert svc.pipeline.sensors.keys() == {"S1"}  # the model's S2 is not a sensor here
+        model_drift = svc.model.state["drift"]["arrays"]["scored"]
+        assert svc.pipeline.drift.scored[slot] == model_drift[1] > 0  # its reference, by id
         pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 40, t0 + 40))
         await eventually(lambda: len(running.processed) == 41, what="the next reading")
         assert z.state["n"][slot] == 201

@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .clusterconf import ClusterSettings
 from .errors import ConfigError
 from .gates import Gate, gate_names_unique
 from .maintenance import Window, zone
@@ -83,6 +84,12 @@ class BrokerSettings(_Section):
     """MQTT 5: seconds the broker keeps our session (and queues readings) after we are gone."""
     message_expiry: int = Field(0, ge=0, le=0xFFFFFFFF)
     """MQTT 5: seconds the broker keeps an alert for a subscriber that is away (0: no limit)."""
+    unit_property: str = Field("unit", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's unit
+    (``docs/plant.md#mqtt-5``; empty: not read)."""
+    asset_property: str = Field("asset", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's asset
+    (empty: not read)."""
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -605,6 +612,23 @@ class SparkplugSettings(_Section):
         return v
 
 
+class DriftSettings(_Section):
+    """Drift and model health per sensor (``docs/operations.md#drift-and-model-health``)."""
+
+    warmup: int = Field(100, ge=0, le=1_000_000_000)
+    """Scored readings of a sensor before its reference starts (the detectors learn)."""
+    min_readings: int = Field(500, ge=50, le=1_000_000_000)
+    """Scored readings counted in the reference score distribution before it is frozen."""
+    window: float = Field(3600.0, ge=1, le=1e9)
+    """Seconds: the recent distribution weighs a reading this old 1/e of a new one."""
+    threshold: float = Field(0.25, gt=0, le=100)
+    """Drift (population stability index) above which a sensor's model is stale."""
+    alert_factor: float = Field(5.0, gt=1, le=1e6)
+    """Stale when the recent alert rate exceeds this × the reference rate."""
+    max_age: float = Field(0.0, ge=0)
+    """Seconds after commissioning from which a model is stale (0: no limit)."""
+
+
 class ModelSettings(_Section):
     """``[models]``: the model registry (:mod:`mqtt_anomaly.models`, docs/models.md)."""
 
@@ -713,7 +737,9 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
+    drift: DriftSettings = DriftSettings()
     models: ModelSettings = ModelSettings()
+    cluster: ClusterSettings = ClusterSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

@@ -143,6 +143,13 @@ class DetectorService(AsyncClosing):
             name="detector",
             hold_acks=mode == "durable",
         )
+        b = settings.broker
+        if (  # MQTT 5: user properties of the readings
+            isinstance(self.client, LeanClient)
+            and b.protocol == "5"
+            and (b.unit_property or b.asset_property)
+        ):
+            self.client.on_properties = self.pipeline.note_properties
         self._state_ts = clock()  # the Sparkplug host's STATE birth and will carry this time
         if settings.sparkplug.enabled and isinstance(self.client, LeanClient):
             topic = state_topic(settings.sparkplug.host_id)

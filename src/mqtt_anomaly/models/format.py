@@ -54,6 +54,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..config import AssetSettings, DetectorSettings, OverrideSettings, Settings
+from ..drift import DRIFT, DriftBook
 from ..errors import ConfigError, ModelError, StateFileError
 from ..statefile import decode, dump
 
@@ -144,6 +145,7 @@ def model_state(state: Mapping[str, Any]) -> dict[str, Any]:
         "detectors": state["detectors"],
         "books": {},
         "assets": state["assets"],
+        **({"drift": DriftBook.reference_state(state["drift"])} if "drift" in state else {}),
     }
 
 
@@ -285,7 +287,8 @@ class LoadedModel:
         from ..detectors.river_adapter import RiverDetector
 
         river = {d.name for d in pipeline.detectors if isinstance(d, RiverDetector)}
-        misfits = [name for name in skipped if name not in river]  # River relearns
+        # River relearns; drift references that do not fit are learned again
+        misfits = [name for name in skipped if name not in river and name != DRIFT]
         if misfits:
             raise ModelError(f"model {self.version}: state of {', '.join(misfits)} does not fit")
         return pipeline

@@ -22,6 +22,7 @@ from .auth import TokenAuth
 from .feedback import router as feedback_router
 from .guard import BodyLimit, CatchErrors, RateLimit
 from .lifecycle import router as lifecycle_router
+from .modelhealth import router as model_health_router
 from .settings import MIN_TOKEN_LENGTH, HttpSettings
 from .state import WebState
 
@@ -59,6 +60,7 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
     )
     web = app.state.web = WebState.attach(service, settings)
     app.include_router(router)
+    app.include_router(model_health_router)
     app.include_router(feedback_router)
     app.include_router(lifecycle_router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")

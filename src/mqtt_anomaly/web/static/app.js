@@ -63,11 +63,12 @@ function row(s) {
   }
   tr.dataset.sensor = s.sensor_id;
   tr.dataset.health = s.health;
+  tr.dataset.unit = s.unit || "";
   const [id, health, value, seen, alerts] = tr.children;
   id.textContent = s.sensor_id;
   health.firstChild.className = "health " + s.health;
   health.firstChild.textContent = s.health;
-  value.textContent = fmtValue(s.last_value);
+  value.textContent = fmtValue(s.last_value) + (s.unit ? " " + s.unit : "");
   seen.textContent = fmtAgo(s.last_seen);
   alerts.textContent = s.active_alerts.join(", ");
   return tr;
@@ -98,12 +99,26 @@ async function loadFleet() {
   }
 }
 
+/* Stale models: a banner over the fleet naming the most drifted (GET /api/models/health). */
+async function loadModelHealth() {
+  const page = await api("/api/models/health?stale=true&limit=5");
+  const banner = $("#stale-banner");
+  banner.hidden = page.stale === 0;
+  if (!page.stale) return;
+  const named = page.items.map((m) => `${m.sensor_id} (${m.reasons.join(", ")}` +
+    (m.drift === null ? ")" : `, drift ${m.drift.toFixed(2)})`));
+  const more = page.stale > named.length ? ` and ${page.stale - named.length} more` : "";
+  banner.textContent = `⚠ ${page.stale} sensor model${page.stale === 1 ? "" : "s"} look stale: ` +
+    named.join(", ") + more;
+}
+
 let fleetPending = null;
 function scheduleFleet() {
   if (fleetPending) return;
   fleetPending = setTimeout(() => {
     fleetPending = null;
     loadFleet().catch(console.error);
+    loadModelHealth().catch(console.error);
     if (!st.sensor && !st.asset) loadAssets().catch(console.error);
   }, 200);
 }
@@ -430,7 +445,8 @@ function showSensorState(s) {
   h.className = "health " + s.health;
   h.textContent = s.health;
   h.dataset.health = s.health;
-  $("#sensor-value").textContent = `${fmtValue(s.last_value)} · ${fmtAgo(s.last_seen)}`;
+  const unit = s.unit ? " " + s.unit : "";
+  $("#sensor-value").textContent = `${fmtValue(s.last_value)}${unit} · ${fmtAgo(s.last_seen)}`;
   st.band = s.band;
 }
 
@@ -539,7 +555,7 @@ function connect() {
 function rowData(tr) {
   const [id, , value, , alerts] = tr.children;
   const v = parseFloat(value.textContent);
-  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v,
+  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v, unit: tr.dataset.unit || null,
     last_seen: null, active_alerts: alerts.textContent ? alerts.textContent.split(", ") : [] };
 }
 
