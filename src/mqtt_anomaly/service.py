@@ -699,7 +699,18 @@ async def run_service(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    running: list[DetectorService] = []  # SIGHUP reloads it once started
+
+    def on_hangup() -> None:
+        if running and running[0].ready.is_set():
+            running[0].reloads.from_source("sighup")
+        else:  # not the default action (which ends the process)
+            log.warning("SIGHUP while the service starts or stops: no reload")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        stack.callback(running.clear)
         store = stack.enter_context(open_store(settings.store.url, settings.store))
         kafka = None
         if settings.kafka.url:
@@ -714,8 +725,8 @@ async def run_service(
         service.reloads = Reloads(service, source)
         await stack.enter_async_context(http_server(service, settings.http))
         await stack.enter_async_context(service)
-        loop.add_signal_handler(signal.SIGHUP, service.reloads.from_source, "sighup")
-        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        running.append(service)
+        stack.callback(running.clear)  # first thing on the way out: no reload while stopping
         watch = settings.service.watch_config
         if watch > 0 and source is not None:  # the file and the model registry
             task = asyncio.create_task(service.reloads.watch(watch))
