@@ -435,7 +435,8 @@ class DetectorService(AsyncClosing):
         return ShadowRun(
             self.pipeline,
             settings,
-            publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
+            # QoS 0: never a place of the in-flight window the operator's alerts need
+            publish=lambda topic, payload: self.client.publish(topic, payload, qos=0),
             store=keep if store is not None else None,
             model=model,
         )
