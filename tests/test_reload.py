@@ -216,7 +216,7 @@ def _brute_force(live: list[float], shadow: list[float], tol: float) -> tuple[in
 
 
 def test_shadow_agreement_on_a_seeded_simulation() -> None:
-    s = shadow_settings(tolerance=3)
+    s = shadow_settings(tolerance=3, max_rate=1e9)
     batches = simulated(12, 400, seed=5)
     p = Pipeline(s)
     published: list[tuple[str, bytes]] = []
@@ -268,6 +268,26 @@ def test_shadow_agreement_on_a_seeded_simulation() -> None:
     t = report["totals"]
     assert t["both"] > 0 and t["shadow_only"] > 0, t  # the candidate is more sensitive
     assert report["cost"]["readings"] == p.counters.processed
+
+
+def test_a_noisy_candidate_is_counted_not_flooded_out() -> None:
+    s = shadow_settings(max_rate=5.0, detector={"threshold": 10.0})  # every reading alarms
+    p = Pipeline(s)
+    sent: list[str] = []
+    stored: list[Alert] = []
+    run = ShadowRun(p, s, publish=lambda t, b: sent.append(t), store=stored.append)
+    run.attach()
+    now = [1000.0]
+    run.clock = lambda: now[0]
+    run._last = now[0]
+    t0 = time.time() - 100
+    run.after(p.process([msg(f"S{i}", 25.0, 0, t0) for i in range(20)]))
+    assert run.alerts == 20 and len(stored) == len(sent) == 5 and run.dropped == 15
+    now[0] += 1.0  # a second later: five more may go
+    run.after(p.process([msg(f"T{i}", 25.0, 0, t0) for i in range(20)]))
+    assert len(stored) == 10 and run.dropped == 30
+    assert run.report()["totals"]["shadow_only"] == 40  # the agreement counts every one
+    assert run.report()["shadow_alerts_dropped"] == 30
 
 
 def test_agreement_matches_within_the_tolerance() -> None:

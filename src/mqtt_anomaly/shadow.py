@@ -310,6 +310,11 @@ class ShadowRun:
         self.store = store
         self.pipeline = pipeline
         self.alerts = 0  # shadow alert events
+        self.dropped = 0  # beyond max_rate: counted in the agreement, not published or stored
+        self.max_rate = s.max_rate
+        self.clock = time.monotonic
+        self._allowance = s.max_rate
+        self._last = self.clock()
         self.started = time.time()
 
     def attach(self) -> None:
@@ -332,7 +337,15 @@ class ShadowRun:
             return
         self.alerts += len(alerts)
         self.agreement.observe(alerts, "shadow", names & shadow_names)
+        now = self.clock()
+        rate = self.max_rate
+        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
+        self._last = now
         for a in alerts:
+            if self._allowance < 1.0:  # a noisy candidate: the rest counted, not sent
+                self.dropped += 1
+                continue
+            self._allowance -= 1.0
             marked = msgspec.structs.replace(a, shadow=self.label)
             self.publish(self.topic.format(a.sensor_id), encode(marked))
             if self.store is not None:
@@ -352,6 +365,7 @@ class ShadowRun:
             "model": self.model_version,
             "from_model": self.scorer.from_model,
             "shadow_alerts": self.alerts,
+            "shadow_alerts_dropped": self.dropped,
             "cost": {
                 "rounds": sc.rounds,
                 "readings": sc.readings,
