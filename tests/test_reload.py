@@ -439,6 +439,16 @@ async def test_shadow_alerts_only_on_the_shadow_topic(mosquitto: Mosquitto, tmp_
         }
         assert store.recent_alerts(limit=10) == []  # nothing live
         assert len(store.recent_alerts(limit=10, shadow=True)) == 2
+        listed = CliRunner().invoke(
+            app, ["alerts", "--store", f"sqlite:///{db}", "--shadow", "--json"]
+        )
+        assert listed.exit_code == 0, listed.output
+        assert sorted(json.loads(line)["sensor_id"] for line in listed.output.splitlines()) == [
+            "A",
+            "B",
+        ]
+        plain = CliRunner().invoke(app, ["alerts", "--store", f"sqlite:///{db}", "--json"])
+        assert plain.exit_code == 0 and plain.output.strip() == ""
     assert report["totals"] == {"both": 0, "live_only": 0, "shadow_only": 2}
     assert report["detectors"]["shadow"] == ["threshold", "zscore", "stuck"]
 
