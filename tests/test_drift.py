@@ -259,3 +259,30 @@ def test_a_model_carries_the_references_and_a_pipeline_loading_it_compares_with_
     run(loaded, 800, 1600, shift_at=800)  # in service, the square sensor changes
     after = health(loaded, T0 + 1600)
     assert after["square"][0] and not after["steady"][0]
+
+
+def test_a_reload_that_changes_the_detectors_relearns_the_references_or_takes_a_model_s() -> None:
+    from mqtt_anomaly.models.format import model_state
+    from mqtt_anomaly.swap import swap_detection
+
+    other = {"drift": DRIFT, "detector": {"params": {"zscore": {"z_alert": 4.0}}}}
+    pl = pipeline()
+    run(pl, 0, 800, shift_at=800)
+    before = {sid: pl.drift.reference(slot) for sid, slot in pl.sensors.items()}
+    res = swap_detection(pl, load_settings(None, {"drift": DRIFT}))  # the same detectors
+    assert res.changed == [] and pl.drift.learning == 0
+    assert {sid: pl.drift.reference(slot) for sid, slot in pl.sensors.items()} == before
+    res = swap_detection(pl, load_settings(None, other))
+    assert res.changed == ["zscore"] and pl.drift.learning == 3
+    assert pl.drift.report(T0 + 800, 3).phase == ("learning",) * 3
+    run(pl, 800, 1200, shift_at=2000)
+    assert pl.drift.learning == 0  # learned again with the new scores
+
+    trained = Pipeline(load_settings(None, other))  # a model trained with those settings
+    run(trained, 0, 800, shift_at=800, seed=9)
+    served = pipeline()
+    run(served, 0, 100, shift_at=800)
+    res = swap_detection(served, load_settings(None, other), model_state(trained.state_dict()))
+    assert res.changed == ["zscore"] and served.drift.learning == 0
+    for sid, slot in served.sensors.items():
+        assert served.drift.reference(slot) == trained.drift.reference(trained.sensors[sid])
