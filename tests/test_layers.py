@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sparkplug",
             "_proto",
             "liveconf",
+            "clusterconf",
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
@@ -71,7 +72,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
-    ("service", ("delivery", "reloading", "service")),
+    ("service", ("delivery", "reloading", "service", "cluster")),
     # What every command takes: the shared options and settings_from_cli.
     ("command plumbing", ("cli.options", "cli.settings")),
     ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo", "models")),
@@ -344,6 +345,7 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'assets',",
         "'bench',",
         "'certs',",
+        "'cluster',",
         "'config',",
         "'demo',",
         "'detect',",
@@ -378,9 +380,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 14 commands and groups, config show, evaluate's four, maintenance's three,
-    # assets' two, models' six, shadow report
-    assert len(paths) == 31
+    # the root, 15 commands and groups, config show, evaluate's four, maintenance's three,
+    # assets' two, models' six, shadow report, cluster's two
+    assert len(paths) == 34
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

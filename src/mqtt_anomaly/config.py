@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .clusterconf import ClusterSettings
 from .errors import ConfigError
 from .gates import Gate, gate_names_unique
 from .maintenance import Window, zone
@@ -729,6 +730,7 @@ class Settings(BaseSettings):
     overrides: OverrideSettings = OverrideSettings()
     drift: DriftSettings = DriftSettings()
     models: ModelSettings = ModelSettings()
+    cluster: ClusterSettings = ClusterSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()

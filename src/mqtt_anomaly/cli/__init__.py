@@ -49,6 +49,7 @@ def _build_app() -> typer.Typer:
     from ..simulate.command import simulate
     from .alerts import alerts
     from .assets import assets_app
+    from .cluster import app as cluster_app
     from .config import config_app
     from .demo import demo
     from .detect import detect
@@ -67,6 +68,7 @@ def _build_app() -> typer.Typer:
     root.add_typer(maintenance_app, name="maintenance")
     root.add_typer(assets_app, name="assets")
     root.add_typer(shadow_app, name="shadow")
+    root.add_typer(cluster_app, name="cluster")
     root.command("detect")(detect)
     root.command("alerts")(alerts)
     root.command("demo")(demo)

@@ -72,6 +72,15 @@ def detect(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print every reading received.")
     ] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Run as a worker of a NATS JetStream cluster: nats://HOST:PORT[,HOST:PORT...] "
+            "(see docs/architecture.md#scale-out-on-nats-jetstream).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Subscribe to the fleet's readings, score every reading, publish alerts.
 
@@ -92,8 +101,15 @@ def detect(
         "kafka": {"url": kafka},
         "service": {"state_dir": state_dir, "verbose": verbose or None},
         "models": {"registry": registry},
+        "cluster": {"urls": cluster},
     }
     settings = settings_from_cli(config, overrides)
+    if settings.cluster.enabled:
+        from ..cluster.worker import run_worker
+
+        setup_logging(False)
+        run(lambda: run_worker(settings))
+        return
     from ..liveconf import ConfigSource
     from ..models.registry import current_model
     from ..service import STATE_FILE, run_service
