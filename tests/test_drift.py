@@ -286,3 +286,21 @@ def test_a_reload_that_changes_the_detectors_relearns_the_references_or_takes_a_
     assert res.changed == ["zscore"] and served.drift.learning == 0
     for sid, slot in served.sensors.items():
         assert served.drift.reference(slot) == trained.drift.reference(trained.sensors[sid])
+
+
+def test_a_bad_drift_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text("[drift]\nthreshold = 0.3\nmax_age = 86400\n")
+    run_cli = [sys.executable, "-m", "mqtt_anomaly", "config", "show", "--config", str(config)]
+    ok = subprocess.run(run_cli, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "[drift]" in ok.stdout and "threshold = 0.3" in ok.stdout
+    env = {**os.environ, "MQTT_ANOMALY_DRIFT__WINDOW": "0"}
+    bad = subprocess.run(run_cli, capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    assert "drift.window: Input should be greater than or equal to 1" in bad.stderr
