@@ -218,9 +218,19 @@ async def test_models_health_rest_and_metrics(shared_mosquitto: Mosquitto, tmp_p
             )
         ).json()
         assert [m["sensor_id"] for m in named["items"]] == ["W-square"] and named["total"] == 2
+        found = (await http.get("/api/models/health", params={"q": "SQUARE"})).json()
+        assert [m["sensor_id"] for m in found["items"]] == ["W-square"] and found["total"] == 1
+        none = (await http.get("/api/models/health", params={"q": "x", "stale": "true"})).json()
+        assert none["items"] == [] and none["total"] == 0 and none["stale"] == 1
         nxt = (await http.get("/api/models/health", params={"offset": 1, "limit": 1})).json()
         assert [m["sensor_id"] for m in nxt["items"]] == ["W-steady"]
-        for bad in ({"sort": "nope"}, {"limit": 0}, {"limit": 5001}, {"offset": -1}):
+        for bad in (
+            {"sort": "nope"},
+            {"limit": 0},
+            {"limit": 5001},
+            {"offset": -1},
+            {"q": "x" * 129},
+        ):
             assert (await http.get("/api/models/health", params=bad)).status_code == 422
 
         metrics = scrape((await http.get("/metrics")).text)
