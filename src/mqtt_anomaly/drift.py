@@ -117,7 +117,7 @@ class Reference:
 class DriftReport:
     """Model health of slots ``0 .. n-1`` at one time (NaN where not known yet)."""
 
-    phase: tuple[str, ...]  # learning (no frozen reference yet) or monitoring
+    commissioned: BoolArray  # a frozen reference (else learning)
     drift: FloatArray  # population stability index, recent against reference
     ks: FloatArray  # the largest difference of the two cumulative distributions
     alert_rate: FloatArray  # recent share of alerting readings
@@ -127,6 +127,15 @@ class DriftReport:
     stale_drift: BoolArray
     stale_alerts: BoolArray
     stale_age: BoolArray
+
+    def phase(self, slot: int) -> str:
+        """``learning`` (no frozen reference yet) or ``monitoring``."""
+        return MONITORING if self.commissioned[slot] else LEARNING
+
+    @property
+    def learning(self) -> int:
+        """Slots still learning their reference."""
+        return len(self.commissioned) - int(np.count_nonzero(self.commissioned))
 
     @property
     def stale(self) -> BoolArray:
@@ -312,19 +321,24 @@ class DriftBook:
         n = self.capacity if n is None else n
         self.reserve(n)
         s = self.settings
-        ref = self.ref[:n].astype(np.float64)
-        rec = self.recent[:n].astype(np.float64)
-        ref_n = ref.sum(axis=1)
-        rec_n = rec.sum(axis=1)
+        # bins by row (BINS, n), float32: reductions over the bins run along n, not over rows
+        # of 10 (ten times faster), and half the memory traffic of float64
+        p = np.ascontiguousarray(self.ref[:n].T)
+        q = np.ascontiguousarray(self.recent[:n].T)
+        ref_n = p.sum(axis=0, dtype=np.float64)
+        rec_n = q.sum(axis=0, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            p = np.maximum(ref / ref_n[:, None], EPS)
-            q = np.maximum(rec / rec_n[:, None], EPS)
-            p /= p.sum(axis=1, keepdims=True)
-            q /= q.sum(axis=1, keepdims=True)
-            psi = ((q - p) * np.log(q / p)).sum(axis=1)
-            ks = np.abs(np.cumsum(q - p, axis=1)).max(axis=1) if n else np.zeros(0)
-            ref_rate = ref[:, ALERT_BIN:].sum(axis=1) / ref_n
-            rate = rec[:, ALERT_BIN:].sum(axis=1) / rec_n
+            p *= (1.0 / ref_n).astype(np.float32)  # shares, then floored
+            q *= (1.0 / rec_n).astype(np.float32)
+            ref_rate = p[ALERT_BIN:].sum(axis=0, dtype=np.float64)
+            rate = q[ALERT_BIN:].sum(axis=0, dtype=np.float64)
+            np.maximum(p, EPS, out=p)
+            np.maximum(q, EPS, out=q)
+            diff = q - p
+            psi = (diff * np.log(q / p)).sum(axis=0, dtype=np.float64)
+            for i in range(1, BINS):  # the cumulative difference, row by row (np.cumsum over
+                diff[i] += diff[i - 1]  # axis 0 is ten times slower)
+            ks = np.abs(diff).max(axis=0).astype(np.float64) if n else np.zeros(0)
         frozen = self.frozen[:n]
         monitoring = ~np.isnan(frozen) & (ref_n > 0)  # commissioned
         comparable = monitoring & (rec_n > 0)  # and readings since (a model just loaded: none)
@@ -339,7 +353,7 @@ class DriftBook:
             stale_alerts = comparable & (rate > limit)
             stale_age = monitoring & (age > s.max_age) if s.max_age > 0 else np.zeros(n, bool)
         return DriftReport(
-            phase=tuple(MONITORING if m else LEARNING for m in monitoring.tolist()),
+            commissioned=monitoring,
             drift=psi,
             ks=ks,
             alert_rate=rate,

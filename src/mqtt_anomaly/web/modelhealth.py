@@ -59,7 +59,7 @@ def health_row(sensor_id: str, r: DriftReport, slot: int) -> dict[str, Any]:
     reasons = r.reasons(slot)
     return {
         "sensor_id": sensor_id,
-        "phase": r.phase[slot],
+        "phase": r.phase(slot),
         "drift": _num(float(r.drift[slot])),
         "ks": _num(float(r.ks[slot])),
         "alert_rate": _num(float(r.alert_rate[slot])),
@@ -111,7 +111,7 @@ def model_health(
         "total": len(ordered),
         "sensors": len(ids),
         "stale": int(np.count_nonzero(flags)),
-        "learning": r.phase.count("learning"),
+        "learning": r.learning,
         "threshold": w.service.settings.drift.threshold,
         "offset": offset,
         "items": [health_row(ids[s], r, s) for s in page],
