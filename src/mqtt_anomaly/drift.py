@@ -68,6 +68,7 @@ ALERT_BIN: Final = int(np.searchsorted(EDGES, 0.5, side="right"))
 """The first bin of alerting readings (a top score at the alert level, 0.5, or above)."""
 _LUT_SCALE: Final = 1000  # every edge is a multiple of 1/_LUT_SCALE: a score's bin is _LUT[...]
 _LUT: Final = np.searchsorted(EDGES, np.arange(_LUT_SCALE + 1) / _LUT_SCALE, side="right")
+FROZEN: Final = np.iinfo(np.int32).max  # ``scored`` of a slot whose reference is frozen
 _NONE: Final = np.zeros(0, dtype=bool)  # no reading taken (see DriftBook._learn)
 REBASE: Final = 40
 """Windows after which weights are rebased: float32 holds e^88, so a bin's sum of weights up to
@@ -166,7 +167,8 @@ class DriftBook:
         self.t0 = math.nan  # the time whose weight is 1 (moved forward now and then)
         self.capacity = 0
         self.learning = 0  # admitted slots whose reference is not frozen yet
-        self.scored = np.zeros(0, dtype=np.int32)  # readings seen while learning (-1: no sensor)
+        # readings seen while learning (-1: no sensor, FROZEN: its reference is frozen)
+        self.scored = np.zeros(0, dtype=np.int32)
         self.ref = np.zeros((0, BINS), dtype=np.float32)  # counts per score bin
         self.recent = np.zeros((0, BINS), dtype=np.float32)  # weights per bin (time-decayed)
         self._flat = self.recent.reshape(-1)
@@ -196,7 +198,7 @@ class DriftBook:
     def reset(self, slot: int) -> None:
         """Forget ``slot`` (given to another sensor): it learns again."""
         if slot < self.capacity:
-            if self.scored[slot] < 0 or not math.isnan(self.frozen[slot]):
+            if not 0 <= self.scored[slot] < FROZEN:
                 self.learning += 1  # a new sensor, or one whose reference was frozen
             for name in self._ARRAYS:
                 getattr(self, name)[slot] = self._FILL.get(name, 0)
@@ -209,9 +211,9 @@ class DriftBook:
         if not n:
             return
         if self.learning:
-            learn = np.isnan(self.frozen[slots])
-            if learn.any():
-                keep = self._learn(slots, score, t, learn)
+            k = self.scored[slots]
+            if int(k.min()) < FROZEN:  # some of them learn
+                keep = self._learn(slots, score, t, k)
                 if keep is not None:
                     if not keep.any():
                         return
@@ -224,16 +226,19 @@ class DriftBook:
         self._flat[at] += weight
 
     def _learn(
-        self, slots: IntArray, score: FloatArray, t: FloatArray, learn: BoolArray
+        self, slots: IntArray, score: FloatArray, t: FloatArray, k: NDArray[np.int32]
     ) -> BoolArray | None:
-        """Count the learning slots' readings in their reference; the readings the recent
-        histogram takes (those of slots past their warm-up), None for all."""
-        every = bool(learn.all())
+        """Count the learning slots' readings in their reference (``k``: the slots'
+        ``scored``); the readings the recent histogram takes (those of slots past their
+        warm-up or frozen), None for all."""
+        high = int(k.max())
+        every = high < FROZEN
         if not every:
-            slots, score, t = slots[learn], score[learn], t[learn]
-        k = self.scored[slots]
+            learn = k < FROZEN
+            slots, score, t, k = slots[learn], score[learn], t[learn], k[learn]
+            high = int(k.max())
         self.scored[slots] = k + 1
-        low, high = int(k.min()), int(k.max())
+        low = int(k.min())
         if low == 0:
             first = k == 0
             self.started[slots[first]] = t[first]
@@ -247,9 +252,10 @@ class DriftBook:
         if high + 1 >= self.freeze_at:
             done = k + 1 >= self.freeze_at
             self.frozen[slots[done]] = t[done]
+            self.scored[slots[done]] = FROZEN
             self.learning -= int(done.sum())
-        if every and low >= self.warmup:
-            return None
+        if every:
+            return None if low >= self.warmup else live
         keep = ~learn
         keep[learn] = live
         return keep
@@ -271,10 +277,11 @@ class DriftBook:
     def seed(self, slot: int, ref: Reference) -> None:
         """Take ``ref`` as the slot's reference (a model loaded): it is frozen from now on."""
         self.reserve(slot + 1)
-        if self.scored[slot] >= 0 and math.isnan(self.frozen[slot]):
+        if 0 <= self.scored[slot] < FROZEN:
             self.learning -= 1  # a sensor that was learning
         self.ref[slot] = ref.counts
         self.frozen[slot] = ref.commissioned_at
+        self.scored[slot] = FROZEN
 
     def relearn(self, n: int) -> None:
         """Slots ``0 .. n-1`` learn their references again (the detectors changed: their
@@ -311,8 +318,8 @@ class DriftBook:
         self.reserve(int(slots.max()) + 1 if len(slots) else 0)
         self.ref[slots] = ref[idx]
         self.frozen[slots] = frozen[idx]
-        admitted = self.scored >= 0
-        self.learning = int(np.count_nonzero(admitted & np.isnan(self.frozen)))
+        self.scored[slots] = FROZEN
+        self.learning = int(np.count_nonzero((self.scored >= 0) & (self.scored < FROZEN)))
         return len(slots)
 
     # ---- what it says ---------------------------------------------------------------
@@ -401,7 +408,10 @@ class DriftBook:
         self.t0 = float(t0) if isinstance(t0, float) and math.isfinite(t0) else math.nan
         if math.isnan(self.t0):  # weights of an unknown time: the recent histograms restart
             self.recent[:n] = 0
-        self.learning = int(np.count_nonzero(np.isnan(self.frozen[:n])))
+        frozen = ~np.isnan(self.frozen[:n])
+        self.scored[:n][frozen] = FROZEN
+        self.scored[:n][~frozen] = np.minimum(self.scored[:n][~frozen], FROZEN - 1)
+        self.learning = n - int(np.count_nonzero(frozen))
 
     @staticmethod
     def reference_state(state: Mapping[str, Any]) -> dict[str, Any]:
