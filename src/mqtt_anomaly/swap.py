@@ -13,6 +13,9 @@ books, the assets. Per detector:
 - **removed**: its active alerts are cleared (one ``cleared`` event each, message
   ``detector removed by a configuration reload``) and its book dropped.
 
+With any detector changed, added or removed, every sensor's drift reference
+(:mod:`.drift`) is learned again, or taken from the state given (a model's).
+
 With ``[overrides]`` (or any detector replaced), every known sensor is configured again: its
 threshold (limits set by an override and not any more are forgotten; a range a Sparkplug birth
 declared stays) and which detectors score it.
@@ -24,6 +27,7 @@ or ValueError); the running pipeline is changed only after that, and then nothin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -166,6 +170,12 @@ def swap_detection(
     pipeline.detectors = detectors
     pipeline.books = books
     pipeline._enabled = probe._enabled
+    if res.changed or res.added or res.removed:  # other scores: references learned again
+        pipeline.drift.relearn(n)
+        saved_drift = state.get("drift") if state is not None else None
+        if isinstance(saved_drift, Mapping):  # a model's: the references it learned
+            with contextlib.suppress(ValueError):
+                pipeline.drift.seed_all(saved_drift, given_ids, pipeline.sensors)
     if settings.overrides or overrides_changed:
         for det in detectors:
             if isinstance(det, ThresholdDetector):
