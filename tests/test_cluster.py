@@ -522,10 +522,13 @@ async def test_status_command_rest_and_metrics(
                 str(p) for p in range(PARTITIONS)
             ]
             assert body["readings"] == len(messages)
+            page = (await http.get("/")).text
+            assert 'fetch("api/cluster"' in page and 'id="partitions"' in page
             metrics = (await http.get("/metrics")).text
             assert f"mqtt_anomaly_cluster_scored_total {float(len(messages))}" in metrics
             assert f"mqtt_anomaly_cluster_partitions_owned {float(PARTITIONS)}" in metrics
             assert 'mqtt_anomaly_cluster_partition_lag{p="0"} 0.0' in metrics
+        await page_shows_partitions(f"http://127.0.0.1:{port}/", tmp_path)
         cfg = tmp_path / "p.toml"
         cfg.write_text(f"[cluster]\npartitions = {PARTITIONS}\n")
         res = cli("cluster", "mapping", "--config", str(cfg))
@@ -540,3 +543,32 @@ async def test_status_command_rest_and_metrics(
     finally:
         workers.stop_all()
         await nc.close()
+
+
+async def page_shows_partitions(url: str, tmp_path: Path) -> None:
+    """The worker's page in a real browser: one row per partition, owned by w1, lag 0."""
+    from .test_dashboard import CHROMIUM, FLAGS
+
+    if not Path(CHROMIUM).exists():
+        return  # the browser check needs Debian's chromium; the API checks above ran
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(url)
+            rows = page.locator("#partitions tbody tr")
+            await rows.nth(PARTITIONS - 1).wait_for(timeout=10_000)
+            cells = await page.locator("#partitions tbody tr td:nth-child(2)").all_inner_texts()
+            assert cells == ["w1"] * PARTITIONS
+            lags = await page.locator("#partitions tbody tr td:nth-child(6)").all_inner_texts()
+            assert lags == ["0"] * PARTITIONS
+            assert "1 workers (w1)" in await page.locator("#summary").inner_text()
+            assert not errors
+        finally:
+            await context.close()

@@ -303,6 +303,12 @@ class PartitionRunner:
         blob = await asyncio.to_thread(lambda: b"".join(encode_state(tree)))
         if not self.valid():
             raise LapsedError
+        if len(blob) > w.nc.max_payload:
+            raise FencedError(  # not fenced: unable to hand over; stop before scoring more
+                f"its checkpoint ({len(blob)} bytes, {len(self.pipeline.sensor_ids)} sensors) "
+                f"exceeds the servers' max_payload ({w.nc.max_payload}): raise it or use "
+                "more partitions"
+            )
         ckpts = w.buckets.checkpoints
         while True:
             try:
