@@ -572,3 +572,48 @@ async def page_shows_partitions(url: str, tmp_path: Path) -> None:
             assert not errors
         finally:
             await context.close()
+
+
+async def test_silence_alert_from_a_worker(cluster: NatsCluster, tmp_path: Path) -> None:
+    """A worker that has caught up raises silence for a sensor that stopped publishing (and
+    not for one that goes on), to the ALERTS stream."""
+    activity = Activity()
+    nc = await connect(cluster, activity)
+    js = nc.jetstream()
+    workers = Workers(tmp_path, cluster, "none://")
+    workers.config.write_text(
+        CONFIG.replace("silence_factor = 1e9", "silence_factor = 10\ninterval = 0.1")
+    )
+    stop = asyncio.Event()
+
+    async def sensor(sid: str, count: int | None) -> None:
+        q = 0
+        while not stop.is_set() and (count is None or q < count):
+            await js.publish(f"factory.{sid}.temperature", reading_payload(sid, 25 + q % 7, q))
+            q += 1
+            await asyncio.sleep(0.1)  # the readings' pace: what silence is measured against
+
+    try:
+        workers.start("w1")
+        await workers.joined("w1")
+        tasks = [asyncio.create_task(sensor("S00", 20)), asyncio.create_task(sensor("S01", None))]
+        silence: list[tuple[str, str]] = []
+        deadline = time.monotonic() + 30
+        while not silence:
+            assert time.monotonic() < deadline, "no silence alert"
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                if (await js.stream_info("ALERTS")).state.messages:
+                    alerts = await read_stream(js, "ALERTS", 1000)
+                    silence = [
+                        (a.sensor_id, a.state)
+                        for a in (msgspec.json.decode(m.data, type=Alert) for m in alerts)
+                        if a.detector == "silence"
+                    ]
+        assert silence == [("S00", "raised")]
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        workers.stop_all()
+        await nc.close()

@@ -72,6 +72,7 @@ __all__ = ["ClusterWorker", "PartitionRunner", "WorkerStats", "assignment"]
 VALID_SHARE = 0.8
 """A lease is used for this share of ``lease_ttl`` after its renewal was sent."""
 CHECKPOINT_VERSION = 1
+SILENCE_EVERY = 1.0  # seconds between two silence checks of a partition
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
@@ -133,6 +134,7 @@ class PartitionRunner:
         self._consumer = ""
         self._cseq = 0
         self._next_ckpt = 0.0
+        self._next_silence = 0.0
         self._store = StoreSink(worker.store) if worker.store is not None else None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -189,6 +191,7 @@ class PartitionRunner:
                 1000 * w.stats.last_restore,
             )
             self._next_ckpt = w.clock() + w.cs.checkpoint_interval
+            self._next_silence = w.clock() + SILENCE_EVERY
             idle = 0
             while not self._stop.is_set():
                 if not self.valid():
@@ -203,6 +206,8 @@ class PartitionRunner:
                     idle += 1
                     if idle % 8 == 0:
                         await self._check_consumer()
+                if w.clock() >= self._next_silence:
+                    await self._check_silence()
                 if self.seq != self.ckpt_seq and w.clock() >= self._next_ckpt:
                     await self.checkpoint()
         except FencedError as exc:
@@ -449,6 +454,21 @@ class PartitionRunner:
             self.seq = last
         if gap:
             await self._resubscribe("a gap in the deliveries")
+
+    async def _check_silence(self) -> None:
+        """Silence alerts, about once a second, once caught up with the stream (a backlog's
+        old receive times are no silence); a restored sensor counts from its next reading."""
+        self._next_silence = self.worker.clock() + SILENCE_EVERY
+        if self.pending:
+            return
+        out = self.pipeline.check_silence(time.time())
+        if not out.alerts:
+            return
+        if not self.valid():
+            raise LapsedError
+        if self._store is not None:
+            self._store.write(out)
+        await self._publish(out.alerts)
 
     async def _publish(self, alerts: list[Alert]) -> None:
         w = self.worker
