@@ -177,16 +177,31 @@ async def publish(js: Any, messages: list[tuple[str, bytes]]) -> None:
         await js.publish(subject, payload)
 
 
+async def retrying(make: Any, timeout: float = 30.0) -> Any:
+    """``await make()``, again while the cluster answers with timeouts (a node was killed:
+    streams elect new leaders)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await make()
+        except (TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def read_stream(js: Any, name: str, count: int) -> list[Any]:
     """Every message of a stream, in order (an ephemeral consumer, no acks)."""
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
-    sub = await js.pull_subscribe(">", stream=name, config=config)
+    sub = await retrying(lambda: js.pull_subscribe(">", stream=name, config=config))
     got: list[Any] = []
-    while len(got) < count:
+    quiet = 0
+    while len(got) < count and quiet < 3:  # three quiet seconds: that was all
         try:
             got += await sub.fetch(1000, timeout=1)
+            quiet = 0
         except TimeoutError:
-            break
+            quiet += 1
     await sub.unsubscribe()
     return got
 
@@ -280,7 +295,7 @@ async def verify(
     assert len(ids) >= SENSORS * 2  # raised and cleared spikes
     deadline = time.monotonic() + 60
     while True:
-        ck = await checkpoints(js)
+        ck = await retrying(lambda: checkpoints(js))
         if all(p in ck and ck[p]["seq"] == last[p] for p in states):
             break
         assert time.monotonic() < deadline, {p: (ck.get(p, {}).get("seq"), last[p]) for p in last}
@@ -418,7 +433,7 @@ async def test_node_killed_and_worker_added(
         )
         workers.start("w2")
         pub = asyncio.create_task(publish(js, messages[third : 2 * third]))
-        while await owners(js) != {p: f"w{p % 2 + 1}" for p in range(PARTITIONS)}:
+        while await retrying(lambda: owners(js)) != {p: f"w{p % 2 + 1}" for p in range(PARTITIONS)}:
             await asyncio.sleep(0.1)  # polling the owners bucket until rebalanced
         await pub
         cluster.kill(cluster.nodes[0])
