@@ -229,13 +229,11 @@ def reference(config: Path, msgs: list[Any]) -> tuple[dict[int, Any], dict[int, 
 
 
 def comparable(state: dict[str, Any]) -> dict[str, Any]:
-    """A pipeline state as the comparison sees it. The arrival-interval estimate (silence's,
-    not a detector's) skips the one gap across a restore, by design (the saved state has no
-    last arrival time): left out. Alert books are cut to the sensors (an unused book is an
-    empty array until first stepped: the silence book of a worker, checked every second, has
-    its slots, the reference's not)."""
+    """A pipeline state as the comparison sees it: alert books cut to the sensors (an unused
+    book is an empty array until first stepped: the silence book of a worker, checked every
+    second, has its slots, the reference's not)."""
     n = len(state["sensor_ids"])
-    out = {k: v for k, v in state.items() if k != "interval"}
+    out = dict(state)
     books = {}
     for name, book in state["books"].items():
         books[name] = {

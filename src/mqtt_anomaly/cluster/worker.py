@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import nats.errors
 import nats.js.errors
+import numpy as np
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ..clusterconf import mqtt_topic, partition_of_subject
@@ -274,6 +275,13 @@ class PartitionRunner:
         skipped = pipeline.load_state_dict(state)
         if skipped:
             log.warning("partition %d: relearning %s", self.p, ", ".join(skipped))
+        # the last arrival of each sensor (stream time), which the pipeline's own saved state
+        # leaves out (a restart's downtime is no gap): a hand-off is no restart, so the
+        # arrival intervals and silence go on from it
+        n = len(pipeline.sensor_ids)
+        seen = tree.get("last_seen")
+        if isinstance(seen, np.ndarray) and seen.shape == (n,) and seen.dtype.kind == "f":
+            pipeline.last_seen[:n] = seen
         self.pipeline = pipeline
         self.seq = seq
 
@@ -288,6 +296,7 @@ class PartitionRunner:
             "scored": self.scored,
             "saved_at": time.time(),
             "pipeline": self.pipeline.state_dict(),
+            "last_seen": self.pipeline.last_seen[: len(self.pipeline.sensor_ids)].copy(),
         }
 
     async def checkpoint(self) -> None:
