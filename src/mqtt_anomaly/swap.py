@@ -30,7 +30,6 @@ or ValueError); the running pipeline is changed only after that, and then nothin
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -176,12 +175,6 @@ def swap_detection(
     pipeline.detectors = detectors
     pipeline.books = books
     pipeline._enabled = probe._enabled
-    if res.changed or res.added or res.removed:  # other scores: references learned again
-        pipeline.drift.relearn(n)
-        saved_drift = state.get("drift") if state is not None else None
-        if isinstance(saved_drift, Mapping):  # a model's: the references it learned
-            with contextlib.suppress(ValueError):
-                pipeline.drift.seed_all(saved_drift, given_ids, pipeline.sensors)
     if settings.overrides or overrides_changed:
         for det in detectors:
             if isinstance(det, ThresholdDetector):
