@@ -337,3 +337,17 @@ async def test_model_health_survives_a_service_restart(
             b["reasons"],
         )
         assert a["drift"] == pytest.approx(b["drift"], rel=1e-5)
+
+
+def test_drift_state_out_of_range_is_refused_and_the_rest_loads() -> None:
+    pl = pipeline()
+    run(pl, 0, 400, shift_at=400)
+    for name, bad in (("scored", 2**40), ("scored", -5), ("ref", -1.0), ("recent", np.inf)):
+        state = pl.state_dict()
+        arrays = state["drift"]["arrays"]
+        a = arrays[name].astype(np.float64 if name != "scored" else np.int64)
+        a[0] = bad
+        arrays[name] = a
+        again = pipeline()
+        assert again.load_state_dict(state) == ["drift"], name
+        assert again.drift.learning == 3 and len(again.sensor_ids) == 3

@@ -360,7 +360,10 @@ class DriftBook:
                 raise ValueError(f"drift state: {name} is not a numeric array of shape {shape}")
             checked[name] = a
         counts = np.concatenate([checked["ref"].ravel(), checked["recent"].ravel()])
-        if np.any(checked["scored"] < 0) or not np.all(np.isfinite(counts) & (counts >= 0)):
+        scored = checked["scored"]
+        if np.any((scored < 0) | (scored > FROZEN)) or not np.all(
+            np.isfinite(counts) & (counts >= 0)
+        ):
             raise ValueError("drift state: counts out of range")
         self.reserve(n)
         for name, a in checked.items():
