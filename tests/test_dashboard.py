@@ -340,3 +340,35 @@ async def test_stale_models_show_in_a_banner(
         assert text.startswith("⚠ 1 sensor model look stale: W-square (drift, drift ")
         assert "W-steady" not in text
         assert errors == []
+
+
+async def test_a_unit_from_mqtt5_user_properties_shows_after_the_value(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    from .helpers import reading_payload
+    from .test_user_properties import V5Publisher, v5_settings
+
+    async with Served(v5_settings(mosquitto, tmp_path)) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        async with V5Publisher(mosquitto.port) as pub:
+            pub.publish("factory/U-1/temperature", reading_payload("U-1", 2.5, 0), unit="bar")
+            pub.publish("factory/U-2/temperature", reading_payload("U-2", 21.0, 0))
+        await page.wait_for_function(
+            """() => {
+                const r = document.querySelector('tr[data-sensor="U-1"] td.num');
+                return r && r.textContent === '2.50 bar';
+            }""",
+            timeout=10_000,
+        )
+        other = page.locator('tr[data-sensor="U-2"] td.num')
+        assert await other.text_content() == "21.00"
+        await page.click('tr[data-sensor="U-1"]')
+        await page.wait_for_function(
+            "() => document.querySelector('#sensor-value').textContent.startsWith('2.50 bar')",
+            timeout=10_000,
+        )
+        assert errors == []

@@ -314,3 +314,40 @@ def test_a_bad_drift_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
     assert "drift.window: Input should be greater than or equal to 1" in bad.stderr
+
+
+async def test_model_health_survives_a_service_restart(
+    shared_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = web_drift_settings(shared_mosquitto, tmp_path)
+    async with Served(settings) as srv, srv.client() as http:
+        for sid, values in fleet_values(seed=8).items():
+            await feed(shared_mosquitto.url, sid, values)
+        pl = srv.service.pipeline
+        await eventually(lambda: pl.counters.processed == 880, what="readings processed")
+        before = (await http.get("/api/models/health", params={"sort": "sensor_id"})).json()
+    assert before["stale"] == 1 and before["learning"] == 0
+    async with Served(settings) as srv, srv.client() as http:  # the same state dir
+        after = (await http.get("/api/models/health", params={"sort": "sensor_id"})).json()
+    assert (after["stale"], after["learning"], after["total"]) == (1, 0, 2)
+    for a, b in zip(before["items"], after["items"], strict=True):
+        assert (a["sensor_id"], a["stale"], a["reasons"]) == (
+            b["sensor_id"],
+            b["stale"],
+            b["reasons"],
+        )
+        assert a["drift"] == pytest.approx(b["drift"], rel=1e-5)
+
+
+def test_drift_state_out_of_range_is_refused_and_the_rest_loads() -> None:
+    pl = pipeline()
+    run(pl, 0, 400, shift_at=400)
+    for name, bad in (("scored", 2**40), ("scored", -5), ("ref", -1.0), ("recent", np.inf)):
+        state = pl.state_dict()
+        arrays = state["drift"]["arrays"]
+        a = arrays[name].astype(np.float64 if name != "scored" else np.int64)
+        a[0] = bad
+        arrays[name] = a
+        again = pipeline()
+        assert again.load_state_dict(state) == ["drift"], name
+        assert again.drift.learning == 3 and len(again.sensor_ids) == 3

@@ -194,3 +194,18 @@ def test_asset_membership_from_properties_survives_a_restart_without_recommissio
     [again] = restored.view().assets()
     assert (again.id, again.sensors, again.phase) == ("press", ["R-1", "R-2"], "monitoring")
     assert restored.units == {"R-1": "bar"}
+
+
+def test_property_names_are_checked() -> None:
+    import pytest
+
+    from mqtt_anomaly.errors import ConfigError
+
+    same = {"broker": {"unit_property": "tag", "asset_property": "tag"}}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, same)
+    assert str(err.value) == "broker.asset_property: the same name as unit_property"
+    with pytest.raises(ConfigError, match=r"^broker\.unit_property: String should have at most"):
+        load_settings(None, {"broker": {"unit_property": "u" * 65}})
+    off = load_settings(None, {"broker": {"unit_property": "", "asset_property": ""}})
+    assert (off.broker.unit_property, off.broker.asset_property) == ("", "")

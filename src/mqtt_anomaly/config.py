@@ -119,6 +119,12 @@ class BrokerSettings(_Section):
             raise ValueError("port out of range")
         return v
 
+    @model_validator(mode="after")
+    def _check_properties(self) -> BrokerSettings:
+        if self.unit_property and self.unit_property == self.asset_property:
+            raise ValueError(f"{_SUBKEY}asset_property: the same name as unit_property")
+        return self
+
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"

@@ -283,45 +283,6 @@ class DriftBook:
         self.frozen[slot] = ref.commissioned_at
         self.scored[slot] = FROZEN
 
-    def relearn(self, n: int) -> None:
-        """Slots ``0 .. n-1`` learn their references again (the detectors changed: their
-        scores are not those of the references any more)."""
-        self.reserve(n)
-        self.ref[:n] = 0
-        self.recent[:n] = 0
-        self.scored[:n] = 0
-        self.started[:n] = math.nan
-        self.frozen[:n] = math.nan
-        self.learning = n
-
-    def seed_all(self, state: Mapping[str, Any], ids: list[str], sensors: Mapping[str, int]) -> int:
-        """The frozen references of a model's drift state (:meth:`reference_state`; its
-        slots were the sensors ``ids``) given to the same sensors here (``sensors``: id →
-        slot, all admitted); the others keep theirs. How many were seeded; ValueError (nothing
-        changed) for state of other bins or shapes."""
-        if not isinstance(state, Mapping) or state.get("edges") != EDGES.tolist():
-            raise ValueError("drift state of other score bins")
-        arrays = state.get("arrays")
-        ref = arrays.get("ref") if isinstance(arrays, Mapping) else None
-        frozen = arrays.get("frozen") if isinstance(arrays, Mapping) else None
-        m = len(ids)
-        if not (isinstance(ref, np.ndarray) and ref.shape == (m, BINS)) or not (
-            isinstance(frozen, np.ndarray) and frozen.shape == (m,)
-        ):
-            raise ValueError("drift state: ref or frozen of another shape")
-        pairs = [(slot, i) for i, sid in enumerate(ids) if (slot := sensors.get(sid)) is not None]
-        if not pairs:
-            return 0
-        slots, idx = (np.array(x, dtype=np.intp) for x in zip(*pairs, strict=True))
-        keep = ~np.isnan(frozen[idx]) & (ref[idx].sum(axis=1) > 0)
-        slots, idx = slots[keep], idx[keep]
-        self.reserve(int(slots.max()) + 1 if len(slots) else 0)
-        self.ref[slots] = ref[idx]
-        self.frozen[slots] = frozen[idx]
-        self.scored[slots] = FROZEN
-        self.learning = int(np.count_nonzero((self.scored >= 0) & (self.scored < FROZEN)))
-        return len(slots)
-
     # ---- what it says ---------------------------------------------------------------
     def report(self, now: float, n: int | None = None) -> DriftReport:
         """Model health of slots ``0 .. n-1`` (default: every slot reserved) at ``now``."""
@@ -399,7 +360,10 @@ class DriftBook:
                 raise ValueError(f"drift state: {name} is not a numeric array of shape {shape}")
             checked[name] = a
         counts = np.concatenate([checked["ref"].ravel(), checked["recent"].ravel()])
-        if np.any(checked["scored"] < 0) or not np.all(np.isfinite(counts) & (counts >= 0)):
+        scored = checked["scored"]
+        if np.any((scored < 0) | (scored > FROZEN)) or not np.all(
+            np.isfinite(counts) & (counts >= 0)
+        ):
             raise ValueError("drift state: counts out of range")
         self.reserve(n)
         for name, a in checked.items():
