@@ -552,7 +552,7 @@ class AssetSettings(_Section):
     @field_validator("method")
     @classmethod
     def _check_method(cls, v: str) -> str:
-        methods = ("pca", "mewma", "pca_mewma")
+        methods = ("regress", "pca", "mewma", "pca_mewma")
         if v not in methods:
             raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
         return v
