@@ -20,10 +20,12 @@ of the held-out rows' values and that of χ² with ``k`` degrees of freedom, tim
 
 **Monitoring**: ``u = (M z - b) / σ``, the index ``Σ u_j²`` over its limit is ``ratio``; the
 contributions are the shares ``u_j² / Σ u²``. The bias ``b`` (starting at the mean residual of
-the last commissioning rows) follows the residuals of rows judged normal (``ratio`` below
-``normal`` while no alarm is active) as an exponential mean over ``bias_rows`` rows; each
-sensor's residual variance ``σ²`` follows them over ``var_rows`` rows, never below its
-in-sample value. During an alarm nothing moves: a persistent fault stays in alarm until it
+the last commissioning rows) follows the residuals of the rows while no alarm is active, as
+an exponential mean over ``bias_rows`` rows, each step bounded at ``clip`` times the residual's
+scale (Huber): a slow drift is followed at its own pace, the first rows of a fault (before
+its alarm is raised) move it little. Each sensor's residual variance ``σ²`` follows the same
+bounded steps over ``var_rows`` rows, never below its in-sample value. During an alarm
+nothing moves: a persistent fault stays in alarm until it
 ends, and then the residuals return to where they were.
 
 A missing sensor is imputed from the others (conditional mean under the learned covariance)
@@ -52,14 +54,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .model import WINSOR, impute, robust_scale
+from .model import impute, robust_scale
 from .spc import MONITORING, AssetDetector
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
 BoolArray = NDArray[np.bool_]
 
-RANGE = 1e3  # scaled values are clipped here in monitoring (commissioning: at WINSOR)
+RANGE = 1e3  # scaled values are clipped here (no winsorising: a regression extrapolates)
 
 _PARAMS = (
     "method",
@@ -69,13 +71,13 @@ _PARAMS = (
     "folds",
     "quantile",
     "margin",
-    "normal",
     "bias_rows",
     "var_rows",
     "buffer",
     "alarm_k",
     "alarm_n",
     "alarm_quiet",
+    "clip",
 )
 
 
@@ -97,7 +99,7 @@ def residual_matrix(z: FloatArray, ridge: float) -> tuple[FloatArray, FloatArray
 
 
 def _scaled_rows(rows: FloatArray, center: FloatArray, scale: FloatArray) -> FloatArray:
-    z = np.clip((rows - center) / scale, -WINSOR, WINSOR)
+    z = np.clip((rows - center) / scale, -RANGE, RANGE)
     return np.nan_to_num(z, nan=0.0)
 
 
@@ -121,10 +123,13 @@ class Fitted:
         held = np.empty_like(z)
         edges = np.linspace(0, n, folds + 1).astype(int)
         for a, b in pairwise(edges.tolist()):
-            rest = np.concatenate((z[:a], z[b:]))
-            centre = rest.mean(axis=0)
-            m, _ = residual_matrix(rest - centre, ridge)
-            held[a:b] = (z[a:b] - centre) @ m.T
+            rest = np.concatenate((rows[:a], rows[b:]))
+            c, sc = robust_scale(rest)
+            zr = _scaled_rows(rest, c, sc)
+            centre = zr.mean(axis=0)
+            m, _ = residual_matrix(zr - centre, ridge)
+            # in the units of the kept model's scaling, like every monitoring residual
+            held[a:b] = (_scaled_rows(rows[a:b], c, sc) - centre) @ m.T * sc / scale
         s_in = inside.std(axis=0)
         s_held = np.sqrt(np.mean(held * held, axis=0))
         tiny = 1e-9
@@ -150,22 +155,22 @@ class RegressDetector(AssetDetector):
         folds: int = 5,
         quantile: float = 0.999,
         margin: float = 2.0,
-        normal: float = 0.5,
         bias_rows: float = 1800.0,
         var_rows: float = 3600.0,
         buffer: int = 1024,
         alarm_k: int = 3,
         alarm_n: int = 5,
         alarm_quiet: int = 10,
+        clip: float = 2.0,
     ) -> None:
         if method != "regress":
             raise ValueError(f"RegressDetector's method is 'regress', got {method!r}")
         if not ridge > 0 or not 2 <= folds <= 20:
             raise ValueError("ridge must be > 0 and folds in [2, 20]")
-        if not 0.5 < quantile < 1.0 or margin < 1.0 or not normal > 0:
-            raise ValueError("quantile must be in (0.5, 1), margin at least 1, normal > 0")
-        if bias_rows < 1 or var_rows < 1:
-            raise ValueError("bias_rows and var_rows must be at least 1")
+        if not 0.5 < quantile < 1.0 or margin < 1.0:
+            raise ValueError("quantile must be in (0.5, 1) and margin at least 1")
+        if bias_rows < 1 or var_rows < 1 or not clip > 0:
+            raise ValueError("bias_rows and var_rows must be at least 1, clip > 0")
         super().__init__(
             k,
             method="pca",
@@ -173,7 +178,6 @@ class RegressDetector(AssetDetector):
             commission_seconds=commission_seconds,
             quantile=quantile,
             margin=margin,
-            normal=normal,
             buffer=buffer,
             alarm_k=alarm_k,
             alarm_n=alarm_n,
@@ -184,6 +188,7 @@ class RegressDetector(AssetDetector):
         self.folds = int(folds)
         self.bias_rows = float(bias_rows)
         self.var_rows = float(var_rows)
+        self.clip = float(clip)
         self._last: FloatArray = np.zeros((0, k))
 
     def _fields(self) -> dict[str, tuple[type[np.generic], tuple[int, ...], float]]:
@@ -240,11 +245,15 @@ class RegressDetector(AssetDetector):
     def _adapt(
         self, slots: IntArray, rows: FloatArray, ratio: FloatArray, alarm: BoolArray
     ) -> None:
-        ok = ~alarm & (ratio < self.normal) & ~np.isnan(rows).any(axis=1)
+        ok = ~alarm & ~np.isnan(rows).any(axis=1)
         if not ok.any():
             return
         s, d = slots[ok], self._last[ok]
         st = self.state
+        # each residual's step bounded at clip times its scale (Huber): a drift is followed at
+        # its pace, a jump (a fault before its alarm is raised) moves little
+        bound = self.clip * np.sqrt(st["var"][s])
+        d = np.clip(d, -bound, bound)
         st["bias"][s] += d / self.bias_rows
         var = st["var"][s]
         st["var"][s] = np.maximum(var + (d * d - var) / self.var_rows, st["floor"][s])
