@@ -534,7 +534,7 @@ class AssetSettings(_Section):
 
     template: str = "{asset}/{sensor}"
     define: tuple[AssetDefinition, ...] = ()
-    method: str = "pca_mewma"
+    method: str = "regress"
     commission_rows: int = Field(400, ge=12)
     commission_seconds: float = Field(0.0, ge=0)
     stale_after: float = Field(5.0, gt=0)
