@@ -17,11 +17,12 @@ slow drift and a fixed offset per asset, the supply voltage drifts plant-wide.
 **Faults.** After ``warmup`` seconds, an asset without a fault starts one with the total rate
 of its kinds (faults per asset per hour, ``rates``), the kind drawn in proportion to its rate;
 never within ``FAULT_GAP`` s after its previous fault, so faults stay separate events. A
-physical fault (the pump's) sets its defects' severities in the causes the kind's physics
-reads (:attr:`Causes.defects`). An effect (the compressor's) moves a sensor's clean value a
-fraction of the way to the edge of the range the asset has shown in normal operation so far
-(its running min/max of clean values), noise is added as on a normal reading, and a value
-that would leave the running range of normal (noisy) readings is reflected back into it.
+physical fault (every built-in one) sets its defects' severities in the causes the kind's
+physics reads (:attr:`Causes.defects`). An effect (a fault written as sensor effects) moves a
+sensor's clean value a fraction of the way to the edge of the range the asset has shown in
+normal operation so far (its running min/max of clean values), noise is added as on a normal
+reading, and a value that would leave the running range of normal (noisy) readings is
+reflected back into it.
 
 >>> m = AssetModel("pump", 2, interval=1.0, seed=3, rates={})
 >>> steps = [m.step() for _ in range(3)]

@@ -17,7 +17,7 @@ relations, so the sensors correlate as on a real machine:
   power ∝ flow × log(pressure ratio), the discharge pressure sags a little at high demand,
   discharge and oil temperatures follow power and ambient with lags (2 and 5 minutes).
 
-**The pump's faults are physical** (:class:`Defect`): each is a cause the physics above turns
+**Faults are physical** (:class:`Defect`): each is a cause the physics above turns
 into sensor values, its severity drawn per fault, set in over a ramp (``step``) or growing over
 the fault (``creep``), part of it redrawn on every reading where the defect is unsteady:
 
@@ -38,11 +38,17 @@ controller) ±1.5 %; the supply voltage is measured (``voltage``), the ambient t
 moves at most a few °C an hour. A physical fault is not kept inside the sensors' normal range:
 a restricted valve at top speed may push the discharge pressure past anything seen before.
 
-The compressor's faults are still written as *effects*: per sensor a direction (+1 up, -1
-down, 0 both ways at random), a fraction of the way to the edge of the range the asset has
-shown in normal operation, a profile and a jitter; they move several sensors at once in
-directions the physics does not produce, and every reading stays inside its sensor's normal
-range (:mod:`~mqtt_anomaly.simulate.assets` applies them).
+The compressor's faults are physical too: ``intake_clogging`` (less air taken in per turn,
+compressed over a higher ratio: flow down, a hotter discharge, a little less current),
+``cooler_fouling`` (the injected oil hotter: oil and discharge temperatures up at the same
+load), ``internal_leak`` (part of the air goes round again: less delivered, the pressure sags,
+the same power, a hotter discharge) and ``bearing_wear`` (vibration, oil temperature and
+friction power up). Its inlet temperature measures the ambient one.
+
+:class:`Effect` (per sensor a direction, a fraction of the way to the edge of the range the
+asset has shown in normal operation, a profile and a jitter) remains for faults written as
+sensor effects (:mod:`~mqtt_anomaly.simulate.assets` applies them, keeping every reading
+inside its sensor's normal range); no built-in kind uses it now.
 
 >>> sorted(KINDS)
 ['compressor', 'pump']
@@ -308,49 +314,46 @@ class Compressor(MachineKind):
         SensorSpec("voltage", "V", 0.4, 2),
     )
     faults = (
-        # a clogged intake filter: less air for the same speed, a hotter discharge
+        # a clogged intake filter: the inlet's pressure drops, so each turn of the screws takes
+        # in less air (flow down at the same speed) and compresses it over a higher ratio
+        # (a hotter discharge); the power falls a little with the mass of air
         FaultShape(
             "intake_clogging",
-            (
-                Effect("flow", -1, (0.175, 0.3)),
-                Effect("discharge_temperature", +1, (0.15, 0.3)),
-                Effect("motor_current", -1, (0.05, 0.125)),
-            ),
+            (),
             (300.0, 1200.0),
             "creep",
+            defects=(Defect("clog", (0.4, 1.0)),),
+            moves=("flow", "discharge_temperature", "motor_current"),
         ),
-        # a fouled oil cooler: oil and discharge temperatures climb at the same load
+        # a fouled oil cooler: the injected oil runs hotter, so do the oil and the discharge
         FaultShape(
             "cooler_fouling",
-            (
-                Effect("oil_temperature", +1, (0.25, 0.425)),
-                Effect("discharge_temperature", +1, (0.2, 0.35)),
-            ),
+            (),
             (300.0, 1200.0),
             "creep",
+            defects=(Defect("fouling", (0.4, 1.0)),),
+            moves=("oil_temperature", "discharge_temperature"),
         ),
-        # a worn valve or seal leaking internally: the drive works as hard for less air
+        # a worn valve or seal leaking internally: part of the compressed air goes round
+        # again: less air delivered, the pressure sags, the drive works as hard, and the
+        # recirculated air heats the discharge
         FaultShape(
             "internal_leak",
-            (
-                Effect("flow", -1, (0.175, 0.3)),
-                Effect("discharge_pressure", -1, (0.15, 0.275)),
-                Effect("motor_current", +1, (0.075, 0.175)),
-            ),
+            (),
             (180.0, 900.0),
             "step",
-            ramp=150.0,
+            ramp=90.0,
+            defects=(Defect("leak", (0.08, 0.2)),),
+            moves=("flow", "discharge_pressure", "motor_current", "discharge_temperature"),
         ),
-        # a worn bearing: vibration and oil temperature creep up against the load
+        # a worn bearing: vibration and oil temperature up, more friction power
         FaultShape(
             "bearing_wear",
-            (
-                Effect("vibration", +1, (0.25, 0.425), jitter=0.2),
-                Effect("oil_temperature", +1, (0.15, 0.3)),
-                Effect("motor_current", +1, (0.025, 0.075)),
-            ),
+            (),
             (300.0, 1200.0),
             "creep",
+            defects=(Defect("wear", (0.4, 1.0), jitter=0.2),),
+            moves=("vibration", "oil_temperature", "motor_current"),
         ),
     )
 
@@ -359,17 +362,24 @@ class Compressor(MachineKind):
     POWER_RATED = 110.0  # kW
 
     def clean(self, c: Causes, dt: float) -> FloatArray:
+        clog, fouling, leak, wear = (c.defect(d) for d in ("clog", "fouling", "leak", "wear"))
         s = c.speed
-        # the controller holds the set-point; the pressure sags a little at high demand
-        pressure = self.P_SET - 0.45 * (c.load - 1.0) - 0.3 * (s - 0.75)
-        ratio = (pressure + 1.013) / 1.013
-        flow = self.F_RATED * s * (1.0 - 0.012 * (pressure - self.P_SET))
-        power = self.POWER_RATED * (0.1 + 0.9 * s * np.log(ratio) / math.log(8.5 / 1.013))
+        # the controller holds the set-point; the pressure sags a little at high demand, and
+        # with an internal leak
+        pressure = self.P_SET - 0.45 * (c.load - 1.0) - 0.3 * (s - 0.75) - 2.0 * leak
+        ratio = (pressure + 1.013) / (1.013 * (1.0 - 0.12 * clog))
+        intake = 1.0 - 0.12 * clog  # the air taken in per turn, against a clogged filter
+        flow = self.F_RATED * s * intake * (1.0 - leak) * (1.0 - 0.012 * (pressure - self.P_SET))
+        work = s * intake * np.log(ratio) / math.log(8.5 / 1.013)
+        power = self.POWER_RATED * (0.1 + 0.9 * work) + 3.0 * wear
         current = 12.0 + power * 1000.0 / (math.sqrt(3.0) * c.supply * 0.88 * 0.95)
-        vibration = 1.1 + 1.8 * s + 0.2 * s * s
+        vibration = 1.1 + 1.8 * s + 0.2 * s * s + 0.9 * wear
         inlet = c.ambient + 3.0
-        discharge_t = self._lagged("discharge", inlet + 55.0 + 0.2 * power, 120.0, dt)
-        oil = self._lagged("oil", inlet + 38.0 + 0.16 * power, 300.0, dt)
+        hot = inlet + 55.0 + 0.2 * power + 14.0 * clog + 10.0 * fouling + 40.0 * leak
+        discharge_t = self._lagged("discharge", hot, 120.0, dt)
+        oil = self._lagged(
+            "oil", inlet + 38.0 + 0.16 * power + 12.0 * fouling + 5.0 * wear, 300.0, dt
+        )
         voltage = c.supply - 0.02 * current
         return np.column_stack(
             (flow, pressure, current, vibration, inlet, discharge_t, oil, voltage)
