@@ -17,6 +17,7 @@ import pytest
 
 from mqtt_anomaly.store import open_store
 
+from .helpers import eventually
 from .mosquitto import Mosquitto
 from .test_service import publisher
 from .test_web import SPIKE, Served, feed, web_settings
@@ -240,4 +241,99 @@ async def test_maintenance_panel_starts_and_removes_a_window(
             "() => document.querySelectorAll('#windows li').length === 0", timeout=10_000
         )
         assert srv.service.maintenance.added == {}
+        assert errors == []
+
+
+async def test_feedback_buttons_on_the_alert_list(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """An operator marks a raised alert a false alarm from the feed: stored, shown, and kept
+    across a reload of the page."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    settings = web_settings(mosquitto, tmp_path, url)
+    with open_store(url, settings.store) as store:
+        async with Served(settings, store) as srv:
+            page = await browser.new_page()  # type: ignore[attr-defined]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(srv.base + "/")
+            await page.wait_for_selector("#live.on", timeout=10_000)
+            await feed(mosquitto.url, "SENSOR-01", [24.5 + 0.1 * (i % 3) for i in range(40)])
+            await feed(mosquitto.url, "SENSOR-01", [SPIKE], start_seq=40)
+            item = (
+                '#alerts li[data-sensor="SENSOR-01"][data-detector="threshold"]'
+                '[data-state="raised"]'
+            )
+            await page.wait_for_selector(item + " button.fb-false", timeout=10_000)
+            alert_id = await page.get_attribute(item, "data-id")
+            assert alert_id and alert_id.startswith("SENSOR-01:threshold:raised:40@")
+            # the live alert reaches the page before the store has written it
+            await eventually(lambda: store.alert_by_id(alert_id) is not None)  # type: ignore[attr-defined]
+            await page.click(item + " button.fb-false")
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert "false alarm" in (await page.text_content(item + " .verdict") or "")
+            [fb] = store.feedback()  # type: ignore[attr-defined]
+            assert (fb.alert_id, fb.verdict) == (alert_id, "false_alarm")
+            await page.reload()
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert errors == []
+
+
+async def test_shadow_panel_shows_the_agreement_not_the_alerts(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """The candidate's alert is counted in the shadow panel and never reaches the alert feed;
+    the configuration version is shown."""
+    from mqtt_anomaly.config import ShadowSettings
+
+    shadow = ShadowSettings(enabled=True, label="t50", detector={"threshold": 50.0})
+    settings = web_settings(mosquitto, tmp_path).model_copy(update={"shadow": shadow})
+    async with Served(settings) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        version = srv.service.reloads.version
+        await page.wait_for_function(
+            f"() => document.querySelector('#config-version').textContent.includes('{version}')",
+            timeout=10_000,
+        )
+        await feed(mosquitto.url, "SENSOR-01", [60.0] * 5)
+        await page.wait_for_selector('tr[data-sensor="SENSOR-01"][data-health="ok"]')
+        row = await page.wait_for_selector(
+            '#shadow-table tr[data-sensor="SENSOR-01"][data-detector="threshold"]',
+            timeout=15_000,
+        )
+        assert row is not None
+        cells = [await c.text_content() for c in await row.query_selector_all("td")]
+        assert cells == ["SENSOR-01", "threshold", "0", "0", "1"]
+        assert "t50" in (await page.text_content("#shadow h2") or "")
+        assert await page.locator("#alerts li").count() == 0  # not an operator's alert
+        assert not errors, errors
+
+
+async def test_stale_models_show_in_a_banner(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """A sensor whose scores drift from its reference: the banner names it; none before."""
+    from .test_drift import fleet_values, web_drift_settings
+
+    async with Served(web_drift_settings(mosquitto, tmp_path)) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        values = fleet_values()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][:140])
+        await page.wait_for_selector('tr[data-sensor="W-steady"]')
+        assert await page.locator("#stale-banner").is_hidden()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][140:], start_seq=140)
+        await feed(mosquitto.url, "W-square", values["W-square"])
+        banner = await page.wait_for_selector("#stale-banner:visible", timeout=15_000)
+        assert banner is not None
+        text = await banner.text_content() or ""
+        assert text.startswith("⚠ 1 sensor model look stale: W-square (drift, drift ")
+        assert "W-steady" not in text
         assert errors == []

@@ -180,6 +180,20 @@ class AssetBook:
         self.asset_of[slot] = idx
         self._relayout(idx)
 
+    def moved(self, slot: int, sensor_id: str, tags: Mapping[str, str] | None) -> bool:
+        """The sensor's tags changed (an MQTT 5 asset property): if they resolve to another
+        asset than the one it is in, it leaves that one and joins the new one with its next
+        reading. True when it moves."""
+        if slot >= len(self.asset_of) or not self.resolved[slot]:
+            return False  # not placed yet: it joins by its tags with its first reading
+        idx = int(self.asset_of[slot])
+        now = self.assets[idx].id if idx >= 0 else None
+        hit = self.resolve(sensor_id, tags)
+        if (hit[0] if hit is not None else None) == now:
+            return False
+        self.forget(slot)
+        return True
+
     def forget(self, slot: int) -> None:
         """The pipeline gave ``slot`` to another sensor: take the old one out of its asset."""
         if slot >= len(self.asset_of):
