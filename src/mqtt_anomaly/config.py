@@ -547,7 +547,7 @@ class AssetSettings(_Section):
 
     template: str = "{asset}/{sensor}"
     define: tuple[AssetDefinition, ...] = ()
-    method: str = "pca_mewma"
+    method: str = "regress"
     commission_rows: int = Field(400, ge=12)
     commission_seconds: float = Field(0.0, ge=0)
     stale_after: float = Field(5.0, gt=0)
@@ -565,7 +565,7 @@ class AssetSettings(_Section):
     @field_validator("method")
     @classmethod
     def _check_method(cls, v: str) -> str:
-        methods = ("pca", "mewma", "pca_mewma")
+        methods = ("regress", "pca", "mewma", "pca_mewma")
         if v not in methods:
             raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
         return v
