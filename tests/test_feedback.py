@@ -124,3 +124,22 @@ def test_feedback_labels_need_a_store(tmp_path: Path) -> None:
         read_labels("feedback", settings)
     with pytest.raises(StoreError, match="no history store at"):
         read_labels(f"feedback:sqlite:///{tmp_path / 'missing.db'}", settings)
+
+
+def test_a_feedback_store_password_is_never_written_down() -> None:
+    from mqtt_anomaly.models.data import shown_spec
+
+    assert shown_spec("feedback:postgresql://ops:pw@db:5432/plant") == (
+        "feedback:postgresql://ops:***@db:5432/plant"
+    )
+    assert shown_spec("feedback") == "feedback" and shown_spec("sim:x.jsonl") == "sim:x.jsonl"
+
+
+async def test_feedback_needs_a_store_that_keeps_it(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    settings = web_settings(mosquitto, tmp_path)  # none://
+    async with Served(settings) as srv, srv.client() as c:
+        res = await c.post(
+            "/api/alerts/S1:threshold:raised:1@5.0/feedback", json={"verdict": "confirmed"}
+        )
+        assert res.status_code == 409 and "needs a history store" in res.json()["detail"]
+        assert (await c.get("/api/feedback")).status_code == 409

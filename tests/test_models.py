@@ -515,3 +515,124 @@ def test_models_evaluate_on_operator_feedback(db: Path, tmp_path: Path) -> None:
     assert (cand["true_positives"], cand["false_positives"], cand["false_negatives"]) == (1, 0, 0)
     assert cand["f1"] == 1.0
     assert ev["baseline"]["version"] is None  # no current model: the configured detectors
+
+
+def test_train_from_kafka_learns_what_the_store_teaches(
+    shared_kafka: Any, db: Path, tmp_path: Path
+) -> None:
+    from .kafka import unique
+    from .test_replay import produce
+
+    topic = unique("train")
+    produce(shared_kafka, topic, history(), [])
+    reg = tmp_path / "models"
+    from_store = train(db, reg)
+    res = cli(
+        "models", "train", "--kafka", f"{shared_kafka.url}/{topic}", "--registry", reg,
+        "--until", str(T0 + SPLIT - 1),
+    )  # fmt: skip
+    assert res.exit_code == 0 and res.output.strip().startswith("v2: trained on 2,000 readings")
+    a = Registry(reg).load(Registry(reg).ref(from_store))
+    b = Registry(reg).load(Registry(reg).ref("v2"))
+    assert b.manifest["training"]["source"] == f"{shared_kafka.url}/{topic}"
+    assert same(a.state["detectors"], b.state["detectors"])
+
+
+def test_train_on_the_sensors_of_an_asset(db: Path, tmp_path: Path) -> None:
+    config = tmp_path / "plant.toml"
+    config.write_text('[[assets.define]]\nid = "pump-1"\nsensors = ["S2", "S9"]\n')
+    reg = tmp_path / "models"
+    res = cli(
+        "models", "train", "-c", config, "--store", f"sqlite:///{db}", "--registry", reg,
+        "--asset", "pump-1",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    t = Registry(reg).manifest(Registry(reg).ref("v1"))["training"]
+    assert t["sensors"] == ["S2"] and t["selected_assets"] == ["pump-1"] and t["readings"] == N
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--registry", reg, "--sensor", "S7")
+    assert res.exit_code == 2 and "no readings to train on" in res.output
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--csv", "x.csv", "--registry", reg)
+    assert res.exit_code == 2 and "give one source" in res.output
+
+
+def test_concurrent_trainings_get_distinct_versions(db: Path, tmp_path: Path) -> None:
+    """Versions are claimed under the registry's lock: four writers at once, four versions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = load_settings(None)
+    reg = Registry(tmp_path / "models")
+    trained = Replayer(settings)
+    trained.feed(columns(history(0, 50)))
+    state = trained.pipeline.state_dict()
+    from mqtt_anomaly.models.format import model_config, model_state
+
+    def create(_: int) -> str:
+        return reg.create(
+            config=model_config(settings), training={"readings": 100}, state=model_state(state)
+        ).version
+
+    with ThreadPoolExecutor(4) as pool:
+        made = sorted(pool.map(create, range(4)))
+    assert made == ["v1", "v2", "v3", "v4"]
+    assert [r.version for r in reg.versions()] == made
+    assert not [p for p in (tmp_path / "models" / "versions").iterdir() if p.name.startswith(".")]
+    for version in made:
+        reg.load(reg.ref(version))
+
+
+def test_a_damaged_registry_index_is_one_line(db: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    assert cli("models", "promote", version, "--registry", reg).exit_code == 0
+    (reg / "registry.json").write_text('{"current": "v1", "stack": [], "history": []}')
+    for args in (("list",), ("promote", version), ("rollback",)):
+        res = cli("models", *args, "--registry", reg)
+        assert res.exit_code == 2 and "not a registry index" in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
+    db: Path, tmp_path: Path
+) -> None:
+    from mqtt_anomaly.service import DetectorService
+    from mqtt_anomaly.transport.memory import MemoryBroker
+
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    settings = load_settings(
+        None,
+        {
+            "broker": {"url": "mqtt://127.0.0.1:1"},
+            "store": {"url": "none://"},
+            "service": {"state_dir": tmp_path / "state"},
+        },
+    )
+    model = Registry(reg).load(Registry(reg).ref(version))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "detector-state.mqas").write_bytes(b"not a state file")
+    svc = DetectorService(
+        model.settings(settings), console=False, transport=MemoryBroker().transport, model=model
+    )
+    svc.restore()
+    assert svc.pipeline.sensor_ids == ["S1", "S2"]
+    aside = [p.name for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1
+    assert svc._snapshot()["model"] == version
+
+
+def test_the_promotion_metric_is_a_setting(db: Path, tmp_path: Path, labels: Path) -> None:
+    """On precision the detector that raises nothing is not worse (nothing it raised was
+    wrong): [models] metric decides what promote compares."""
+    reg = tmp_path / "models"
+    good = train(db, reg)
+    assert cli("models", "promote", good, "--registry", reg).exit_code == 0
+    quiet = train(db, reg, "--detectors", "stuck")
+    ev = evaluate(db, reg, quiet, f"sim:{labels}")
+    assert ev["candidate"]["precision"] == ev["baseline"]["precision"] == 1.0
+    assert cli("models", "promote", quiet, "--registry", reg).exit_code == 2  # f1: worse
+    res = runner.invoke(
+        app,
+        ["models", "promote", quiet, "--registry", str(reg)],
+        env={"MQTT_ANOMALY_MODELS__METRIC": "precision"},
+    )
+    assert res.exit_code == 0 and "precision 1.000 >= 1.000" in res.output, res.output

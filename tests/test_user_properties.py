@@ -167,3 +167,30 @@ def test_a_repeated_property_block_is_not_decoded_again_but_still_reported() -> 
     client._user_properties(topic, block(("site", "north"), ("unit", "")))  # nothing to read
     assert calls == [(topic, "bar", "pump"), (topic, "bar", "pump"), (topic, "kPa", None)]
     assert client._property_blocks[topic][1:] == (None, None)
+
+
+def test_asset_membership_from_properties_survives_a_restart_without_recommissioning() -> None:
+    settings = load_settings(None, {"assets": {"commission_rows": 12}})
+    pl = Pipeline(settings)
+    t0 = 1.7e9
+    for k in range(30):
+        for sid in ("R-1", "R-2"):
+            pl.note_properties(f"factory/{sid}/temperature", "bar", "press")
+            pl.process(
+                [
+                    (
+                        f"factory/{sid}/temperature",
+                        reading_payload(sid, 1.0 + k % 3, k, t0 + k),
+                        t0 + k,
+                    )
+                ]
+            )
+    [asset] = pl.view().assets()
+    assert (asset.id, asset.sensors, asset.phase) == ("press", ["R-1", "R-2"], "monitoring")
+    restored = Pipeline(settings)
+    assert restored.load_state_dict(pl.state_dict()) == []
+    assert restored.tags == {} and restored.units == {}  # they come back with the next message
+    restored.note_properties("factory/R-1/temperature", "bar", "press")
+    [again] = restored.view().assets()
+    assert (again.id, again.sensors, again.phase) == ("press", ["R-1", "R-2"], "monitoring")
+    assert restored.units == {"R-1": "bar"}

@@ -695,6 +695,18 @@ class ShadowSettings(_Section):
     tolerance: int = Field(5, ge=0, le=100_000)
     """Two alerts of one sensor and detector agree when their readings' seqs are at most this
     far apart."""
+    max_rate: float = Field(100.0, gt=0)
+    """Shadow alerts published and stored per second at most (a noisy candidate must not fill
+    the store's queue the live alerts need); beyond, they are counted in the agreement only."""
+    model: str | None = Field(None, pattern=r"^v[1-9][0-9]{0,8}$")
+    """A model version of the registry (``v3``) as the candidate: its ``[detector]``,
+    ``[overrides]`` and ``[assets]``, its state by sensor id; ``detector`` must then be empty."""
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> ShadowSettings:
+        if self.model is not None and self.detector:
+            raise ValueError("give either model or detector, not both")
+        return self
 
     @field_validator("topic")
     @classmethod

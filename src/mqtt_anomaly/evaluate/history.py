@@ -97,7 +97,7 @@ def history(
     doc = {
         **result.as_json(),
         "detectors": list(settings.detector.detectors),
-        "labels": labels,
+        "labels": lab.spec,
         "source": shown,
         "since": start,
         "until": end,
@@ -106,7 +106,7 @@ def history(
         emit(json.dumps(doc))
         return
     out.print(
-        f"{', '.join(doc['detectors'])} on {n:,} readings of {shown} against {labels}: "
+        f"{', '.join(doc['detectors'])} on {n:,} readings of {shown} against {doc['labels']}: "
         f"precision {result.precision:.3f}, recall {result.recall:.3f}, F1 {result.f1:.3f} "
         f"(TP {result.true_positives}, FP {result.false_positives}, "
         f"FN {result.false_negatives}; {result.alerts} alerts raised)",

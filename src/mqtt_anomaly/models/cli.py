@@ -423,7 +423,7 @@ def evaluate(
             raise ConfigError(f"no readings from {_safe_url(shown)} in the labelled period")
         evaluation = {
             "at": utc_now(),
-            "labels": labels,
+            "labels": lab.spec,
             "source": _safe_url(shown),
             "since": start,
             "until": end,

@@ -131,6 +131,14 @@ def csv_batches(
         yield Columns(sids, np.array(ts), values, [NO_SEQ] * len(sids))
 
 
+def shown_spec(spec: str) -> str:
+    """``spec`` as it may be printed and written down: a store URL's password masked."""
+    from ..replay.command import _safe_url
+
+    kind, sep, rest = spec.partition(":")
+    return f"{kind}:{_safe_url(rest)}" if kind == "feedback" and sep and rest else spec
+
+
 def read_labels(spec: str, settings: Settings) -> Labels:
     """The labels ``--labels SPEC`` names (see the module); ConfigError for a bad spec."""
     kind, _, rest = spec.partition(":")
@@ -152,7 +160,7 @@ def read_labels(spec: str, settings: Settings) -> Labels:
             raise ConfigError(f"--labels {spec}: {exc.strerror or exc}") from exc
         except ValueError as exc:
             raise ConfigError(f"--labels {spec}: not a simulator labels file ({exc})") from exc
-        return Labels(spec, faults=tuple(faults))
+        return Labels(shown_spec(spec), faults=tuple(faults))
     if kind == "csv":
         from ..evaluate.runner import read_labelled_csv
 
@@ -160,7 +168,7 @@ def read_labels(spec: str, settings: Settings) -> Labels:
         points = tuple(
             Point(None, float(t), bool(a)) for t, a in zip(data.epoch, data.labels, strict=True)
         )
-        return Labels(spec, points=points, csv=data)
+        return Labels(shown_spec(spec), points=points, csv=data)
     raise ConfigError(
         f"--labels {spec!r}: expected feedback[:STORE_URL], sim:PATH (or PATH.jsonl) or csv:PATH"
     )
@@ -180,10 +188,10 @@ def _feedback_labels(spec: str, url: str, settings: Settings) -> Labels:
 
     with open_history(url, settings) as store:
         if not isinstance(store, FeedbackStore):
-            raise ConfigError(f"--labels {spec}: the store {url} keeps no feedback")
+            raise ConfigError(f"--labels {shown_spec(spec)}: the store keeps no feedback")
         rows = store.feedback(limit=1_000_000)
     points = tuple(
         Point(f.sensor_id, f.reading_ts if f.reading_ts is not None else f.alert_ts, f.anomalous)
         for f in rows
     )
-    return Labels(spec, points=points)
+    return Labels(shown_spec(spec), points=points)

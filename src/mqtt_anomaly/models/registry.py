@@ -136,7 +136,7 @@ class Registry:
         path = self.path / INDEX
         try:
             doc = json.loads(path.read_bytes())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no registry (yet)
             return {"current": None, "stack": [], "history": []}
         except OSError as exc:
             raise ModelError(f"registry {path}: cannot read: {exc.strerror or exc}") from exc
@@ -156,7 +156,7 @@ class Registry:
         """Every version, oldest first."""
         try:
             names = [p.name for p in (self.path / VERSIONS).iterdir() if p.is_dir()]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             raise ModelError(f"registry {self.path}: {exc.strerror or exc}") from exc

@@ -78,7 +78,9 @@ class FeedbackSql:
     def alert_by_id(self, alert_id: str) -> Alert | None:
         """The stored alert event with this id (None: not stored, or not yet written)."""
         p = self._PARAM
-        rows = self._query(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p}", (alert_id,))
+        rows = self._query(  # the live alert (a shadow candidate's of the same reading has its id)
+            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''", (alert_id,)
+        )
         return alert_from_row(rows[0]) if rows and alert_id else None
 
     def add_feedback(self, alert_id: str, verdict: str, note: str = "") -> Feedback:
