@@ -573,6 +573,12 @@ async def test_status_command_rest_and_metrics(
         res = cli("cluster", "status", "--cluster", "http://nowhere")
         assert res.returncode == 2 and "cluster.urls" in res.stderr
         assert "Traceback" not in res.stderr
+        closed = f"nats://127.0.0.1:{free_port()}"  # nothing listens: one line after 10 s
+        res = cli("detect", "--cluster", closed, "--store", "none://")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines() == [
+            "error: cluster.urls: no NATS server answers (TimeoutError)"
+        ]
     finally:
         workers.stop_all()
         await nc.close()
