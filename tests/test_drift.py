@@ -65,7 +65,7 @@ def test_a_sensor_whose_scores_shift_is_stale_a_steady_one_is_not() -> None:
     assert {sid: h[0] for sid, h in before.items()} == dict.fromkeys(KINDS, False)
     assert all(h[2] < 0.1 for h in before.values())
     r = pl.drift.report(T0 + 1000, 3)
-    assert r.phase == ("monitoring",) * 3
+    assert r.commissioned.all()
     assert np.allclose(r.age, 1000 - 349)  # frozen at the 350th reading (warmup + min_readings)
     assert np.allclose(r.learning_age, 1000)
     run(pl, 1000, 2000, shift_at=1000)
@@ -83,7 +83,7 @@ def test_a_sensor_still_learning_is_never_stale_and_max_age_makes_stale() -> Non
     pl = pipeline(max_age=500)
     run(pl, 0, 200, shift_at=0)  # shifted from the start: that is its reference
     r = pl.drift.report(T0 + 200, 3)
-    assert r.phase == ("learning",) * 3 and not r.stale.any() and np.isnan(r.drift).all()
+    assert not r.commissioned.any() and not r.stale.any() and np.isnan(r.drift).all()
     run(pl, 200, 800, shift_at=0)
     r = pl.drift.report(T0 + 800, 3)
     assert not r.stale_drift.any()  # the same all along
@@ -113,7 +113,7 @@ def test_drift_state_survives_a_restart_and_old_state_still_loads(tmp_path: Path
     fresh = pipeline()
     assert fresh.load_state_dict(old) == []
     assert fresh.drift.learning == 3
-    assert fresh.drift.report(T0 + 1500, 3).phase == ("learning",) * 3
+    assert fresh.drift.report(T0 + 1500, 3).learning == 3
     # drift state of other bins: refused, the rest loads, drift learns again
     other = pl.state_dict()
     other["drift"]["edges"] = [0.5]
@@ -218,9 +218,19 @@ async def test_models_health_rest_and_metrics(shared_mosquitto: Mosquitto, tmp_p
             )
         ).json()
         assert [m["sensor_id"] for m in named["items"]] == ["W-square"] and named["total"] == 2
+        found = (await http.get("/api/models/health", params={"q": "SQUARE"})).json()
+        assert [m["sensor_id"] for m in found["items"]] == ["W-square"] and found["total"] == 1
+        none = (await http.get("/api/models/health", params={"q": "x", "stale": "true"})).json()
+        assert none["items"] == [] and none["total"] == 0 and none["stale"] == 1
         nxt = (await http.get("/api/models/health", params={"offset": 1, "limit": 1})).json()
         assert [m["sensor_id"] for m in nxt["items"]] == ["W-steady"]
-        for bad in ({"sort": "nope"}, {"limit": 0}, {"limit": 5001}, {"offset": -1}):
+        for bad in (
+            {"sort": "nope"},
+            {"limit": 0},
+            {"limit": 5001},
+            {"offset": -1},
+            {"q": "x" * 129},
+        ):
             assert (await http.get("/api/models/health", params=bad)).status_code == 422
 
         metrics = scrape((await http.get("/metrics")).text)
@@ -255,7 +265,89 @@ def test_a_model_carries_the_references_and_a_pipeline_loading_it_compares_with_
     for sid, slot in loaded.sensors.items():
         assert loaded.drift.reference(slot) == trained.drift.reference(trained.sensors[sid])
     r = loaded.drift.report(T0 + 800, 3)
-    assert r.phase == ("monitoring",) * 3 and np.isnan(r.drift).all() and not r.stale.any()
+    assert r.commissioned.all() and np.isnan(r.drift).all() and not r.stale.any()
     run(loaded, 800, 1600, shift_at=800)  # in service, the square sensor changes
     after = health(loaded, T0 + 1600)
     assert after["square"][0] and not after["steady"][0]
+
+
+def test_a_reload_that_changes_the_detectors_relearns_the_references_or_takes_a_model_s() -> None:
+    from mqtt_anomaly.models.format import model_state
+    from mqtt_anomaly.swap import swap_detection
+
+    other = {"drift": DRIFT, "detector": {"params": {"zscore": {"z_alert": 4.0}}}}
+    pl = pipeline()
+    run(pl, 0, 800, shift_at=800)
+    before = {sid: pl.drift.reference(slot) for sid, slot in pl.sensors.items()}
+    res = swap_detection(pl, load_settings(None, {"drift": DRIFT}))  # the same detectors
+    assert res.changed == [] and pl.drift.learning == 0
+    assert {sid: pl.drift.reference(slot) for sid, slot in pl.sensors.items()} == before
+    res = swap_detection(pl, load_settings(None, other))
+    assert res.changed == ["zscore"] and pl.drift.learning == 3
+    assert pl.drift.report(T0 + 800, 3).learning == 3
+    run(pl, 800, 1200, shift_at=2000)
+    assert pl.drift.learning == 0  # learned again with the new scores
+
+    trained = Pipeline(load_settings(None, other))  # a model trained with those settings
+    run(trained, 0, 800, shift_at=800, seed=9)
+    served = pipeline()
+    run(served, 0, 100, shift_at=800)
+    res = swap_detection(served, load_settings(None, other), model_state(trained.state_dict()))
+    assert res.changed == ["zscore"] and served.drift.learning == 0
+    for sid, slot in served.sensors.items():
+        assert served.drift.reference(slot) == trained.drift.reference(trained.sensors[sid])
+
+
+def test_a_bad_drift_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text("[drift]\nthreshold = 0.3\nmax_age = 86400\n")
+    run_cli = [sys.executable, "-m", "mqtt_anomaly", "config", "show", "--config", str(config)]
+    ok = subprocess.run(run_cli, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "[drift]" in ok.stdout and "threshold = 0.3" in ok.stdout
+    env = {**os.environ, "MQTT_ANOMALY_DRIFT__WINDOW": "0"}
+    bad = subprocess.run(run_cli, capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+    assert "drift.window: Input should be greater than or equal to 1" in bad.stderr
+
+
+async def test_model_health_survives_a_service_restart(
+    shared_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = web_drift_settings(shared_mosquitto, tmp_path)
+    async with Served(settings) as srv, srv.client() as http:
+        for sid, values in fleet_values(seed=8).items():
+            await feed(shared_mosquitto.url, sid, values)
+        pl = srv.service.pipeline
+        await eventually(lambda: pl.counters.processed == 880, what="readings processed")
+        before = (await http.get("/api/models/health", params={"sort": "sensor_id"})).json()
+    assert before["stale"] == 1 and before["learning"] == 0
+    async with Served(settings) as srv, srv.client() as http:  # the same state dir
+        after = (await http.get("/api/models/health", params={"sort": "sensor_id"})).json()
+    assert (after["stale"], after["learning"], after["total"]) == (1, 0, 2)
+    for a, b in zip(before["items"], after["items"], strict=True):
+        assert (a["sensor_id"], a["stale"], a["reasons"]) == (
+            b["sensor_id"],
+            b["stale"],
+            b["reasons"],
+        )
+        assert a["drift"] == pytest.approx(b["drift"], rel=1e-5)
+
+
+def test_drift_state_out_of_range_is_refused_and_the_rest_loads() -> None:
+    pl = pipeline()
+    run(pl, 0, 400, shift_at=400)
+    for name, bad in (("scored", 2**40), ("scored", -5), ("ref", -1.0), ("recent", np.inf)):
+        state = pl.state_dict()
+        arrays = state["drift"]["arrays"]
+        a = arrays[name].astype(np.float64 if name != "scored" else np.int64)
+        a[0] = bad
+        arrays[name] = a
+        again = pipeline()
+        assert again.load_state_dict(state) == ["drift"], name
+        assert again.drift.learning == 3 and len(again.sensor_ids) == 3

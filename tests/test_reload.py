@@ -29,21 +29,23 @@ import pytest
 from typer.testing import CliRunner
 
 from mqtt_anomaly.cli import app
-from mqtt_anomaly.config import FaultRates, Settings, load_settings
-from mqtt_anomaly.errors import ConfigError
+from mqtt_anomaly.config import FaultRates, Settings, ShadowSettings, load_settings
+from mqtt_anomaly.errors import ConfigError, ModelError
 from mqtt_anomaly.liveconf import ConfigSource, changed_keys, refused_keys
 from mqtt_anomaly.messages import Alert
 from mqtt_anomaly.pipeline import Pipeline
 from mqtt_anomaly.reloading import Reloads
+from mqtt_anomaly.service import DetectorService
 from mqtt_anomaly.shadow import Agreement, ShadowRun, candidate_settings, position
 from mqtt_anomaly.simulate.model import FleetModel
 from mqtt_anomaly.store import open_store
 from mqtt_anomaly.swap import REMOVED, swap_detection
+from mqtt_anomaly.transport.memory import MemoryBroker
 from mqtt_anomaly.web import HttpSettings, http_server
 
 from .helpers import Observer, eventually, reading_payload
 from .mosquitto import Mosquitto
-from .test_service import Running, publisher, settings_for
+from .test_service import Running, memory_settings, publisher, settings_for
 
 Message = tuple[str, bytes, float]
 
@@ -72,7 +74,9 @@ def test_unchanged_detectors_keep_their_state_the_new_threshold_scores_the_next_
     assert not p.process(steady(3, 100, t0, value=60.0)).alerts
     zscore = next(d for d in p.detectors if d.name == "zscore")
     learned = zscore.state_dict()
+    assert p.drift.scored[:3].tolist() == [100, 100, 100]
     res = swap_detection(p, settings(threshold=50.0))
+    assert p.drift.scored[:3].tolist() == [0, 0, 0]  # scores of another configuration: again
     assert (res.kept, res.changed, res.added, res.removed) == (
         ["zscore", "stuck"],
         ["threshold"],
@@ -137,7 +141,7 @@ def test_a_model_s_state_is_taken_by_sensor_id() -> None:
     live = Pipeline(settings())
     live.process([msg("S1", 20.0, 0, t0), msg("S9", 20.0, 0, t0), msg("S0", 20.0, 0, t0)])
     res = swap_detection(live, settings(params={"zscore": {"alpha": 0.05}}), state=model)
-    assert res.changed == ["zscore"] and res.from_state == ["zscore"]
+    assert res.changed == ["zscore"] and res.from_state == ["threshold", "zscore", "stuck"]
     z = next(d for d in live.detectors if d.name == "zscore")
     mean = z.state["mean"]
     assert mean[live.sensors["S0"]] == pytest.approx(trained.detectors[1].state["mean"][0])
@@ -212,7 +216,7 @@ def _brute_force(live: list[float], shadow: list[float], tol: float) -> tuple[in
 
 
 def test_shadow_agreement_on_a_seeded_simulation() -> None:
-    s = shadow_settings(tolerance=3)
+    s = shadow_settings(tolerance=3, max_rate=1e9)
     batches = simulated(12, 400, seed=5)
     p = Pipeline(s)
     published: list[tuple[str, bytes]] = []
@@ -264,6 +268,26 @@ def test_shadow_agreement_on_a_seeded_simulation() -> None:
     t = report["totals"]
     assert t["both"] > 0 and t["shadow_only"] > 0, t  # the candidate is more sensitive
     assert report["cost"]["readings"] == p.counters.processed
+
+
+def test_a_noisy_candidate_is_counted_not_flooded_out() -> None:
+    s = shadow_settings(max_rate=5.0, detector={"threshold": 10.0})  # every reading alarms
+    p = Pipeline(s)
+    sent: list[str] = []
+    stored: list[Alert] = []
+    run = ShadowRun(p, s, publish=lambda t, b: sent.append(t), store=stored.append)
+    run.attach()
+    now = [1000.0]
+    run.clock = lambda: now[0]
+    run._last = now[0]
+    t0 = time.time() - 100
+    run.after(p.process([msg(f"S{i}", 25.0, 0, t0) for i in range(20)]))
+    assert run.alerts == 20 and len(stored) == len(sent) == 5 and run.dropped == 15
+    now[0] += 1.0  # a second later: five more may go
+    run.after(p.process([msg(f"T{i}", 25.0, 0, t0) for i in range(20)]))
+    assert len(stored) == 10 and run.dropped == 30
+    assert run.report()["totals"]["shadow_only"] == 40  # the agreement counts every one
+    assert run.report()["shadow_alerts_dropped"] == 30
 
 
 def test_agreement_matches_within_the_tolerance() -> None:
@@ -415,6 +439,16 @@ async def test_shadow_alerts_only_on_the_shadow_topic(mosquitto: Mosquitto, tmp_
         }
         assert store.recent_alerts(limit=10) == []  # nothing live
         assert len(store.recent_alerts(limit=10, shadow=True)) == 2
+        listed = CliRunner().invoke(
+            app, ["alerts", "--store", f"sqlite:///{db}", "--shadow", "--json"]
+        )
+        assert listed.exit_code == 0, listed.output
+        assert sorted(json.loads(line)["sensor_id"] for line in listed.output.splitlines()) == [
+            "A",
+            "B",
+        ]
+        plain = CliRunner().invoke(app, ["alerts", "--store", f"sqlite:///{db}", "--json"])
+        assert plain.exit_code == 0 and plain.output.strip() == ""
     assert report["totals"] == {"both": 0, "live_only": 0, "shadow_only": 2}
     assert report["detectors"]["shadow"] == ["threshold", "zscore", "stuck"]
 
@@ -518,8 +552,8 @@ async def test_detect_reloads_on_sighup_and_api_mid_stream(
             async def publish_all() -> None:
                 for i, (topic, payload) in enumerate(messages):
                     pub.publish(topic, payload)
-                    if i % 200 == 199:
-                        await asyncio.sleep(0.02)
+                    if i % 100 == 99:  # about 2,000 a second: the stream lasts 3 s
+                        await asyncio.sleep(0.05)
 
             sending = asyncio.create_task(publish_all())
             await eventually(lambda: stored(db) >= TOTAL // 4, timeout=60, what="a quarter")
@@ -584,3 +618,137 @@ async def test_detect_reloads_on_sighup_and_api_mid_stream(
     assert len(lines) == 5, lines
     assert "applied (sighup" in lines[0] and "detector.threshold" in lines[0]
     assert "refused (api" in lines[2] and "service.ack_after" in lines[2]
+
+
+async def test_the_shadow_s_state_survives_a_restart(tmp_path: Path) -> None:
+    def candidate(alpha: float) -> ShadowSettings:
+        return ShadowSettings(enabled=True, detector={"params": {"zscore": {"alpha": alpha}}})
+
+    s = memory_settings(tmp_path).model_copy(update={"shadow": candidate(0.1)})
+    broker = MemoryBroker()
+    async with Running(s, transport=broker.transport) as run:
+        broker.send(
+            ("factory/S1/temperature", reading_payload("S1", 25.0 + (seq % 3) * 0.1, seq))
+            for seq in range(60)
+        )
+        await eventually(lambda: len(run.processed) == 60)
+        assert run.service.shadow is not None
+        learned = run.service.shadow.scorer.state_dict()["detectors"]["zscore"]
+    assert learned["arrays"]["n"][0] == 60 and learned["params"]["alpha"] == 0.1
+    restarted = DetectorService(s, console=False, transport=broker.transport)
+    restarted.restore()
+    assert restarted.shadow is not None
+    again = restarted.shadow.scorer.state_dict()["detectors"]["zscore"]
+    for k, v in learned["arrays"].items():
+        assert np.array_equal(again["arrays"][k][:1], v[:1]), k
+    # another candidate: its detectors do not fit the saved state and learn again
+    other = s.model_copy(update={"shadow": candidate(0.2)})
+    fresh = DetectorService(other, console=False, transport=broker.transport)
+    fresh.restore()
+    assert fresh.shadow is not None
+    n = fresh.shadow.scorer.state_dict()["detectors"]["zscore"]["arrays"]["n"]
+    assert n[:1].tolist() in ([], [0])
+
+
+# ---- a model promoted in the registry ------------------------------------------------------
+def _model(reg: Path, s: Settings, alpha: float, base: float) -> str:
+    """A model of zscore with ``alpha``, trained on S1 and S2 around ``base``; promoted."""
+    from mqtt_anomaly.models.format import model_config, model_state
+    from mqtt_anomaly.models.registry import Registry
+
+    trained = s.model_copy(
+        update={"detector": s.detector.model_copy(update={"params": {"zscore": {"alpha": alpha}}})}
+    )
+    p = Pipeline(trained)
+    t0 = time.time() - 5000
+    p.process([msg(sid, base, k, t0 + k) for k in range(200) for sid in ("S2", "S1")])
+    ref = Registry(reg).create(
+        config=model_config(trained), training={"test": True}, state=model_state(p.state_dict())
+    )
+    Registry(reg).promote(ref.version, force=True)
+    return ref.version
+
+
+async def test_a_promoted_model_is_picked_up_by_reload(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    write_config(config, "[detector]\nsilence_factor = 1e9\n")
+    overrides = {
+        "broker": {"url": mosquitto.url, "client_id": "detector-under-test", "keepalive": 2},
+        "store": {"url": "none://"},
+        "service": {"state_dir": tmp_path / "state"},
+    }
+    source = ConfigSource(config, overrides)
+    running = Running(source.load())
+    svc = running.service
+    svc.reloads = Reloads(svc, source)
+    reg = tmp_path / "state" / "models"  # the default registry
+    t0 = time.time() - 100
+    async with running, publisher(mosquitto.url) as pub:
+        for k in range(40):
+            pub.publish("factory/S1/temperature", reading_payload("S1", 60.0, k, t0 + k))
+        await eventually(lambda: len(running.processed) == 40, what="40 readings")
+        assert svc.reloads.from_source("test").result == "unchanged"  # no model yet
+        v1 = _model(reg, svc.settings, alpha=0.05, base=25.0)
+        outcome = svc.reloads.from_source("sighup")
+        assert outcome.result == "applied", outcome
+        assert "model none -> v1" in outcome.message and outcome.changed == ["detector.params"]
+        assert svc.model is not None and svc.model.version == v1 == svc.reloads.model_version
+        z = next(d for d in svc.pipeline.detectors if d.name == "zscore")
+        assert z.params()["alpha"] == 0.05
+        slot = svc.pipeline.sensors["S1"]
+        assert z.state["mean"][slot] == pytest.approx(25.0)  # the model's, not 60 learned here
+        assert z.state["n"][slot] == 200
+        assert svc.pipeline.sensors.keys() == {"S1"}  # the model's S2 is not a sensor here
+        model_drift = svc.model.state["drift"]["arrays"]["scored"]
+        assert svc.pipeline.drift.scored[slot] == model_drift[1] > 0  # its reference, by id
+        pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, 40, t0 + 40))
+        await eventually(lambda: len(running.processed) == 41, what="the next reading")
+        assert z.state["n"][slot] == 201
+        assert svc.reloads.from_source("sighup").result == "unchanged"  # v1 goes on learning
+        assert z.state["n"][slot] == 201
+        # the watch sees a promotion in the registry
+        watch = asyncio.create_task(svc.reloads.watch(0.02))
+        try:
+            v2 = _model(reg, svc.settings, alpha=0.1, base=30.0)
+            await eventually(lambda: svc.reloads.model_version == v2, what="the watch")
+        finally:
+            watch.cancel()
+        z2 = next(d for d in svc.pipeline.detectors if d.name == "zscore")
+        assert z2.params()["alpha"] == 0.1 and z2.state["mean"][slot] == pytest.approx(30.0)
+        assert svc._snapshot()["model"] == v2  # the saved state continues v2
+        status = svc.reloads.status()
+        assert status["model_version"] == v2 and status["reloads"]["applied"] == 2
+
+
+async def test_a_model_version_as_the_shadow_candidate(tmp_path: Path) -> None:
+    base = memory_settings(tmp_path)
+    reg = tmp_path / "state" / "models"
+    version = _model(reg, base, alpha=0.05, base=25.0)
+    s = base.model_copy(update={"shadow": ShadowSettings(enabled=True, model=version)})
+    broker = MemoryBroker()
+    t0 = time.time() - 100
+    async with Running(s, transport=broker.transport) as run:
+        shadow = run.service.shadow
+        assert shadow is not None and shadow.label == version
+        first = [
+            (f"factory/{sid}/temperature", reading_payload(sid, 25.0, 0, t0))
+            for sid in ["S1", "S3"]
+        ]
+        broker.send(first)
+        await eventually(lambda: len(run.processed) == 2)
+        z = next(d for d in shadow.scorer.probe.detectors if d.name == "zscore")
+        assert z.params()["alpha"] == 0.05
+        sensors = run.service.pipeline.sensors
+        assert z.state["n"][sensors["S1"]] == 201  # the model's 200, and this one
+        assert z.state["n"][sensors["S3"]] == 1  # not in the model: learns from here
+        live = next(d for d in run.service.pipeline.detectors if d.name == "zscore")
+        assert live.state["n"][sensors["S1"]] == 1
+        report = shadow.report()
+        assert report["model"] == version and "zscore" in report["from_model"]
+    with pytest.raises(ValueError, match="either model or detector"):
+        ShadowSettings(enabled=True, model="v1", detector={"threshold": 50.0})
+    missing = base.model_copy(update={"shadow": ShadowSettings(enabled=True, model="v9")})
+    with pytest.raises(ModelError, match="no model v9"):
+        DetectorService(missing, console=False, transport=broker.transport)

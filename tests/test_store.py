@@ -774,7 +774,7 @@ def test_suppressed_alerts_keep_their_reason(backend: Backend) -> None:
 
 # ---- schema version 6: the alerts of a shadow candidate -------------------------------
 def test_shadow_alerts_are_kept_apart_from_the_live_ones(backend: Backend) -> None:
-    live = alert("S1", ts=NOW)
+    live = alert("S1", ts=NOW, id="S1:threshold:raised:7@1.0")
     shadow = msgspec.structs.replace(live, shadow="candidate-2")  # the same reading
     with backend.open(settings(flush_interval=0.05)) as st:
         st.add_alert(live)
@@ -784,6 +784,7 @@ def test_shadow_alerts_are_kept_apart_from_the_live_ones(backend: Backend) -> No
         assert st.recent_alerts(limit=10) == [live]
         assert st.recent_alerts(limit=10, shadow=True) == [shadow]
         assert [n for *_, n in st.alert_counts()] == [1]  # the live configuration's only
+        assert st.alert_by_id(live.id) == live  # feedback finds the live alert, one id for both
     assert backend.count("SELECT count(*) FROM alerts") == 2
     assert backend.count("SELECT count(*) FROM alerts WHERE shadow = 'candidate-2'") == 1
 

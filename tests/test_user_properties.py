@@ -187,3 +187,45 @@ def test_an_asset_property_that_is_no_id_and_unprintable_values_are_not_read() -
     ok = codec.encode_properties([(codec.USER_PROPERTY, ("asset", "pump-7"))])
     client._user_properties(topic, ok)
     assert calls == [(topic, None, "pump-7")]
+
+
+def test_asset_membership_from_properties_survives_a_restart_without_recommissioning() -> None:
+    settings = load_settings(None, {"assets": {"commission_rows": 12}})
+    pl = Pipeline(settings)
+    t0 = 1.7e9
+    for k in range(30):
+        for sid in ("R-1", "R-2"):
+            pl.note_properties(f"factory/{sid}/temperature", "bar", "press")
+            pl.process(
+                [
+                    (
+                        f"factory/{sid}/temperature",
+                        reading_payload(sid, 1.0 + k % 3, k, t0 + k),
+                        t0 + k,
+                    )
+                ]
+            )
+    [asset] = pl.view().assets()
+    assert (asset.id, asset.sensors, asset.phase) == ("press", ["R-1", "R-2"], "monitoring")
+    restored = Pipeline(settings)
+    assert restored.load_state_dict(pl.state_dict()) == []
+    assert restored.tags == {} and restored.units == {}  # they come back with the next message
+    restored.note_properties("factory/R-1/temperature", "bar", "press")
+    [again] = restored.view().assets()
+    assert (again.id, again.sensors, again.phase) == ("press", ["R-1", "R-2"], "monitoring")
+    assert restored.units == {"R-1": "bar"}
+
+
+def test_property_names_are_checked() -> None:
+    import pytest
+
+    from mqtt_anomaly.errors import ConfigError
+
+    same = {"broker": {"unit_property": "tag", "asset_property": "tag"}}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, same)
+    assert str(err.value) == "broker.asset_property: the same name as unit_property"
+    with pytest.raises(ConfigError, match=r"^broker\.unit_property: String should have at most"):
+        load_settings(None, {"broker": {"unit_property": "u" * 65}})
+    off = load_settings(None, {"broker": {"unit_property": "", "asset_property": ""}})
+    assert (off.broker.unit_property, off.broker.asset_property) == ("", "")

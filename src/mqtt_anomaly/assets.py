@@ -42,6 +42,7 @@ from .config import AssetSettings
 from .detectors._grow import capacity_for, grown
 from .messages import NO_SEQ, Alert, AlertState, alert_id
 from .mvdetectors import MONITORING, PHASES, AssetDetector, AssetScores
+from .mvdetectors.offline import create
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
@@ -240,12 +241,12 @@ class AssetBook:
         det = self.detectors.get(k)
         if det is None:
             s = self.settings
-            det = self.detectors[k] = AssetDetector(
+            det = self.detectors[k] = create(
                 k,
-                method=s.method,
+                s.method,
                 commission_rows=s.commission_rows,
                 commission_seconds=s.commission_seconds,
-                **s.params,  # type: ignore[arg-type]
+                **s.params,
             )
         return det
 

@@ -119,6 +119,12 @@ class BrokerSettings(_Section):
             raise ValueError("port out of range")
         return v
 
+    @model_validator(mode="after")
+    def _check_properties(self) -> BrokerSettings:
+        if self.unit_property and self.unit_property == self.asset_property:
+            raise ValueError(f"{_SUBKEY}asset_property: the same name as unit_property")
+        return self
+
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme == "mqtts"
@@ -541,7 +547,7 @@ class AssetSettings(_Section):
 
     template: str = "{asset}/{sensor}"
     define: tuple[AssetDefinition, ...] = ()
-    method: str = "pca_mewma"
+    method: str = "regress"
     commission_rows: int = Field(400, ge=12)
     commission_seconds: float = Field(0.0, ge=0)
     stale_after: float = Field(5.0, gt=0)
@@ -559,7 +565,7 @@ class AssetSettings(_Section):
     @field_validator("method")
     @classmethod
     def _check_method(cls, v: str) -> str:
-        methods = ("pca", "mewma", "pca_mewma")
+        methods = ("regress", "pca", "mewma", "pca_mewma")
         if v not in methods:
             raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
         return v
@@ -695,6 +701,18 @@ class ShadowSettings(_Section):
     tolerance: int = Field(5, ge=0, le=100_000)
     """Two alerts of one sensor and detector agree when their readings' seqs are at most this
     far apart."""
+    max_rate: float = Field(100.0, gt=0)
+    """Shadow alerts published and stored per second at most (a noisy candidate must not fill
+    the store's queue the live alerts need); beyond, they are counted in the agreement only."""
+    model: str | None = Field(None, pattern=r"^v[1-9][0-9]{0,8}$")
+    """A model version of the registry (``v3``) as the candidate: its ``[detector]``,
+    ``[overrides]`` and ``[assets]``, its state by sensor id; ``detector`` must then be empty."""
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> ShadowSettings:
+        if self.model is not None and self.detector:
+            raise ValueError("give either model or detector, not both")
+        return self
 
     @field_validator("topic")
     @classmethod

@@ -68,6 +68,7 @@ ALERT_BIN: Final = int(np.searchsorted(EDGES, 0.5, side="right"))
 """The first bin of alerting readings (a top score at the alert level, 0.5, or above)."""
 _LUT_SCALE: Final = 1000  # every edge is a multiple of 1/_LUT_SCALE: a score's bin is _LUT[...]
 _LUT: Final = np.searchsorted(EDGES, np.arange(_LUT_SCALE + 1) / _LUT_SCALE, side="right")
+FROZEN: Final = np.iinfo(np.int32).max  # ``scored`` of a slot whose reference is frozen
 _NONE: Final = np.zeros(0, dtype=bool)  # no reading taken (see DriftBook._learn)
 REBASE: Final = 40
 """Windows after which weights are rebased: float32 holds e^88, so a bin's sum of weights up to
@@ -117,7 +118,7 @@ class Reference:
 class DriftReport:
     """Model health of slots ``0 .. n-1`` at one time (NaN where not known yet)."""
 
-    phase: tuple[str, ...]  # learning (no frozen reference yet) or monitoring
+    commissioned: BoolArray  # a frozen reference (else learning)
     drift: FloatArray  # population stability index, recent against reference
     ks: FloatArray  # the largest difference of the two cumulative distributions
     alert_rate: FloatArray  # recent share of alerting readings
@@ -127,6 +128,15 @@ class DriftReport:
     stale_drift: BoolArray
     stale_alerts: BoolArray
     stale_age: BoolArray
+
+    def phase(self, slot: int) -> str:
+        """``learning`` (no frozen reference yet) or ``monitoring``."""
+        return MONITORING if self.commissioned[slot] else LEARNING
+
+    @property
+    def learning(self) -> int:
+        """Slots still learning their reference."""
+        return len(self.commissioned) - int(np.count_nonzero(self.commissioned))
 
     @property
     def stale(self) -> BoolArray:
@@ -157,7 +167,8 @@ class DriftBook:
         self.t0 = math.nan  # the time whose weight is 1 (moved forward now and then)
         self.capacity = 0
         self.learning = 0  # admitted slots whose reference is not frozen yet
-        self.scored = np.zeros(0, dtype=np.int32)  # readings seen while learning (-1: no sensor)
+        # readings seen while learning (-1: no sensor, FROZEN: its reference is frozen)
+        self.scored = np.zeros(0, dtype=np.int32)
         self.ref = np.zeros((0, BINS), dtype=np.float32)  # counts per score bin
         self.recent = np.zeros((0, BINS), dtype=np.float32)  # weights per bin (time-decayed)
         self._flat = self.recent.reshape(-1)
@@ -187,7 +198,7 @@ class DriftBook:
     def reset(self, slot: int) -> None:
         """Forget ``slot`` (given to another sensor): it learns again."""
         if slot < self.capacity:
-            if self.scored[slot] < 0 or not math.isnan(self.frozen[slot]):
+            if not 0 <= self.scored[slot] < FROZEN:
                 self.learning += 1  # a new sensor, or one whose reference was frozen
             for name in self._ARRAYS:
                 getattr(self, name)[slot] = self._FILL.get(name, 0)
@@ -200,9 +211,9 @@ class DriftBook:
         if not n:
             return
         if self.learning:
-            learn = np.isnan(self.frozen[slots])
-            if learn.any():
-                keep = self._learn(slots, score, t, learn)
+            k = self.scored[slots]
+            if int(k.min()) < FROZEN:  # some of them learn
+                keep = self._learn(slots, score, t, k)
                 if keep is not None:
                     if not keep.any():
                         return
@@ -215,16 +226,19 @@ class DriftBook:
         self._flat[at] += weight
 
     def _learn(
-        self, slots: IntArray, score: FloatArray, t: FloatArray, learn: BoolArray
+        self, slots: IntArray, score: FloatArray, t: FloatArray, k: NDArray[np.int32]
     ) -> BoolArray | None:
-        """Count the learning slots' readings in their reference; the readings the recent
-        histogram takes (those of slots past their warm-up), None for all."""
-        every = bool(learn.all())
+        """Count the learning slots' readings in their reference (``k``: the slots'
+        ``scored``); the readings the recent histogram takes (those of slots past their
+        warm-up or frozen), None for all."""
+        high = int(k.max())
+        every = high < FROZEN
         if not every:
-            slots, score, t = slots[learn], score[learn], t[learn]
-        k = self.scored[slots]
+            learn = k < FROZEN
+            slots, score, t, k = slots[learn], score[learn], t[learn], k[learn]
+            high = int(k.max())
         self.scored[slots] = k + 1
-        low, high = int(k.min()), int(k.max())
+        low = int(k.min())
         if low == 0:
             first = k == 0
             self.started[slots[first]] = t[first]
@@ -238,9 +252,10 @@ class DriftBook:
         if high + 1 >= self.freeze_at:
             done = k + 1 >= self.freeze_at
             self.frozen[slots[done]] = t[done]
+            self.scored[slots[done]] = FROZEN
             self.learning -= int(done.sum())
-        if every and low >= self.warmup:
-            return None
+        if every:
+            return None if low >= self.warmup else live
         keep = ~learn
         keep[learn] = live
         return keep
@@ -262,10 +277,11 @@ class DriftBook:
     def seed(self, slot: int, ref: Reference) -> None:
         """Take ``ref`` as the slot's reference (a model loaded): it is frozen from now on."""
         self.reserve(slot + 1)
-        if self.scored[slot] >= 0 and math.isnan(self.frozen[slot]):
+        if 0 <= self.scored[slot] < FROZEN:
             self.learning -= 1  # a sensor that was learning
         self.ref[slot] = ref.counts
         self.frozen[slot] = ref.commissioned_at
+        self.scored[slot] = FROZEN
 
     # ---- what it says ---------------------------------------------------------------
     def report(self, now: float, n: int | None = None) -> DriftReport:
@@ -273,19 +289,24 @@ class DriftBook:
         n = self.capacity if n is None else n
         self.reserve(n)
         s = self.settings
-        ref = self.ref[:n].astype(np.float64)
-        rec = self.recent[:n].astype(np.float64)
-        ref_n = ref.sum(axis=1)
-        rec_n = rec.sum(axis=1)
+        # bins by row (BINS, n), float32: reductions over the bins run along n, not over rows
+        # of 10 (ten times faster), and half the memory traffic of float64
+        p = np.ascontiguousarray(self.ref[:n].T)
+        q = np.ascontiguousarray(self.recent[:n].T)
+        ref_n = p.sum(axis=0, dtype=np.float64)
+        rec_n = q.sum(axis=0, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            p = np.maximum(ref / ref_n[:, None], EPS)
-            q = np.maximum(rec / rec_n[:, None], EPS)
-            p /= p.sum(axis=1, keepdims=True)
-            q /= q.sum(axis=1, keepdims=True)
-            psi = ((q - p) * np.log(q / p)).sum(axis=1)
-            ks = np.abs(np.cumsum(q - p, axis=1)).max(axis=1) if n else np.zeros(0)
-            ref_rate = ref[:, ALERT_BIN:].sum(axis=1) / ref_n
-            rate = rec[:, ALERT_BIN:].sum(axis=1) / rec_n
+            p *= (1.0 / ref_n).astype(np.float32)  # shares, then floored
+            q *= (1.0 / rec_n).astype(np.float32)
+            ref_rate = p[ALERT_BIN:].sum(axis=0, dtype=np.float64)
+            rate = q[ALERT_BIN:].sum(axis=0, dtype=np.float64)
+            np.maximum(p, EPS, out=p)
+            np.maximum(q, EPS, out=q)
+            diff = q - p
+            psi = (diff * np.log(q / p)).sum(axis=0, dtype=np.float64)
+            for i in range(1, BINS):  # the cumulative difference, row by row (np.cumsum over
+                diff[i] += diff[i - 1]  # axis 0 is ten times slower)
+            ks = np.abs(diff).max(axis=0).astype(np.float64) if n else np.zeros(0)
         frozen = self.frozen[:n]
         monitoring = ~np.isnan(frozen) & (ref_n > 0)  # commissioned
         comparable = monitoring & (rec_n > 0)  # and readings since (a model just loaded: none)
@@ -300,7 +321,7 @@ class DriftBook:
             stale_alerts = comparable & (rate > limit)
             stale_age = monitoring & (age > s.max_age) if s.max_age > 0 else np.zeros(n, bool)
         return DriftReport(
-            phase=tuple(MONITORING if m else LEARNING for m in monitoring.tolist()),
+            commissioned=monitoring,
             drift=psi,
             ks=ks,
             alert_rate=rate,
@@ -339,7 +360,10 @@ class DriftBook:
                 raise ValueError(f"drift state: {name} is not a numeric array of shape {shape}")
             checked[name] = a
         counts = np.concatenate([checked["ref"].ravel(), checked["recent"].ravel()])
-        if np.any(checked["scored"] < 0) or not np.all(np.isfinite(counts) & (counts >= 0)):
+        scored = checked["scored"]
+        if np.any((scored < 0) | (scored > FROZEN)) or not np.all(
+            np.isfinite(counts) & (counts >= 0)
+        ):
             raise ValueError("drift state: counts out of range")
         self.reserve(n)
         for name, a in checked.items():
@@ -348,7 +372,10 @@ class DriftBook:
         self.t0 = float(t0) if isinstance(t0, float) and math.isfinite(t0) else math.nan
         if math.isnan(self.t0):  # weights of an unknown time: the recent histograms restart
             self.recent[:n] = 0
-        self.learning = int(np.count_nonzero(np.isnan(self.frozen[:n])))
+        frozen = ~np.isnan(self.frozen[:n])
+        self.scored[:n][frozen] = FROZEN
+        self.scored[:n][~frozen] = np.minimum(self.scored[:n][~frozen], FROZEN - 1)
+        self.learning = n - int(np.count_nonzero(frozen))
 
     @staticmethod
     def reference_state(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -392,6 +392,12 @@ class DetectorService(AsyncClosing):
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        shadow_state = state.get("shadow")
+        continued = model is None or state.get("model") == model.version  # the same slots
+        if self.shadow is not None and isinstance(shadow_state, dict) and continued:
+            missed = self.shadow.scorer.load_state_dict(shadow_state)
+            if missed:
+                log.warning("saved state of shadow %s does not fit: relearning", missed)
         covered = state.get("journal"), state.get("outbox")
         if all(type(n) is int and n >= 0 for n in covered):
             self._replay_from = covered  # type: ignore[assignment]
@@ -418,11 +424,21 @@ class DetectorService(AsyncClosing):
             if store is not None:
                 store.add_alert(a)
 
+        model = None
+        version = settings.shadow.model
+        if version is not None:  # a model of the registry as the candidate
+            from .models.registry import Registry, registry_path
+
+            reg = Registry(registry_path(settings))
+            loaded = reg.load(reg.ref(version))  # ModelError: one line
+            model = (loaded.settings(settings), loaded.state)
         return ShadowRun(
             self.pipeline,
             settings,
-            publish=lambda topic, payload: self.client.publish(topic, payload, qos=1),
+            # QoS 0: never a place of the in-flight window the operator's alerts need
+            publish=lambda topic, payload: self.client.publish(topic, payload, qos=0),
             store=keep if store is not None else None,
+            model=model,
         )
 
     def reload(self, settings: Settings, state: Mapping[str, Any] | None = None) -> str:
@@ -486,6 +502,8 @@ class DetectorService(AsyncClosing):
         """The detector state; journaled, with the first journal and outbox segments it does
         not cover (both start a new segment here)."""
         state = self._tagged(self.pipeline.state_dict())
+        if self.shadow is not None:  # the candidate's, by the same slots
+            state["shadow"] = self.shadow.scorer.state_dict()
         if self.journal is not None and self.outbox is not None:
             state["journal"] = self.journal.rotate()
             state["outbox"] = self.outbox.rotate()
@@ -641,8 +659,7 @@ class DetectorService(AsyncClosing):
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.checkpoint_every)
-            state = self._tagged(self.pipeline.state_dict())
-            await asyncio.to_thread(write_state, self.state_path, state)
+            await asyncio.to_thread(write_state, self.state_path, self._snapshot())
 
 
 def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
@@ -683,7 +700,18 @@ async def run_service(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    running: list[DetectorService] = []  # SIGHUP reloads it once started
+
+    def on_hangup() -> None:
+        if running and running[0].ready.is_set():
+            running[0].reloads.from_source("sighup")
+        else:  # not the default action (which ends the process)
+            log.warning("SIGHUP while the service starts or stops: no reload")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        stack.callback(running.clear)
         store = stack.enter_context(open_store(settings.store.url, settings.store))
         kafka = None
         if settings.kafka.url:
@@ -698,10 +726,10 @@ async def run_service(
         service.reloads = Reloads(service, source)
         await stack.enter_async_context(http_server(service, settings.http))
         await stack.enter_async_context(service)
-        loop.add_signal_handler(signal.SIGHUP, service.reloads.from_source, "sighup")
-        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        running.append(service)
+        stack.callback(running.clear)  # first thing on the way out: no reload while stopping
         watch = settings.service.watch_config
-        if watch > 0 and source is not None and source.path is not None:
+        if watch > 0 and source is not None:  # the file and the model registry
             task = asyncio.create_task(service.reloads.watch(watch))
             stack.callback(task.cancel)
         await stop.wait()

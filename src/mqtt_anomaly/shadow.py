@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from .config import DetectorSettings, Settings
 from .detectors.base import FloatArray, IntArray
 from .errors import ConfigError
 from .messages import Alert, encode
-from .pipeline import Output, Pipeline, Round
+from .pipeline import Output, Pipeline, Round, _book_state
 from .topics import TopicTemplate
 
 __all__ = ["Agreement", "ShadowRun", "ShadowScorer", "candidate_settings", "position"]
@@ -69,7 +69,9 @@ class ShadowScorer:
     them: unknown detectors, bad parameters raise here); its tags are the live pipeline's, so
     ``[overrides]`` choose the same way."""
 
-    def __init__(self, live: Pipeline, candidate: Settings) -> None:
+    def __init__(
+        self, live: Pipeline, candidate: Settings, model: Mapping[str, Any] | None = None
+    ) -> None:
         self.settings = candidate
         try:
             self.probe = Pipeline(candidate)
@@ -78,7 +80,14 @@ class ShadowScorer:
             raise ConfigError(f"shadow.{text}" if text.startswith("detector.") else text) from exc
         self.probe.tags = live.tags
         self.live = live
-        self.configured = np.zeros(0, dtype=bool)  # slots [overrides] were applied to
+        self.configured = np.zeros(0, dtype=bool)  # slots set up ([overrides], model state)
+        # a model's state (``[shadow] model``): per detector that fits it, its arrays, and the
+        # row of each of its sensors; a slot takes its sensor's row when it is first scored
+        self._rows: dict[str, int] = {}
+        self._model: dict[str, dict[str, Any]] = {}
+        if model is not None:
+            self._take_model(model)
+        self._setup = bool(candidate.overrides) or bool(self._model)
         self.out = Output()  # alerts not taken yet
         self.seconds = 0.0  # CPU time spent scoring (perf_counter)
         self.rounds = 0
@@ -88,9 +97,31 @@ class ShadowScorer:
     def names(self) -> list[str]:
         return [d.name for d in self.probe.detectors]
 
+    def _take_model(self, model: Mapping[str, Any]) -> None:
+        ids, saved = model.get("sensor_ids"), model.get("detectors")
+        if not isinstance(ids, list) or not isinstance(saved, Mapping):
+            return
+        self._rows = {str(sid): i for i, sid in enumerate(ids)}
+        for det in self.probe.detectors:
+            state = saved.get(det.name)
+            if not isinstance(state, Mapping) or not det.fields():
+                continue
+            try:
+                det.load_state_dict(state)  # checks that it fits this detector
+            except ValueError:
+                continue
+            self._model[det.name] = {k: a.copy() for k, a in det.state.items()}
+            det.state = {k: np.empty(0, dtype=f.dtype) for k, f in det.fields().items()}
+            det.capacity = 0
+
+    @property
+    def from_model(self) -> list[str]:
+        """The detectors that start from a model's state."""
+        return list(self._model)
+
     def score(self, rnd: Round, slots: IntArray, values: FloatArray, ts: FloatArray) -> None:
         started = time.perf_counter()
-        if self.settings.overrides:
+        if self._setup:
             self._configure(slots)
         self.probe.detect(rnd, slots, values, ts, self.out, set())
         self.seconds += time.perf_counter() - started
@@ -104,9 +135,24 @@ class ShadowScorer:
             grown[: len(self.configured)] = self.configured
             self.configured = grown
         new = slots[~self.configured[slots]]
+        if not len(new):
+            return
         ids = self.live.sensor_ids
+        overrides = bool(self.settings.overrides)
+        dets = {d.name: d for d in self.probe.detectors}
         for slot in new.tolist():
-            self.probe._configure(slot, ids[slot])
+            sid = ids[slot]
+            if overrides:
+                self.probe._configure(slot, sid)
+            row = self._rows.get(sid)
+            if row is None:
+                continue
+            for name, arrays in self._model.items():
+                det = dets[name]
+                det.reserve(slot + 1)
+                for k, a in arrays.items():
+                    if row < len(a):
+                        det.state[k][slot] = a[row]
         self.configured[new] = True
 
     def forget(self, slot: int) -> None:
@@ -118,6 +164,36 @@ class ShadowScorer:
             book.reset(idx)
         if slot < len(self.configured):
             self.configured[slot] = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The candidate's learned state (its detectors and alert books, by the live slots)."""
+        return {
+            "detectors": {d.name: d.state_dict() for d in self.probe.detectors},
+            "books": {n: b.state_dict() for n, b in self.probe.books.items() if n in self.names},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
+        """Restore :meth:`state_dict` (saved with the live pipeline's, same slots); returns
+        the detectors whose state did not fit (they learn again)."""
+        dets = state.get("detectors")
+        books = state.get("books")
+        if not isinstance(dets, Mapping) or not isinstance(books, Mapping):
+            return self.names
+        skipped = []
+        for det in self.probe.detectors:
+            saved = dets.get(det.name)
+            try:
+                if not isinstance(saved, Mapping):
+                    raise ValueError("no saved state")
+                det.load_state_dict(saved)
+                book = _book_state(books[det.name], det.name)
+            except (ValueError, KeyError):  # StateFileError is a ValueError
+                skipped.append(det.name)
+                continue
+            self.probe.books[det.name].load_state_dict(book)
+        n = len(self.live.sensor_ids)  # restored slots are set up already
+        self.configured = np.ones(n, dtype=bool)
+        return skipped
 
     def take(self) -> list[Alert]:
         """The alerts raised and cleared since the last call."""
@@ -217,16 +293,28 @@ class ShadowRun:
         *,
         publish: Callable[[str, bytes], None],
         store: Callable[[Alert], None] | None = None,
+        model: tuple[Settings, Mapping[str, Any]] | None = None,
     ) -> None:
+        """``model``: the candidate is a model (``[shadow] model``): its settings (the live
+        ones with its sections) and its state."""
         s = settings.shadow
-        self.label = s.label
-        self.scorer = ShadowScorer(pipeline, candidate_settings(settings))
+        self.label = s.model if s.model is not None and s.label == "candidate" else s.label
+        self.model_version = s.model
+        if model is None:
+            self.scorer = ShadowScorer(pipeline, candidate_settings(settings))
+        else:
+            self.scorer = ShadowScorer(pipeline, model[0], model[1])
         self.agreement = Agreement(float(s.tolerance))
         self.topic = TopicTemplate(s.topic)
         self.publish = publish
         self.store = store
         self.pipeline = pipeline
         self.alerts = 0  # shadow alert events
+        self.dropped = 0  # beyond max_rate: counted in the agreement, not published or stored
+        self.max_rate = s.max_rate
+        self.clock = time.monotonic
+        self._allowance = s.max_rate
+        self._last = self.clock()
         self.started = time.time()
 
     def attach(self) -> None:
@@ -249,7 +337,15 @@ class ShadowRun:
             return
         self.alerts += len(alerts)
         self.agreement.observe(alerts, "shadow", names & shadow_names)
+        now = self.clock()
+        rate = self.max_rate
+        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
+        self._last = now
         for a in alerts:
+            if self._allowance < 1.0:  # a noisy candidate: the rest counted, not sent
+                self.dropped += 1
+                continue
+            self._allowance -= 1.0
             marked = msgspec.structs.replace(a, shadow=self.label)
             self.publish(self.topic.format(a.sensor_id), encode(marked))
             if self.store is not None:
@@ -266,7 +362,10 @@ class ShadowRun:
                 "live": [d.name for d in self.pipeline.detectors],
                 "shadow": sc.names,
             },
+            "model": self.model_version,
+            "from_model": self.scorer.from_model,
             "shadow_alerts": self.alerts,
+            "shadow_alerts_dropped": self.dropped,
             "cost": {
                 "rounds": sc.rounds,
                 "readings": sc.readings,

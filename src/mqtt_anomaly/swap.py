@@ -7,11 +7,17 @@ books, the assets. Per detector:
 
 - **unchanged** (same name, class and :meth:`~.detectors.base.Detector.params`): the same
   object, its learned state kept;
-- **changed** or **added**: a new one, with fresh state, or with the state given (a model's:
-  its arrays by sensor id, :func:`remapped`); its alert book is kept (an active alert stays
-  active until the new configuration clears it), with the new debounce and clear run;
+- **changed** or **added**: a new one, with fresh state; its alert book is kept (an active
+  alert stays active until the new configuration clears it), with the new debounce and clear
+  run;
+- with a **state given** (a model promoted): every detector it has state for that fits
+  starts from it (its arrays by sensor id, :func:`remapped`), unchanged ones included;
 - **removed**: its active alerts are cleared (one ``cleared`` event each, message
   ``detector removed by a configuration reload``) and its book dropped.
+
+Model health (:mod:`.drift`): the score distributions learned so far belong to the detectors
+that scored them, so when any detector changes (or a model's state is given) every sensor
+learns its reference again, from the model's references where the model has the sensor.
 
 With ``[overrides]`` (or any detector replaced), every known sensor is configured again: its
 threshold (limits set by an override and not any more are forgotten; a range a Sparkplug birth
@@ -35,6 +41,7 @@ import numpy as np
 from .config import Settings
 from .detectors import Detector
 from .detectors.threshold import ThresholdDetector
+from .drift import DriftBook
 from .messages import NO_SEQ, Alert, Severity, alert_id
 from .pipeline import OFFLINE, SILENCE, Output, Pipeline
 
@@ -122,18 +129,20 @@ def swap_detection(
     detectors: list[Detector] = []
     for det in probe.detectors:
         was = old.get(det.name)
-        if was is not None and _same(was, det):
-            detectors.append(was)
-            res.kept.append(det.name)
-            continue
-        (res.changed if was is not None else res.added).append(det.name)
         saved = given.get(det.name)
-        if isinstance(saved, Mapping):
+        if isinstance(saved, Mapping):  # checked on the new object, taken below
             try:
                 det.load_state_dict(remapped(saved, given_ids, pipeline.sensors))
                 res.from_state.append(det.name)
             except (ValueError, TypeError, KeyError):
-                pass  # another configuration: it learns afresh
+                pass  # another configuration: it does not take this state
+        if was is not None and _same(was, det):
+            res.kept.append(det.name)
+            if det.name not in res.from_state:
+                detectors.append(was)
+                continue
+        else:
+            (res.changed if was is not None else res.added).append(det.name)
         det.reserve(n)
         if isinstance(det, ThresholdDetector) and isinstance(was, ThresholdDetector):
             _keep_declared_ranges(was, det)
@@ -172,8 +181,39 @@ def swap_detection(
                 _forget_override_limits(det)
         for slot, sid in enumerate(pipeline.sensor_ids):
             pipeline._configure(slot, sid)
+    if res.changed or res.added or res.removed or res.from_state:
+        pipeline.drift = _new_drift(pipeline, settings, state)
     pipeline._update_health(touched, out)
     return res
+
+
+def _new_drift(
+    pipeline: Pipeline, settings: Settings, state: Mapping[str, Any] | None
+) -> DriftBook:
+    """A drift book learning every known sensor's reference again; with a model's state, its
+    references for the sensors it has (by sensor id)."""
+    n = len(pipeline.sensor_ids)
+    book = DriftBook(settings.drift)
+    for k in range(n):
+        book.admit(k)
+    saved = state.get("drift") if state is not None else None
+    ids = state.get("sensor_ids") if state is not None else None
+    if isinstance(saved, Mapping) and isinstance(ids, list) and n:
+        fresh = book.state_dict(n)
+        sensors = pipeline.sensors
+        rows = [(at, i) for i, sid in enumerate(ids) if (at := sensors.get(sid)) is not None]
+        try:
+            arrays = {}
+            for name, a in fresh["arrays"].items():
+                given = saved["arrays"][name]
+                b = a.copy()
+                for at, i in rows:
+                    b[at] = given[i]
+                arrays[name] = b
+            book.load_state_dict({**saved, "arrays": arrays}, n)
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass  # not references of these bins: every sensor learns
+    return book
 
 
 def _now(pipeline: Pipeline) -> float:

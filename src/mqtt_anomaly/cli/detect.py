@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..console import run, setup_logging
+from ..console import fail, run, setup_logging
 from .options import BrokerOpt, ConfigOpt
 from .settings import settings_from_cli
 
@@ -110,11 +110,17 @@ def detect(
         setup_logging(False)
         run(lambda: run_worker(settings))
         return
+    from ..errors import StateFileError
     from ..liveconf import ConfigSource
     from ..models.registry import current_model
     from ..service import STATE_FILE, run_service
+    from ..statefile import prepare_dir
 
     setup_logging(False)
+    try:  # before the model registry in it: an unusable state dir is one line, not two
+        prepare_dir(settings.service.state_dir)
+    except StateFileError as exc:
+        fail(str(exc))
     model = current_model(settings, settings.service.state_dir / STATE_FILE)
     if model is not None:
         settings = model.settings(settings)

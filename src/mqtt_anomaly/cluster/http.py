@@ -1,5 +1,7 @@
 """A worker's HTTP endpoint (``detect --cluster --http [HOST:]PORT``).
 
+- ``GET /``: a page with the partitions (owner, position, lag, hand-offs), refreshed every
+  2 s from ``/api/cluster``.
 - ``GET /api/cluster``: the whole cluster as ``mqtt-anomaly cluster status --json`` prints it
   (read from the buckets and streams) and this worker's own view (``worker``: its id, the
   live workers it sees, its counters, the partitions it owns with position, lag and epoch).
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -39,6 +41,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 __all__ = ["create_app", "worker_http", "worker_view"]
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mqtt-anomaly cluster</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}
+td,th{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}td.o,th.o{text-align:left}.lag{color:#b00}
+</style></head><body>
+<h1>mqtt-anomaly cluster</h1>
+<p id="summary">loading…</p>
+<table id="partitions"><thead><tr><th>partition</th><th class="o">owner</th><th>epoch</th>
+<th>seq</th><th>checkpoint</th><th>lag</th><th>scored</th><th>hand-offs</th></tr></thead>
+<tbody></tbody></table>
+<script>
+async function refresh() {
+  try {
+    const r = await fetch("api/cluster", {credentials: "same-origin"});
+    const s = await r.json();
+    const w = Object.keys(s.workers || {});
+    document.getElementById("summary").textContent = s.error ? s.error :
+      `${w.length} workers (${w.join(", ")}), ${s.readings} readings in the stream, ` +
+      `${s.alerts} alerts; this worker: ${s.worker.id}`;
+    const body = document.querySelector("#partitions tbody");
+    body.replaceChildren(...(s.partitions || []).map(p => {
+      const tr = document.createElement("tr");
+      for (const [v, cls] of [[p.partition], [p.owner || "-", "o"], [p.epoch || "-"],
+          [p.seq], [p.checkpoint_seq], [p.lag ?? "-", p.lag ? "lag" : ""], [p.scored],
+          [p.handoffs]]) {
+        const td = document.createElement("td"); td.textContent = v;
+        if (cls) td.className = cls; tr.appendChild(td);
+      }
+      return tr;
+    }));
+  } catch (e) { document.getElementById("summary").textContent = String(e); }
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>
+"""
+"""The worker's page: the partitions table of ``/api/cluster``, refreshed every 2 s."""
 
 
 def worker_view(worker: ClusterWorker) -> dict[str, Any]:
@@ -107,6 +150,10 @@ def create_app(worker: ClusterWorker, settings: HttpSettings) -> FastAPI:
     app = FastAPI(title="mqtt-anomaly cluster worker", docs_url=None, redoc_url=None)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_Collector(worker))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -124,17 +124,31 @@ class NatsCluster:
         return conf
 
     def start_node(self, node: NatsNode) -> None:
-        conf = self.write_config(node)
-        log = (node.workdir / "server.log").open("ab")
-        node.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-        )
-        wait_for_port(node.port, 15, node.proc)
+        for attempt in range(3):
+            conf = self.write_config(node)
+            log = (node.workdir / "server.log").open("ab")
+            node.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                wait_for_port(node.port, 15, node.proc)
+                return
+            except RuntimeError:  # a free port taken meanwhile by another process: new ones
+                if attempt == 2:
+                    raise
+                node.port, node.cluster_port = free_port(), free_port()
+                node.http_port, node.mqtt_port = free_port(), free_port()
 
     def start(self) -> None:
-        for node in self.nodes:
-            self.start_node(node)
-        self.wait_ready()
+        """Start every node and wait until they are healthy; on failure nothing is left
+        running."""
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every running node reports JetStream healthy (a meta leader elected)."""

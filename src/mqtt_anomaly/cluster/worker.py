@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import nats.errors
 import nats.js.errors
+import numpy as np
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ..clusterconf import mqtt_topic, partition_of_subject
@@ -72,6 +73,7 @@ __all__ = ["ClusterWorker", "PartitionRunner", "WorkerStats", "assignment"]
 VALID_SHARE = 0.8
 """A lease is used for this share of ``lease_ttl`` after its renewal was sent."""
 CHECKPOINT_VERSION = 1
+SILENCE_EVERY = 1.0  # seconds between two silence checks of a partition
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
@@ -133,6 +135,7 @@ class PartitionRunner:
         self._consumer = ""
         self._cseq = 0
         self._next_ckpt = 0.0
+        self._next_silence = 0.0
         self._store = StoreSink(worker.store) if worker.store is not None else None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -189,6 +192,7 @@ class PartitionRunner:
                 1000 * w.stats.last_restore,
             )
             self._next_ckpt = w.clock() + w.cs.checkpoint_interval
+            self._next_silence = w.clock() + SILENCE_EVERY
             idle = 0
             while not self._stop.is_set():
                 if not self.valid():
@@ -203,6 +207,8 @@ class PartitionRunner:
                     idle += 1
                     if idle % 8 == 0:
                         await self._check_consumer()
+                if w.clock() >= self._next_silence:
+                    await self._check_silence()
                 if self.seq != self.ckpt_seq and w.clock() >= self._next_ckpt:
                     await self.checkpoint()
         except FencedError as exc:
@@ -269,6 +275,13 @@ class PartitionRunner:
         skipped = pipeline.load_state_dict(state)
         if skipped:
             log.warning("partition %d: relearning %s", self.p, ", ".join(skipped))
+        # the last arrival of each sensor (stream time), which the pipeline's own saved state
+        # leaves out (a restart's downtime is no gap): a hand-off is no restart, so the
+        # arrival intervals and silence go on from it
+        n = len(pipeline.sensor_ids)
+        seen = tree.get("last_seen")
+        if isinstance(seen, np.ndarray) and seen.shape == (n,) and seen.dtype.kind == "f":
+            pipeline.last_seen[:n] = seen
         self.pipeline = pipeline
         self.seq = seq
 
@@ -283,6 +296,7 @@ class PartitionRunner:
             "scored": self.scored,
             "saved_at": time.time(),
             "pipeline": self.pipeline.state_dict(),
+            "last_seen": self.pipeline.last_seen[: len(self.pipeline.sensor_ids)].copy(),
         }
 
     async def checkpoint(self) -> None:
@@ -303,6 +317,12 @@ class PartitionRunner:
         blob = await asyncio.to_thread(lambda: b"".join(encode_state(tree)))
         if not self.valid():
             raise LapsedError
+        if len(blob) > w.nc.max_payload:
+            raise FencedError(  # not fenced: unable to hand over; stop before scoring more
+                f"its checkpoint ({len(blob)} bytes, {len(self.pipeline.sensor_ids)} sensors) "
+                f"exceeds the servers' max_payload ({w.nc.max_payload}): raise it or use "
+                "more partitions"
+            )
         ckpts = w.buckets.checkpoints
         while True:
             try:
@@ -443,6 +463,21 @@ class PartitionRunner:
             self.seq = last
         if gap:
             await self._resubscribe("a gap in the deliveries")
+
+    async def _check_silence(self) -> None:
+        """Silence alerts, about once a second, once caught up with the stream (a backlog's
+        old receive times are no silence); a restored sensor counts from its next reading."""
+        self._next_silence = self.worker.clock() + SILENCE_EVERY
+        if self.pending:
+            return
+        out = self.pipeline.check_silence(time.time())
+        if not out.alerts:
+            return
+        if not self.valid():
+            raise LapsedError
+        if self._store is not None:
+            self._store.write(out)
+        await self._publish(out.alerts)
 
     async def _publish(self, alerts: list[Alert]) -> None:
         w = self.worker

@@ -353,7 +353,7 @@ class ServiceMetrics(Collector):
         yield _gauge(
             "models_learning",
             "Sensors still learning their reference score distribution",
-            r.phase.count("learning"),
+            r.learning,
         )
         known = r.drift[~np.isnan(r.drift)]
         drift = GaugeMetricFamily(

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from ..drift import DriftReport
+from ..topics import MAX_SENSOR_ID_LENGTH
 from .state import WebState
 
 router = APIRouter()
@@ -58,7 +59,7 @@ def health_row(sensor_id: str, r: DriftReport, slot: int) -> dict[str, Any]:
     reasons = r.reasons(slot)
     return {
         "sensor_id": sensor_id,
-        "phase": r.phase[slot],
+        "phase": r.phase(slot),
         "drift": _num(float(r.drift[slot])),
         "ks": _num(float(r.ks[slot])),
         "alert_rate": _num(float(r.alert_rate[slot])),
@@ -74,6 +75,10 @@ def health_row(sensor_id: str, r: DriftReport, slot: int) -> dict[str, Any]:
 def model_health(
     request: Request,
     stale: Annotated[bool | None, Query(description="Only stale (true) or not (false)")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_SENSOR_ID_LENGTH, description="Sensor id contains (case-insensitive)"),
+    ] = None,
     sort: SortKey = "drift",
     desc: Annotated[bool, Query(description="Largest first (sensor_id: Z to A)")] = True,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -90,6 +95,9 @@ def model_health(
     slots = np.arange(len(ids))
     if stale is not None:
         slots = slots[flags == stale]
+    if q:
+        needle = q.lower()
+        slots = slots[[needle in ids[s].lower() for s in slots.tolist()]]
     if sort == "sensor_id":
         ordered = sorted(slots.tolist(), key=ids.__getitem__, reverse=desc)
     else:
@@ -103,7 +111,7 @@ def model_health(
         "total": len(ordered),
         "sensors": len(ids),
         "stale": int(np.count_nonzero(flags)),
-        "learning": r.phase.count("learning"),
+        "learning": r.learning,
         "threshold": w.service.settings.drift.threshold,
         "offset": offset,
         "items": [health_row(ids[s], r, s) for s in page],
