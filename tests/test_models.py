@@ -620,6 +620,25 @@ def test_a_grace_that_is_not_finite_and_positive_is_one_line(
     assert (reg / "versions" / version / MANIFEST).read_bytes() == before
 
 
+def test_models_list_shows_a_manifest_with_fields_of_another_type_as_unusable(
+    db: Path, tmp_path: Path
+) -> None:
+    reg = tmp_path / "models"
+    good, bad = train(db, reg), train(db, reg)
+    path = reg / "versions" / bad / MANIFEST
+    doc = json.loads(path.read_text())
+    doc["training"]["sensors"] = 5
+    doc["training"]["readings"] = "many"
+    path.write_text(json.dumps(doc))
+    res = cli("models", "list", "--registry", reg, "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["version"]: r for r in json.loads(res.output)["models"]}
+    assert rows[good]["problem"] is None and rows[good]["sensors"] == 2
+    assert "training, config or evaluation malformed" in rows[bad]["problem"]
+    res = cli("models", "list", "--registry", reg)
+    assert res.exit_code == 0 and "unusable" in res.output, res.output
+
+
 def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(
     db: Path, tmp_path: Path
 ) -> None:

@@ -28,7 +28,7 @@ from ..cli.options import (
 if TYPE_CHECKING:
     from ..config import Settings
     from ..replay.engine import Columns
-    from .registry import Registry
+    from .registry import ModelRef, Registry
 
 app = typer.Typer(
     help="Model lifecycle: train, evaluate, promote, roll back (docs/models.md).",
@@ -257,22 +257,7 @@ def list_models(
         rows = []
         for ref in reg.versions():
             try:
-                m = reg.manifest(ref)
-                ev = m.get("evaluation") or {}
-                cand = ev.get("candidate") or {}
-                rows.append(
-                    {
-                        "version": ref.version,
-                        "current": current is not None and current.version == ref.version,
-                        "created": m["created"],
-                        "readings": m["training"].get("readings"),
-                        "sensors": len(m["training"].get("sensors") or ()),
-                        "detectors": m["config"].get("detector", {}).get("detectors"),
-                        "f1": cand.get("f1"),
-                        "labels": ev.get("labels"),
-                        "problem": None,
-                    }
-                )
+                rows.append(_summary(ref.version, reg.manifest(ref), current))
             except MqttAnomalyError as exc:
                 rows.append({"version": ref.version, "current": False, "problem": str(exc)})
     except MqttAnomalyError as exc:
@@ -302,6 +287,45 @@ def list_models(
             r["labels"] or "",
         )
     out.print(table)
+
+
+def _summary(version: str, m: dict[str, Any], current: ModelRef | None) -> dict[str, Any]:
+    """A row of ``models list`` from a checked manifest; ModelError for fields of another
+    type (a manifest edited by hand: the format checks only its frame)."""
+    from ..errors import ModelError
+
+    ev = m.get("evaluation") or {}
+    cand = ev.get("candidate") or {}
+    readings = m["training"].get("readings")
+    sensors = m["training"].get("sensors") or []
+    detector = m["config"].get("detector") or {}
+    detectors = detector.get("detectors") if isinstance(detector, dict) else None
+    f1 = cand.get("f1") if isinstance(cand, dict) else None
+    labels = ev.get("labels")
+    if (
+        type(readings) is not int
+        or not isinstance(sensors, list)
+        or not (
+            detectors is None
+            or (isinstance(detectors, list) and all(isinstance(d, str) for d in detectors))
+        )
+        or not (f1 is None or (isinstance(f1, int | float) and not isinstance(f1, bool)))
+        or not (labels is None or isinstance(labels, str))
+    ):
+        raise ModelError(
+            f"model {version}: manifest.json: training, config or evaluation malformed"
+        )
+    return {
+        "version": version,
+        "current": current is not None and current.version == version,
+        "created": m["created"],
+        "readings": readings,
+        "sensors": len(sensors),
+        "detectors": detectors,
+        "f1": f1,
+        "labels": labels,
+        "problem": None,
+    }
 
 
 @app.command()
