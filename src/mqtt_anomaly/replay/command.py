@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from ..cli.options import ConfigOpt
+from ..cli.options import TIME_HELP, ConfigOpt, SinceOpt, UntilOpt
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -34,7 +34,6 @@ FROM_HELP = (
     "postgresql://USER@HOST/DB), or kafka://HOST:PORT/TOPIC (several brokers: "
     "HOST:PORT,HOST:PORT; without /TOPIC: kafka.readings_topic)."
 )
-TIME_HELP = "epoch seconds or ISO 8601 (UTC unless an offset is given)"
 
 
 def replay(
@@ -56,14 +55,8 @@ def replay(
     sensor: Annotated[
         str | None, typer.Option(help="Only this sensor.", show_default=False)
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(help=f"Readings from this time on: {TIME_HELP}.", show_default=False),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help=f"Readings up to this time: {TIME_HELP}.", show_default=False),
-    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     limit: Annotated[
         int | None,
         typer.Option(help="Stop after N readings.", metavar="N", show_default=False),
