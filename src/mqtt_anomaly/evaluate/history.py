@@ -42,24 +42,16 @@ def history(
 
     from ..cli.settings import settings_from_cli
     from ..console import emit, fail, out
-    from ..errors import ConfigError, MqttAnomalyError
-    from ..models.data import LabelledPeriod, check_grace, read_labels
+    from ..errors import MqttAnomalyError
+    from ..models.data import labelled_period
     from ..models.work import replay_alerts, score
-    from ..replay.command import _detector_names, _time
+    from ..replay.command import _detector_names
 
     try:
-        check_grace(grace)
         names = _detector_names(detectors)
         settings = settings_from_cli(config, {"detector": {"detectors": names}})
-        start, end = _time(since, "--since"), _time(until, "--until")
-        lab = read_labels(labels, settings)
-        span = lab.span
-        if span is None:
-            raise ConfigError(f"--labels {labels}: no labels")
-        start = span[0] if start is None else start
-        end = span[1] + grace if end is None else end
-        period = LabelledPeriod(lab, source, settings, start, end)
-        shown = period.shown
+        period = labelled_period(labels, source, settings, since, until, grace)
+        lab, start, end, shown = period.labels, period.since, period.until, period.shown
         with ExitStack() as stack:
             alerts, n = replay_alerts(settings, None, period.batches(stack))
         result = score(None, lab, alerts, n, grace, start, end)

@@ -368,29 +368,21 @@ def evaluate(
     """
     from ..console import emit, out
     from ..errors import ConfigError, MqttAnomalyError
-    from .data import LabelledPeriod, check_grace, read_labels
+    from .data import labelled_period
     from .format import utc_now
     from .work import replay_alerts, score
 
     settings = _settings(config, registry)
     reg = _registry(settings)
     try:
-        check_grace(grace)
-        start, end = _time(since, "--since"), _time(until, "--until")
         ref = reg.ref(version)
         candidate = reg.load(ref)
         current_ref = reg.current()
         current = None
         if current_ref is not None:
             current = candidate if current_ref.version == version else reg.load(current_ref)
-        lab = read_labels(labels, settings)
-        span = lab.span
-        if span is None:
-            raise ConfigError(f"--labels {labels}: no labels")
-        start = span[0] if start is None else start
-        end = span[1] + grace if end is None else end
-        period = LabelledPeriod(lab, source, settings, start, end)
-        shown = period.shown
+        period = labelled_period(labels, source, settings, since, until, grace)
+        lab, start, end, shown = period.labels, period.since, period.until, period.shown
 
         scores = []
         for model, name in (

@@ -47,6 +47,7 @@ __all__ = [
     "Selection",
     "check_grace",
     "csv_batches",
+    "labelled_period",
     "open_history",
     "read_labels",
 ]
@@ -246,3 +247,27 @@ class LabelledPeriod:
         assert self._source is not None
         st = stack.enter_context(open_history(self._source.url, self.settings))
         return store_batches(st, since=since, until=until)
+
+
+def labelled_period(
+    spec: str,
+    source: str | None,
+    settings: Settings,
+    since: str | None,
+    until: str | None,
+    grace: float,
+) -> LabelledPeriod:
+    """``--labels``, ``--from``, ``--since``, ``--until``, ``--grace`` checked: the labels and
+    the readings to replay. Without ``since``/``until`` the period is the labels' own, from the
+    first labelled time to the last plus ``grace``. ConfigError (one line) for bad input."""
+    from ..replay.command import _time
+
+    check_grace(grace)
+    start, end = _time(since, "--since"), _time(until, "--until")
+    labels = read_labels(spec, settings)
+    span = labels.span
+    if span is None:
+        raise ConfigError(f"--labels {spec}: no labels")
+    start = span[0] if start is None else start
+    end = span[1] + grace if end is None else end
+    return LabelledPeriod(labels, source, settings, start, end)
