@@ -1,15 +1,20 @@
-"""Test helpers: wait on conditions, observe a broker, publish readings."""
+"""Test helpers: wait on conditions, observe a broker, publish readings, fill a store."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from mqtt_anomaly.config import BrokerSettings
 from mqtt_anomaly.transport.client import MqttClient
+
+if TYPE_CHECKING:
+    from mqtt_anomaly.messages import Reading
+    from mqtt_anomaly.store import Store
 
 
 async def eventually(
@@ -63,3 +68,14 @@ def reading_payload(sid: str, value: float, seq: int, ts: float | None = None) -
             "seq": seq,
         }
     )
+
+
+def fill_store(store: Store, readings: Sequence[Reading], chunk: int = 500) -> None:
+    """Write ``readings`` to ``store`` in batches of ``chunk`` and wait until they are stored."""
+    for k in range(0, len(readings), chunk):
+        part = readings[k : k + chunk]
+        store.add_readings(
+            [r.sensor_id for r in part], [r.ts for r in part], [r.value for r in part],
+            [r.seq for r in part],
+        )  # fmt: skip
+    assert store.flush(10)

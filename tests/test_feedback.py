@@ -143,3 +143,32 @@ async def test_feedback_needs_a_store_that_keeps_it(mosquitto: Mosquitto, tmp_pa
         )
         assert res.status_code == 409 and "needs a history store" in res.json()["detail"]
         assert (await c.get("/api/feedback")).status_code == 409
+
+
+def test_feedback_is_on_the_live_alert_never_on_a_shadow_one(tmp_path: Path) -> None:
+    """A shadow candidate's alert shares the id of the live alert of the same reading; the
+    feedback is on the live one, and an alert only a shadow raised is no alert to judge."""
+    from mqtt_anomaly.config import StoreSettings
+    from mqtt_anomaly.messages import Alert, alert_id
+    from mqtt_anomaly.store.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "h.db", StoreSettings(flush_interval=0.05)) as st:
+        both = alert_id("S1", "threshold", "raised", 7, 1000.0)
+        shadow_only = alert_id("S2", "threshold", "raised", 8, 1001.0)
+        for sid, aid, ts, shadow in (
+            ("S1", both, 1000.0, "v2"),
+            ("S1", both, 1000.0, ""),
+            ("S2", shadow_only, 1001.0, "v2"),
+        ):
+            st.add_alert(
+                Alert(sid, "threshold", "critical", "raised", 98.2, 1.0, 90.0, None, None,
+                      ts, ts, id=aid, shadow=shadow)
+            )  # fmt: skip
+        assert st.flush(10)
+        found = st.alert_by_id(both)
+        assert found is not None and found.shadow == ""
+        assert st.add_feedback(both, "confirmed").sensor_id == "S1"
+        assert st.alert_by_id(shadow_only) is None
+        with pytest.raises(LookupError, match="no stored alert"):
+            st.add_feedback(shadow_only, "false_alarm")
+        assert [f.alert_id for f in st.feedback()] == [both]

@@ -22,8 +22,9 @@ from mqtt_anomaly.messages import Alert, Reading, alert_id
 from mqtt_anomaly.models.format import MANIFEST, STATE, load_model
 from mqtt_anomaly.models.registry import Registry
 from mqtt_anomaly.replay.engine import Columns, Replayer
-from mqtt_anomaly.store import Store
 from mqtt_anomaly.store.sqlite import SqliteStore
+
+from .helpers import fill_store
 
 runner = CliRunner()
 T0 = float(math.floor(time.time()) - 7200)
@@ -43,16 +44,6 @@ def history(lo: int = 0, hi: int = N) -> list[Reading]:
     return [Reading(s, T0 + i, value(s, i), "C", i) for i in range(lo, hi) for s in ("S1", "S2")]
 
 
-def fill(store: Store, readings: list[Reading]) -> None:
-    for k in range(0, len(readings), 500):
-        part = readings[k : k + 500]
-        store.add_readings(
-            [r.sensor_id for r in part], [r.ts for r in part], [r.value for r in part],
-            [r.seq for r in part],
-        )  # fmt: skip
-    assert store.flush(10)
-
-
 def columns(readings: list[Reading]) -> Columns:
     return Columns(
         [r.sensor_id for r in readings],
@@ -66,7 +57,7 @@ def columns(readings: list[Reading]) -> Columns:
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "history.db"
     with SqliteStore(path, StoreSettings(flush_interval=0.05)) as st:
-        fill(st, history())
+        fill_store(st, history())
     return path
 
 
@@ -589,6 +580,44 @@ def test_a_damaged_registry_index_is_one_line(db: Path, tmp_path: Path) -> None:
         res = cli("models", *args, "--registry", reg)
         assert res.exit_code == 2 and "not a registry index" in res.output, (args, res.output)
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_deeply_nested_index_and_a_registry_that_is_a_file_are_one_line(
+    db: Path, tmp_path: Path
+) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    (reg / "registry.json").write_text("[" * 100_000)
+    res = cli("models", "list", "--registry", reg)
+    assert res.exit_code == 2 and "not JSON" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (("list",), ("show", version), ("promote", version), ("rollback",)):
+        res = cli("models", *args, "--registry", afile)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output.strip() == f"error: registry {afile}: not a folder", (args, res.output)
+    res = cli("models", "train", "--store", f"sqlite:///{db}", "--registry", afile)
+    assert res.exit_code == 2 and f"registry {afile}: not a folder" in res.output, res.output
+
+
+@pytest.mark.parametrize("grace", ["inf", "nan", "-1"])
+def test_a_grace_that_is_not_finite_and_positive_is_one_line(
+    db: Path, tmp_path: Path, labels: Path, grace: str
+) -> None:
+    reg = tmp_path / "models"
+    version = train(db, reg)
+    before = (reg / "versions" / version / MANIFEST).read_bytes()
+    for args in (
+        ("models", "evaluate", version, "--registry", reg),
+        ("evaluate", "history"),
+    ):
+        res = cli(*args, "--labels", labels, "--from", f"sqlite:///{db}", "--grace", grace)
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output.strip() == (
+            f"error: --grace {float(grace)}: expected a finite number of seconds, 0 or more"
+        ), res.output
+    assert (reg / "versions" / version / MANIFEST).read_bytes() == before
 
 
 def test_the_service_starts_from_the_model_when_the_saved_state_is_unusable(

@@ -30,6 +30,7 @@ from mqtt_anomaly.store.postgres import PostgresStore
 from mqtt_anomaly.store.sqlite import SqliteStore
 from mqtt_anomaly.topics import TopicTemplate
 
+from .helpers import fill_store
 from .kafka import Tansu, unique
 from .mosquitto import free_port
 from .postgres import private_database
@@ -52,16 +53,6 @@ def history() -> list[Reading]:
     return rows
 
 
-def fill(store: Store, readings: list[Reading]) -> None:
-    for k in range(0, len(readings), 250):
-        part = readings[k : k + 250]
-        store.add_readings(
-            [r.sensor_id for r in part], [r.ts for r in part], [r.value for r in part],
-            [r.seq for r in part],
-        )  # fmt: skip
-    assert store.flush(10)
-
-
 def stored_alert(detector: str, ts: float, state: str = "raised") -> Alert:
     return Alert("S1", detector, "warning", state, 1.0, 0.9, None, None, None, ts, ts)  # type: ignore[arg-type]
 
@@ -71,7 +62,7 @@ def db(tmp_path: Path) -> Path:
     """A SQLite history filled through the store API, with three alerts the service raised."""
     path = tmp_path / "history.db"
     with SqliteStore(path, StoreSettings(flush_interval=0.05)) as st:
-        fill(st, history())
+        fill_store(st, history())
         st.add_alert(stored_alert("zscore", T0 + 100))
         st.add_alert(stored_alert("zscore", T0 + 103, "cleared"))
         st.add_alert(stored_alert("offline", T0 + 300))

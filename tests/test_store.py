@@ -839,6 +839,52 @@ def test_a_step_missing_at_the_current_version_is_still_applied(backend: Backend
         assert [a.suppressed for a in st.recent_alerts(limit=10)] == ["maintenance: x"]
 
 
+def test_version_4_store_gains_feedback_and_the_shadow_key(backend: Backend) -> None:
+    """A store written before operator feedback and shadow alerts (schema 4: no alert_id,
+    shadow, feedback table; the old unique key) is upgraded on open: its old alerts stay (with
+    no id, so no feedback on them), new alerts take feedback, a shadow alert of a live one's
+    reading is a row of its own."""
+    from mqtt_anomaly.messages import alert_id
+    from mqtt_anomaly.store.feedback import FeedbackStore
+
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(alert("S1", ts=NOW))
+        assert st.flush(10)
+    statements = [
+        "DROP TABLE feedback",
+        "DROP INDEX alerts_key_shadow",
+        "DROP INDEX alerts_alert_id",
+        "ALTER TABLE alerts DROP COLUMN shadow",
+        "ALTER TABLE alerts DROP COLUMN alert_id",
+        "CREATE UNIQUE INDEX alerts_key ON alerts (sensor_id, detector, state, reading_ts)",
+        "UPDATE schema_version SET version = 4",
+    ]
+    if isinstance(backend, SqliteBackend):
+        with sqlite3.connect(backend.db) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+    else:
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement.encode())
+    aid = alert_id("S2", "threshold", "raised", 5, NOW + 0.5)
+    with backend.open(settings(flush_interval=0.05)) as st:
+        assert isinstance(st, FeedbackStore)
+        st.add_alert(alert("S2", ts=NOW + 1, id=aid))
+        st.add_alert(alert("S2", ts=NOW + 1, id=aid, shadow="v2"))
+        assert st.flush(10)
+        assert [a.id for a in st.recent_alerts(limit=10)] == [aid, ""]
+        assert [a.shadow for a in st.recent_alerts(limit=10, shadow=True)] == ["v2"]
+        assert st.add_feedback(aid, "confirmed").sensor_id == "S2"
+        with pytest.raises(LookupError):
+            st.add_feedback("", "confirmed")
+        assert [f.alert_id for f in st.feedback()] == [aid]
+    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+    assert backend.count("SELECT count(*) FROM schema_version") == 1
+
+
 def test_asset_alerts_keep_asset_and_contributions(store: Store) -> None:
     shares = {"PUMP-01/flow": 0.625, "PUMP-01/discharge_pressure": 0.25, "PUMP-01/voltage": 0.125}
     asset = alert("PUMP-01", NOW, detector="asset", asset_id="PUMP-01", contributions=shares)

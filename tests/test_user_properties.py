@@ -209,3 +209,23 @@ def test_property_names_are_checked() -> None:
         load_settings(None, {"broker": {"unit_property": "u" * 65}})
     off = load_settings(None, {"broker": {"unit_property": "", "asset_property": ""}})
     assert (off.broker.unit_property, off.broker.asset_property) == ("", "")
+
+
+def test_an_asset_property_that_is_no_id_and_unprintable_values_are_not_read() -> None:
+    """An asset id becomes the sensor id of its alerts and a level of their topic: a value
+    with a topic separator, a wildcard or over the id length is ignored, as are values with
+    control characters."""
+    settings = load_settings(None, {"broker": {"protocol": "5"}})
+    client = LeanClient(settings.broker, "t", on_batch=lambda batch: None)
+    calls: list[tuple[str, str | None, str | None]] = []
+    client.on_properties = lambda *args: calls.append(args)
+    topic = "factory/A/temperature"
+    for asset in ("pump/7", "pump-#", "+", "p" * 129, "pump\n7"):
+        block = codec.encode_properties(
+            [(codec.USER_PROPERTY, ("asset", asset)), (codec.USER_PROPERTY, ("unit", "bar\x1b"))]
+        )
+        client._user_properties(topic, block)
+    assert calls == []
+    ok = codec.encode_properties([(codec.USER_PROPERTY, ("asset", "pump-7"))])
+    client._user_properties(topic, ok)
+    assert calls == [(topic, None, "pump-7")]

@@ -43,9 +43,11 @@ a truncated file), another format version, a manifest that is not the JSON above
 in the whitelist, arrays whose shape, size or offset do not fit the data, and any tag it does
 not know.
 
-Also here: :func:`prepare_dir` (the state directory 0700, checked writable), the state key
-(:func:`load_or_create_key`, 32 random bytes, 0600) and HMAC-SHA256 signing of opaque blobs
-(:func:`sign`, :func:`verify`), and :func:`move_aside` for a file that cannot be loaded.
+Also here: :func:`write_atomic` and :func:`fsync_dir` (the atomic file write of state files,
+model manifests and the model registry index), :func:`prepare_dir` (the state directory 0700,
+checked writable), the state key (:func:`load_or_create_key`, 32 random bytes, 0600) and
+HMAC-SHA256 signing of opaque blobs (:func:`sign`, :func:`verify`), and :func:`move_aside` for a
+file that cannot be loaded.
 """
 
 from __future__ import annotations
@@ -80,12 +82,14 @@ __all__ = [
     "decode",
     "dump",
     "encode",
+    "fsync_dir",
     "load",
     "load_or_create_key",
     "move_aside",
     "prepare_dir",
     "sign",
     "verify",
+    "write_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -395,11 +399,24 @@ def dump(path: Path, tree: Mapping[str, Any], *, sync: bool = True) -> None:
 
     Raises :class:`StateFileError` for a tree that is not data, OSError for I/O.
     """
-    pieces = encode(tree)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    write_atomic(path, encode(tree), mode=0o600, sync=sync)
+
+
+def write_atomic(
+    path: Path,
+    pieces: Iterable[bytes | memoryview],
+    *,
+    mode: int = 0o600,
+    sync: bool = True,
+    tmp: Path | None = None,
+) -> None:
+    """Write ``pieces`` to ``path`` (``mode``) via the temporary file ``tmp`` (default
+    ``<name>.tmp`` beside it) and an atomic rename; ``sync``: file and directory fsynced
+    before returning. A crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp") if tmp is None else tmp
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, 0o600)  # an older temporary file keeps its mode otherwise
+        os.fchmod(fd, mode)  # an older temporary file keeps its mode otherwise
         with os.fdopen(fd, "wb", closefd=False) as fh:
             fh.writelines(pieces)
             fh.flush()
@@ -409,7 +426,7 @@ def dump(path: Path, tree: Mapping[str, Any], *, sync: bool = True) -> None:
         os.close(fd)
     os.replace(tmp, path)
     if sync:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -429,7 +446,9 @@ def load(path: Path) -> dict[str, Any]:
     return decode(data)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` (where the file system allows it): a rename in it is on
+    the disk."""
     with contextlib.suppress(OSError):  # not every file system lets a directory be synced
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -35,3 +35,41 @@ AssetsOpt = Annotated[
 AssetKindOpt = Annotated[
     str, typer.Option(help="Kind of machine with --assets: pump or compressor.")
 ]
+
+# ---- replaying and scoring recorded readings (models, evaluate history) ----------------------
+TIME_HELP = "epoch seconds or ISO 8601 (UTC unless an offset is given)"
+SinceOpt = Annotated[
+    str | None, typer.Option(help=f"Readings from this time on: {TIME_HELP}.", show_default=False)
+]
+UntilOpt = Annotated[
+    str | None, typer.Option(help=f"Readings up to this time: {TIME_HELP}.", show_default=False)
+]
+DetectorsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Detectors, comma-separated (instead of detector.detectors).",
+        metavar="A,B,C",
+        show_default=False,
+    ),
+]
+LabelsOpt = Annotated[
+    str,
+    typer.Option(
+        help="feedback (the store's operator feedback), feedback:STORE_URL, sim:PATH or "
+        "PATH.jsonl (simulator labels), csv:PATH (a labelled CSV, whose readings are replayed).",
+        show_default=False,
+    ),
+]
+LabelledFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Readings to replay: a store URL or kafka://HOST:PORT/TOPIC (default: store.url; "
+        "csv labels: the CSV).",
+        show_default=False,
+    ),
+]
+GraceOpt = Annotated[
+    float, typer.Option(help="Seconds after a labelled time an alert still counts for it.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

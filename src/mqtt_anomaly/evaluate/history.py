@@ -8,47 +8,28 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
-from typing import Annotated
 
-import typer
-
-from ..cli.options import ConfigOpt
-
-LABELS_HELP = (
-    "feedback (the store's operator feedback), feedback:STORE_URL, sim:PATH or PATH.jsonl "
-    "(simulator labels), csv:PATH (a labelled CSV, whose readings are replayed)."
+from ..cli.options import (
+    ConfigOpt,
+    DetectorsOpt,
+    GraceOpt,
+    JsonOpt,
+    LabelledFromOpt,
+    LabelsOpt,
+    SinceOpt,
+    UntilOpt,
 )
 
 
 def history(
-    labels: Annotated[str, typer.Option(help=LABELS_HELP, show_default=False)],
+    labels: LabelsOpt,
     config: ConfigOpt = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            help="Readings to replay: a store URL or kafka://HOST:PORT/TOPIC (default: store.url).",
-            show_default=False,
-        ),
-    ] = None,
-    detectors: Annotated[
-        str | None,
-        typer.Option(
-            help="Detectors, comma-separated (instead of detector.detectors).",
-            metavar="A,B,C",
-            show_default=False,
-        ),
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Readings from this time on.", show_default=False)
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="Readings up to this time.", show_default=False)
-    ] = None,
-    grace: Annotated[
-        float, typer.Option(help="Seconds after a labelled time an alert still counts for it.")
-    ] = 10.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    source: LabelledFromOpt = None,
+    detectors: DetectorsOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    grace: GraceOpt = 10.0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score the configured detectors on labelled history (e.g. operator feedback).
 
@@ -62,12 +43,12 @@ def history(
     from ..cli.settings import settings_from_cli
     from ..console import emit, fail, out
     from ..errors import ConfigError, MqttAnomalyError
-    from ..models.data import csv_batches, open_history, read_labels
+    from ..models.data import LabelledPeriod, check_grace, read_labels
     from ..models.work import replay_alerts, score
-    from ..replay.command import _detector_names, _safe_url, _time
-    from ..replay.sources import KafkaReader, KafkaSource, parse_source, store_batches
+    from ..replay.command import _detector_names, _time
 
     try:
+        check_grace(grace)
         names = _detector_names(detectors)
         settings = settings_from_cli(config, {"detector": {"detectors": names}})
         start, end = _time(since, "--since"), _time(until, "--until")
@@ -77,20 +58,10 @@ def history(
             raise ConfigError(f"--labels {labels}: no labels")
         start = span[0] if start is None else start
         end = span[1] + grace if end is None else end
+        period = LabelledPeriod(lab, source, settings, start, end)
+        shown = period.shown
         with ExitStack() as stack:
-            if lab.csv is not None:
-                batches = csv_batches(lab.csv, since=start, until=end)
-                shown = labels
-            else:
-                parsed = parse_source(source or "store", settings)
-                if isinstance(parsed, KafkaSource):
-                    batches = iter(KafkaReader(parsed, since=start, until=end))
-                    shown = f"kafka://{parsed.bootstrap}/{parsed.topic}"
-                else:
-                    st = stack.enter_context(open_history(parsed.url, settings))
-                    batches = store_batches(st, since=start, until=end)
-                    shown = _safe_url(parsed.url)
-            alerts, n = replay_alerts(settings, None, batches)
+            alerts, n = replay_alerts(settings, None, period.batches(stack))
         result = score(None, lab, alerts, n, grace, start, end)
     except MqttAnomalyError as exc:
         fail(escape(" ".join(str(exc).split())))

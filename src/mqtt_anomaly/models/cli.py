@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from ..cli.options import ConfigOpt
+from ..cli.options import (
+    ConfigOpt,
+    DetectorsOpt,
+    GraceOpt,
+    JsonOpt,
+    LabelledFromOpt,
+    LabelsOpt,
+    SinceOpt,
+    UntilOpt,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -28,7 +37,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-TIME_HELP = "epoch seconds or ISO 8601 (UTC unless an offset is given)"
 RegistryOpt = Annotated[
     Path | None,
     typer.Option(
@@ -38,13 +46,6 @@ RegistryOpt = Annotated[
         show_default=False,
     ),
 ]
-SinceOpt = Annotated[
-    str | None, typer.Option(help=f"Readings from this time on: {TIME_HELP}.", show_default=False)
-]
-UntilOpt = Annotated[
-    str | None, typer.Option(help=f"Readings up to this time: {TIME_HELP}.", show_default=False)
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 VersionArg = Annotated[str, typer.Argument(help="Model version (v1, v2, ...).", show_default=False)]
 
 
@@ -138,14 +139,7 @@ def train(
             "--asset", help="Only the sensors of this asset (repeatable).", show_default=False
         ),
     ] = None,
-    detectors: Annotated[
-        str | None,
-        typer.Option(
-            help="Detectors, comma-separated (instead of detector.detectors).",
-            metavar="A,B,C",
-            show_default=False,
-        ),
-    ] = None,
+    detectors: DetectorsOpt = None,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -328,30 +322,13 @@ def show(version: VersionArg, config: ConfigOpt = None, registry: RegistryOpt = 
 @app.command()
 def evaluate(
     version: VersionArg,
-    labels: Annotated[
-        str,
-        typer.Option(
-            help="feedback (the store's operator feedback), feedback:STORE_URL, "
-            "sim:PATH or PATH.jsonl (simulator labels), csv:PATH (a labelled CSV).",
-            show_default=False,
-        ),
-    ],
+    labels: LabelsOpt,
     config: ConfigOpt = None,
     registry: RegistryOpt = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            help="Readings to replay: a store URL or kafka://HOST:PORT/TOPIC (default: store.url; "
-            "csv labels: the CSV).",
-            show_default=False,
-        ),
-    ] = None,
+    source: LabelledFromOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    grace: Annotated[
-        float, typer.Option(help="Seconds after a labelled time an alert still counts for it.")
-    ] = 10.0,
+    grace: GraceOpt = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a model against the current one on labels; figures go into its manifest.
@@ -367,17 +344,14 @@ def evaluate(
     """
     from ..console import emit, out
     from ..errors import ConfigError, MqttAnomalyError
-    from ..replay.command import _safe_url
-    from ..replay.sources import KafkaReader, KafkaSource, parse_source, store_batches
-    from .data import csv_batches, open_history, read_labels
+    from .data import LabelledPeriod, check_grace, read_labels
     from .format import utc_now
     from .work import replay_alerts, score
 
     settings = _settings(config, registry)
     reg = _registry(settings)
     try:
-        if not grace >= 0:
-            raise ConfigError("--grace must be 0 or more")
+        check_grace(grace)
         start, end = _time(since, "--since"), _time(until, "--until")
         ref = reg.ref(version)
         candidate = reg.load(ref)
@@ -391,16 +365,8 @@ def evaluate(
             raise ConfigError(f"--labels {labels}: no labels")
         start = span[0] if start is None else start
         end = span[1] + grace if end is None else end
-        shown = labels if lab.csv is not None else (source or settings.store.url)
-
-        def batches(stack: ExitStack) -> Iterator[Columns]:
-            if lab.csv is not None:
-                return csv_batches(lab.csv, since=start, until=end)
-            parsed = parse_source(source or "store", settings)
-            if isinstance(parsed, KafkaSource):
-                return iter(KafkaReader(parsed, since=start, until=end))
-            st = stack.enter_context(open_history(parsed.url, settings))
-            return store_batches(st, since=start, until=end)
+        period = LabelledPeriod(lab, source, settings, start, end)
+        shown = period.shown
 
         scores = []
         for model, name in (
@@ -415,16 +381,16 @@ def evaluate(
                 alerts, n = replay_alerts(
                     settings,
                     model,
-                    batches(stack),
+                    period.batches(stack),
                     _ticker(bar, task),
                 )
             scores.append(score(name, lab, alerts, n, grace, start, end))
         if not scores[0].readings:
-            raise ConfigError(f"no readings from {_safe_url(shown)} in the labelled period")
+            raise ConfigError(f"no readings from {shown} in the labelled period")
         evaluation = {
             "at": utc_now(),
             "labels": lab.spec,
-            "source": _safe_url(shown),
+            "source": shown,
             "since": start,
             "until": end,
             "grace": grace,
@@ -454,7 +420,7 @@ def evaluate(
         )
     out.print(table)
     out.print(
-        f"{scores[0].readings:,} readings replayed from {_safe_url(shown)}; figures written "
+        f"{scores[0].readings:,} readings replayed from {shown}; figures written "
         f"to {ref.path / 'manifest.json'}.",
         markup=False,
     )

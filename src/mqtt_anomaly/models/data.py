@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,16 @@ if TYPE_CHECKING:
     from ..simulate import Label
     from ..store.base import Store
 
-__all__ = ["Labels", "Point", "Selection", "csv_batches", "open_history", "read_labels"]
+__all__ = [
+    "LabelledPeriod",
+    "Labels",
+    "Point",
+    "Selection",
+    "check_grace",
+    "csv_batches",
+    "open_history",
+    "read_labels",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +205,44 @@ def _feedback_labels(spec: str, url: str, settings: Settings) -> Labels:
         for f in rows
     )
     return Labels(shown_spec(spec), points=points)
+
+
+def check_grace(grace: float) -> float:
+    """``--grace``: a finite number of seconds, 0 or more (ConfigError otherwise)."""
+    if not (math.isfinite(grace) and grace >= 0):
+        raise ConfigError(f"--grace {grace}: expected a finite number of seconds, 0 or more")
+    return grace
+
+
+class LabelledPeriod:
+    """The readings to replay for ``--labels`` (``models evaluate``, ``evaluate history``):
+    a labelled CSV's own, else those of ``--from`` (default: store.url) from ``since`` to
+    ``until``. ``shown`` names them as they may be printed (a password masked)."""
+
+    def __init__(
+        self, labels: Labels, source: str | None, settings: Settings, since: float, until: float
+    ) -> None:
+        from ..replay.command import _safe_url
+        from ..replay.sources import KafkaSource, parse_source
+
+        self.labels, self.settings, self.since, self.until = labels, settings, since, until
+        self._source = None if labels.csv is not None else parse_source(source or "store", settings)
+        if self._source is None:
+            self.shown = labels.spec
+        elif isinstance(self._source, KafkaSource):
+            self.shown = f"kafka://{self._source.bootstrap}/{self._source.topic}"
+        else:
+            self.shown = _safe_url(self._source.url)
+
+    def batches(self, stack: ExitStack) -> Iterator[Columns]:
+        """The readings, once more (a store opened on ``stack``)."""
+        from ..replay.sources import KafkaReader, KafkaSource, store_batches
+
+        since, until = self.since, self.until
+        if self.labels.csv is not None:
+            return csv_batches(self.labels.csv, since=since, until=until)
+        if isinstance(self._source, KafkaSource):
+            return iter(KafkaReader(self._source, since=since, until=until))
+        assert self._source is not None
+        st = stack.enter_context(open_history(self._source.url, self.settings))
+        return store_batches(st, since=since, until=until)

@@ -38,7 +38,6 @@ loads the state into a new pipeline, which checks its shape (also a ``ModelError
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -56,7 +55,7 @@ from .. import __version__
 from ..config import AssetSettings, DetectorSettings, OverrideSettings, Settings
 from ..drift import DRIFT, DriftBook
 from ..errors import ConfigError, ModelError, StateFileError
-from ..statefile import decode, dump
+from ..statefile import decode, dump, write_atomic
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -150,27 +149,11 @@ def model_state(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path`` atomically: a temporary file, fsync, rename, fsync of
-    the directory. A crash leaves the old file or the new one, never half of one."""
+    """Write ``doc`` as JSON to ``path`` atomically (:func:`~mqtt_anomaly.statefile.write_atomic`:
+    a temporary file, fsync, rename, fsync of the directory)."""
     data = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be synced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_atomic(path, [data], mode=0o644, tmp=tmp)
 
 
 def write_model(

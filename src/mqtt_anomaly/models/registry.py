@@ -39,10 +39,9 @@ from typing import Any, Final
 
 from ..config import Settings
 from ..errors import ModelError, StateFileError
-from ..statefile import load
+from ..statefile import fsync_dir, load
 from .format import (
     LoadedModel,
-    fsync_dir,
     load_model,
     read_manifest,
     utc_now,
@@ -132,7 +131,13 @@ class Registry:
         self.path = Path(path)
 
     # ---- reading --------------------------------------------------------------------
+    def _folder(self) -> None:
+        """ModelError when the registry path exists and is not a folder."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ModelError(f"registry {self.path}: not a folder")
+
     def _index(self) -> dict[str, Any]:
+        self._folder()
         path = self.path / INDEX
         try:
             doc = json.loads(path.read_bytes())
@@ -140,7 +145,7 @@ class Registry:
             return {"current": None, "stack": [], "history": []}
         except OSError as exc:
             raise ModelError(f"registry {path}: cannot read: {exc.strerror or exc}") from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ModelError(f"registry {path}: not JSON") from exc
         if (
             not isinstance(doc, dict)
@@ -154,6 +159,7 @@ class Registry:
 
     def versions(self) -> list[ModelRef]:
         """Every version, oldest first."""
+        self._folder()
         try:
             names = [p.name for p in (self.path / VERSIONS).iterdir() if p.is_dir()]
         except (FileNotFoundError, NotADirectoryError):
@@ -171,6 +177,7 @@ class Registry:
     def ref(self, version: str) -> ModelRef:
         """The version ``version``; ModelError when the registry has none such."""
         ref = self._ref(version)
+        self._folder()
         if not ref.path.is_dir():
             raise ModelError(f"registry {self.path} has no model {version}")
         return ref
@@ -195,6 +202,7 @@ class Registry:
     # ---- changing -------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        self._folder()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)

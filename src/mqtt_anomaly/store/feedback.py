@@ -76,10 +76,12 @@ class FeedbackSql:
     def _write_now(self, statement: str, args: Sequence[Any]) -> None: ...
 
     def alert_by_id(self, alert_id: str) -> Alert | None:
-        """The stored alert event with this id (None: not stored, or not yet written)."""
+        """The live configuration's stored alert event with this id (None: not stored, not
+        yet written, or only a shadow candidate's, which no operator was shown)."""
         p = self._PARAM
-        rows = self._query(  # the live alert (a shadow candidate's of the same reading has its id)
-            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''", (alert_id,)
+        rows = self._query(
+            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''",
+            (alert_id,),
         )
         return alert_from_row(rows[0]) if rows and alert_id else None
 
@@ -90,6 +92,7 @@ class FeedbackSql:
         :data:`MAX_NOTE`; LookupError when the store holds no such raised alert."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r}: expected confirmed or false_alarm")
+        checked: Verdict = "confirmed" if verdict == "confirmed" else "false_alarm"
         if len(note) > MAX_NOTE:
             raise ValueError(f"note: at most {MAX_NOTE} characters")
         alert = self.alert_by_id(alert_id)
@@ -103,7 +106,7 @@ class FeedbackSql:
             alert.detector,
             alert.reading_ts,
             alert.alert_ts,
-            verdict,  # type: ignore[arg-type]
+            checked,
             note,
             time.time(),
         )

@@ -48,6 +48,7 @@ from ..config import BrokerSettings
 from ..console import RateLimitedLog
 from ..errors import BrokerError
 from ..retry import Backoff
+from ..topics import valid_sensor_id
 from .codec import (
     CONNACK,
     DISCONNECT,
@@ -398,12 +399,12 @@ class LeanClient:
         for pid, value in decode_properties(block):
             if pid == USER_PROPERTY and isinstance(value, tuple):
                 name, text = value
-                if not name or not text:
+                if not name or not text or not text.isprintable():
                     continue
                 if name == s.unit_property:
                     unit = text
-                elif name == s.asset_property:
-                    asset = text
+                elif name == s.asset_property and valid_sensor_id(text):
+                    asset = text  # an asset id names its alerts' topics: an id, like a sensor's
         return unit, asset
 
     def _negotiated(self, properties: bytes) -> None:
