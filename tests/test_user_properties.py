@@ -170,10 +170,10 @@ def test_a_repeated_property_block_is_not_decoded_again_but_still_reported() -> 
 
 
 def test_asset_membership_from_properties_survives_a_restart_without_recommissioning() -> None:
-    settings = load_settings(None, {"assets": {"commission_rows": 12}})
+    settings = load_settings(None, {"assets": {"commission_rows": 20}})
     pl = Pipeline(settings)
     t0 = 1.7e9
-    for k in range(30):
+    for k in range(50):
         for sid in ("R-1", "R-2"):
             pl.note_properties(f"factory/{sid}/temperature", "bar", "press")
             pl.process(
