@@ -183,11 +183,31 @@ def test_fusion_alerts_once_per_incident_once_settled() -> None:
     assert np.count_nonzero(s[300:] >= 0.5) <= 5  # settled: the ensemble's bound
 
 
+def test_fusion_dead_band_silences_records_of_stationary_noise() -> None:
+    from mqtt_anomaly.config import DetectorSettings
+
+    def alerts(params: dict[str, float]) -> int:
+        det = lambda: create("fusion", DetectorSettings(params={"fusion": params}))  # noqa: E731
+        xs = [25 + np.random.default_rng(k).normal(0, 0.3, 3000) for k in range(20)]
+        return sum(int(np.count_nonzero(det().score_series(x) >= 0.5)) for x in xs)
+
+    assert alerts({}) > 100  # records of noise, broken by chance
+    assert alerts({"band": 1.0}) == 0
+    x = _normal(15, 3000)
+    x[2000:2050] += 40.0  # a real incident still alerts
+    assert (
+        _scores(create("fusion", DetectorSettings(params={"fusion": {"band": 1.0}})), x)[
+            2000:2010
+        ].max()
+        >= 0.5
+    )
+
+
 def test_fusion_parameters_are_checked() -> None:
     from mqtt_anomaly.config import DetectorSettings
     from mqtt_anomaly.errors import ConfigError
 
-    for params in ({"prof_min": 16}, {"settle": -1}, {"profile": 100}):
+    for params in ({"prof_min": 16}, {"settle": -1}, {"band": -1.0}, {"profile": 100}):
         with pytest.raises(ConfigError):
             create("fusion", DetectorSettings(params={"fusion": params}))
 
@@ -217,7 +237,7 @@ SAVED_PARAMS = {
     "'alpha': 0.01, 'short': 0.2, 'long': 0.0016, 'levels': 10, 'order': 3, 'table': 64, "
     "'hold': 300, 'level': 0.244, 'lock': True, 'vol_fast': 0.05, 'vol_slow': 0.01, "
     "'kvol': 0.08, 'profile': 168, 'c_profile': 50.0, 'prof_rate': 0.1, 'prof_min': 5, "
-    "'settle': 150}",
+    "'settle': 150, 'band': 0.0}",
     "rate": "{'alpha': 0.02, 'z_alert': 8.0, 'warmup': 10, 'clip': 4.0, 'max_rate': 0.0, "
     "'min_rate': 1e-06}",
     "robust": "{'rate': 0.02, 'z_alert': 6.0, 'warmup': 30, 'min_scale': 0.01, "

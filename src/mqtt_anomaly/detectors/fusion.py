@@ -26,6 +26,15 @@ in its first ``warmup + settle`` readings). Other defaults differ from the ensem
 NAB measured better: ``long`` 0.0016, ``kvol`` 0.08, and ``level`` 0.244 (the internal score
 mapped to 0.5: NAB's optimised threshold for all three profiles is then the alert level).
 
+**Dead band** (``band``, 0 = off). Records of a stationary noisy signal keep being broken by
+chance (about ``log n`` times in ``n`` readings, the smoothings' records more often): on 20
+sensors of Gaussian noise the defaults alert 58 times in the first 300 readings and 165 times
+in 3,000. With ``band`` a record must beat the old one by more than ``band`` times the
+feature's noise (the slow volatility, the mean ``|x[t] - x[t-1]|``, scaled by
+``sqrt(rate / (2 - rate))`` for a smoothing): ``band = 1`` gives no alert there in 3,000
+readings, at a cost on NAB (68.85 / 63.02 / 73.48 instead of 73.95 / 64.84 / 78.90): choose it
+for clean stationary sensors.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(5)
 >>> t = np.arange(2000)
@@ -114,6 +123,7 @@ def _kernel(  # pragma: no cover - compiled
     rates: np.ndarray,
     is_vol: np.ndarray,
     kk: np.ndarray,
+    dead: np.ndarray,
     cc: np.ndarray,
     ints: np.ndarray,
     reals: np.ndarray,
@@ -135,6 +145,10 @@ def _kernel(  # pragma: no cover - compiled
         x0 = float(feat[i, 0])
         step = 0.0 if math.isnan(x0) else abs(x - x0)
         record = 0.0
+        # the dead band's yardstick: the slowest volatility (mean |step|), else the deviation
+        sigma = float(feat[i, nf - 1]) if nf > 3 else math.sqrt(var[i])
+        if math.isnan(sigma):
+            sigma = 0.0
         for f in range(nf):
             inp = step if is_vol[f] else x
             old = float(feat[i, f])
@@ -144,8 +158,7 @@ def _kernel(  # pragma: no cover - compiled
             sp = hf - lf
             if ready and sp > 0:
                 over = nv - hf if is_vol[f] else max(nv - hf, lf - nv)
-                e = over / sp / kk[f]
-                record = max(record, e)
+                record = max(record, (over - dead[f] * sigma) / sp / kk[f])
         # 2. residual and 3. context novelty
         lo0, hi0 = float(lo[i, 0]), float(hi[i, 0])
         vspan = hi0 - lo0
@@ -299,12 +312,16 @@ class FusionDetector(EnsembleDetector):
         prof_rate: float = 0.1,
         prof_min: int = 5,
         settle: int = 150,
+        band: float = 0.0,
     ) -> None:
         if prof_min > _NIBBLE:
             raise ValueError(f"prof_min must be at most {_NIBBLE}")
         if settle < 0:
             raise ValueError("settle must be >= 0")
         self.settle = int(settle)
+        if band < 0:
+            raise ValueError("band must be >= 0")
+        self.band = float(band)
         super().__init__(
             warmup=warmup,
             smooth=smooth,
@@ -342,6 +359,8 @@ class FusionDetector(EnsembleDetector):
             ],
             dtype=np.int64,
         )
+        r = self._rates
+        self._dead = self.band * np.sqrt(r / (2.0 - r))
         self._reals = np.array([self.level, self.short, self.long, self.alpha, self.prof_rate])
 
     def fields(self) -> Mapping[str, Field]:
@@ -372,6 +391,7 @@ class FusionDetector(EnsembleDetector):
         out.pop("pvar")
         out["psd"] = (nb,)
         out["pcount"] = ((nb + 1) // 2,)
+
         return out
 
     def bytes_per_sensor(self) -> int:
@@ -396,6 +416,7 @@ class FusionDetector(EnsembleDetector):
             self._rates,
             self._is_vol,
             self._k,
+            self._dead,
             self._c[:nsur].astype(np.float64),
             self._ints,
             self._reals,
