@@ -235,7 +235,7 @@ SAVED_PARAMS = {
     "'kvol': 0.1, 'profile': 168, 'c_profile': 50.0, 'prof_rate': 0.1, 'prof_min': 5}",
     "fusion": "{'warmup': 150, 'smooth': 0.2, 'slow': 0.05, 'k': 0.05, 'c': 160.0, "
     "'alpha': 0.01, 'short': 0.2, 'long': 0.0016, 'levels': 10, 'order': 3, 'table': 64, "
-    "'hold': 300, 'level': 0.244, 'lock': True, 'vol_fast': 0.05, 'vol_slow': 0.01, "
+    "'hold': 300, 'level': 0.243, 'lock': True, 'vol_fast': 0.05, 'vol_slow': 0.01, "
     "'kvol': 0.08, 'profile': 168, 'c_profile': 50.0, 'prof_rate': 0.1, 'prof_min': 5, "
     "'settle': 150, 'band': 0.0}",
     "rate": "{'alpha': 0.02, 'z_alert': 8.0, 'warmup': 10, 'clip': 4.0, 'max_rate': 0.0, "
