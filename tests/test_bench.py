@@ -281,7 +281,7 @@ def test_assets_section_measures_rows_and_state() -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     a = data["assets"]
-    assert a["assets"] == 50 and a["sensors_per_asset"] == 8
+    assert a["assets"] == 50 and a["sensors_per_asset"] == 8 and a["method"] == "regress"
     assert a["detector_rows_per_s"] > 0 and 0 < a["state_bytes_per_asset"] <= 2048
     for key in ("message_per_row", "message_per_sensor"):
         r = a[key]

@@ -17,6 +17,7 @@ import pytest
 
 from mqtt_anomaly.store import open_store
 
+from .helpers import eventually
 from .mosquitto import Mosquitto
 from .test_service import publisher
 from .test_web import SPIKE, Served, feed, web_settings
@@ -240,4 +241,134 @@ async def test_maintenance_panel_starts_and_removes_a_window(
             "() => document.querySelectorAll('#windows li').length === 0", timeout=10_000
         )
         assert srv.service.maintenance.added == {}
+        assert errors == []
+
+
+async def test_feedback_buttons_on_the_alert_list(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """An operator marks a raised alert a false alarm from the feed: stored, shown, and kept
+    across a reload of the page."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    settings = web_settings(mosquitto, tmp_path, url)
+    with open_store(url, settings.store) as store:
+        async with Served(settings, store) as srv:
+            page = await browser.new_page()  # type: ignore[attr-defined]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(srv.base + "/")
+            await page.wait_for_selector("#live.on", timeout=10_000)
+            await feed(mosquitto.url, "SENSOR-01", [24.5 + 0.1 * (i % 3) for i in range(40)])
+            await feed(mosquitto.url, "SENSOR-01", [SPIKE], start_seq=40)
+            item = (
+                '#alerts li[data-sensor="SENSOR-01"][data-detector="threshold"]'
+                '[data-state="raised"]'
+            )
+            await page.wait_for_selector(item + " button.fb-false", timeout=10_000)
+            alert_id = await page.get_attribute(item, "data-id")
+            assert alert_id and alert_id.startswith("SENSOR-01:threshold:raised:40@")
+            # the live alert reaches the page before the store has written it
+            await eventually(lambda: store.alert_by_id(alert_id) is not None)  # type: ignore[attr-defined]
+            await page.click(item + " button.fb-false")
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert "false alarm" in (await page.text_content(item + " .verdict") or "")
+            [fb] = store.feedback()  # type: ignore[attr-defined]
+            assert (fb.alert_id, fb.verdict) == (alert_id, "false_alarm")
+            await page.reload()
+            await page.wait_for_selector(item + " .verdict", timeout=10_000)
+            assert errors == []
+
+
+async def test_shadow_panel_shows_the_agreement_not_the_alerts(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """The candidate's alert is counted in the shadow panel and never reaches the alert feed;
+    the configuration version is shown."""
+    from mqtt_anomaly.config import ShadowSettings
+
+    shadow = ShadowSettings(enabled=True, label="t50", detector={"threshold": 50.0})
+    settings = web_settings(mosquitto, tmp_path).model_copy(update={"shadow": shadow})
+    async with Served(settings) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        version = srv.service.reloads.version
+        await page.wait_for_function(
+            f"() => document.querySelector('#config-version').textContent.includes('{version}')",
+            timeout=10_000,
+        )
+        await feed(mosquitto.url, "SENSOR-01", [60.0] * 5)
+        await page.wait_for_selector('tr[data-sensor="SENSOR-01"][data-health="ok"]')
+        row = await page.wait_for_selector(
+            '#shadow-table tr[data-sensor="SENSOR-01"][data-detector="threshold"]',
+            timeout=15_000,
+        )
+        assert row is not None
+        cells = [await c.text_content() for c in await row.query_selector_all("td")]
+        assert cells == ["SENSOR-01", "threshold", "0", "0", "1"]
+        assert "t50" in (await page.text_content("#shadow h2") or "")
+        # not an operator's alert (a live silence alert may come meanwhile: 5 readings only)
+        detectors = "els => els.map(e => e.dataset.detector)"
+        shown = await page.eval_on_selector_all("#alerts li", detectors)
+        assert set(shown) <= {"silence"}, shown
+        assert not errors, errors
+
+
+async def test_stale_models_show_in_a_banner(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    """A sensor whose scores drift from its reference: the banner names it; none before."""
+    from .test_drift import fleet_values, web_drift_settings
+
+    async with Served(web_drift_settings(mosquitto, tmp_path)) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        values = fleet_values()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][:140])
+        await page.wait_for_selector('tr[data-sensor="W-steady"]')
+        assert await page.locator("#stale-banner").is_hidden()
+        await feed(mosquitto.url, "W-steady", values["W-steady"][140:], start_seq=140)
+        await feed(mosquitto.url, "W-square", values["W-square"])
+        banner = await page.wait_for_selector("#stale-banner:visible", timeout=15_000)
+        assert banner is not None
+        text = await banner.text_content() or ""
+        assert text.startswith("⚠ 1 sensor model look stale: W-square (drift, drift ")
+        assert "W-steady" not in text
+        assert errors == []
+
+
+async def test_a_unit_from_mqtt5_user_properties_shows_after_the_value(
+    mosquitto: Mosquitto, tmp_path: Path, browser: object
+) -> None:
+    from .helpers import reading_payload
+    from .test_user_properties import V5Publisher, v5_settings
+
+    async with Served(v5_settings(mosquitto, tmp_path)) as srv:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(srv.base + "/")
+        await page.wait_for_selector("#live.on", timeout=10_000)
+        async with V5Publisher(mosquitto.port) as pub:
+            pub.publish("factory/U-1/temperature", reading_payload("U-1", 2.5, 0), unit="bar")
+            pub.publish("factory/U-2/temperature", reading_payload("U-2", 21.0, 0))
+        await page.wait_for_function(
+            """() => {
+                const r = document.querySelector('tr[data-sensor="U-1"] td.num');
+                return r && r.textContent === '2.50 bar';
+            }""",
+            timeout=10_000,
+        )
+        other = page.locator('tr[data-sensor="U-2"] td.num')
+        assert await other.text_content() == "21.00"
+        await page.click('tr[data-sensor="U-1"]')
+        await page.wait_for_function(
+            "() => document.querySelector('#sensor-value').textContent.startsWith('2.50 bar')",
+            timeout=10_000,
+        )
         assert errors == []

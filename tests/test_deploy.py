@@ -314,7 +314,7 @@ def test_compose_services_and_profiles(compose: dict[str, Any]) -> None:
     assert services["postgres"]["profiles"] == ["postgres"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["grafana"]["profiles"] == ["monitoring"]
-    assert set(_ours(compose)) == {"detector", "simulator"}
+    assert set(_ours(compose)) == {"detector", "simulator", "worker"}
     for svc in _ours(compose).values():
         assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]) == DOCKERFILE
 
@@ -400,6 +400,42 @@ def test_compose_files_secrets_volumes_exist(compose: dict[str, Any]) -> None:
             assert dep in compose["services"], f"{name}: depends on unknown {dep}"
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} beyond loopback"
+
+
+def test_compose_cluster_profile(compose: dict[str, Any], clean_env: pytest.MonkeyPatch) -> None:
+    """Three NATS nodes routed to each other, each with the mapping the workers' settings
+    need (the default topics, their P), valid for nats-server (``-t``) when it is installed;
+    the workers name those nodes and load as a cluster configuration."""
+    from mqtt_anomaly.clusterconf import server_mappings
+
+    services = compose["services"]
+    nodes = [n for n in services if n.startswith("nats-")]
+    assert nodes == ["nats-1", "nats-2", "nats-3"]
+    worker = services["worker"]
+    assert worker["profiles"] == ["cluster"]
+    env = {k: _interpolate(str(v), {}) for k, v in worker["environment"].items()}
+    s = _load_with_env(clean_env, env)
+    assert worker["command"][:2] == ["detect", "--cluster"]
+    urls = worker["command"][2].split(",")
+    assert [urlsplit(u).hostname for u in urls] == nodes
+    assert s.http.address is not None and s.http.token_file is not None
+    want = server_mappings(s.topics.readings, s.topics.status, s.cluster.partitions)
+    binary = shutil.which("nats-server") or str(Path(sys.executable).with_name("nats-server"))
+    for name in nodes:
+        svc = services[name]
+        assert svc["profiles"] == ["cluster"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        conf = ROOT / mounts["/etc/nats/nats.conf"]
+        text = conf.read_text()
+        assert f"server_name: {name}" in text
+        for other in nodes:
+            assert (f"nats-route://{other}:6222" in text) == (other != name)
+        for src, dest in want.items():
+            assert f'"{src}": "{dest}"' in text
+        assert 'store_dir: "/data"' in text and mounts["/data"] == f"{name}-data"
+        if Path(binary).exists():
+            res = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, timeout=30)
+            assert res.returncode == 0, res.stderr
 
 
 def test_compose_mosquitto_config(compose: dict[str, Any]) -> None:
@@ -674,6 +710,76 @@ def test_kubernetes_validate_base_and_complete_overlay_objects() -> None:
     run = _validate(files)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "passed" in run.stdout + run.stderr
+
+
+CLUSTER = DEPLOY / "k8s" / "cluster"
+
+
+def test_k8s_cluster_manifests(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The NATS StatefulSet, its Services and PDB, and the worker Deployment: the workers'
+    ConfigMap is a cluster configuration naming the NATS pods, the servers' mapping is the one
+    its settings need (and nats-server accepts the file), probes hit the worker's open routes,
+    secrets and config maps referenced exist; kubernetes-validate --strict when installed."""
+    from mqtt_anomaly.cluster.http import create_app
+    from mqtt_anomaly.cluster.worker import ClusterWorker
+    from mqtt_anomaly.clusterconf import server_mappings
+
+    k = _kustomization(CLUSTER)
+    objs: list[dict[str, Any]] = []
+    for res in k["resources"]:
+        objs += _load_all(CLUSTER / res)
+    sts = _find(objs, "StatefulSet", "nats")
+    nats_labels = sts["spec"]["template"]["metadata"]["labels"]
+    for svc in (o for o in objs if o["kind"] == "Service"):
+        assert svc["spec"]["selector"].items() <= nats_labels.items()
+    assert _find(objs, "PodDisruptionBudget", "nats")["spec"]["selector"][
+        "matchLabels"
+    ].items() <= (nats_labels.items())
+    cm = _find(objs, "ConfigMap", "mqtt-anomaly-worker-config")["data"]
+    _assert_setting_names(cm, "worker ConfigMap")
+    s = _load_with_env(clean_env, dict(cm))
+    assert s.cluster.enabled and s.http.address is not None
+    headless = sts["spec"]["serviceName"]
+    pods = [f"{sts['metadata']['name']}-{i}.{headless}" for i in range(sts["spec"]["replicas"])]
+    assert [urlsplit(u).hostname for u in s.cluster.servers] == pods
+    conf = _find(objs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    for src, dest in server_mappings(
+        s.topics.readings, s.topics.status, s.cluster.partitions
+    ).items():
+        assert f'"{src}": "{dest}"' in conf
+    for i in range(sts["spec"]["replicas"]):
+        assert f"nats-route://nats-{i}.{headless}." in conf
+    binary = shutil.which("nats-server") or str(Path(sys.executable).with_name("nats-server"))
+    if Path(binary).exists():
+        (tmp_path / "nats.conf").write_text(conf)
+        res = subprocess.run(
+            [binary, "-c", str(tmp_path / "nats.conf"), "-t"],
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "SERVER_NAME": "nats-0"},
+        )
+        assert res.returncode == 0, res.stderr
+    deploy = _find(objs, "Deployment", "mqtt-anomaly-worker")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert s.http.token_file is not None and str(s.http.token_file.parent) in mounts
+    assert container["envFrom"][0]["configMapRef"]["name"] == "mqtt-anomaly-worker-config"
+    secrets = _secret_names()
+    for node in _walk(deploy):
+        if "secretName" in node:
+            assert node["secretName"] in secrets
+    from mqtt_anomaly.web.settings import HttpSettings
+
+    worker_app = create_app(ClusterWorker(s), HttpSettings())  # the routes; no token file here
+    app_routes = {getattr(r, "path", "") for r in worker_app.routes}
+    for probe in ("livenessProbe", "readinessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert path in app_routes and path in OPEN_PATHS
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert s.http.address[1] == port
+    files = [CLUSTER / r for r in k["resources"]]
+    run = _validate(files)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_kubernetes_validate_catches_an_error(tmp_path: Path) -> None:

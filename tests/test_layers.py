@@ -49,18 +49,33 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gates",
             "sparkplug",
             "_proto",
+            "liveconf",
+            "clusterconf",
         ),
     ),
     ("detection", ("detectors", "mvdetectors", "alerting", "floods")),
-    ("pipeline", ("pipeline", "view", "assets")),
-    ("io", ("transport", "store", "sinks", "writebehind", "routing", "journal", "outbox")),
+    ("pipeline", ("pipeline", "view", "assets", "drift", "swap", "shadow")),
+    (
+        "io",
+        (
+            "transport",
+            "store",
+            "sinks",
+            "writebehind",
+            "routing",
+            "journal",
+            "outbox",
+            "models.format",
+            "models.registry",
+        ),
+    ),
     # The web views get the running service handed in (typed under TYPE_CHECKING only); the
     # service mounts them.
     ("web", ("web",)),
-    ("service", ("delivery", "service")),
+    ("service", ("delivery", "reloading", "service", "cluster")),
     # What every command takes: the shared options and settings_from_cli.
     ("command plumbing", ("cli.options", "cli.settings")),
-    ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo")),
+    ("commands", ("replay", "evaluate", "simulate", "bench", "certs", "demo", "models")),
     ("cli", ("cli", "__main__", "")),
 ]
 
@@ -308,6 +323,7 @@ def test_an_undeclared_module_is_reported() -> None:
         "mqtt_anomaly.bench.command",
         "mqtt_anomaly.certs",
         "mqtt_anomaly.evaluate.cli",
+        "mqtt_anomaly.models.cli",
         "mqtt_anomaly.cli.options",
         "mqtt_anomaly.cli.settings",
     ],
@@ -329,12 +345,15 @@ def test_a_command_module_imports_before_the_app(first: str) -> None:
         "'assets',",
         "'bench',",
         "'certs',",
+        "'cluster',",
         "'config',",
         "'demo',",
         "'detect',",
         "'evaluate',",
         "'maintenance',",
+        "'models',",
         "'replay',",
+        "'shadow',",
         "'simulate']",
     ]
 
@@ -361,9 +380,9 @@ def test_every_command_of_the_assembled_app_has_help() -> None:
     from mqtt_anomaly.cli import app
 
     paths = _command_paths()
-    # the root, 11 commands and groups, config show, evaluate's three, maintenance's three,
-    # assets' two
-    assert len(paths) == 21
+    # the root, 15 commands and groups, config show, evaluate's four, maintenance's three,
+    # assets' two, models' six, shadow report, cluster's two
+    assert len(paths) == 34
     runner = CliRunner()
     for path in paths:
         res = runner.invoke(app, [*path, "--help"], prog_name="mqtt-anomaly")

@@ -554,7 +554,7 @@ async def test_asset_fleet_publishes_each_sensor_and_writes_csv_and_labels(
     # the labels file: the forced fault, for the whole asset, with the sensors it moves
     (label,) = read_labels(labels)
     assert (label.asset, label.kind) == ("PUMP-02", "valve_restriction")
-    assert label.sensors == ("flow", "discharge_pressure", "motor_current")
+    assert label.sensors == ("flow", "discharge_pressure", "suction_pressure", "motor_current")
     # one CSV per asset: the published values, the anomaly column on the labelled rows
     header, rows = read_asset_csv(tmp_path / "csv" / "PUMP-02.csv")
     assert header == ["timestamp", *sensors, "anomaly"] and len(rows) == 30

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import psycopg
 import pytest
@@ -223,9 +224,10 @@ def test_schema(sqlite_store: SqliteStore, db: Path) -> None:
             )
         }
         assert sorted(alert_idx.values()) == [
+            ["alert_id"],  # feedback finds an alert by its id
             ["alert_ts"],
             ["sensor_id", "alert_ts"],
-            ["sensor_id", "detector", "state", "reading_ts"],
+            ["sensor_id", "detector", "state", "reading_ts", "shadow"],
         ]
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
@@ -641,10 +643,11 @@ def test_postgres_schema_and_open_store(pg: PostgresBackend) -> None:
         pass
     assert pg.count("SELECT count(*) FROM schema_version") == 1
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
-    assert pg.count(tables) == 3
+    assert pg.count(tables) == 4  # schema_version, readings, alerts, feedback
     indexes = (
         "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN "
-        "('readings_key', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts', 'alerts_key')"
+        "('readings_key', 'readings_ts_brin', 'alerts_ts', 'alerts_sensor_ts', "
+        "'alerts_key_shadow')"
     )
     assert pg.count(indexes) == 5
 
@@ -766,7 +769,24 @@ def test_suppressed_alerts_keep_their_reason(backend: Backend) -> None:
         got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
     assert got == {"S1": "maintenance: press 1 relining", "S2": ""}
     assert backend.count("SELECT count(*) FROM alerts WHERE suppressed IS NULL") == 1
-    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 6
+
+
+# ---- schema version 6: the alerts of a shadow candidate -------------------------------
+def test_shadow_alerts_are_kept_apart_from_the_live_ones(backend: Backend) -> None:
+    live = alert("S1", ts=NOW, id="S1:threshold:raised:7@1.0")
+    shadow = msgspec.structs.replace(live, shadow="candidate-2")  # the same reading
+    with backend.open(settings(flush_interval=0.05)) as st:
+        st.add_alert(live)
+        st.add_alert(shadow)
+        st.add_alert(shadow)  # a repeat (a journal replayed): one row
+        assert st.flush(10)
+        assert st.recent_alerts(limit=10) == [live]
+        assert st.recent_alerts(limit=10, shadow=True) == [shadow]
+        assert [n for *_, n in st.alert_counts()] == [1]  # the live configuration's only
+        assert st.alert_by_id(live.id) == live  # feedback finds the live alert, one id for both
+    assert backend.count("SELECT count(*) FROM alerts") == 2
+    assert backend.count("SELECT count(*) FROM alerts WHERE shadow = 'candidate-2'") == 1
 
 
 def _as_version_2(backend: Backend) -> None:
@@ -795,7 +815,7 @@ def test_version_2_store_is_upgraded_in_place(backend: Backend) -> None:
         assert st.flush(10)
         got = {a.sensor_id: a.suppressed for a in st.recent_alerts(limit=10)}
     assert got == {"S1": "", "S2": "gate: press-1 off"}
-    assert backend.count("SELECT max(version) FROM schema_version") == 4
+    assert backend.count("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
     assert backend.count("SELECT count(*) FROM schema_version") == 1
 
 
@@ -862,14 +882,14 @@ def test_version_2_database_gains_the_asset_columns(db: Path) -> None:
         st.add_alert(alert("P1", NOW, asset_id="P1", contributions={"P1/a": 1.0}))
         assert st.flush(10)
         assert st.recent_alerts(sensor_id="P1")[0].contributions == {"P1/a": 1.0}
-    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    assert count(db, "SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 6
     with SqliteStore(db):  # opening again changes nothing
         pass
     assert count(db, "SELECT count(*) FROM alerts") == 2
 
 
 def test_migration_steps_are_idempotent(db: Path) -> None:
-    from mqtt_anomaly.store.migrations import postgres_steps, sqlite_steps
+    from mqtt_anomaly.store.migrations import create_steps, postgres_steps, sqlite_steps
 
     version_2_file(db)
     with sqlite3.connect(db) as conn:
@@ -886,13 +906,20 @@ def test_migration_steps_are_idempotent(db: Path) -> None:
         assert todo == [
             "ALTER TABLE alerts ADD COLUMN contributions TEXT",
             "ALTER TABLE alerts ADD COLUMN suppressed TEXT",
+            "ALTER TABLE alerts ADD COLUMN alert_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE alerts ADD COLUMN shadow TEXT NOT NULL DEFAULT ''",
         ]
         for statement in todo:
             conn.execute(statement)
         assert sqlite_steps(existing()) == []
+        creates = create_steps("sqlite")  # always given: idempotent as they stand
+        assert "DROP INDEX IF EXISTS alerts_key" in creates
+        for _ in range(2):
+            for statement in creates:
+                conn.execute(statement)
     conn.close()
     pg_steps = postgres_steps()
-    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 3
+    assert all("ADD COLUMN IF NOT EXISTS" in s for s in pg_steps) and len(pg_steps) == 5
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

@@ -91,7 +91,9 @@ class AlertBook:
             return _NOTHING
         lo = scores < self.clear_level  # NaN counts as neither
         above = np.where(hi, self.above[slots] + 1, 0)
-        below = np.where(lo, self.below[slots] + 1, 0)
+        # low scores count only while active: an inactive slot's count would depend on
+        # which other sensors shared its round (the quiet path above skips it)
+        below = np.where(lo & active, self.below[slots] + 1, 0)
         raise_now = ~active & (above >= self.debounce)
         clear_now = active & (below >= self.clear_after)
         crit = scores >= self.critical_level

@@ -42,6 +42,7 @@ from .config import AssetSettings
 from .detectors._grow import capacity_for, grown
 from .messages import NO_SEQ, Alert, AlertState, alert_id
 from .mvdetectors import MONITORING, PHASES, AssetDetector, AssetScores
+from .mvdetectors.offline import create
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
@@ -179,6 +180,20 @@ class AssetBook:
         self.asset_of[slot] = idx
         self._relayout(idx)
 
+    def moved(self, slot: int, sensor_id: str, tags: Mapping[str, str] | None) -> bool:
+        """The sensor's tags changed (an MQTT 5 asset property): if they resolve to another
+        asset than the one it is in, it leaves that one and joins the new one with its next
+        reading. True when it moves."""
+        if slot >= len(self.asset_of) or not self.resolved[slot]:
+            return False  # not placed yet: it joins by its tags with its first reading
+        idx = int(self.asset_of[slot])
+        now = self.assets[idx].id if idx >= 0 else None
+        hit = self.resolve(sensor_id, tags)
+        if (hit[0] if hit is not None else None) == now:
+            return False
+        self.forget(slot)
+        return True
+
     def forget(self, slot: int) -> None:
         """The pipeline gave ``slot`` to another sensor: take the old one out of its asset."""
         if slot >= len(self.asset_of):
@@ -226,12 +241,12 @@ class AssetBook:
         det = self.detectors.get(k)
         if det is None:
             s = self.settings
-            det = self.detectors[k] = AssetDetector(
+            det = self.detectors[k] = create(
                 k,
-                method=s.method,
+                s.method,
                 commission_rows=s.commission_rows,
                 commission_seconds=s.commission_seconds,
-                **s.params,  # type: ignore[arg-type]
+                **s.params,
             )
         return det
 

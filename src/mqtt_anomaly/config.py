@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .clusterconf import ClusterSettings
 from .errors import ConfigError
 from .gates import Gate, gate_names_unique
 from .maintenance import Window, zone
@@ -83,6 +84,12 @@ class BrokerSettings(_Section):
     """MQTT 5: seconds the broker keeps our session (and queues readings) after we are gone."""
     message_expiry: int = Field(0, ge=0, le=0xFFFFFFFF)
     """MQTT 5: seconds the broker keeps an alert for a subscriber that is away (0: no limit)."""
+    unit_property: str = Field("unit", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's unit
+    (``docs/plant.md#mqtt-5``; empty: not read)."""
+    asset_property: str = Field("asset", max_length=64)
+    """MQTT 5: the user property of an incoming reading that names its sensor's asset
+    (empty: not read)."""
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -111,6 +118,12 @@ class BrokerSettings(_Section):
         if port is not None and not 0 < port < 65536:
             raise ValueError("port out of range")
         return v
+
+    @model_validator(mode="after")
+    def _check_properties(self) -> BrokerSettings:
+        if self.unit_property and self.unit_property == self.asset_property:
+            raise ValueError(f"{_SUBKEY}asset_property: the same name as unit_property")
+        return self
 
     @property
     def tls(self) -> bool:
@@ -534,7 +547,7 @@ class AssetSettings(_Section):
 
     template: str = "{asset}/{sensor}"
     define: tuple[AssetDefinition, ...] = ()
-    method: str = "pca_mewma"
+    method: str = "regress"
     commission_rows: int = Field(400, ge=12)
     commission_seconds: float = Field(0.0, ge=0)
     stale_after: float = Field(5.0, gt=0)
@@ -552,7 +565,7 @@ class AssetSettings(_Section):
     @field_validator("method")
     @classmethod
     def _check_method(cls, v: str) -> str:
-        methods = ("pca", "mewma", "pca_mewma")
+        methods = ("regress", "pca", "mewma", "pca_mewma")
         if v not in methods:
             raise ValueError(f"unknown method {v!r} (one of: {', '.join(methods)})")
         return v
@@ -605,6 +618,32 @@ class SparkplugSettings(_Section):
         return v
 
 
+class DriftSettings(_Section):
+    """Drift and model health per sensor (``docs/operations.md#drift-and-model-health``)."""
+
+    warmup: int = Field(100, ge=0, le=1_000_000_000)
+    """Scored readings of a sensor before its reference starts (the detectors learn)."""
+    min_readings: int = Field(500, ge=50, le=1_000_000_000)
+    """Scored readings counted in the reference score distribution before it is frozen."""
+    window: float = Field(3600.0, ge=1, le=1e9)
+    """Seconds: the recent distribution weighs a reading this old 1/e of a new one."""
+    threshold: float = Field(0.25, gt=0, le=100)
+    """Drift (population stability index) above which a sensor's model is stale."""
+    alert_factor: float = Field(5.0, gt=1, le=1e6)
+    """Stale when the recent alert rate exceeds this × the reference rate."""
+    max_age: float = Field(0.0, ge=0)
+    """Seconds after commissioning from which a model is stale (0: no limit)."""
+
+
+class ModelSettings(_Section):
+    """``[models]``: the model registry (:mod:`mqtt_anomaly.models`, docs/models.md)."""
+
+    registry: Path | None = None
+    """The registry folder; None: ``<service.state_dir>/models``."""
+    metric: Literal["f1", "precision", "recall"] = "f1"
+    """What ``models promote`` compares: a candidate below the current model on it is refused."""
+
+
 class ServiceSettings(_Section):
     """The detector service itself."""
 
@@ -634,6 +673,9 @@ class ServiceSettings(_Section):
     """A regular expression every sensor id must match as a whole (empty: any id). A reading
     or status of another id is a dead letter (``sensor_not_allowed``) and gets no state."""
     verbose: bool = False
+    watch_config: float = Field(0.0, ge=0, le=3600)
+    """Seconds between two checks of the configuration file's modification time; a change
+    reloads it as SIGHUP does (0: no watch)."""
 
     @field_validator("sensor_pattern")
     @classmethod
@@ -643,6 +685,42 @@ class ServiceSettings(_Section):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from exc
         return v
+
+
+class ShadowSettings(_Section):
+    """A candidate detector configuration scored beside the live one (``[shadow]``): its
+    alerts go only to ``topic`` and to the store marked as shadow, never to operators."""
+
+    enabled: bool = False
+    detector: dict[str, Any] = Field(default_factory=dict)
+    """Keys of ``[detector]`` the candidate changes (the rest is the live configuration's);
+    ``params`` are merged per detector."""
+    topic: str = "mqtt-anomaly/shadow/{sensor_id}/alerts"
+    label: str = Field("candidate", min_length=1, max_length=100)
+    """What the shadow alerts are marked with in the store and the report (a version)."""
+    tolerance: int = Field(5, ge=0, le=100_000)
+    """Two alerts of one sensor and detector agree when their readings' seqs are at most this
+    far apart."""
+    max_rate: float = Field(100.0, gt=0)
+    """Shadow alerts published and stored per second at most (a noisy candidate must not fill
+    the store's queue the live alerts need); beyond, they are counted in the agreement only."""
+    model: str | None = Field(None, pattern=r"^v[1-9][0-9]{0,8}$")
+    """A model version of the registry (``v3``) as the candidate: its ``[detector]``,
+    ``[overrides]`` and ``[assets]``, its state by sensor id; ``detector`` must then be empty."""
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> ShadowSettings:
+        if self.model is not None and self.detector:
+            raise ValueError("give either model or detector, not both")
+        return self
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        try:
+            return validate_template(v, key="template")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("template: ")) from exc
 
 
 class Settings(BaseSettings):
@@ -668,10 +746,14 @@ class Settings(BaseSettings):
     sparkplug: SparkplugSettings = SparkplugSettings()
     assets: AssetSettings = AssetSettings()
     overrides: OverrideSettings = OverrideSettings()
+    drift: DriftSettings = DriftSettings()
+    models: ModelSettings = ModelSettings()
+    cluster: ClusterSettings = ClusterSettings()
     routes: tuple[Route, ...] = ()
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict)
     maintenance: tuple[Window, ...] = ()
     gates: tuple[Gate, ...] = ()
+    shadow: ShadowSettings = ShadowSettings()
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:

@@ -9,7 +9,8 @@ one type. Third-party errors are translated at the boundary with ``raise ... fro
     ├── BrokerError        the broker cannot be reached or refused us
     ├── StoreError         the history store failed
     ├── SinkError          a sink's client (Kafka) refused or failed
-    └── StateFileError     saved state that cannot be written or read back (also a ValueError)
+    ├── StateFileError     saved state that cannot be written or read back (also a ValueError)
+    └── ModelError         a model version that cannot be loaded, promoted or rolled back
 """
 
 from __future__ import annotations
@@ -46,3 +47,8 @@ class StateFileError(MqttAnomalyError, ValueError):
 
 class SinkError(MqttAnomalyError):
     """A sink's client library (Kafka's) refused or failed what the sink asked of it."""
+
+
+class ModelError(MqttAnomalyError):
+    """A model version (:mod:`mqtt_anomaly.models`) is missing, damaged, foreign or tampered
+    with, or the registry refused a promotion or rollback: one line."""

@@ -75,6 +75,9 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     suppressed: str = ""
     """Why the alert reaches nobody (``maintenance: …``, ``gate: …``); empty: it is not
     suppressed. A suppressed alert is stored and shown, not routed to receivers."""
+    shadow: str = ""
+    """The label of the shadow candidate (``[shadow]``) that raised it; empty: the live
+    configuration. A shadow alert goes to the shadow topic and the store only."""
 
 
 def alert_id(sensor_id: str, detector: str, state: str, seq: int, ts: float | None) -> str:

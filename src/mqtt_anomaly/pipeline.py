@@ -35,8 +35,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -49,6 +50,7 @@ from .detectors import Detector, available, create
 from .detectors._grow import capacity_for, grown
 from .detectors.base import FloatArray, IntArray
 from .detectors.threshold import ThresholdDetector
+from .drift import DRIFT, DriftBook
 from .errors import PayloadError, StateFileError
 from .mapping import Rule
 from .messages import (
@@ -187,6 +189,16 @@ Round = list[tuple[int, Reading, float]]
 """One round of a batch: ``(slot, reading, received_at)``, at most one reading per sensor."""
 
 
+class ShadowTap(Protocol):
+    """What scores a candidate configuration beside the pipeline's (:mod:`.shadow`)."""
+
+    def score(self, rnd: Round, slots: IntArray, values: FloatArray, ts: FloatArray) -> None:
+        """Score one round (the pipeline's, after its gates)."""
+
+    def forget(self, slot: int) -> None:
+        """The slot goes to another sensor: forget what was learned for it."""
+
+
 @dataclass(slots=True, eq=False)
 class Decoded:
     """One batch decoded and placed, not scored yet (:meth:`Pipeline.decode`).
@@ -216,6 +228,8 @@ class Pipeline:
         self.gate: Callable[[Round], Round] | None = None
         """Takes a round and returns the readings of it to score (operating-state gates,
         :mod:`.gates`); None: every reading is scored."""
+        self.shadow: ShadowTap | None = None
+        """A candidate configuration scoring the same rounds (``[shadow]``, :mod:`.shadow`)."""
         ds = settings.detector
         self.readings_topic = TopicTemplate(settings.topics.readings)
         self.status_topic = TopicTemplate(settings.topics.status)
@@ -262,6 +276,7 @@ class Pipeline:
         # topic → (rule, tags, quantity → sensor id) for topics a mapping rule applies to
         self._mapped_topics: dict[str, tuple[Rule, dict[str, str], dict[str, str]]] = {}
         self.tags: dict[str, dict[str, str]] = {}  # sensor id → its tags (mapped sensors)
+        self.units: dict[str, str] = {}  # sensor id → unit named by an MQTT 5 user property
         sp = settings.sparkplug
         self.sparkplug = (
             SparkplugHost(rebirth=sp.rebirth, rebirth_interval=sp.rebirth_interval)
@@ -270,6 +285,7 @@ class Pipeline:
         )
         self._sp_prefix = NAMESPACE + "/"
         self.assets = AssetBook(settings.assets)
+        self.drift = DriftBook(settings.drift)  # score distributions: model health
         self._view = PipelineView(self)
 
     def _add_chosen_detectors(self, ds: DetectorSettings) -> None:
@@ -324,6 +340,7 @@ class Pipeline:
             self._grow_columns(capacity_for(slot + 1, len(self.last_seen), limit=cap))
         self.seq.grow(slot + 1)
         self.last_active[slot] = now
+        self.drift.admit(slot)
         out.new_sensors.append(sensor_id)
         if self.settings.overrides:
             self._configure(slot, sensor_id)
@@ -368,6 +385,7 @@ class Pipeline:
         del self.sensors[old]
         self._reading_topics.pop(self.readings_topic.format(old), None)
         self.tags.pop(old, None)
+        self.units.pop(old, None)
         self.sensors[sid] = slot
         self.sensor_ids[slot] = sid
         self.counters.sensors_evicted += 1
@@ -443,6 +461,9 @@ class Pipeline:
                 )
             book.reset(idx)
         self.assets.forget(slot)
+        self.drift.reset(slot)
+        if self.shadow is not None:
+            self.shadow.forget(slot)
         self.seq.reset(slot)
         self.seq_values[slot] = math.nan
         self.last_value[slot] = math.nan
@@ -514,7 +535,43 @@ class Pipeline:
                 rounds.append([])
             rounds[r].append((slot, reading, received_at))
             out.readings.append(reading)
+        if self.units:  # MQTT 5 unit properties: the batch's readings of those sensors
+            self._apply_units(out.readings)
         return decoded
+
+    def note_properties(self, topic: str, unit: str | None, asset: str | None) -> None:
+        """MQTT 5 user properties of a message on ``topic`` (a sensor's readings topic):
+        ``unit`` becomes the sensor's unit (shown with it, carried by its readings from
+        then on), ``asset`` puts the sensor in that asset (above a mapping rule's tag and
+        ``assets.template``, below ``assets.define``). Called before the message's batch is
+        decoded; a message repeating what the sensor has costs two dict lookups."""
+        known = self._reading_topics.get(topic)
+        sid = known[0] if known is not None else self.readings_topic.sensor_id(topic)
+        if sid is None:
+            return
+        cap = self.settings.service.max_sensors  # bounded whatever ids come
+        units = self.units
+        if unit is not None and units.get(sid) != unit and (sid in units or len(units) < cap):
+            units[sid] = unit[:32]
+        if asset is None:
+            return
+        tags = self.tags.get(sid)
+        if tags is not None and tags.get("asset") == asset:
+            return
+        if tags is None and sid not in self.sensors and len(self.tags) >= 2 * cap:
+            return
+        self.tags[sid] = {**(tags or {}), "asset": asset}
+        slot = self.sensors.get(sid)  # already placed: moved to that asset if it is another
+        moved = slot is not None and self.assets.moved(slot, sid, self.tags[sid])
+        if moved and slot is not None and self.settings.overrides:
+            self._configure(slot, sid)
+
+    def _apply_units(self, readings: list[Reading]) -> None:
+        units = self.units
+        for i, r in enumerate(readings):
+            unit = units.get(r.sensor_id)
+            if unit is not None and unit != r.unit:
+                readings[i] = msgspec.structs.replace(r, unit=unit)
 
     def _decode_mapped(
         self, topic: str, payload: bytes, received_at: float, decoded: Decoded
@@ -854,7 +911,32 @@ class Pipeline:
             self.seq_values[slots[has_seq], seqs[has_seq] & _RING] = values[has_seq]
         self._arrived(slots, recv)
         touched: set[int] = set()
+        top = self.detect(rnd, slots, values, ts, out, touched)
+        if top is not None:  # model health: the round's top scores
+            self.drift.update(slots, top, recv)
+        if self.shadow is not None:  # a candidate configuration scores the same readings
+            self.shadow.score(rnd, slots, values, ts)
+        self.last_value[slots] = values
+        self.last_ts[slots] = ts
+        asset_alerts = self.assets.observe(slots, values, ts, self._identity)
+        if asset_alerts:
+            out.alerts += asset_alerts
+        self._update_health(touched, out)
+
+    def detect(
+        self,
+        rnd: Round,
+        slots: IntArray,
+        values: FloatArray,
+        ts: FloatArray,
+        out: Output,
+        touched: set[int],
+    ) -> FloatArray | None:
+        """Every detector scores one round, its alert book turns scores into alerts (in
+        ``out``; their slots added to ``touched``); returns each reading's highest score
+        (None without detectors)."""
         enabled = self._enabled
+        top: FloatArray | None = None  # the highest score of each reading (drift)
         for det in self.detectors:
             scores = det.update(slots, values, ts)
             if enabled:
@@ -863,6 +945,7 @@ class Pipeline:
                 inside = slots < len(mask)
                 on[inside] = mask[slots[inside]]
                 scores = scores._replace(score=np.where(on, scores.score, 0.0))
+            top = scores.score if top is None else np.maximum(top, scores.score)
             book = self.books[det.name]
             tr = book.step(slots, scores.score)
             for k, i in enumerate(tr.raised.tolist()):
@@ -875,12 +958,7 @@ class Pipeline:
                 sev = "critical" if book.critical[slot] else "warning"
                 out.alerts.append(self._alert(reading, det, "cleared", sev, scores, i, slot))
                 touched.add(slot)
-        self.last_value[slots] = values
-        self.last_ts[slots] = ts
-        asset_alerts = self.assets.observe(slots, values, ts, self._identity)
-        if asset_alerts:
-            out.alerts += asset_alerts
-        self._update_health(touched, out)
+        return top
 
     def _identity(self, slot: int) -> tuple[str, dict[str, str] | None]:
         """A slot's sensor id and its tags (for the assets)."""
@@ -1047,6 +1125,7 @@ class Pipeline:
             "detectors": {d.name: d.state_dict() for d in self.detectors},
             "books": {name: b.state_dict() for name, b in self.books.items()},
             "assets": self.assets.state_dict(),
+            "drift": self.drift.state_dict(n),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
@@ -1119,6 +1198,12 @@ class Pipeline:
                 self.assets.load_state_dict(assets, self.sensors)  # all or nothing
             except (ValueError, KeyError, TypeError):
                 skipped.append(ASSET_DETECTOR)
+        drift = state.get("drift")
+        if drift is not None:  # state saved before drift was kept: it starts learning
+            try:
+                self.drift.load_state_dict(drift, n)  # all or nothing
+            except ValueError:
+                skipped.append(DRIFT)
         return skipped
 
 

@@ -33,7 +33,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +46,14 @@ from .detectors.river_adapter import RiverDetector
 from .errors import ConfigError, StateFileError
 from .gates import Gates
 from .journal import Journal, Redeliveries
+from .liveconf import ConfigSource
 from .maintenance import MaintenanceBook
 from .messages import Alert
 from .outbox import Outbox
 from .pipeline import Output, Pipeline
+from .reloading import Reloads
 from .routing.sink import RoutingSink
+from .shadow import ShadowRun
 from .sinks.base import DurableSink, Sink
 from .sinks.bridge import KafkaBridge
 from .sinks.console import ConsoleSink
@@ -59,11 +62,13 @@ from .sinks.listeners import Listener, ListenerSink
 from .sinks.mqtt import MqttSink
 from .sparkplug import state_payload, state_topic
 from .statefile import dump, load, load_or_create_key, move_aside, prepare_dir
+from .swap import swap_detection
 from .transport.codec import Will
 from .transport.lean import Batch, LeanClient
 
 if TYPE_CHECKING:
     from .floods import FloodFilter
+    from .models.format import LoadedModel
     from .sinks.kafka import KafkaSink
     from .store.base import Store
     from .transport.base import Transport, TransportFactory
@@ -100,8 +105,12 @@ class DetectorService(AsyncClosing):
         shutdown_timeout: float = 10.0,
         transport: TransportFactory | None = None,
         sinks: Sequence[Sink] = (),
+        model: LoadedModel | None = None,
     ) -> None:
         self.settings = settings
+        self.model = model
+        """The registry's current model (:mod:`.models`): the pipeline starts from its state
+        unless the saved state continues it; ``settings`` already carry its configuration."""
         shared = next((f for f in settings.subscriptions if f.startswith("$share/")), None)
         if shared is not None:  # see docs/plant.md#mqtt-5
             raise ConfigError(
@@ -134,6 +143,13 @@ class DetectorService(AsyncClosing):
             name="detector",
             hold_acks=mode == "durable",
         )
+        b = settings.broker
+        if (  # MQTT 5: user properties of the readings
+            isinstance(self.client, LeanClient)
+            and b.protocol == "5"
+            and (b.unit_property or b.asset_property)
+        ):
+            self.client.on_properties = self.pipeline.note_properties
         self._state_ts = clock()  # the Sparkplug host's STATE birth and will carry this time
         if settings.sparkplug.enabled and isinstance(self.client, LeanClient):
             topic = state_topic(settings.sparkplug.host_id)
@@ -197,6 +213,14 @@ class DetectorService(AsyncClosing):
                 min_interval=settings.service.ack_interval,
                 kept="in the journal" if self.journaled else "unacknowledged at the broker",
             )
+        self.shadow: ShadowRun | None = None
+        """The candidate configuration scored beside the live one (``[shadow]``)."""
+        if settings.shadow.enabled:
+            self.shadow = self._new_shadow(settings)
+            self.shadow.attach()
+        self.reloads = Reloads(self)
+        """Configuration reloads (SIGHUP, ``POST /api/reload``, the file watch)."""
+        self._state_key: bytes | None = None
         self.ready = asyncio.Event()
         self.last_batch = 0  # messages in the last network read: large when behind
         self._connected_once = False
@@ -244,7 +268,10 @@ class DetectorService(AsyncClosing):
         gates = self.gates
         if gates is not None and gates.by_topic:  # a gate's state topic is not a reading
             batch = [m for m in batch if not gates.on_state(*m)]
-        self._emit(self.pipeline.process(batch))
+        out = self.pipeline.process(batch)
+        self._emit(out)
+        if self.shadow is not None:  # the candidate's alerts: the shadow topic and store only
+            self.shadow.after(out)
 
     def _on_connect(self, session_present: bool) -> None:
         sp = self.settings.sparkplug
@@ -329,7 +356,7 @@ class DetectorService(AsyncClosing):
             if qos == 2 and isinstance(self.client, LeanClient):
                 self.outbox.attach(self.client)
             self.mqtt.outbox = self.outbox
-        key = load_or_create_key(state_dir)
+        key = self._state_key = load_or_create_key(state_dir)
         for det in self.pipeline.detectors:
             if isinstance(det, RiverDetector):
                 det.state_key = key
@@ -342,10 +369,16 @@ class DetectorService(AsyncClosing):
                 where = f"left in place: {err.strerror or err}"
             log.warning("not loading pickled state %s (a pickle can run code), %s", legacy, where)
         path = self.state_path
+        model = self.model
         try:
             state = load(path)
-            skipped = self.pipeline.load_state_dict(state)
+            if model is not None and state.get("model") != model.version:
+                skipped = self._start_from_model(model, f"saved state {path} is not of it")
+            else:
+                skipped = self.pipeline.load_state_dict(state)
         except FileNotFoundError:
+            if model is not None:
+                self._start_from_model(model, "no saved state")
             return
         except StateFileError as exc:
             try:
@@ -354,13 +387,105 @@ class DetectorService(AsyncClosing):
                 where = f"and cannot be moved aside: {err.strerror or err}"
             why = " ".join(str(exc).split())
             log.warning("saved state %s not loaded (%s), %s: starting fresh", path, why, where)
+            if model is not None and not self.pipeline.sensor_ids:
+                self._start_from_model(model, "saved state unusable")
             return
         if skipped:
             log.warning("saved state of %s does not fit their configuration: relearning", skipped)
+        shadow_state = state.get("shadow")
+        continued = model is None or state.get("model") == model.version  # the same slots
+        if self.shadow is not None and isinstance(shadow_state, dict) and continued:
+            missed = self.shadow.scorer.load_state_dict(shadow_state)
+            if missed:
+                log.warning("saved state of shadow %s does not fit: relearning", missed)
         covered = state.get("journal"), state.get("outbox")
         if all(type(n) is int and n >= 0 for n in covered):
             self._replay_from = covered  # type: ignore[assignment]
+        if model is not None and state.get("model") == model.version:
+            log.info("model %s: continued from the saved state", model.version)
         log.info("restored state of %d sensors from %s", len(self.pipeline.sensor_ids), path)
+
+    def _start_from_model(self, model: LoadedModel, why: str) -> list[str]:
+        """Load the model's state into the (new) pipeline; the model was checked when loaded."""
+        skipped = self.pipeline.load_state_dict(model.state)
+        log.info(
+            "model %s: starting from its state (%d sensors; %s)",
+            model.version,
+            len(self.pipeline.sensor_ids),
+            why,
+        )
+        return skipped
+
+    # ---- reload --------------------------------------------------------------------
+    def _new_shadow(self, settings: Settings) -> ShadowRun:
+        store = self.store
+
+        def keep(a: Alert) -> None:
+            if store is not None:
+                store.add_alert(a)
+
+        model = None
+        version = settings.shadow.model
+        if version is not None:  # a model of the registry as the candidate
+            from .models.registry import Registry, registry_path
+
+            reg = Registry(registry_path(settings))
+            loaded = reg.load(reg.ref(version))  # ModelError: one line
+            model = (loaded.settings(settings), loaded.state)
+        return ShadowRun(
+            self.pipeline,
+            settings,
+            # QoS 0: never a place of the in-flight window the operator's alerts need
+            publish=lambda topic, payload: self.client.publish(topic, payload, qos=0),
+            store=keep if store is not None else None,
+            model=model,
+        )
+
+    def reload(self, settings: Settings, state: Mapping[str, Any] | None = None) -> str:
+        """Swap in new detection settings (and a model's detector ``state``, by sensor id)
+        between two batches: see :mod:`.swap`; what cannot change live must be equal (the
+        caller, :class:`~.reloading.Reloads`, checks). Raises, changing nothing, when they
+        cannot be built; returns what changed, as text."""
+        old = self.settings
+        shadow = self.shadow
+        new_shadow = shadow if settings.shadow.enabled else None
+        same = (old.shadow, old.detector, old.overrides) == (
+            settings.shadow,
+            settings.detector,
+            settings.overrides,
+        )
+        if settings.shadow.enabled and (shadow is None or not same):
+            new_shadow = self._new_shadow(settings)  # raises before anything changed
+        swap = swap_detection(self.pipeline, settings, state)  # raises before it changes
+        if new_shadow is not shadow:
+            if shadow is not None:
+                shadow.detach()
+            if new_shadow is not None:
+                new_shadow.attach()
+        self.shadow = new_shadow
+        if old.maintenance != settings.maintenance:
+            added = self.maintenance.added
+            self.maintenance = MaintenanceBook(
+                settings.maintenance, tags_of=self.pipeline.tags.get, group_of=self.floods.group_of
+            )
+            for window in added.values():
+                try:
+                    self.maintenance.add(window)
+                except ValueError:
+                    log.warning("maintenance window %s added at run time is configured", window.id)
+        if self._state_key is not None:
+            for det in self.pipeline.detectors:
+                if isinstance(det, RiverDetector):
+                    det.state_key = self._state_key
+        self.settings = settings
+        if swap.out:
+            self._emit(swap.out)
+        if self.tracker is not None:
+            self.tracker.touch()  # the next round saves the state of the new configuration
+        text = swap.summary()
+        if new_shadow is not shadow:
+            text += f"; shadow {new_shadow.label if new_shadow is not None else 'off'}"
+        return text
 
     def recommission_asset(self, asset_id: str) -> bool:
         """Start learning an asset again (after maintenance, say); False if there is none.
@@ -376,10 +501,18 @@ class DetectorService(AsyncClosing):
     def _snapshot(self) -> dict[str, Any]:
         """The detector state; journaled, with the first journal and outbox segments it does
         not cover (both start a new segment here)."""
-        state = self.pipeline.state_dict()
+        state = self._tagged(self.pipeline.state_dict())
+        if self.shadow is not None:  # the candidate's, by the same slots
+            state["shadow"] = self.shadow.scorer.state_dict()
         if self.journal is not None and self.outbox is not None:
             state["journal"] = self.journal.rotate()
             state["outbox"] = self.outbox.rotate()
+        return state
+
+    def _tagged(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with the version of the model it continues (none: no model)."""
+        if self.model is not None:
+            state["model"] = self.model.version
         return state
 
     def _covered(self, state: dict[str, Any]) -> None:
@@ -526,7 +659,7 @@ class DetectorService(AsyncClosing):
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.checkpoint_every)
-            await asyncio.to_thread(write_state, self.state_path, self.pipeline.state_dict())
+            await asyncio.to_thread(write_state, self.state_path, self._snapshot())
 
 
 def save_state(path: Path, state: dict[str, Any], *, sync: bool = True) -> None:
@@ -551,6 +684,8 @@ async def run_service(
     *,
     stop: asyncio.Event | None = None,
     transport: TransportFactory | None = None,
+    model: LoadedModel | None = None,
+    source: ConfigSource | None = None,
 ) -> None:
     """Run the service as ``mqtt-anomaly detect`` does, until ``stop`` (or SIGINT/SIGTERM).
 
@@ -565,7 +700,18 @@ async def run_service(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    running: list[DetectorService] = []  # SIGHUP reloads it once started
+
+    def on_hangup() -> None:
+        if running and running[0].ready.is_set():
+            running[0].reloads.from_source("sighup")
+        else:  # not the default action (which ends the process)
+            log.warning("SIGHUP while the service starts or stops: no reload")
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        stack.callback(running.clear)
         store = stack.enter_context(open_store(settings.store.url, settings.store))
         kafka = None
         if settings.kafka.url:
@@ -574,7 +720,16 @@ async def run_service(
             tracked = settings.service.ack_after != "processed"
             kafka = KafkaSink(settings.kafka, tracking=tracked)
             stack.push_async_callback(asyncio.to_thread, kafka.close, 10.0)
-        service = DetectorService(settings, store=store, kafka=kafka, transport=transport)
+        service = DetectorService(
+            settings, store=store, kafka=kafka, transport=transport, model=model
+        )
+        service.reloads = Reloads(service, source)
         await stack.enter_async_context(http_server(service, settings.http))
         await stack.enter_async_context(service)
+        running.append(service)
+        stack.callback(running.clear)  # first thing on the way out: no reload while stopping
+        watch = settings.service.watch_config
+        if watch > 0 and source is not None:  # the file and the model registry
+            task = asyncio.create_task(service.reloads.watch(watch))
+            stack.callback(task.cancel)
         await stop.wait()

@@ -26,6 +26,7 @@ import numpy as np
 from .assets import AssetInfo
 from .detectors.base import FloatArray
 from .detectors.threshold import ThresholdDetector
+from .drift import DriftReport
 from .messages import HEALTH_STATES, HealthState, Severity
 from .sparkplug import SparkplugCounters
 
@@ -91,6 +92,10 @@ class PipelineView:
     def slot(self, sensor_id: str) -> int | None:
         """The sensor's slot, None for a sensor not known (or forgotten)."""
         return self._pl.sensors.get(sensor_id)
+
+    def unit(self, sensor_id: str) -> str | None:
+        """The sensor's unit as an MQTT 5 user property named it (None: none did)."""
+        return self._pl.units.get(sensor_id)
 
     def __contains__(self, sensor_id: object) -> bool:
         return sensor_id in self._pl.sensors
@@ -200,6 +205,12 @@ class PipelineView:
     def asset(self, asset_id: str) -> AssetInfo | None:
         """One asset, or None."""
         return next((a for a in self._pl.assets.info() if a.id == asset_id), None)
+
+    # ---- model health ----------------------------------------------------------------------
+    def model_health(self, now: float) -> DriftReport:
+        """Drift, alert rates, commissioning age and stale flags of every sensor at ``now``
+        (epoch s), by slot: one vectorised pass over the table (:mod:`.drift`)."""
+        return self._pl.drift.report(now, len(self))
 
     # ---- counters --------------------------------------------------------------------------
     def counters(self) -> Counters:

@@ -4,8 +4,9 @@ Everything runs in this process on one core, no broker: the cost of the work, no
 network. Assets of 8 sensors (the simulator's pump) are commissioned on normal rows, then
 timed in monitoring (CPU time, best of ``repeat``):
 
-- **detector**: :meth:`AssetDetector.update <mqtt_anomaly.mvdetectors.AssetDetector.update>`
-  on every asset at once, one row each per call;
+- **detector**: the default asset detector's (``assets.method``)
+  :meth:`~mqtt_anomaly.mvdetectors.AssetDetector.update` on every asset at once, one row each
+  per call;
 - **pipeline, one message per asset row**: ``Pipeline.process`` on MQTT messages of a
   ``factory/{asset}`` mapping rule with the 8 values in one JSON payload (a PLC's message), the
   baseline the same messages with assets off (``assets.template = ""``), so the ratio is what
@@ -29,8 +30,8 @@ import msgspec
 import numpy as np
 
 from .. import statefile
-from ..config import Settings
-from ..mvdetectors import AssetDetector
+from ..config import AssetSettings, Settings
+from ..mvdetectors.offline import create
 from ..pipeline import Pipeline
 from ..simulate.assets import AssetModel
 
@@ -141,7 +142,8 @@ def _pipeline(
 def measure(assets: int = 200, timed: int = 50, repeat: int = 3) -> dict[str, Any]:
     """The asset figures (see the module docstring)."""
     names, rows = _rows(assets, COMMISSION + timed * repeat, seed=7)
-    det = AssetDetector(SENSORS, commission_rows=COMMISSION)
+    method = AssetSettings().method
+    det = create(SENSORS, method, commission_rows=COMMISSION)
     slots = np.arange(assets, dtype=np.intp)
     for k in range(COMMISSION):
         det.update(slots, rows[k])
@@ -154,6 +156,7 @@ def measure(assets: int = 200, timed: int = 50, repeat: int = 3) -> dict[str, An
     cpu = _cpu(detector_pass, repeat)
     return {
         "assets": assets,
+        "method": method,
         "sensors_per_asset": SENSORS,
         "detector_rows_per_s": round(assets * len(mon) / cpu),
         "state_bytes_per_asset": det.bytes_per_asset(),

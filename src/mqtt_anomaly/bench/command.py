@@ -154,6 +154,14 @@ def bench(
         bool, typer.Option("--quick", help="Smoke size: every measurement, in seconds.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Instead: 1, 2 and 4 workers of detect --cluster on a private 3-node NATS "
+            "cluster (throughput, CPU per reading per worker, hand-off time).",
+        ),
+    ] = False,
 ) -> None:
     """Measure the detector service on a real broker against a baseline.
 
@@ -178,6 +186,23 @@ def bench(
     from ..errors import MqttAnomalyError
     from .report import tables
     from .runner import BenchOptions, run_bench
+
+    if cluster:
+        from .cluster import cluster_table, run_cluster_bench
+
+        try:
+            result = run_cluster_bench(
+                workers=(1, 2) if quick else (1, 2, 4),
+                sensors=sensors or 256,
+                readings=readings or (10_000 if quick else 100_000),
+            )
+        except MqttAnomalyError as exc:
+            fail(str(exc))
+        if as_json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        else:
+            out.print(cluster_table(result))
+        return
 
     opts = BenchOptions().quick_size() if quick else BenchOptions()
     try:

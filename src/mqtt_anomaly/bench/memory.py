@@ -11,8 +11,8 @@ Then **aged**: every sensor's duplicate window is filled as after 4,096 readings
 that has run for a while carries), RSS and cost measured again at the largest size.
 
 Reported: RSS growth per sensor between the smallest and the largest fleet (fresh and aged),
-detector state bytes per sensor (the detectors' and alert books' per-slot arrays), and the
-per-reading cost at each size.
+detector state bytes per sensor (the detectors' and alert books' per-slot arrays), the drift
+books' bytes per sensor, and the per-reading cost at each size.
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ def measure(sizes: list[int], timed: int, config: str | None = None) -> dict[str
         "detector_state_bytes_per_sensor": det + books,
         "detector_arrays_bytes_per_sensor": det,
         "alert_book_bytes_per_sensor": books,
+        "drift_state_bytes_per_sensor": pipeline.drift.bytes_per_sensor(),
         "dedup_window_bytes_per_sensor_aged": window_bytes,
         "cost_growth": round(last["us_per_reading"] / first["us_per_reading"], 3),
         "base_rss_mib": round(base_rss / 2**20, 2),

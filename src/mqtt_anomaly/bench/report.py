@@ -232,6 +232,8 @@ def tables(result: dict[str, Any]) -> Group:
         t.add_row("RSS growth per sensor (fresh)", f"{mem['rss_bytes_per_sensor']:,} B")
         t.add_row("RSS growth per sensor (aged)", f"{mem['rss_bytes_per_sensor_aged']:,} B")
         t.add_row("detector state per sensor", f"{mem['detector_state_bytes_per_sensor']:,} B")
+        if "drift_state_bytes_per_sensor" in mem:
+            t.add_row("drift books per sensor", f"{mem['drift_state_bytes_per_sensor']:,} B")
         t.add_row(
             "duplicate window per sensor (aged)", f"{mem['dedup_window_bytes_per_sensor_aged']:,} B"
         )

@@ -1,9 +1,10 @@
 """The ``mqtt-anomaly`` command line: the typer app and :func:`main`.
 
-One module per command group: ``detect``, ``alerts``, ``demo``, ``config`` and
-``maintenance`` live here; the
+One module per command group: ``detect``, ``alerts``, ``demo``, ``config``,
+``maintenance`` and ``shadow`` live here; the
 other commands live with what they drive (``simulate/command.py``, ``bench/command.py``,
-``certs.py``, ``replay/command.py``, ``evaluate/cli.py``) and are mounted by this module.
+``certs.py``, ``replay/command.py``, ``evaluate/cli.py``,
+``models/cli.py``) and are mounted by this module.
 Every command module takes its shared options from :mod:`.options` and its settings from
 :mod:`.settings`, never from this module.
 
@@ -43,14 +44,17 @@ def _build_app() -> typer.Typer:
     from ..bench.command import bench
     from ..certs import certs
     from ..evaluate.cli import app as evaluate_app
+    from ..models.cli import app as models_app
     from ..replay.command import replay
     from ..simulate.command import simulate
     from .alerts import alerts
     from .assets import assets_app
+    from .cluster import app as cluster_app
     from .config import config_app
     from .demo import demo
     from .detect import detect
     from .maintenance import app as maintenance_app
+    from .shadow import app as shadow_app
 
     root = typer.Typer(
         name="mqtt-anomaly",
@@ -63,6 +67,8 @@ def _build_app() -> typer.Typer:
     root.add_typer(config_app, name="config")
     root.add_typer(maintenance_app, name="maintenance")
     root.add_typer(assets_app, name="assets")
+    root.add_typer(shadow_app, name="shadow")
+    root.add_typer(cluster_app, name="cluster")
     root.command("detect")(detect)
     root.command("alerts")(alerts)
     root.command("demo")(demo)
@@ -71,6 +77,7 @@ def _build_app() -> typer.Typer:
     root.command("certs")(certs)
     root.command("replay")(replay)
     root.add_typer(evaluate_app, name="evaluate", help="Score detectors: NAB, your own CSV.")
+    root.add_typer(models_app, name="models")
     return root
 
 

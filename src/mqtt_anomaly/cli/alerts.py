@@ -23,6 +23,9 @@ def alerts(
     detector: Annotated[str | None, typer.Option(help="Only this detector.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines output.")] = False,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="The shadow candidate's alerts ([shadow]) instead.")
+    ] = False,
 ) -> None:
     """List recent alerts from the history store."""
     settings = settings_from_cli(config, {"store": {"url": store}})
@@ -34,7 +37,7 @@ def alerts(
     except MqttAnomalyError as exc:
         fail(str(exc))
     with st:
-        rows = st.recent_alerts(limit=limit, sensor_id=sensor, detector=detector)
+        rows = st.recent_alerts(limit=limit, sensor_id=sensor, detector=detector, shadow=shadow)
     if as_json:
         for a in rows:
             out.print(encode(a).decode(), markup=False)

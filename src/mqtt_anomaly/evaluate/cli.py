@@ -28,6 +28,7 @@ from ..console import emit, err, fail, out
 from ..detectors import available, create
 from ..errors import ConfigError, MqttAnomalyError
 from . import leaderboard
+from .history import history
 from .nab import load_corpus
 from .rows import Counts, ScorerResult, SeriesReport, Totals, evaluate_series
 from .runner import LabelledCsv, read_labelled_csv, report_nab, run_nab, write_results
@@ -554,6 +555,9 @@ def _sim_assets(
         kinds.add_row(name, *cells)
     out.print(kinds)
     out.print(RATES_NOTE)
+
+
+app.command("history")(history)
 
 
 if __name__ == "__main__":

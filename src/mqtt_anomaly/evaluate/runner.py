@@ -267,9 +267,12 @@ def read_labelled_csv(
     value_columns: Sequence[str] | None = None,
     timestamp_column: str | None = None,
     exclude_columns: Sequence[str] = (),
+    *,
+    require_label: bool = True,
 ) -> LabelledCsv:
     """Read ``path``; value columns default to every column but the label, the timestamp and
-    ``exclude_columns``.
+    ``exclude_columns``. Without ``require_label``, a CSV with no label column reads with
+    every row labelled normal (training a model needs no labels).
 
     The delimiter is found from the header (:func:`sniff_delimiter`); with ``;`` or a tab,
     decimal commas (``3,25``) are read too. The label column defaults to the first of
@@ -291,11 +294,14 @@ def read_labelled_csv(
     columns = ", ".join(header)
     if label_column is None:
         label_column = _find(header, LABEL_NAMES)
-        if label_column is None:
+        if label_column is None and not require_label:
+            label_column = ""
+        elif label_column is None:
             raise ConfigError(f"{path}: which column is the label? pass --label-column ({columns})")
     if timestamp_column is None:
         timestamp_column = _find(header, TIMESTAMP_NAMES)
-    for col in [label_column, *exclude_columns, *([timestamp_column] if timestamp_column else [])]:
+    named = [*([label_column] if label_column else []), *exclude_columns]
+    for col in [*named, *([timestamp_column] if timestamp_column else [])]:
         if col not in header:
             raise ConfigError(f"{path}: no column {col!r} (columns: {columns})")
     skip = {label_column, timestamp_column, "", *exclude_columns}  # "": a trailing delimiter
@@ -319,9 +325,13 @@ def read_labelled_csv(
         if value_columns:
             raise
         raise ConfigError(f"{exc} (--exclude-column leaves a column out)") from exc
-    labels = np.array(
-        [cells.label(n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
-        dtype=bool,
+    labels = (
+        np.array(
+            [cells.label(n + 2, label_column, r[at[label_column]]) for n, r in enumerate(body)],
+            dtype=bool,
+        )
+        if label_column
+        else np.zeros(len(body), dtype=bool)
     )
     epoch = (
         _epoch(path, timestamp_column, [r[at[timestamp_column]] for r in body])

@@ -1,6 +1,7 @@
 """Offline scoring of one asset's rows: commissioning on ``train``, then ``rows`` in order.
 
-This is the very same :class:`~.spc.AssetDetector` the service runs, fed one row at a time in
+This is the very same detector the service runs (:func:`create`: an :class:`~.spc.AssetDetector`
+or a :class:`~.regress.RegressDetector`), fed one row at a time in
 one slot, so an evaluation measures what the service would raise.
 
 >>> rng = np.random.default_rng(2)
@@ -23,11 +24,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .regress import RegressDetector
 from .spc import METHODS, AssetDetector
 
 FloatArray = NDArray[np.float64]
-NAMES = METHODS
+NAMES = (*METHODS, "regress")
 """The detectors :func:`score_rows` knows (what ``evaluate`` registers as row scorers)."""
+
+
+def create(k: int, method: str, **params: Any) -> AssetDetector:
+    """The asset detector of ``method`` for assets of ``k`` sensors: a
+    :class:`~.regress.RegressDetector` for ``regress``, else an :class:`AssetDetector`."""
+    if method == "regress":
+        return RegressDetector(k, **params)
+    return AssetDetector(k, method=method, **params)
 
 
 def score_rows(
@@ -40,14 +50,14 @@ def score_rows(
     limit), whether the k-of-n alarm is active after it, and each sensor's share ``(m, k)``.
     A ValueError names what is wrong (an unknown name, too few rows, rows of another width).
     """
-    if name not in METHODS:
-        raise ValueError(f"unknown multivariate detector {name!r} (one of: {', '.join(METHODS)})")
+    if name not in NAMES:
+        raise ValueError(f"unknown multivariate detector {name!r} (one of: {', '.join(NAMES)})")
     train = np.asarray(train, dtype=np.float64)
     rows = np.asarray(rows, dtype=np.float64)
     if train.ndim != 2 or rows.ndim != 2 or train.shape[1] != rows.shape[1]:
         raise ValueError(f"train {train.shape} and rows {rows.shape} must be 2-D of equal width")
     params = {"commission_rows": len(train), "buffer": max(len(train), 1024), **params}
-    det = AssetDetector(train.shape[1], method=name, **params)
+    det = create(train.shape[1], name, **params)
     slot = np.zeros(1, dtype=np.intp)
     for row in train:
         det.update(slot, row[None, :])

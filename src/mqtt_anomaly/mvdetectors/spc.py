@@ -16,7 +16,8 @@ held-out rows are few and show less of normal operation than the months after) a
 - ``pca``: the combined index ``T²/a + SPE/θ`` of the row over its held-out limit;
 - ``mewma``: the same index of the exponentially weighted mean of the scaled rows
   (``lam``), for small persistent shifts, over its limit;
-- ``pca_mewma`` (default): the larger of the two ratios.
+- ``pca_mewma`` (the class default; the service's default method is ``regress``,
+  :mod:`.regress`): the larger of the two ratios.
 
 ``ratio`` is that value (1.0: at the limit); ``score = ratio / (1 + ratio)`` puts the limit at
 0.5 like every detector. ``contributions`` are each sensor's share of the reconstruction-based

@@ -16,12 +16,13 @@ slow drift and a fixed offset per asset, the supply voltage drifts plant-wide.
 
 **Faults.** After ``warmup`` seconds, an asset without a fault starts one with the total rate
 of its kinds (faults per asset per hour, ``rates``), the kind drawn in proportion to its rate;
-never within ``FAULT_GAP`` s after its previous fault, so faults stay separate events. An
-effect moves a sensor's clean value a fraction of the way to the edge of the range the asset
-has shown in normal operation so far (its running min/max of clean values), noise is added as
-on a normal reading, and a value that would leave the running range of normal (noisy) readings
-is reflected back into it. So no reading of a fault leaves its sensor's normal min/max, while
-the relations between the sensors break.
+never within ``FAULT_GAP`` s after its previous fault, so faults stay separate events. A
+physical fault (every built-in one) sets its defects' severities in the causes the kind's
+physics reads (:attr:`Causes.defects`). An effect (a fault written as sensor effects) moves a
+sensor's clean value a fraction of the way to the edge of the range the asset has shown in
+normal operation so far (its running min/max of clean values), noise is added as on a normal
+reading, and a value that would leave the running range of normal (noisy) readings is
+reflected back into it.
 
 >>> m = AssetModel("pump", 2, interval=1.0, seed=3, rates={})
 >>> steps = [m.step() for _ in range(3)]
@@ -50,8 +51,8 @@ ASSET_ROUND_STREAM = 11
 
 SETPOINT_DWELL = 240.0  # s, mean time between two set-point changes
 RAMP_RATE = 0.01  # per unit of rated speed per second
-LOAD_TAU, LOAD_SD = 900.0, 0.04  # the load's drift: time constant (s), spread
-LEVEL_TAU, LEVEL_SD = 1200.0, 0.02
+LOAD_TAU = 900.0  # s, the load's drift: time constant (its spread: the kind's load_sd)
+LEVEL_TAU = 1200.0  # s, the tank level's (spread: level_sd)
 SUPPLY_TAU, SUPPLY_SD = 600.0, 3.0  # V
 AMBIENT_TAU, AMBIENT_SD = 1800.0, 0.8  # °C
 FAULT_GAP = 120.0  # s, no onset this soon after an asset's previous fault
@@ -214,6 +215,7 @@ class AssetModel:
         self.jitter: FloatArray = np.zeros((n, kk))
         self._forced: list[tuple[int, int, int, int]] = []  # (k, asset, fault, readings)
         self._directions = [self._effect_table(f) for f in faults]
+        self._has_effects = np.array([bool(f.effects) for f in faults])
         self._rng = rng_for(seed, ASSET_ROUND_STREAM)
         self._chunk: tuple[FloatArray, ...] | None = None
         self._scale = 10.0 ** np.array(self._decimals, dtype=np.float64)
@@ -262,10 +264,11 @@ class AssetModel:
         u, z_causes, z_plant, z_noise, u_jitter, u_size = self._draws(k)
         t = self.phase + k * dt
         causes = self._causes(k, t, u, z_causes, z_plant)
-        clean = self.kind.clean(causes, dt)
         ended = self._end_faults(k)
         started = self._start_faults(k, u, u_size)
         faulty = self.fault >= 0
+        causes.defects = self._defects(k, u_jitter)
+        clean = self.kind.clean(causes, dt)
         values = self._apply(k, clean, z_noise, u_jitter, faulty)
         self.k += 1
         return AssetStep(k, t, values, self.fault.copy(), started, ended)
@@ -309,8 +312,8 @@ class AssetModel:
             self.setpoint = np.where(change, lo + (hi - lo) * u[:, 1], self.setpoint)
         step = RAMP_RATE * dt
         self.speed = self.speed + np.clip(self.setpoint - self.speed, -step, step)
-        self.load = _ou(self.load, 1.0, LOAD_TAU, LOAD_SD, dt, z[:, 0])
-        self.level = _ou(self.level, 1.0, LEVEL_TAU, LEVEL_SD, dt, z[:, 1])
+        self.load = _ou(self.load, 1.0, LOAD_TAU, self.kind.load_sd, dt, z[:, 0])
+        self.level = _ou(self.level, 1.0, LEVEL_TAU, self.kind.level_sd, dt, z[:, 1])
         self.ambient_drift = _ou1(self.ambient_drift, 0.0, AMBIENT_TAU, AMBIENT_SD, dt, z_plant[0])
         self.supply = _ou1(self.supply, 400.0, SUPPLY_TAU, SUPPLY_SD, dt, z_plant[1])
         angle = (t + self.day_offset) * (2.0 * math.pi / DAY)
@@ -335,6 +338,40 @@ class AssetModel:
         self.direction[i] = direction
         self.fraction[i] = span[0] + (span[1] - span[0]) * draw
         self.jitter[i] = jitter
+        # a physical fault: its defects' full severities, drawn in their ranges
+        for d, defect in enumerate(self.kind.faults[j].defects):
+            lo, hi = defect.severity
+            self.fraction[i, d] = lo + (hi - lo) * draw[d]
+            self.jitter[i, d] = defect.jitter
+
+    def _progress(self, k: int, rows: IntArray) -> FloatArray:
+        """How far the faults of assets ``rows`` have set in (0..1) at reading ``k``."""
+        faults = self.kind.faults
+        progress = np.empty(len(rows))
+        for r, i in enumerate(rows.tolist()):
+            shape = faults[int(self.fault[i])]
+            done = (k - self.start_k[i] + 1) * self.interval
+            if shape.profile == "creep":
+                total = (self.end_k[i] - self.start_k[i] + 1) * self.interval
+                progress[r] = min(1.0, done / total)
+            else:
+                progress[r] = min(1.0, done / max(shape.ramp, self.interval))
+        return progress
+
+    def _defects(self, k: int, u: FloatArray) -> dict[str, FloatArray]:
+        """The severity of every defect of the active physical faults at reading ``k`` (its
+        full severity times the progress, the jittered part redrawn from ``u``)."""
+        out: dict[str, FloatArray] = {}
+        rows = np.flatnonzero(self.fault >= 0)
+        if not len(rows):
+            return out
+        progress = self._progress(k, rows)
+        for r, i in enumerate(rows.tolist()):
+            for d, defect in enumerate(self.kind.faults[int(self.fault[i])].defects):
+                jit = self.jitter[i, d]
+                size = self.fraction[i, d] * (1.0 - jit + jit * 2.0 * abs(float(u[i, d]) - 0.5))
+                out.setdefault(defect.name, np.zeros(self.n))[i] = size * progress[r]
+        return out
 
     def _event(self, i: int, end_k: int | None) -> AssetFault:
         shape = self.kind.faults[int(self.fault[i])]
@@ -378,9 +415,10 @@ class AssetModel:
             self.clean_lo[normal] = np.minimum(self.clean_lo[normal], clean[normal])
             self.clean_hi[normal] = np.maximum(self.clean_hi[normal], clean[normal])
         out = noisy
-        if faulty.any():
+        moved = faulty & self._has_effects[np.maximum(self.fault, 0)]
+        if moved.any():
             out = noisy.copy()
-            rows = np.flatnonzero(faulty)
+            rows = np.flatnonzero(moved)
             out[rows] = self._faulted(k, rows, clean[rows], noisy[rows], u[rows])
         values = np.round(out * self._scale) / self._scale
         if normal.any():
@@ -393,16 +431,7 @@ class AssetModel:
     ) -> FloatArray:
         """Fault readings of assets ``rows``: effects on the clean values, the same noise as
         a normal reading, reflected into the normal range seen so far."""
-        faults = self.kind.faults
-        progress = np.empty(len(rows))
-        for r, i in enumerate(rows.tolist()):
-            shape = faults[int(self.fault[i])]
-            done = (k - self.start_k[i] + 1) * self.interval
-            if shape.profile == "creep":
-                total = (self.end_k[i] - self.start_k[i] + 1) * self.interval
-                progress[r] = min(1.0, done / total)
-            else:
-                progress[r] = min(1.0, done / max(shape.ramp, self.interval))
+        progress = self._progress(k, rows)
         direction, fraction, jitter = self.direction[rows], self.fraction[rows], self.jitter[rows]
         # both-ways effects take a random sign on every reading
         sign = np.where(direction == 0, np.where(u < 0.5, -1.0, 1.0), direction)

@@ -87,8 +87,10 @@ class Store(Protocol):
         sensor_id: str | None = None,
         since: float | None = None,
         detector: str | None = None,
+        shadow: bool = False,
     ) -> list[Alert]:
-        """Alerts newest first (by ``alert_ts``), optionally filtered."""
+        """Alerts newest first (by ``alert_ts``), optionally filtered; ``shadow``: those of
+        shadow candidates (``[shadow]``) instead of the live configuration's."""
         ...
 
     def readings(
@@ -179,6 +181,7 @@ class NullStore(Closing):
         sensor_id: str | None = None,
         since: float | None = None,
         detector: str | None = None,
+        shadow: bool = False,
     ) -> list[Alert]:
         return []
 

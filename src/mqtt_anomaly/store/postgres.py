@@ -42,7 +42,8 @@ from psycopg import sql
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .migrations import ADDED_COLUMNS, SCHEMA_VERSION, postgres_steps
+from .feedback import FeedbackSql
+from .migrations import ADDED_COLUMNS, SCHEMA_VERSION, create_steps, postgres_steps
 from .queued import QueuedStore
 from .rows import ALERT_WIDTH, Batch, alert_row
 
@@ -80,9 +81,7 @@ _SCHEMA: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts)",
     "CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS alerts_key "
-    "ON alerts (sensor_id, detector, state, reading_ts)",
-)
+)  # the alerts' unique key is a migration step (version 6 of migrations.MIGRATIONS)
 # Version 1 had no unique keys: keep the first copy of each row, then add them (_SCHEMA).
 _MIGRATE_1: Final = (
     """DELETE FROM readings r USING readings d
@@ -121,7 +120,7 @@ _POOL: Final = 4
 _DATA_ERRORS: Final = (psycopg.DataError, psycopg.IntegrityError, TypeError, ValueError)
 
 
-class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
+class PostgresStore(FeedbackSql, QueuedStore[psycopg.Connection[Any]]):
     """History in a PostgreSQL database. See the module docstring for the policy.
 
     ``max_queued_rows`` bounds the readings waiting (memory, and what a crash loses);
@@ -199,6 +198,16 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
             conn.close()
         return rows
 
+    def _write_now(self, statement: str, args: Sequence[Any]) -> None:
+        """One statement on a connection of its own, committed on return (feedback)."""
+        if self._closed:
+            raise StoreError(f"history store {self.name} is closed")
+        try:
+            with self._connect(schema=False) as conn:
+                conn.execute(statement.encode(), args)
+        except psycopg.Error as exc:
+            raise store_error(self.name, exc, "write") from exc
+
     # ---- connections -------------------------------------------------------------------
     def _connect(self, *, schema: bool) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
@@ -223,7 +232,7 @@ class PostgresStore(QueuedStore[psycopg.Connection[Any]]):
                     for statement in _SCHEMA[1:]:
                         conn.execute(statement.encode())
                     if version is None or version <= SCHEMA_VERSION:  # idempotent steps
-                        for statement in postgres_steps():
+                        for statement in postgres_steps() + create_steps("postgres"):
                             conn.execute(statement.encode())
                     if version is not None and version < SCHEMA_VERSION:
                         conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))

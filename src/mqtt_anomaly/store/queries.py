@@ -44,11 +44,16 @@ class SqlReads(ABC):
         sensor_id: str | None = None,
         since: float | None = None,
         detector: str | None = None,
+        shadow: bool = False,
     ) -> list[Alert]:
-        """Alerts newest first (by ``alert_ts``), optionally filtered."""
+        """Alerts newest first (by ``alert_ts``), optionally filtered; ``shadow``: those of
+        shadow candidates instead of the live configuration's."""
         p = self._PARAM
         where, args = self._where(
-            ("sensor_id =", sensor_id), ("alert_ts >=", since), ("detector =", detector)
+            ("sensor_id =", sensor_id),
+            ("alert_ts >=", since),
+            ("detector =", detector),
+            ("shadow <>" if shadow else "shadow =", ""),
         )
         query = f"SELECT {ALERT_COLUMNS} FROM alerts{where} ORDER BY alert_ts DESC, id DESC"
         query += f" LIMIT {p}"
@@ -150,7 +155,10 @@ class SqlReads(ABC):
     ) -> list[AlertCount]:
         """How many alerts with ``since <= alert_ts <= until``, by detector, state, severity."""
         where, args = self._where(
-            ("sensor_id =", sensor_id), ("alert_ts >=", since), ("alert_ts <=", until)
+            ("sensor_id =", sensor_id),
+            ("alert_ts >=", since),
+            ("alert_ts <=", until),
+            ("shadow =", ""),  # the live configuration's
         )
         query = f"SELECT detector, state, severity, count(*) FROM alerts{where}"
         query += " GROUP BY detector, state, severity ORDER BY detector, state, severity"

@@ -72,6 +72,8 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.asset_id,
         _contributions_text(a.contributions),
         a.suppressed or None,
+        a.id,
+        a.shadow,
     )
 
 
@@ -93,4 +95,6 @@ def alert_from_row(r: Sequence[Any]) -> Alert:
         asset_id=r[12] or "",
         contributions=_contributions_of(r[13]),
         suppressed=r[14] or "",
+        id=r[15] or "",
+        shadow=r[16] or "",
     )

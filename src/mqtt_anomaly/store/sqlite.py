@@ -40,7 +40,8 @@ import numpy as np
 from ..config import StoreSettings
 from ..errors import StoreError
 from ..messages import Alert
-from .migrations import SCHEMA_VERSION, sqlite_steps
+from .feedback import FeedbackSql
+from .migrations import SCHEMA_VERSION, create_steps, sqlite_steps
 from .queued import QueuedStore
 from .rows import ALERT_COLUMNS, ALERT_WIDTH, Batch, alert_row
 
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (alert_ts);
 CREATE INDEX IF NOT EXISTS alerts_sensor_ts ON alerts (sensor_id, alert_ts);
-CREATE UNIQUE INDEX IF NOT EXISTS alerts_key ON alerts (sensor_id, detector, state, reading_ts);
+-- the alerts' unique key is a migration step (version 6 of migrations.MIGRATIONS)
 """
 # Version 1 had no unique keys: keep the first copy of each row, then add them.
 _MIGRATE_1: Final = """
@@ -111,7 +112,7 @@ _DATA_ERRORS: Final = (
 )
 
 
-class SqliteStore(QueuedStore[sqlite3.Connection]):
+class SqliteStore(FeedbackSql, QueuedStore[sqlite3.Connection]):
     """History in one SQLite file. See the module docstring for the threading model.
 
     ``max_queued_rows`` bounds the readings waiting to be written, including a batch being
@@ -177,6 +178,19 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
             raise store_error(self.path, exc, "read") from exc
         finally:
             self._release_reader(conn)
+
+    def _write_now(self, statement: str, args: Sequence[Any]) -> None:
+        """One statement on a connection of its own, committed on return (feedback)."""
+        if self._closed:
+            raise StoreError(f"history store {self.path} is closed")
+        try:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                conn.execute(statement, args)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc, "write") from exc
 
     def _acquire_reader(self) -> sqlite3.Connection:
         with self._readers_lock:
@@ -246,7 +260,7 @@ class SqliteStore(QueuedStore[sqlite3.Connection]):
                     table: {c[1] for c in conn.execute(f"PRAGMA table_info({table})")}
                     for table in ("readings", "alerts")
                 }
-                for statement in sqlite_steps(existing):
+                for statement in sqlite_steps(existing) + create_steps("sqlite"):
                     conn.execute(statement)
             if row[0] is not None and row[0] < SCHEMA_VERSION:
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))

@@ -69,6 +69,7 @@ from .codec import (
     SUBACK,
     TOPIC_ALIAS,
     TOPIC_ALIAS_MAXIMUM,
+    USER_PROPERTY,
     MalformedPacketError,
     Will,
     connect,
@@ -274,6 +275,11 @@ class LeanClient:
         self._paused = False
         self._intake = True
         self.will: Will | None = None  # sent in every CONNECT (the Sparkplug host's STATE)
+        self.on_properties: Callable[[str, str | None, str | None], None] | None = None
+        """MQTT 5: called with ``(topic, unit, asset)`` of an incoming PUBLISH that carries
+        either user property (``broker.unit_property``, ``broker.asset_property``), before
+        the batch holding it goes to ``on_batch``. None (the default): not read."""
+        self._property_blocks: dict[str, tuple[bytes, str | None, str | None]] = {}
         # MQTT 5 (broker.protocol = "5"): the broker's receive maximum bounds the window;
         # outgoing topic aliases, up to the broker's topic alias maximum, per connection
         self.level = MQTT_5 if settings.protocol == "5" else MQTT_311
@@ -322,14 +328,18 @@ class LeanClient:
                         mid = data[p : p + 2]
                         p += 2
                         acks.append((PUBACK_HEAD if qos == 1 else PUBREC_HEAD) + mid)
-                    if v5:  # skip the property block (a PUBACK of 2 bytes is a success)
-                        if data[p] < 0x80:
-                            p += 1 + data[p]
+                    if v5:  # the property block: empty (one test) or read for user properties
+                        plen = data[p]
+                        if plen < 0x80:
+                            start = p + 1
                         else:
                             got = decode_varint(data, p)
                             if got is None:
                                 raise MalformedPacketError("PUBLISH properties truncated")
-                            p = got[1] + got[0]
+                            plen, start = got
+                        p = start + plen
+                        if plen and self.on_properties is not None and p <= end:
+                            self._user_properties(topic, data[start:p])
                     if p > end:  # the topic (or packet id) runs past the packet
                         raise MalformedPacketError(f"PUBLISH packet truncated ({length} bytes)")
                     batch.append((topic, data[p:end], now))
@@ -366,6 +376,35 @@ class LeanClient:
             self._protocol_error(proto, why)
             return b""
         return self._finish(data[pos:], batch, acks, proto)
+
+    def _user_properties(self, topic: str, block: bytes) -> None:
+        """MQTT 5: an incoming PUBLISH's unit and asset user properties (names in
+        ``broker.unit_property`` and ``broker.asset_property``) to ``on_properties``. A
+        topic's block the same as its last one is not decoded again."""
+        last = self._property_blocks.get(topic)
+        if last is not None and last[0] == block:
+            unit, asset = last[1], last[2]
+        else:
+            unit, asset = self._read_properties(block)
+            if len(self._property_blocks) >= 100_000:
+                self._property_blocks.clear()  # bounded whatever topics come
+            self._property_blocks[topic] = (block, unit, asset)
+        if (unit is not None or asset is not None) and self.on_properties is not None:
+            self.on_properties(topic, unit, asset)
+
+    def _read_properties(self, block: bytes) -> tuple[str | None, str | None]:
+        s = self.settings
+        unit = asset = None
+        for pid, value in decode_properties(block):
+            if pid == USER_PROPERTY and isinstance(value, tuple):
+                name, text = value
+                if not name or not text:
+                    continue
+                if name == s.unit_property:
+                    unit = text
+                elif name == s.asset_property:
+                    asset = text
+        return unit, asset
 
     def _negotiated(self, properties: bytes) -> None:
         """MQTT 5: what the broker's CONNACK allows (receive maximum, topic aliases)."""

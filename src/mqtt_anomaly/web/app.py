@@ -19,7 +19,10 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from .api import router
 from .auth import TokenAuth
+from .feedback import router as feedback_router
 from .guard import BodyLimit, CatchErrors, RateLimit
+from .lifecycle import router as lifecycle_router
+from .modelhealth import router as model_health_router
 from .settings import MIN_TOKEN_LENGTH, HttpSettings
 from .state import WebState
 
@@ -57,6 +60,9 @@ def create_app(service: DetectorService, settings: HttpSettings | None = None) -
     )
     web = app.state.web = WebState.attach(service, settings)
     app.include_router(router)
+    app.include_router(model_health_router)
+    app.include_router(feedback_router)
+    app.include_router(lifecycle_router)
     app.mount("/", StaticFiles(directory=str(STATIC), html=True), name="dashboard")
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit)  # each add_middleware wraps those before: this is innermost

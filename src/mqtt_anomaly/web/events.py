@@ -56,6 +56,7 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "suppressed": a.suppressed,
         "asset_id": a.asset_id,
         "contributions": a.contributions,
+        "id": a.id,
     }
 
 

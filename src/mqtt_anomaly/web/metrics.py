@@ -40,6 +40,8 @@ LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
+DRIFT_QUANTILES: Final = (0.5, 0.9, 0.99)
+DRIFT_TOP: Final = 5  # the most drifted sensors, by name (a bounded set of series)
 LATENCY_SAMPLE: Final = 128  # readings per batch whose latency is measured (exact below it)
 # name (without prefix) → type, as exposed (counters without their ``_total`` suffix)
 METRICS: Final[dict[str, str]] = {
@@ -99,6 +101,14 @@ METRICS: Final[dict[str, str]] = {
     "receiver_queue_depth": "gauge",
     "routing_incidents": "gauge",
     "readings_gated": "counter",
+    "models_stale": "gauge",
+    "models_learning": "gauge",
+    "model_drift": "gauge",
+    "model_drift_top": "gauge",
+    "reloads": "counter",
+    "config_info": "gauge",
+    "shadow_alerts": "counter",
+    "shadow_seconds": "counter",
 }
 _SUFFIXES: Final = {
     "counter": ("_total",),
@@ -193,6 +203,7 @@ class ServiceMetrics(Collector):
         yield alerts
         yield self._latency()
         yield from self._sensors()
+        yield from self._model_health()
         yield _gauge(
             "last_batch_size",
             "Messages in the last network read, processed as one batch (grows when behind)",
@@ -213,6 +224,7 @@ class ServiceMetrics(Collector):
             "alerts_aggregated", "Alerts of floods not published one by one", fl.aggregated
         )
         yield from self._delivery()
+        yield from self._lifecycle()
         yield _gauge(
             "broker_connected", "1 while connected to the broker", float(svc.client.connected)
         )
@@ -237,6 +249,28 @@ class ServiceMetrics(Collector):
         for reason, n in sorted(self.http_refused().items()):
             refused.add_metric([reason], n)
         yield refused
+
+    def _lifecycle(self) -> Iterator[Metric]:
+        svc = self.service
+        r = svc.reloads
+        reloads = CounterMetricFamily(
+            P + "reloads", "Configuration reloads by result", labels=["result"]
+        )
+        for result, n in r.counts.items():
+            reloads.add_metric([result], n)
+        yield reloads
+        info = GaugeMetricFamily(
+            P + "config_info",
+            "The configuration and model version in force (always 1)",
+            labels=["config_version", "model_version"],
+        )
+        info.add_metric([r.version, r.model_version or ""], 1)
+        yield info
+        if svc.shadow is not None:
+            sc = svc.shadow.scorer
+            n = svc.shadow.alerts
+            yield _counter("shadow_alerts", "Alert events of the shadow candidate", n)
+            yield _counter("shadow_seconds", "CPU seconds the shadow candidate scored", sc.seconds)
 
     def _delivery(self) -> Iterator[Metric]:
         svc = self.service
@@ -302,6 +336,49 @@ class ServiceMetrics(Collector):
             g.add_metric([phase, "any"], count)
         g.add_metric(["any", "true"], alarms)
         yield g
+
+    def _model_health(self) -> Iterator[Metric]:
+        """Drift and model health as a few aggregates, whatever the number of sensors: stale
+        models by reason, drift quantiles and maximum, the ``DRIFT_TOP`` most drifted."""
+        view = self.service.pipeline.view()
+        r = view.model_health(self.service.clock())
+        stale = GaugeMetricFamily(
+            P + "models_stale", "Sensors whose model looks stale, by reason", labels=["reason"]
+        )
+        stale.add_metric(["any"], int(np.count_nonzero(r.stale)))
+        for reason, flags in (("drift", r.stale_drift), ("alerts", r.stale_alerts),
+                              ("age", r.stale_age)):  # fmt: skip
+            stale.add_metric([reason], int(np.count_nonzero(flags)))
+        yield stale
+        yield _gauge(
+            "models_learning",
+            "Sensors still learning their reference score distribution",
+            r.learning,
+        )
+        known = r.drift[~np.isnan(r.drift)]
+        drift = GaugeMetricFamily(
+            P + "model_drift",
+            "Drift (PSI of recent vs reference scores) across sensors: quantiles and max",
+            labels=["quantile"],
+        )
+        if len(known):
+            for q, v in zip(DRIFT_QUANTILES, np.quantile(known, DRIFT_QUANTILES), strict=True):
+                drift.add_metric([repr(q)], float(v))
+            drift.add_metric(["1.0"], float(known.max()))
+        yield drift
+        top = GaugeMetricFamily(
+            P + "model_drift_top",
+            f"Drift of the {DRIFT_TOP} most drifted sensors",
+            labels=["rank", "sensor_id"],
+        )
+        if len(known):
+            column = np.where(np.isnan(r.drift), -np.inf, r.drift)
+            k = min(DRIFT_TOP, len(known))
+            best = np.argpartition(-column, k - 1)[:k]
+            ids = view.sensor_ids()
+            for rank, slot in enumerate(best[np.argsort(-column[best])].tolist(), 1):
+                top.add_metric([str(rank), ids[slot]], float(column[slot]))
+        yield top
 
     def _store(self) -> Iterator[Metric]:
         store = self.service.store

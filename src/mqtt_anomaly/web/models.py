@@ -22,6 +22,7 @@ class Sensor(BaseModel):
     last_seen: float | None = Field(description="When the service last received a reading")
     interval: float = Field(description="Learned seconds between readings")
     active_alerts: list[str] = Field(description="Detectors with an active alert")
+    unit: str | None = Field(None, description="Unit named by an MQTT 5 user property")
 
 
 class SensorPage(BaseModel):
@@ -89,6 +90,9 @@ class AlertEvent(BaseModel):
     )
     asset_id: str = ""
     contributions: dict[str, float] | None = None
+    id: str = Field(
+        "", description="The alert's identity (feedback: POST /api/alerts/{id}/feedback)"
+    )
 
 
 class MaintenanceWindow(BaseModel):

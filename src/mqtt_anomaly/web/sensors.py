@@ -29,6 +29,7 @@ def sensor_row(view: PipelineView, slot: int) -> dict[str, Any]:
         "last_seen": _num(s.last_seen),
         "interval": round(s.interval, 6),
         "active_alerts": list(s.active_alerts),
+        "unit": view.unit(s.sensor_id),
     }
 
 

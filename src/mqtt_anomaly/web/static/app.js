@@ -8,6 +8,7 @@ const st = {
   sort: "health", desc: false, offset: 0, limit: 100, q: "", health: "",
   sensor: null, asset: null, assetData: null, es: null, timer: null, fleetTimer: null,
   active: new Map(),          // "sensor\u0000detector" → active alert (ack/shelve state)
+  feedback: new Map(),        // alert id → operator verdict ("confirmed" | "false_alarm")
   points: [], band: null, marks: [], windowS: 900,
 };
 const $ = (sel) => document.querySelector(sel);
@@ -62,11 +63,12 @@ function row(s) {
   }
   tr.dataset.sensor = s.sensor_id;
   tr.dataset.health = s.health;
+  tr.dataset.unit = s.unit || "";
   const [id, health, value, seen, alerts] = tr.children;
   id.textContent = s.sensor_id;
   health.firstChild.className = "health " + s.health;
   health.firstChild.textContent = s.health;
-  value.textContent = fmtValue(s.last_value);
+  value.textContent = fmtValue(s.last_value) + (s.unit ? " " + s.unit : "");
   seen.textContent = fmtAgo(s.last_seen);
   alerts.textContent = s.active_alerts.join(", ");
   return tr;
@@ -97,12 +99,26 @@ async function loadFleet() {
   }
 }
 
+/* Stale models: a banner over the fleet naming the most drifted (GET /api/models/health). */
+async function loadModelHealth() {
+  const page = await api("/api/models/health?stale=true&limit=5");
+  const banner = $("#stale-banner");
+  banner.hidden = page.stale === 0;
+  if (!page.stale) return;
+  const named = page.items.map((m) => `${m.sensor_id} (${m.reasons.join(", ")}` +
+    (m.drift === null ? ")" : `, drift ${m.drift.toFixed(2)})`));
+  const more = page.stale > named.length ? ` and ${page.stale - named.length} more` : "";
+  banner.textContent = `⚠ ${page.stale} sensor model${page.stale === 1 ? "" : "s"} look stale: ` +
+    named.join(", ") + more;
+}
+
 let fleetPending = null;
 function scheduleFleet() {
   if (fleetPending) return;
   fleetPending = setTimeout(() => {
     fleetPending = null;
     loadFleet().catch(console.error);
+    loadModelHealth().catch(console.error);
     if (!st.sensor && !st.asset) loadAssets().catch(console.error);
   }, 200);
 }
@@ -136,6 +152,10 @@ function alertItem(a) {
     li.append(actions(act));
     li.classList.toggle("shelved", act.shelved);
   }
+  if (a.state === "raised" && a.id) {
+    li.dataset.id = a.id;
+    li.append(feedbackBox(a.id));
+  }
   li.addEventListener("click", (e) => {
     if (e.target.tagName !== "BUTTON") location.hash = "#/sensor/" + encodeURIComponent(a.sensor_id);
   });
@@ -149,6 +169,33 @@ function actions(act) {
   if (act.shelved) box.append(el("button", { type: "button", class: "unshelve", onclick: () => alertAction(act, "unshelve") }, `Unshelve (until ${fmtTime(act.shelved_until)})`));
   else box.append(el("button", { type: "button", class: "shelve", onclick: () => alertAction(act, "shelve") }, "Shelve 1 h"));
   return box;
+}
+
+/* Operator feedback: the verdict becomes a label for `models evaluate --labels feedback`. */
+function feedbackBox(id) {
+  const box = el("div", { class: "feedback" });
+  const verdict = st.feedback.get(id);
+  if (verdict) {
+    box.append(el("span", { class: "verdict" }, verdict === "confirmed" ? "confirmed" : "false alarm"));
+    return box;
+  }
+  box.append(
+    el("button", { type: "button", class: "fb-confirmed", onclick: () => sendFeedback(id, "confirmed") }, "Confirm"),
+    el("button", { type: "button", class: "fb-false", onclick: () => sendFeedback(id, "false_alarm") }, "False alarm"));
+  return box;
+}
+
+async function sendFeedback(id, verdict) {
+  const fb = await api(`/api/alerts/${encodeURIComponent(id)}/feedback`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verdict }) });
+  onFeedback(fb);
+}
+
+function onFeedback(fb) {
+  st.feedback.set(fb.alert_id, fb.verdict);
+  for (const li of document.querySelectorAll("#alerts li[data-id]")) {
+    if (li.dataset.id === fb.alert_id) li.querySelector(".feedback").replaceWith(feedbackBox(fb.alert_id));
+  }
 }
 
 async function alertAction(act, what) {
@@ -201,6 +248,8 @@ function addAlert(a) {
 async function loadFeed() {
   const [active, recent] = await Promise.all([api("/api/alerts/active"), api("/api/alerts?limit=100")]);
   st.active = new Map(active.map((a) => [key(a.sensor_id, a.detector), a]));
+  const given = await api("/api/feedback?limit=10000").catch(() => []);  // 409: no store keeps it
+  st.feedback = new Map(given.map((f) => [f.alert_id, f.verdict]));
   $("#alerts").replaceChildren(...recent.map(alertItem));
   applyShelvedFilter();
 }
@@ -344,6 +393,31 @@ async function addWindow(e) {
 }
 
 /* ---- sensor view ------------------------------------------------------------------- */
+/* ---- configuration and shadow candidate ---------------------------------------------- */
+const SHADOW_ROWS = 20;
+
+async function loadShadow() {
+  let status, report;
+  try { [status, report] = await Promise.all([api("/api/status"), api("/api/shadow")]); }
+  catch (e) { return; }
+  const model = status.model_version ? `, model ${status.model_version}` : "";
+  $("#config-version").textContent = `configuration ${status.config_version}${model}`;
+  $("#shadow").hidden = !report.enabled;
+  if (!report.enabled) return;
+  const t = report.totals;
+  $("#shadow-label").textContent = report.label;
+  $("#shadow-summary").textContent =
+    `${report.detectors.shadow.join(", ")}: both ${t.both}, live only ${t.live_only}, ` +
+    `shadow only ${t.shadow_only} (±${report.tolerance} seqs)`;
+  const rows = [...report.sensors].sort((a, b) =>
+    (b.live_only + b.shadow_only) - (a.live_only + a.shadow_only) || b.both - a.both);
+  $("#shadow-table tbody").replaceChildren(...rows.slice(0, SHADOW_ROWS).map((r) => el("tr", {
+    dataset: { sensor: r.sensor_id, detector: r.detector },
+    onclick: () => { location.hash = "#/sensor/" + encodeURIComponent(r.sensor_id); },
+  }, el("td", {}, r.sensor_id), el("td", {}, r.detector), el("td", { class: "num" }, String(r.both)),
+    el("td", { class: "num" }, String(r.live_only)), el("td", { class: "num" }, String(r.shadow_only)))));
+}
+
 async function loadSensor() {
   const id = st.sensor;
   if (!id) return;
@@ -371,7 +445,8 @@ function showSensorState(s) {
   h.className = "health " + s.health;
   h.textContent = s.health;
   h.dataset.health = s.health;
-  $("#sensor-value").textContent = `${fmtValue(s.last_value)} · ${fmtAgo(s.last_seen)}`;
+  const unit = s.unit ? " " + s.unit : "";
+  $("#sensor-value").textContent = `${fmtValue(s.last_value)}${unit} · ${fmtAgo(s.last_seen)}`;
   st.band = s.band;
 }
 
@@ -472,6 +547,7 @@ function connect() {
   });
   es.addEventListener("sensors", scheduleFleet);
   es.addEventListener("alert-state", (e) => onAlertState(JSON.parse(e.data)));
+  es.addEventListener("feedback", (e) => onFeedback(JSON.parse(e.data)));
   es.addEventListener("reading", (e) => onReading(JSON.parse(e.data)));
   es.addEventListener("overflow", () => { es.close(); setTimeout(connect, 1000); });
 }
@@ -479,7 +555,7 @@ function connect() {
 function rowData(tr) {
   const [id, , value, , alerts] = tr.children;
   const v = parseFloat(value.textContent);
-  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v,
+  return { sensor_id: id.textContent, last_value: isNaN(v) ? null : v, unit: tr.dataset.unit || null,
     last_seen: null, active_alerts: alerts.textContent ? alerts.textContent.split(", ") : [] };
 }
 
@@ -533,6 +609,8 @@ function init() {
   $("#window-form").addEventListener("submit", (e) => addWindow(e).catch(console.error));
   loadWindows().catch(console.error);
   setInterval(() => loadWindows().catch(console.error), 30000);  // windows open and close
+  loadShadow().catch(console.error);
+  setInterval(() => loadShadow().catch(console.error), 5000);  // agreement, after a reload
   route();
 }
 
