@@ -573,6 +573,12 @@ async def test_status_command_rest_and_metrics(
         res = cli("cluster", "status", "--cluster", "http://nowhere")
         assert res.returncode == 2 and "cluster.urls" in res.stderr
         assert "Traceback" not in res.stderr
+        closed = f"nats://127.0.0.1:{free_port()}"  # nothing listens: one line after 10 s
+        res = cli("detect", "--cluster", closed, "--store", "none://")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines() == [
+            "error: cluster.urls: no NATS server answers (TimeoutError)"
+        ]
     finally:
         workers.stop_all()
         await nc.close()
@@ -650,3 +656,48 @@ async def test_silence_alert_from_a_worker(cluster: NatsCluster, tmp_path: Path)
         stop.set()
         workers.stop_all()
         await nc.close()
+
+
+async def test_a_fenced_owner_can_neither_checkpoint_nor_renew(cluster: NatsCluster) -> None:
+    """The second line of fencing, on the cluster's own revision checks: once another worker
+    restored a partition (its first checkpoint write moves the revision), the former owner's
+    checkpoint fails with FencedError even though its local lease still looks valid, and its
+    ownership record's revision is no longer the one it holds."""
+    from mqtt_anomaly.cluster.setup import connect as cluster_connect
+    from mqtt_anomaly.cluster.setup import ensure
+    from mqtt_anomaly.cluster.worker import ClusterWorker, FencedError, PartitionRunner
+
+    def worker(wid: str) -> ClusterWorker:
+        s = load_settings(
+            None, {"cluster": {"urls": cluster.urls, "worker_id": wid, "partitions": 8}}
+        )
+        return ClusterWorker(s)
+
+    a, b = worker("a"), worker("b")
+    for w in (a, b):
+        w._nc = await cluster_connect(w.cs, w.worker_id)
+        w._js = w._nc.jetstream(timeout=5)
+        w._buckets = await ensure(w._js, w.cs)
+    try:
+        far = time.monotonic() + 3600
+        rev = await a.buckets.owners.create("p0", b"a")
+        old = PartitionRunner(a, 0, rev, far)
+        await old._restore()
+        old.seq = 5
+        await old.checkpoint()  # still the owner: accepted
+        await a.buckets.owners.delete("p0")  # as if its lease had expired
+        rev_b = await b.buckets.owners.create("p0", b"b")
+        new = PartitionRunner(b, 0, rev_b, far)
+        await new._restore()
+        assert new.seq == 5 and new.previous_owner == "a" and new.handoffs == 1
+        with pytest.raises(FencedError):
+            await old.checkpoint()
+        with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+            await a.buckets.owners.update("p0", b"a", last=old.lease_rev)
+        new.seq = 9
+        await new.checkpoint()
+        tree = decode(bytearray((await b.buckets.checkpoints.get("p0")).value))
+        assert (tree["owner"], tree["seq"], tree["epoch"]) == ("b", 9, rev_b)
+    finally:
+        for w in (a, b):
+            await w.nc.close()

@@ -7,7 +7,9 @@ Measured from the workers' scoring notes (``mqa.scored.*``) and ``/proc``:
 
 - **throughput**: readings scored per second from the first scored batch to the last;
 - **CPU per reading per worker**: each worker's user+system CPU seconds over the readings it
-  scored (start-up included: an upper bound);
+  scored, from the resume to the end of the backlog; and the three servers' together over
+  all readings (delivering to the consumers, checkpoints and leases; the backlog was
+  stored before);
 - **hand-off time**: at each change of a partition's owner while the backlog lasts (the first
   worker claims every partition, the others take their share as they join: a checkpoint,
   a release, a claim and a restore), the gap between the former owner's last batch and the
@@ -156,6 +158,7 @@ async def _trial(workers: int, sensors: int, readings: int, partitions: int) -> 
                 proc.send_signal(signal.SIGSTOP)
             await _preload(cluster.urls, sensors, readings)
             cpu0 = {wid: _cpu_seconds(p.pid) for wid, p in procs.items()}
+            servers0 = sum(_cpu_seconds(n.proc.pid) for n in cluster.nodes if n.proc)
             before = len(notes.notes)
             resumed = time.time()
             for proc in procs.values():
@@ -166,6 +169,7 @@ async def _trial(workers: int, sensors: int, readings: int, partitions: int) -> 
 
             await _until(scored, max(120.0, readings / 200), "backlog scored")
             cpu = {wid: _cpu_seconds(p.pid) - cpu0[wid] for wid, p in procs.items()}
+            servers = sum(_cpu_seconds(n.proc.pid) for n in cluster.nodes if n.proc) - servers0
             run = notes.notes[before:]
             per_worker: dict[str, int] = defaultdict(int)
             for _, n in run:
@@ -180,6 +184,7 @@ async def _trial(workers: int, sensors: int, readings: int, partitions: int) -> 
                 "cpu_us_per_reading": {
                     wid: 1e6 * cpu[wid] / max(per_worker.get(wid, 0), 1) for wid in ids
                 },
+                "servers_cpu_us_per_reading": 1e6 * servers / max(sum(per_worker.values()), 1),
                 "scored_by": dict(per_worker),
                 "handoff_ms": [round(1000 * h) for h in handoff],
             }
@@ -270,10 +275,11 @@ def cluster_table(result: dict[str, Any]) -> str:
         f"cluster: a backlog of {c['readings']} readings of {c['sensors']} sensors in "
         f"{c['partitions']} partitions, 3 NATS nodes, {c['cores']} cores",
         f"{'workers':>7} {'readings/s':>11} {'CPU µs/reading, each worker':>30} "
-        f"{'graceful hand-off ms':>22}",
+        f"{'3 servers':>9} {'graceful hand-off ms':>22}",
     ]
     for t in c["trials"]:
         cpu = " ".join(f"{v:.0f}" for v in t["cpu_us_per_reading"].values())
         ho = " ".join(str(h) for h in t["handoff_ms"]) or "-"
-        lines.append(f"{t['workers']:>7} {t['readings_per_s']:>11,.0f} {cpu:>30} {ho:>22}")
+        srv = f"{t['servers_cpu_us_per_reading']:.0f}"
+        lines.append(f"{t['workers']:>7} {t['readings_per_s']:>11,.0f} {cpu:>30} {srv:>9} {ho:>22}")
     return "\n".join(lines)

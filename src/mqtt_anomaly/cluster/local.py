@@ -140,9 +140,15 @@ class NatsCluster:
                 node.http_port, node.mqtt_port = free_port(), free_port()
 
     def start(self) -> None:
-        for node in self.nodes:
-            self.start_node(node)
-        self.wait_ready()
+        """Start every node and wait until they are healthy; on failure nothing is left
+        running."""
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every running node reports JetStream healthy (a meta leader elected)."""

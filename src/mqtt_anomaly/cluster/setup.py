@@ -17,6 +17,7 @@ from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 import nats
 
+from ..console import RateLimitedLog
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +39,19 @@ async def connect(cs: ClusterSettings, name: str, *, timeout: float = 10.0) -> C
     deadline = time.monotonic() + timeout
     while True:
         try:
+            # the first connection: no reconnecting (the client would retry for ever), the
+            # next one is made so once a server answered
+            probe = await asyncio.wait_for(
+                nats.connect(
+                    servers=cs.servers,
+                    name=name,
+                    connect_timeout=2,
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                ),
+                max(0.5, deadline - time.monotonic()),
+            )
+            await probe.close()
             return await nats.connect(
                 servers=cs.servers,
                 name=name,
@@ -47,11 +61,34 @@ async def connect(cs: ClusterSettings, name: str, *, timeout: float = 10.0) -> C
                 allow_reconnect=True,
                 ping_interval=2,
                 max_outstanding_pings=2,
+                error_cb=_logged,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
             )
-        except (OSError, nats.errors.Error) as exc:
+        except (OSError, nats.errors.Error) as exc:  # TimeoutError is an OSError
             if time.monotonic() > deadline:
-                raise ConfigError(f"cluster.urls: no NATS server answers ({exc})") from exc
+                why = str(exc) or type(exc).__name__
+                raise ConfigError(f"cluster.urls: no NATS server answers ({why})") from exc
             await asyncio.sleep(0.25)
+
+
+_rl = RateLimitedLog(log, period=10.0)
+
+
+async def _quiet(exc: Exception) -> None:
+    """A server that does not answer the first connection: the caller says so, once."""
+
+
+async def _logged(exc: Exception) -> None:
+    _rl.warning("error", "NATS: %s", str(exc) or type(exc).__name__)
+
+
+async def _disconnected() -> None:
+    _rl.warning("down", "NATS: disconnected, reconnecting")
+
+
+async def _reconnected() -> None:
+    log.info("NATS: reconnected")
 
 
 class Buckets:
