@@ -391,3 +391,18 @@ def test_the_ewma_detectors_refuse_bad_parameters(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         registry.get(name)(**params)
+
+
+def test_fusion_without_numba_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numba is the `fusion` extra: without it the detector refuses to be built, with the
+    install line, and listing the registry never imports it."""
+    import importlib.util
+
+    from mqtt_anomaly.detectors import fusion
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"^the fusion detector needs Numba: pip install"):
+        fusion.FusionDetector()
