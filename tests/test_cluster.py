@@ -185,6 +185,7 @@ async def publish(js: Any, messages: list[tuple[str, bytes]]) -> None:
             except (
                 TimeoutError,
                 nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,  # no responders, as JetStream words it
                 nats.js.errors.ServiceUnavailableError,
             ):
                 await asyncio.sleep(0.1)
@@ -197,7 +198,11 @@ async def retrying(make: Any, timeout: float = 30.0) -> Any:
     while True:
         try:
             return await make()
-        except (TimeoutError, nats.errors.NoRespondersError):
+        except (
+            TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NoStreamResponseError,
+        ):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)

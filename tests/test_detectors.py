@@ -156,6 +156,62 @@ def test_ensemble_state_per_sensor_is_small() -> None:
     assert per_slot <= 2400
 
 
+def test_fusion_state_per_sensor_is_within_1_kib() -> None:
+    det = create("fusion")
+    det.reserve(16)
+    per_slot = sum(a.nbytes for a in det.state.values()) // det.capacity
+    assert per_slot == det.bytes_per_sensor() <= 1024  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("offset", "gain"), [(0.0, 1.0), (1e6, 1.0), (0.0, 1e7), (5.0, 1e-5)])
+def test_fusion_profile_catches_a_missing_daily_peak_at_any_scale(
+    offset: float, gain: float
+) -> None:
+    from mqtt_anomaly.detectors.fusion import FusionDetector
+
+    x, ts, start = _missing_peak()  # float16 profile offsets in a per-sensor unit
+    s = FusionDetector().score_series(offset + gain * x, ts)
+    assert s[start : start + 12].max() >= 0.5
+    assert np.count_nonzero(s >= 0.5) <= 5
+
+
+def test_fusion_alerts_once_per_incident_once_settled() -> None:
+    x = _normal(15, 3000)
+    x[2000:2050] += 40.0
+    s = _scores(create("fusion"), x)
+    assert s[2000:2010].max() >= 0.5
+    assert np.count_nonzero(s[300:] >= 0.5) <= 5  # settled: the ensemble's bound
+
+
+def test_fusion_dead_band_silences_records_of_stationary_noise() -> None:
+    from mqtt_anomaly.config import DetectorSettings
+
+    def alerts(params: dict[str, float]) -> int:
+        det = lambda: create("fusion", DetectorSettings(params={"fusion": params}))  # noqa: E731
+        xs = [25 + np.random.default_rng(k).normal(0, 0.3, 3000) for k in range(20)]
+        return sum(int(np.count_nonzero(det().score_series(x) >= 0.5)) for x in xs)
+
+    assert alerts({}) > 100  # records of noise, broken by chance
+    assert alerts({"band": 1.0}) == 0
+    x = _normal(15, 3000)
+    x[2000:2050] += 40.0  # a real incident still alerts
+    assert (
+        _scores(create("fusion", DetectorSettings(params={"fusion": {"band": 1.0}})), x)[
+            2000:2010
+        ].max()
+        >= 0.5
+    )
+
+
+def test_fusion_parameters_are_checked() -> None:
+    from mqtt_anomaly.config import DetectorSettings
+    from mqtt_anomaly.errors import ConfigError
+
+    for params in ({"prof_min": 16}, {"settle": -1}, {"band": -1.0}, {"profile": 100}):
+        with pytest.raises(ConfigError):
+            create("fusion", DetectorSettings(params={"fusion": params}))
+
+
 def test_ensemble_profile_parameters_are_checked() -> None:
     from mqtt_anomaly.config import DetectorSettings
     from mqtt_anomaly.errors import ConfigError
@@ -177,6 +233,11 @@ SAVED_PARAMS = {
     "'alpha': 0.01, 'short': 0.2, 'long': 0.002, 'levels': 10, 'order': 3, 'table': 256, "
     "'hold': 300, 'level': 0.2547, 'lock': True, 'vol_fast': 0.05, 'vol_slow': 0.01, "
     "'kvol': 0.1, 'profile': 168, 'c_profile': 50.0, 'prof_rate': 0.1, 'prof_min': 5}",
+    "fusion": "{'warmup': 150, 'smooth': 0.2, 'slow': 0.05, 'k': 0.05, 'c': 160.0, "
+    "'alpha': 0.01, 'short': 0.2, 'long': 0.0016, 'levels': 10, 'order': 3, 'table': 64, "
+    "'hold': 300, 'level': 0.243, 'lock': True, 'vol_fast': 0.05, 'vol_slow': 0.01, "
+    "'kvol': 0.08, 'profile': 168, 'c_profile': 50.0, 'prof_rate': 0.1, 'prof_min': 5, "
+    "'settle': 150, 'band': 0.0}",
     "rate": "{'alpha': 0.02, 'z_alert': 8.0, 'warmup': 10, 'clip': 4.0, 'max_rate': 0.0, "
     "'min_rate': 1e-06}",
     "robust": "{'rate': 0.02, 'z_alert': 6.0, 'warmup': 30, 'min_scale': 0.01, "
@@ -330,3 +391,18 @@ def test_the_ewma_detectors_refuse_bad_parameters(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         registry.get(name)(**params)
+
+
+def test_fusion_without_numba_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numba is the `fusion` extra: without it the detector refuses to be built, with the
+    install line, and listing the registry never imports it."""
+    import importlib.util
+
+    from mqtt_anomaly.detectors import fusion
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"^the fusion detector needs Numba: pip install"):
+        fusion.FusionDetector()

@@ -169,31 +169,11 @@ def test_a_repeated_property_block_is_not_decoded_again_but_still_reported() -> 
     assert client._property_blocks[topic][1:] == (None, None)
 
 
-def test_an_asset_property_that_is_no_id_and_unprintable_values_are_not_read() -> None:
-    """An asset id becomes the sensor id of its alerts and a level of their topic: a value
-    with a topic separator, a wildcard or over the id length is ignored, as are values with
-    control characters."""
-    settings = load_settings(None, {"broker": {"protocol": "5"}})
-    client = LeanClient(settings.broker, "t", on_batch=lambda batch: None)
-    calls: list[tuple[str, str | None, str | None]] = []
-    client.on_properties = lambda *args: calls.append(args)
-    topic = "factory/A/temperature"
-    for asset in ("pump/7", "pump-#", "+", "p" * 129, "pump\n7"):
-        block = codec.encode_properties(
-            [(codec.USER_PROPERTY, ("asset", asset)), (codec.USER_PROPERTY, ("unit", "bar\x1b"))]
-        )
-        client._user_properties(topic, block)
-    assert calls == []
-    ok = codec.encode_properties([(codec.USER_PROPERTY, ("asset", "pump-7"))])
-    client._user_properties(topic, ok)
-    assert calls == [(topic, None, "pump-7")]
-
-
 def test_asset_membership_from_properties_survives_a_restart_without_recommissioning() -> None:
-    settings = load_settings(None, {"assets": {"commission_rows": 12}})
+    settings = load_settings(None, {"assets": {"commission_rows": 20}})
     pl = Pipeline(settings)
     t0 = 1.7e9
-    for k in range(30):
+    for k in range(50):
         for sid in ("R-1", "R-2"):
             pl.note_properties(f"factory/{sid}/temperature", "bar", "press")
             pl.process(
@@ -229,3 +209,23 @@ def test_property_names_are_checked() -> None:
         load_settings(None, {"broker": {"unit_property": "u" * 65}})
     off = load_settings(None, {"broker": {"unit_property": "", "asset_property": ""}})
     assert (off.broker.unit_property, off.broker.asset_property) == ("", "")
+
+
+def test_an_asset_property_that_is_no_id_and_unprintable_values_are_not_read() -> None:
+    """An asset id becomes the sensor id of its alerts and a level of their topic: a value
+    with a topic separator, a wildcard or over the id length is ignored, as are values with
+    control characters."""
+    settings = load_settings(None, {"broker": {"protocol": "5"}})
+    client = LeanClient(settings.broker, "t", on_batch=lambda batch: None)
+    calls: list[tuple[str, str | None, str | None]] = []
+    client.on_properties = lambda *args: calls.append(args)
+    topic = "factory/A/temperature"
+    for asset in ("pump/7", "pump-#", "+", "p" * 129, "pump\n7"):
+        block = codec.encode_properties(
+            [(codec.USER_PROPERTY, ("asset", asset)), (codec.USER_PROPERTY, ("unit", "bar\x1b"))]
+        )
+        client._user_properties(topic, block)
+    assert calls == []
+    ok = codec.encode_properties([(codec.USER_PROPERTY, ("asset", "pump-7"))])
+    client._user_properties(topic, ok)
+    assert calls == [(topic, None, "pump-7")]

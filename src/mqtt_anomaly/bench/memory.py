@@ -135,7 +135,8 @@ def measure(sizes: list[int], timed: int, config: str | None = None) -> dict[str
     span = last["sensors"] - first["sensors"]
     per_sensor = (last["rss_mib"] - first["rss_mib"]) * 2**20 / span if span else 0.0
     aged_per_sensor = (aged_rss - first["rss_mib"] * 2**20) / span if span else 0.0
-    det = sum(a.itemsize for d in pipeline.detectors for a in d.state.values())
+    # a row per sensor: a table field (a profile, a hashed context table) counts whole
+    det = sum(a.itemsize * a[:1].size for d in pipeline.detectors for a in d.state.values())
     books = sum(getattr(b, f).itemsize for b in pipeline.books.values() for f in _BOOK_FIELDS)
     for r in rows:
         r["us_per_reading"] = round(r["us_per_reading"], 3)

@@ -38,6 +38,7 @@ BUILTIN = {
     "art": "mqtt_anomaly.detectors.art:ArtDetector",
     "changepoint": "mqtt_anomaly.detectors.changepoint:ChangePointDetector",
     "ensemble": "mqtt_anomaly.detectors.ensemble:EnsembleDetector",
+    "fusion": "mqtt_anomaly.detectors.fusion:FusionDetector",
     "rate": "mqtt_anomaly.detectors.rate:RateDetector",
     "river": "mqtt_anomaly.detectors.river_adapter:RiverDetector",
     "robust": "mqtt_anomaly.detectors.robust:RobustDetector",

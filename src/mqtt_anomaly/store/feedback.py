@@ -79,8 +79,9 @@ class FeedbackSql:
         """The live configuration's stored alert event with this id (None: not stored, not
         yet written, or only a shadow candidate's, which no operator was shown)."""
         p = self._PARAM
-        rows = self._query(  # the live alert (a shadow candidate's of the same reading has its id)
-            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''", (alert_id,)
+        rows = self._query(
+            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE alert_id = {p} AND shadow = ''",
+            (alert_id,),
         )
         return alert_from_row(rows[0]) if rows and alert_id else None
 
