@@ -131,12 +131,14 @@ function onFilter() {
 }
 
 /* ---- alert feed -------------------------------------------------------------------- */
+const alertKey = (a) => a.id || [a.sensor_id, a.detector, a.state, a.alert_ts].join("|");
+
 function alertItem(a) {
   const act = a.state === "raised" ? st.active.get(key(a.sensor_id, a.detector)) : null;
   const current = act && (act.raised_at === null || Math.abs(act.raised_at - a.alert_ts) < 1e-6);
   const li = el("li", {
     class: `${a.state} ${a.severity}`,
-    dataset: { sensor: a.sensor_id, detector: a.detector, state: a.state, ts: a.alert_ts },
+    dataset: { sensor: a.sensor_id, detector: a.detector, state: a.state, ts: a.alert_ts, key: alertKey(a) },
   },
   el("div", {}, el("b", {}, a.sensor_id), ` ${a.detector} ${a.state}`,
     a.value !== null && a.value !== undefined ? ` ${a.value.toFixed(1)}` : "",
@@ -240,7 +242,9 @@ function addAlert(a) {
     }
   }
   const list = $("#alerts");
-  list.prepend(alertItem(a));
+  const item = alertItem(a);
+  item.dataset.live = "1";  // from the event stream: kept if a feed load in flight misses it
+  list.prepend(item);
   while (list.children.length > FEED_MAX) list.lastChild.remove();
   if (st.sensor === a.sensor_id && a.state === "raised") { st.marks.push(a); draw(); }
 }
@@ -250,7 +254,12 @@ async function loadFeed() {
   st.active = new Map(active.map((a) => [key(a.sensor_id, a.detector), a]));
   const given = await api("/api/feedback?limit=10000").catch(() => []);  // 409: no store keeps it
   st.feedback = new Map(given.map((f) => [f.alert_id, f.verdict]));
-  $("#alerts").replaceChildren(...recent.map(alertItem));
+  // alerts streamed while these requests were answered may be newer than the list they got
+  const listed = new Set(recent.map(alertKey));
+  const newest = recent.length ? recent[0].alert_ts : -Infinity;
+  const streamed = [...document.querySelectorAll("#alerts li[data-live='1']")]
+    .filter((li) => !listed.has(li.dataset.key) && Number(li.dataset.ts) >= newest);
+  $("#alerts").replaceChildren(...streamed, ...recent.map(alertItem));
   applyShelvedFilter();
 }
 
