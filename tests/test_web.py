@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -31,10 +32,13 @@ SPIKE = 98.2
 
 
 def web_settings(broker: Mosquitto, tmp_path: Path, store: str = "none://") -> Settings:
+    # a client id of this test's own: on the broker the tests share, the persistent session of
+    # another test's service would hand this one the readings queued for it meanwhile
+    client_id = "detector-web-" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:8]
     return load_settings(
         None,
         {
-            "broker": {"url": broker.url, "client_id": "detector-web", "keepalive": 2},
+            "broker": {"url": broker.url, "client_id": client_id, "keepalive": 2},
             "store": {"url": store, "flush_interval": 0.05},
             "service": {"state_dir": tmp_path / "state"},
         },
