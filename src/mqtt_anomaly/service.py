@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections import deque
@@ -210,7 +211,11 @@ class DetectorService(AsyncClosing):
                 durable,
                 self._snapshot,
                 self._save_round,
-                min_interval=settings.service.ack_interval,
+                # journaled: the broker waits for no round, so none starts early (idle)
+                min_interval=settings.service.checkpoint_interval
+                if self.journaled
+                else settings.service.ack_interval,
+                idle=math.inf if self.journaled else DeliveryTracker.IDLE,
                 kept="in the journal" if self.journaled else "unacknowledged at the broker",
             )
         self.shadow: ShadowRun | None = None
