@@ -267,33 +267,6 @@ async def test_a_broker_window_of_one_message_still_flows(tmp_path: Path) -> Non
         broker.stop()
 
 
-async def test_journaled_checkpoints_keep_their_interval_when_the_intake_is_quiet(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    """Journaled, the broker waits for no round: a reading every 5 ms (the intake quiet for
-    longer than a durable round's 2 ms idle each time) gets one checkpoint per
-    ``checkpoint_interval``, not one per reading, whose state saves would compete with the
-    intake; the last round at the stop still covers everything."""
-    from .test_service import Running, settings_for
-
-    settings = settings_for(mosquitto, tmp_path, checkpoint_interval=0.5)
-    async with Running(settings) as run, publisher(mosquitto.url) as pub:
-        tracker = run.service.tracker
-        assert tracker is not None
-        await eventually(lambda: tracker.stats.rounds >= 1, timeout=10, what="first round")
-        first = tracker.stats.rounds
-        started = time.monotonic()
-        for seq in range(100):  # paced load, not a wait for a condition
-            pub.publish("factory/S1/temperature", reading_payload("S1", 25.0, seq))
-            await asyncio.sleep(0.005)
-        await eventually(lambda: len(run.processed) == 100, timeout=15, what="100 processed")
-        elapsed = time.monotonic() - started
-        rounds = tracker.stats.rounds - first
-        assert rounds <= elapsed / 0.5 + 2, (rounds, elapsed)
-    assert tracker.stats.failed_rounds == 0
-    assert run.service.journal is not None and run.service.journal.appended == 100
-
-
 async def test_a_state_that_cannot_be_saved_holds_the_acknowledgements(tmp_path: Path) -> None:
     """A round whose state cannot be written (here a directory is in the way, as a full
     disk would refuse it) acknowledges nothing; the next round that can write sends them."""

@@ -658,14 +658,8 @@ class ServiceSettings(_Section):
     before the readings are acknowledged (power loss loses nothing acknowledged), at the cost
     of one ``fdatasync`` per network read."""
     ack_interval: float = Field(0.1, gt=0, le=60)
-    """With ``ack_after = "durable"``: seconds a delivery round gathers readings (sooner when
-    the intake is quiet): longer means fewer state saves, more messages in flight at the
-    broker."""
-    checkpoint_interval: float = Field(1.0, gt=0, le=60)
-    """With ``ack_after = "journaled"``: seconds between two checkpoints (the delivery rounds
-    that save the state and delete the journal it covers; the broker never waits for one).
-    Shorter means less journal to process again after a crash, and more state saves, whose
-    threads compete with the intake for the interpreter (alert latency's p99)."""
+    """Seconds a delivery round gathers readings (sooner when the intake is quiet): longer
+    means fewer state saves, more messages in flight at the broker."""
     max_payload: int = Field(4096, ge=16)
     max_sensors: int = Field(200_000, ge=1)
     """Sensors the service keeps state for (the sensor table). A message from one more is a

@@ -47,10 +47,6 @@ class DeliveryTracker:
     limit, reading from the broker pauses until the backlog is back under half of it.
     """
 
-    IDLE: Final = 0.002
-    """Intake quiet this long (s): the round starts before ``min_interval`` (``math.inf``:
-    never early)."""
-
     def __init__(
         self,
         client: Transport,
@@ -59,7 +55,7 @@ class DeliveryTracker:
         save: Callable[[dict[str, Any]], None],
         *,
         min_interval: float = 0.1,
-        idle: float = IDLE,
+        idle: float = 0.002,
         warn_after: float = 5.0,
         retry: Backoff = SAVE_RETRY,
         kept: str = "unacknowledged at the broker",
@@ -154,8 +150,7 @@ class DeliveryTracker:
             now = time.monotonic()
             if now >= deadline or now - self._last_touch >= self._idle:
                 return
-            # at most 50 ms at a time: a stop (close) does not wait for the whole interval
-            await asyncio.sleep(min(self._idle, deadline - now, 0.05))
+            await asyncio.sleep(min(self._idle, deadline - now))
 
     async def round(self) -> bool:
         """One round (see the class docstring); False when the state could not be saved."""

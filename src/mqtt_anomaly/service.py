@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import time
 from collections import deque
@@ -211,11 +210,7 @@ class DetectorService(AsyncClosing):
                 durable,
                 self._snapshot,
                 self._save_round,
-                # journaled: the broker waits for no round, so none starts early (idle)
-                min_interval=settings.service.checkpoint_interval
-                if self.journaled
-                else settings.service.ack_interval,
-                idle=math.inf if self.journaled else DeliveryTracker.IDLE,
+                min_interval=settings.service.ack_interval,
                 kept="in the journal" if self.journaled else "unacknowledged at the broker",
             )
         self.shadow: ShadowRun | None = None
