@@ -13,24 +13,12 @@ import math
 import numba
 import numpy as np
 
+from ._common import _ERFC as ERFC_COEFFICIENTS
 from .ensemble import _HASH, _WEEK
 
 _SAFE = 16384.0  # a stored profile number beyond this doubles the sensor's unit
 _NIBBLE = 15
-_ERFC = np.array(
-    [
-        -1.26551223,
-        1.00002368,
-        0.37409196,
-        0.09678418,
-        -0.18628806,
-        0.27886807,
-        -1.13520398,
-        1.48851587,
-        -0.82215223,
-        0.17087277,
-    ]
-)
+_ERFC = np.array(ERFC_COEFFICIENTS)  # a global array: a constant of the compiled code
 
 
 @numba.njit(cache=True)
