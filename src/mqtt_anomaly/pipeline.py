@@ -220,6 +220,27 @@ class Decoded:
         return sum(len(r) for r in self.rounds)
 
 
+def cleared_alert(sensor_id: str, detector: str, critical: bool, now: float, message: str) -> Alert:
+    """The ``cleared`` event of an alert that no reading clears: its sensor forgotten, its
+    detector removed by a reload."""
+    severity: Severity = "critical" if critical else "warning"
+    return Alert(
+        sensor_id=sensor_id,
+        detector=detector,
+        severity=severity,
+        state="cleared",
+        value=None,
+        score=0.0,
+        threshold=None,
+        expected_low=None,
+        expected_high=None,
+        reading_ts=None,
+        alert_ts=now,
+        message=message,
+        id=alert_id(sensor_id, detector, "cleared", NO_SEQ, now),
+    )
+
+
 class Pipeline:
     """Decode → dedup → detect → alert for many sensors; state is per sensor slot."""
 
@@ -441,24 +462,7 @@ class Pipeline:
         for name, book in self.books.items():
             if slot < len(book.active) and book.active[slot]:
                 self.counters.alerts_cleared += 1
-                sev: Severity = "critical" if book.critical[slot] else "warning"
-                out.alerts.append(
-                    Alert(
-                        sensor_id=sid,
-                        detector=name,
-                        severity=sev,
-                        state="cleared",
-                        value=None,
-                        score=0.0,
-                        threshold=None,
-                        expected_low=None,
-                        expected_high=None,
-                        reading_ts=None,
-                        alert_ts=now,
-                        message=message,
-                        id=alert_id(sid, name, "cleared", NO_SEQ, now),
-                    )
-                )
+                out.alerts.append(cleared_alert(sid, name, bool(book.critical[slot]), now, message))
             book.reset(idx)
         self.assets.forget(slot)
         self.drift.reset(slot)

@@ -42,8 +42,8 @@ from .config import Settings
 from .detectors import Detector
 from .detectors.threshold import ThresholdDetector
 from .drift import DriftBook
-from .messages import NO_SEQ, Alert, Severity, alert_id
-from .pipeline import OFFLINE, SILENCE, Output, Pipeline
+from .messages import Alert
+from .pipeline import OFFLINE, SILENCE, Output, Pipeline, cleared_alert
 
 __all__ = ["REMOVED", "Swap", "remapped", "swap_detection"]
 
@@ -227,23 +227,7 @@ def _now(pipeline: Pipeline) -> float:
 
 def _cleared(pipeline: Pipeline, name: str, slot: int, critical: bool, now: float) -> Alert:
     pipeline.counters.alerts_cleared += 1
-    sid = pipeline.sensor_ids[slot]
-    sev: Severity = "critical" if critical else "warning"
-    return Alert(
-        sensor_id=sid,
-        detector=name,
-        severity=sev,
-        state="cleared",
-        value=None,
-        score=0.0,
-        threshold=None,
-        expected_low=None,
-        expected_high=None,
-        reading_ts=None,
-        alert_ts=now,
-        message=REMOVED,
-        id=alert_id(sid, name, "cleared", NO_SEQ, now),
-    )
+    return cleared_alert(pipeline.sensor_ids[slot], name, critical, now, REMOVED)
 
 
 def _keep_declared_ranges(old: ThresholdDetector, new: ThresholdDetector) -> None:
