@@ -17,20 +17,18 @@ The same ``[http]`` token rules as the service's API (:class:`~mqtt_anomaly.web.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..errors import MqttAnomalyError
+from ..web.app import served_app
 from ..web.auth import TokenAuth
 from ..web.guard import CatchErrors
 from .status import collect
@@ -186,44 +184,14 @@ def create_app(worker: ClusterWorker, settings: HttpSettings) -> FastAPI:
     return app
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the worker owns SIGINT/SIGTERM
-        yield
-
-
 @contextlib.asynccontextmanager
 async def worker_http(worker: ClusterWorker, settings: HttpSettings) -> AsyncIterator[int | None]:
     """Serve the endpoint while the block runs; yields the port (None: ``listen`` unset)."""
-    address = settings.address
-    if address is None:
+    if settings.address is None:
         yield None
         return
-    host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from exc
-    try:
-        app = create_app(worker, settings)
-    except BaseException:
-        sock.close()
-        raise
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise OSError(f"HTTP server on {host}:{port} stopped while starting")
-            await asyncio.sleep(0.01)
-        bound = int(sock.getsockname()[1])
-        log.info("cluster API on http://%s:%d/api/cluster", host, bound)
+    host = settings.address[0]
+    async with served_app(lambda: create_app(worker, settings), settings) as (_, bound):
+        scheme = "https" if settings.cert_file and settings.key_file else "http"
+        log.info("cluster API on %s://%s:%d/api/cluster", scheme, host, bound)
         yield bound
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()

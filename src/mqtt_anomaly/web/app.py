@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -106,19 +106,40 @@ async def serve_http(
     once it listens (port 0: a free one). Event streams are ended first, so the server stops
     promptly.
     """
-    address = settings.address
-    if address is None:
+    if settings.address is None:
         return
-    host, port = address
+    host = settings.address[0]
+    async with served_app(lambda: create_app(service, settings), settings) as (app, bound):
+        try:
+            scheme = "https" if settings.cert_file and settings.key_file else "http"
+            log.info("dashboard and API on %s://%s:%d/", scheme, host, bound)
+            if started is not None and not started.done():
+                started.set_result(bound)
+            await stop.wait()
+        finally:
+            app.state.web.hub.close()
+
+
+@contextlib.asynccontextmanager
+async def served_app(
+    make_app: Callable[[], FastAPI], settings: HttpSettings
+) -> AsyncIterator[tuple[FastAPI, int]]:
+    """Serve the app ``make_app`` builds on ``settings.listen`` (TLS with its certificate)
+    while the block runs; yields the app and the bound port. The service's API and a cluster
+    worker's endpoint share it. The socket is bound here, not by uvicorn, which would exit the
+    process when it cannot bind; an app that cannot be built (a blank token: ConfigError)
+    leaves nothing listening."""
+    assert settings.address is not None
+    host, port = settings.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:  # bound here, not by uvicorn, which would exit the process when it cannot bind
+    try:
         sock = socket.create_server((host, port), family=family)
     except OSError as exc:
         raise OSError(f"HTTP server cannot listen on {host}:{port}: {exc.strerror}") from exc
     bound = int(sock.getsockname()[1])
     try:
-        app = create_app(service, settings)
-    except BaseException:  # a blank token (ConfigError): nothing left listening
+        app = make_app()
+    except BaseException:
         sock.close()
         raise
     tls = {}
@@ -139,14 +160,9 @@ async def serve_http(
             if task.done():
                 task.result()
                 raise OSError(f"HTTP server on {host}:{bound} stopped while starting")
-            await asyncio.sleep(0.01)
-        scheme = "https" if tls else "http"
-        log.info("dashboard and API on %s://%s:%d/", scheme, host, bound)
-        if started is not None and not started.done():
-            started.set_result(bound)
-        await stop.wait()
+            await asyncio.sleep(0.01)  # polling uvicorn's started flag: it has no event
+        yield app, bound
     finally:
-        app.state.web.hub.close()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
