@@ -192,8 +192,8 @@ async def publish(js: Any, messages: list[tuple[str, bytes]]) -> None:
 
 
 async def retrying(make: Any, timeout: float = 30.0) -> Any:
-    """``await make()``, again while the cluster answers with timeouts (a node was killed:
-    streams elect new leaders)."""
+    """``await make()``, again while the cluster answers with timeouts or 503 (a node was
+    killed, or a fresh cluster is still placing a stream: leaders are being elected)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -202,6 +202,7 @@ async def retrying(make: Any, timeout: float = 30.0) -> Any:
             TimeoutError,
             nats.errors.NoRespondersError,
             nats.js.errors.NoStreamResponseError,
+            nats.js.errors.ServiceUnavailableError,
         ):
             if time.monotonic() > deadline:
                 raise
