@@ -455,6 +455,12 @@ async def test_node_killed_and_worker_added(
         await pub
         cluster.kill(cluster.nodes[0])
         await publish(js, messages[2 * third :])
+        # a lease that lapsed while the node's buckets elected leaders moves partitions for a
+        # while: wait for the two-worker assignment again before reading the checkpoints
+        deadline = time.monotonic() + 30
+        while await retrying(lambda: owners(js)) != {p: f"w{p % 2 + 1}" for p in range(PARTITIONS)}:
+            assert time.monotonic() < deadline, "no rebalance after the node was killed"
+            await asyncio.sleep(0.1)  # polling the owners bucket until rebalanced
         ck = await verify(js, workers, store_url, activity)
         moved = [p for p in ck if ck[p]["owner"] == "w2"]
         assert len(moved) == PARTITIONS // 2
